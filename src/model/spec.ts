@@ -1,0 +1,127 @@
+/**
+ * The model spec: everything the generic decoder needs to know about an architecture,
+ * as data. Family differences (norm kind, positions, MLP, fused attention) are options
+ * here, never separate code paths per family.
+ */
+
+export type Family = "llama" | "mistral" | "qwen2" | "opt" | "gpt2" | "llama2c";
+
+/** LLaMA-3 style frequency-dependent RoPE scaling (`rope_scaling.rope_type = "llama3"`). */
+export interface Llama3RopeScaling {
+  readonly factor: number;
+  readonly lowFreqFactor: number;
+  readonly highFreqFactor: number;
+  readonly originalMaxPositions: number;
+}
+
+export type Positions =
+  /** Rotary embeddings in the Hugging Face "rotate half" layout: pairs (j, j + headDim/2). */
+  | { readonly kind: "rope"; readonly theta: number; readonly scaling?: Llama3RopeScaling }
+  /** Learned absolute positions; the table row for position p is p + offset (OPT: 2). */
+  | { readonly kind: "learned"; readonly offset: number };
+
+/**
+ * Roles of a block's linears, mapped to the family's prunable linear names.
+ * Either q/k/v or a fused qkv (GPT-2's c_attn, output columns [q | k | v]).
+ * gate is present for gated MLPs (SwiGLU): down(act(gate x) * up x); otherwise down(act(up x)).
+ */
+export interface LinearRoles {
+  readonly q?: string;
+  readonly k?: string;
+  readonly v?: string;
+  readonly qkv?: string;
+  readonly o: string;
+  readonly gate?: string;
+  readonly up: string;
+  readonly down: string;
+}
+
+export interface ModelSpec {
+  readonly family: Family;
+  readonly vocabSize: number;
+  readonly hiddenSize: number;
+  readonly numLayers: number;
+  readonly numHeads: number;
+  /** Key/value heads; fewer than numHeads means grouped-query attention. */
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  readonly intermediateSize: number;
+  /** Longest context the model was trained for; the default evaluation window. */
+  readonly maxPositions: number;
+  readonly norm: "rms" | "layer";
+  readonly normEps: number;
+  /** Pre-norm blocks (x + f(norm(x))); false is OPT's post-norm (norm(x + f(x))). */
+  readonly normBefore: boolean;
+  readonly positions: Positions;
+  readonly activation: "silu" | "gelu_tanh" | "relu";
+  /** Prunable linear names of a block in their canonical order (METHODS.md vocabulary). */
+  readonly linears: readonly string[];
+  readonly roles: LinearRoles;
+  /** The LM head reuses the token embedding. */
+  readonly tiedEmbeddings: boolean;
+  /** A final norm before the head (absent in OPT with do_layer_norm_before = false). */
+  readonly finalNorm: boolean;
+  /** OPT's word_embed_proj_dim when it differs from hiddenSize (project_in / project_out). */
+  readonly embedDim: number;
+  readonly bosTokenId?: number;
+  readonly eosTokenId?: number;
+}
+
+/** Weights in host memory: row-major float32 data with its shape. */
+export interface HostTensor {
+  readonly shape: readonly number[];
+  readonly data: Float32Array;
+}
+
+/** A linear layer, weight stored as [in, out] so that y = x W + b. */
+export interface HostLinear {
+  readonly weight: HostTensor;
+  readonly bias?: HostTensor;
+}
+
+export interface HostNorm {
+  readonly weight: HostTensor;
+  readonly bias?: HostTensor;
+}
+
+/** One decoder block: two norms and the prunable linears, keyed by spec.linears names. */
+export interface HostBlock {
+  readonly attnNorm: HostNorm;
+  readonly mlpNorm: HostNorm;
+  readonly linears: Readonly<Record<string, HostLinear>>;
+}
+
+/** Everything outside the blocks. */
+export interface HostGlobals {
+  /** Token embedding [vocab, embedDim]. */
+  readonly embed: HostTensor;
+  /** Learned position table [maxPositions + offset, hiddenSize], when positions are learned. */
+  readonly positions?: HostTensor;
+  readonly finalNorm?: HostNorm;
+  /** LM head as [embedDim, vocab]; absent when tied to the embedding. */
+  readonly lmHead?: HostTensor;
+  /** OPT project_in [embedDim, hiddenSize] and project_out [hiddenSize, embedDim]. */
+  readonly projectIn?: HostTensor;
+  readonly projectOut?: HostTensor;
+}
+
+export const kvDim = (spec: ModelSpec): number => spec.numKvHeads * spec.headDim;
+
+/** Shapes every block linear must have, as [in, out]. */
+export const linearShapes = (spec: ModelSpec): Record<string, readonly [number, number]> => {
+  const d = spec.hiddenSize;
+  const q = spec.numHeads * spec.headDim;
+  const kv = kvDim(spec);
+  const f = spec.intermediateSize;
+  const r = spec.roles;
+  const shapes: Record<string, readonly [number, number]> = {};
+  if (r.qkv) shapes[r.qkv] = [d, q + 2 * kv];
+  if (r.q) shapes[r.q] = [d, q];
+  if (r.k) shapes[r.k] = [d, kv];
+  if (r.v) shapes[r.v] = [d, kv];
+  shapes[r.o] = [q, d];
+  if (r.gate) shapes[r.gate] = [d, f];
+  shapes[r.up] = [d, f];
+  shapes[r.down] = [f, d];
+  return shapes;
+};
