@@ -57,6 +57,8 @@ export interface ModelSpec {
   /** Prunable linear names of a block in their canonical order (METHODS.md vocabulary). */
   readonly linears: readonly string[];
   readonly roles: LinearRoles;
+  /** Linears that carry a bias (Qwen2's q/k/v; every linear of OPT and GPT-2). */
+  readonly biasedLinears?: readonly string[];
   /** The LM head reuses the token embedding. */
   readonly tiedEmbeddings: boolean;
   /** A final norm before the head (absent in OPT with do_layer_norm_before = false). */

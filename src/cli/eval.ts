@@ -1,0 +1,72 @@
+import type { Argv } from "yargs";
+import type { BackendChoice } from "../backend/backend.ts";
+import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
+import { evaluate } from "../eval/evaluate.ts";
+import { defaultData, defaultModel } from "../defaults.ts";
+import { startProgress, type Progress } from "./progress.ts";
+import { runCommand } from "./run.ts";
+
+export const evalCommand = {
+  command: "eval",
+  describe: "Measure a model's perplexity on a text",
+  builder: (y: Argv) =>
+    y
+      .option("model", { type: "string", describe: "Hugging Face folder, llama2.c .bin, or a folder holding one", default: defaultModel() })
+      .option("tokenizer", { type: "string", describe: "tokenizer file (overrides the one beside the checkpoint)" })
+      .option("data", { type: "string", describe: "evaluation text", default: defaultData("test") })
+      .option("format", { choices: TEXT_FORMATS, default: "text" as TextFormat, describe: "text: one stream; jsonl: documents joined with blank lines; stories: each story on its own" })
+      .option("field", { type: "string", default: "text", describe: "jsonl field holding the text" })
+      .option("seqlen", { type: "number", describe: "window length (default: the model's context)" })
+      .option("bos", { type: "boolean", default: false, describe: "put BOS in front of each window" })
+      .option("max-windows", { type: "number", describe: "score at most this many windows" })
+      .option("batch", { type: "number", default: 1, describe: "windows per forward pass" })
+      .option("streamed", { type: "boolean", default: false, describe: "keep only the running block's weights in memory" })
+      .option("json", { type: "boolean", default: false, describe: "print one JSON object" }),
+  handler: async (argv: {
+    model: string;
+    tokenizer?: string;
+    data: string;
+    format: TextFormat;
+    field: string;
+    seqlen?: number;
+    bos: boolean;
+    maxWindows?: number;
+    batch: number;
+    streamed: boolean;
+    json: boolean;
+    backend: BackendChoice;
+  }) => {
+    let progress: Progress | undefined;
+    const report = await runCommand(
+      evaluate({
+        model: argv.model,
+        data: argv.data,
+        format: argv.format,
+        field: argv.field,
+        bos: argv.bos,
+        backend: argv.backend,
+        streamed: argv.streamed,
+        batch: argv.batch,
+        ...(argv.tokenizer ? { tokenizer: argv.tokenizer } : {}),
+        ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
+        ...(argv.maxWindows !== undefined ? { maxWindows: argv.maxWindows } : {}),
+        onStart: ({ windows, seqlen, backend }) => {
+          if (!argv.json) process.stderr.write(`backend: ${backend}; ${windows} windows of ${seqlen} tokens\n`);
+          progress = startProgress("eval", windows, { quiet: argv.json });
+        },
+        onProgress: (done) => progress?.update(done),
+      }),
+    );
+    progress?.stop();
+    if (!report) return;
+    if (argv.json) {
+      const { ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond } = report;
+      process.stdout.write(JSON.stringify({ ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond }) + "\n");
+    } else {
+      process.stdout.write(
+        `perplexity ${report.ppl.toFixed(4)} (nll ${report.nll.toFixed(4)}) on ${report.tokens} tokens in ${report.windows} windows of ${report.seqlen}; ` +
+          `${report.seconds.toFixed(1)} s, ${report.tokensPerSecond.toFixed(0)} tokens/s on ${report.backend}\n`,
+      );
+    }
+  },
+};

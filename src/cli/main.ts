@@ -1,0 +1,24 @@
+import yargs from "yargs";
+import { hideBin } from "yargs/helpers";
+import { BACKEND_CHOICES } from "../backend/backend.ts";
+import { evalCommand } from "./eval.ts";
+import { startCommand } from "./start.ts";
+import { reportFailure, setVerbose } from "./run.ts";
+
+await yargs(hideBin(process.argv))
+  .scriptName("evosparse")
+  .usage("$0 <command> [options]\n\nDecide how sparse each layer of a language model should be, and prove it by perplexity.")
+  .option("backend", { choices: BACKEND_CHOICES, default: "auto" as const, describe: "tfjs backend (auto: tensorflow-gpu, tensorflow, wasm, then cpu)", global: true })
+  .option("verbose", { type: "boolean", default: false, describe: "show stack traces on errors", global: true })
+  .middleware((argv) => setVerbose(Boolean(argv.verbose)))
+  .command(evalCommand as never)
+  .command(startCommand as never)
+  .demandCommand(1, "name a command (see --help)")
+  .strict()
+  .recommendCommands()
+  .fail((message, error) => {
+    reportFailure(error ?? new Error(message));
+    if (!error) process.exitCode = 2;
+  })
+  .help()
+  .parseAsync();

@@ -1,0 +1,47 @@
+import cliProgress from "cli-progress";
+
+export interface Progress {
+  update(done: number, extra?: Record<string, string | number>): void;
+  stop(): void;
+}
+
+/**
+ * A bar with ETA on a terminal; on a pipe or in CI, a plain log line every few seconds
+ * (and at the end), so logs stay readable.
+ */
+export const startProgress = (label: string, total: number, options: { quiet?: boolean } = {}): Progress => {
+  if (options.quiet) return { update: () => {}, stop: () => {} };
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      { format: `${label} [{bar}] {value}/{total} | ETA {eta_formatted} | {info}`, hideCursor: true, stream: process.stderr },
+      cliProgress.Presets.shades_classic,
+    );
+    bar.start(total, 0, { info: "" });
+    return {
+      update: (done, extra) => bar.update(done, { info: formatExtra(extra) }),
+      stop: () => bar.stop(),
+    };
+  }
+  const start = Date.now();
+  let lastLog = 0;
+  let last = 0;
+  return {
+    update: (done, extra) => {
+      last = done;
+      const now = Date.now();
+      if (now - lastLog < 5000 && done < total) return;
+      lastLog = now;
+      const elapsed = (now - start) / 1000;
+      const eta = done > 0 ? (elapsed / done) * (total - done) : NaN;
+      process.stderr.write(
+        `${label}: ${done}/${total} (${elapsed.toFixed(0)} s elapsed, ETA ${Number.isFinite(eta) ? eta.toFixed(0) + " s" : "?"})${extra ? " " + formatExtra(extra) : ""}\n`,
+      );
+    },
+    stop: () => {
+      if (last < total) return;
+    },
+  };
+};
+
+const formatExtra = (extra?: Record<string, string | number>): string =>
+  extra ? Object.entries(extra).map(([k, v]) => `${k} ${typeof v === "number" ? v.toPrecision(5) : v}`).join(" | ") : "";

@@ -1,0 +1,102 @@
+import { Effect } from "effect";
+import { initBackendEffect, type BackendChoice } from "../backend/backend.ts";
+import { openCheckpoint } from "../checkpoint/open.ts";
+import type { Checkpoint } from "../checkpoint/types.ts";
+import { readEvaluationDocuments, type TextFormat } from "../data/text-source.ts";
+import { contiguousWindows, documentWindows, type Window } from "../data/windows.ts";
+import { DataError, TokenizerError, UsageError } from "../errors.ts";
+import { Decoder } from "../model/decoder.ts";
+import { loadTokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
+import { perplexity, type PerplexityResult } from "./perplexity.ts";
+
+export interface EvalRequest {
+  readonly model: string;
+  readonly tokenizer?: string;
+  readonly data: string;
+  readonly format: TextFormat;
+  readonly field?: string;
+  readonly seqlen?: number;
+  readonly bos?: boolean;
+  readonly maxWindows?: number;
+  readonly backend: BackendChoice;
+  /** Keep only the running block's weights as tensors. */
+  readonly streamed?: boolean;
+  readonly batch?: number;
+  readonly onProgress?: (done: number, total: number) => void;
+  /** Called once the windows are known, before the (long) scoring starts. */
+  readonly onStart?: (info: { windows: number; seqlen: number; backend: string }) => void;
+}
+
+export interface EvalReport extends PerplexityResult {
+  readonly seqlen: number;
+  readonly backend: string;
+}
+
+export const tokenizerFor = (checkpoint: Checkpoint): Tokenizer => {
+  if (!checkpoint.tokenizerPath) {
+    throw new TokenizerError({
+      file: checkpoint.path,
+      problem: "no tokenizer found beside the checkpoint (tokenizer.json, tokenizer.bin or tok*.bin): pass --tokenizer FILE",
+    });
+  }
+  return loadTokenizer(checkpoint.tokenizerPath);
+};
+
+/** Tokenizes the evaluation text into windows following the protocol for its format. */
+export const evaluationWindows = (
+  request: Pick<EvalRequest, "data" | "format" | "field" | "bos" | "maxWindows">,
+  tokenizer: Tokenizer,
+  seqlen: number,
+): Window[] => {
+  const documents = readEvaluationDocuments(request.data, request.format, request.field);
+  const bosFor = (why: string): number => {
+    if (tokenizer.bosId === undefined) throw new UsageError({ problem: `${why} needs a BOS token, and the tokenizer has none` });
+    return tokenizer.bosId;
+  };
+  if (request.format === "stories") {
+    return documentWindows(documents.map((d) => tokenizer.encode(d)), seqlen, bosFor("--format stories"), request.maxWindows);
+  }
+  const tokens = tokenizer.encode(documents[0]!);
+  const windows = contiguousWindows(tokens, seqlen, {
+    ...(request.bos ? { bos: bosFor("--bos") } : {}),
+    ...(request.maxWindows !== undefined ? { maxWindows: request.maxWindows } : {}),
+  });
+  if (windows.length === 0) {
+    throw new DataError({ file: request.data, problem: `only ${tokens.length} tokens: not one window of ${seqlen}` });
+  }
+  return windows;
+};
+
+/** checkpoint -> tokenizer -> windows -> model -> perplexity. */
+export const evaluate = (request: EvalRequest) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const backend = yield* initBackendEffect(request.backend);
+      const checkpoint = yield* openCheckpoint(request.model, request.tokenizer ? { tokenizer: request.tokenizer } : {});
+      const seqlen = request.seqlen ?? checkpoint.spec.maxPositions;
+      if (seqlen > checkpoint.spec.maxPositions) {
+        return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${checkpoint.spec.maxPositions}` });
+      }
+      const windows = yield* Effect.try({
+        try: () => evaluationWindows(request, tokenizerFor(checkpoint), seqlen),
+        catch: (e) => e as DataError | TokenizerError | UsageError,
+      });
+      const decoder = yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          Decoder.create(
+            checkpoint.spec,
+            checkpoint.readGlobals(),
+            { numBlocks: checkpoint.spec.numLayers, load: (i) => checkpoint.readBlock(i) },
+            { streamed: request.streamed ?? false },
+          ),
+        ),
+        (d) => Effect.sync(() => d.dispose()),
+      );
+      request.onStart?.({ windows: windows.length, seqlen, backend: backend.name });
+      const result = perplexity(decoder, windows, {
+        ...(request.batch ? { batch: request.batch } : {}),
+        ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+      });
+      return { ...result, seqlen, backend: backend.name } satisfies EvalReport;
+    }),
+  );

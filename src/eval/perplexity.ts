@@ -1,0 +1,52 @@
+import type { Window } from "../data/windows.ts";
+
+/** What the perplexity loop needs of a model: summed next-token NLL of same-length windows. */
+export interface NllScorer {
+  nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): { nll: number; count: number };
+}
+
+export interface PerplexityResult {
+  readonly ppl: number;
+  /** Mean negative log-likelihood per scored token, in nats. */
+  readonly nll: number;
+  readonly tokens: number;
+  readonly windows: number;
+  readonly seconds: number;
+  readonly tokensPerSecond: number;
+}
+
+export interface PerplexityOptions {
+  /** Windows of equal length run together as one [batch * seqlen] pass. */
+  readonly batch?: number;
+  readonly onProgress?: (windowsDone: number, windowsTotal: number) => void;
+}
+
+/** ppl = exp(total NLL / scored tokens), summed over windows on the backend. */
+export const perplexity = (model: NllScorer, windows: readonly Window[], options: PerplexityOptions = {}): PerplexityResult => {
+  const start = performance.now();
+  const maxBatch = Math.max(1, options.batch ?? 1);
+  let total = 0;
+  let count = 0;
+  let done = 0;
+  for (let i = 0; i < windows.length; ) {
+    const len = windows[i]!.ids.length;
+    let j = i + 1;
+    while (j < windows.length && j - i < maxBatch && windows[j]!.ids.length === len) j++;
+    const group = windows.slice(i, j);
+    const ids = new Int32Array(group.length * len);
+    const targets = new Int32Array(group.length * len);
+    group.forEach((w, k) => {
+      ids.set(w.ids, k * len);
+      targets.set(w.targets, k * len);
+    });
+    const r = model.nll(ids, targets, group.length, len);
+    total += r.nll;
+    count += r.count;
+    done += group.length;
+    options.onProgress?.(done, windows.length);
+    i = j;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  const nll = count > 0 ? total / count : NaN;
+  return { ppl: Math.exp(nll), nll, tokens: count, windows: windows.length, seconds, tokensPerSecond: count / seconds };
+};

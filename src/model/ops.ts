@@ -1,0 +1,153 @@
+/**
+ * Tensor primitives of the decoder, written for the wasm backend: every product is a plain
+ * 2-D matMul without transpose flags (the only fast one there), and gradients are given
+ * explicitly so that backward passes keep to the same fast path.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { ModelSpec } from "./spec.ts";
+
+export interface NormTensors {
+  readonly weight: tf.Tensor1D;
+  readonly bias?: tf.Tensor1D;
+}
+
+export interface LinearTensors {
+  readonly weight: tf.Tensor2D;
+  readonly bias?: tf.Tensor1D;
+}
+
+type Saver = (tensors: tf.Tensor[]) => void;
+
+/**
+ * a · b for 2-D tensors. tf.matMul's own gradient uses transpose flags, which are ~10x
+ * slower on wasm than taking the transpose explicitly.
+ */
+export const matMul2d: (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D = tf.customGrad(
+  (...args: (tf.Tensor | Saver)[]) => {
+    const [a, b, save] = args as [tf.Tensor2D, tf.Tensor2D, Saver];
+    save([a, b]);
+    return {
+      value: tf.matMul(a, b),
+      gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => {
+        const [sa, sb] = saved as [tf.Tensor2D, tf.Tensor2D];
+        return [tf.matMul(dy, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy)];
+      },
+    };
+  },
+) as unknown as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
+
+const affine: (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D) => tf.Tensor2D = tf.customGrad(
+  (...args: (tf.Tensor | Saver)[]) => {
+    const [x, w, b, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, Saver];
+    save([x, w]);
+    return {
+      value: tf.add(tf.matMul(x, w), b),
+      gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => {
+        const [sx, sw] = saved as [tf.Tensor2D, tf.Tensor2D];
+        return [tf.matMul(dy, tf.transpose(sw)), tf.matMul(tf.transpose(sx), dy), tf.sum(dy, 0)];
+      },
+    };
+  },
+) as unknown as (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D) => tf.Tensor2D;
+
+/** y = x W + b with W stored as [in, out]. */
+export const linear = (x: tf.Tensor2D, l: LinearTensors): tf.Tensor2D =>
+  l.bias ? affine(x, l.weight, l.bias) : matMul2d(x, l.weight);
+
+/**
+ * x · m for a constant m whose transpose is already at hand; no gradient reaches m.
+ * Used for the rotate-half permutation of RoPE.
+ */
+export const constMatMul = (x: tf.Tensor2D, m: tf.Tensor2D, mTransposed: tf.Tensor2D): tf.Tensor2D =>
+  (
+    tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+      const [input] = args as [tf.Tensor2D];
+      return {
+        value: tf.matMul(input, m),
+        gradFunc: (dy: tf.Tensor2D) => [tf.matMul(dy, mTransposed)],
+      };
+    }) as unknown as (x: tf.Tensor2D) => tf.Tensor2D
+  )(x);
+
+/** RMSNorm over the last axis: x / sqrt(mean(x²) + eps) · w. */
+export const rmsNorm = (x: tf.Tensor2D, n: NormTensors, eps: number): tf.Tensor2D => {
+  const inverseRms = tf.rsqrt(tf.add(tf.mean(tf.square(x), 1, true), eps));
+  return tf.mul(tf.mul(x, inverseRms), n.weight);
+};
+
+/** LayerNorm over the last axis with the biased variance, as torch computes it. */
+export const layerNorm = (x: tf.Tensor2D, n: NormTensors, eps: number): tf.Tensor2D => {
+  const centred = tf.sub(x, tf.mean(x, 1, true));
+  const inverseStd = tf.rsqrt(tf.add(tf.mean(tf.square(centred), 1, true), eps));
+  const scaled = tf.mul(tf.mul(centred, inverseStd), n.weight);
+  return n.bias ? tf.add(scaled, n.bias) : scaled;
+};
+
+export const normalize = (spec: ModelSpec, x: tf.Tensor2D, n: NormTensors): tf.Tensor2D =>
+  spec.norm === "rms" ? rmsNorm(x, n, spec.normEps) : layerNorm(x, n, spec.normEps);
+
+/** sqrt(2/π) doubled: 0.5·(1 + tanh(z)) is sigmoid(2z), and sigmoid is far faster than tanh on wasm. */
+const GELU_SIGMOID_SCALE = 2 * Math.sqrt(2 / Math.PI);
+
+export const activate = (kind: ModelSpec["activation"], x: tf.Tensor2D): tf.Tensor2D => {
+  switch (kind) {
+    case "silu":
+      return tf.mul(x, tf.sigmoid(x));
+    case "relu":
+      return tf.relu(x);
+    case "gelu_tanh": {
+      const inner = tf.mul(x, tf.add(tf.mul(tf.square(x), 0.044715 * GELU_SIGMOID_SCALE), GELU_SIGMOID_SCALE));
+      return tf.mul(x, tf.sigmoid(inner));
+    }
+  }
+};
+
+/**
+ * Rows of `table` picked by `ids`. The forward is a gather; the gradient is a one-hot
+ * product, because gather's own gradient (UnsortedSegmentSum) is missing on wasm.
+ */
+export const embeddingLookup = (table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D =>
+  (
+    tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+      const [t] = args as [tf.Tensor2D];
+      const vocab = t.shape[0];
+      return {
+        value: tf.gather(t, ids),
+        gradFunc: (dy: tf.Tensor2D) => {
+          // [vocab, rows] one-hot built already transposed so the product needs no flag.
+          const selector = tf.cast(
+            tf.equal(tf.reshape(tf.range(0, vocab, 1, "int32"), [vocab, 1]), tf.reshape(ids, [1, -1])),
+            "float32",
+          ) as tf.Tensor2D;
+          return [tf.matMul(selector, dy)];
+        },
+      };
+    }) as unknown as (t: tf.Tensor2D) => tf.Tensor2D
+  )(table);
+
+/**
+ * Sum over rows of weight·(logsumexp(row) − row[target]). The log-sum-exp comes from the
+ * softmax kernel (fast on wasm, unlike exp and logSoftmax): the softmax at the row maximum
+ * is 1/Σexp(x − max), which never underflows, so lse = max − log(max(softmax)).
+ * `targets` must already be valid class indices (unscored rows carry weight 0).
+ */
+export const weightedNllSum = (logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D): tf.Scalar =>
+  (
+    tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+      const [x, save] = args as [tf.Tensor2D, Saver];
+      const [rows, vocab] = x.shape;
+      const probabilities = tf.softmax(x);
+      save([probabilities]);
+      const logSumExp = tf.sub(tf.max(x, 1), tf.log(tf.max(probabilities, 1)));
+      const flatIndex = tf.add(tf.mul(tf.range(0, rows, 1, "int32"), vocab), targets);
+      const targetLogit = tf.gather(tf.reshape(x, [-1]), flatIndex);
+      return {
+        value: tf.sum(tf.mul(tf.sub(logSumExp, targetLogit), weights)),
+        gradFunc: (dy: tf.Scalar, saved: tf.Tensor[]) => {
+          const [p] = saved as [tf.Tensor2D];
+          const rowScale = tf.reshape(tf.mul(weights, dy), [rows, 1]);
+          return [tf.mul(tf.sub(p, tf.oneHot(targets, vocab, 1, 0, "float32")), rowScale)];
+        },
+      };
+    }) as unknown as (x: tf.Tensor2D) => tf.Scalar
+  )(logits);
