@@ -176,7 +176,7 @@ describe("writeSafetensors then openSafetensors", () => {
     const writeSpy = vi.spyOn(fs, "writeSync");
     const file = path.join(freshDir(), "model.safetensors");
     writeSafetensors(file, tensors);
-    const largest = Math.max(...writeSpy.mock.calls.map((call) => (call[1] as Uint8Array).byteLength));
+    const largest = Math.max(...writeSpy.mock.calls.map((call) => (call[1] as unknown as Uint8Array).byteLength));
     expect(largest).toBe(64 * 64 * 4);
     expect(fs.statSync(file).size).toBeGreaterThan(3 * 64 * 64 * 4);
   });
@@ -214,7 +214,7 @@ describe("opening reads only the header", () => {
     fs.closeSync(fd);
 
     const readSpy = vi.spyOn(fs, "readSync");
-    const bytesRead = (): number => readSpy.mock.calls.reduce((sum, call) => sum + (call[3] as number), 0);
+    const bytesRead = (): number => readSpy.mock.calls.reduce((sum, call) => sum + ((call as unknown[])[3] as number), 0);
     const opened = openSafetensors(file);
     expect(bytesRead()).toBe(head.length);
     expect(opened.tensors.get("tail")!.begin).toBe(head.length + bigBytes);

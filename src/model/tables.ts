@@ -1,0 +1,79 @@
+/**
+ * Per-window-length constants of the forward pass (causal mask, RoPE cos/sin), built once
+ * and reused across blocks and calls.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { ModelSpec } from "./spec.ts";
+import { buildRopeTables, disposeRopeTables, inverseFrequencies, type RopeTables } from "./rope.ts";
+
+/** Large enough that exp() of a masked score is exactly 0, finite so gradients stay clean. */
+const MASKED = -1e9;
+
+export interface LengthTables {
+  readonly mask: tf.Tensor2D;
+  /** Query tables carry the 1/sqrt(headDim) attention scale. */
+  readonly query?: RopeTables;
+  readonly key?: RopeTables;
+}
+
+/** Survives any enclosing tf.tidy: the tables outlive the call that first asked for them. */
+const kept = (r: RopeTables): RopeTables => {
+  for (const t of [r.cos, r.sin, r.rotate, r.rotateTransposed]) tf.keep(t);
+  return r;
+};
+
+/** Window lengths kept at once: evaluation uses one length plus perhaps a shorter last window. */
+const KEPT_LENGTHS = 3;
+
+export class ForwardTables {
+  private readonly byLength = new Map<number, LengthTables>();
+  private readonly inv: Float64Array | undefined;
+
+  constructor(private readonly spec: ModelSpec) {
+    const p = spec.positions;
+    this.inv = p.kind === "rope" ? inverseFrequencies(spec.headDim, p.theta, p.scaling) : undefined;
+  }
+
+  /** Tables for one window length. They stay valid until `dispose` or until more lengths are asked for. */
+  forLength(seqlen: number): LengthTables {
+    const cached = this.byLength.get(seqlen);
+    if (cached) {
+      this.byLength.delete(seqlen);
+      this.byLength.set(seqlen, cached);
+      return cached;
+    }
+    if (this.byLength.size >= KEPT_LENGTHS) {
+      const oldest = this.byLength.keys().next().value as number;
+      this.release(oldest);
+    }
+    const made = this.build(seqlen);
+    this.byLength.set(seqlen, made);
+    return made;
+  }
+
+  dispose(): void {
+    for (const seqlen of [...this.byLength.keys()]) this.release(seqlen);
+  }
+
+  private release(seqlen: number): void {
+    const t = this.byLength.get(seqlen);
+    if (!t) return;
+    this.byLength.delete(seqlen);
+    t.mask.dispose();
+    if (t.query) disposeRopeTables(t.query);
+    if (t.key) disposeRopeTables(t.key);
+  }
+
+  private build(seqlen: number): LengthTables {
+    const maskData = new Float32Array(seqlen * seqlen);
+    for (let i = 0; i < seqlen; i++) maskData.fill(MASKED, i * seqlen + i + 1, (i + 1) * seqlen);
+    const mask = tf.keep(tf.tensor2d(maskData, [seqlen, seqlen]));
+    if (!this.inv) return { mask };
+    const { numHeads, numKvHeads, headDim } = this.spec;
+    return {
+      mask,
+      query: kept(buildRopeTables(this.inv, seqlen, numHeads, 1 / Math.sqrt(headDim))),
+      key: kept(buildRopeTables(this.inv, seqlen, numKvHeads, 1)),
+    };
+  }
+}
