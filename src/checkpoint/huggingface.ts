@@ -64,7 +64,7 @@ export const openHuggingFace = (dir: string): Checkpoint => {
 };
 
 /** The shard that holds a tensor, so an error names the file to look at. */
-const fileOf = (st: SafetensorsFile, name: string): string => st.shardOf?.(name) ?? st.path;
+const fileOf = (st: SafetensorsFile, name: string): string => st.tensors.get(name)?.file ?? st.path;
 
 const validate = (st: SafetensorsFile, arch: Architecture, globals: GlobalSlots, blocks: readonly BlockSlots[]) => {
   const expected = allSlots(globals, blocks);

@@ -136,7 +136,7 @@ function parseHeader(file: string, fd: number, fileSize: number): Pick<Safetenso
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
-  } catch (e) { if (e) throw e;
+  } catch (e) {
     throw new CheckpointError({ file, problem: `header is not valid UTF-8 JSON (${describeIoError(e)})` });
   }
   if (!isRecord(header)) throw new CheckpointError({ file, problem: "header JSON is not an object" });

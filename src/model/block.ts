@@ -1,0 +1,227 @@
+/**
+ * One generic decoder block for every family; the spec's options pick norm kind, norm
+ * placement, positions, fused or separate q/k/v, grouped-query attention and MLP shape.
+ * Activations are 2-D [batch·seqlen, hidden] throughout.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { CheckpointError } from "../errors.ts";
+import type { HostBlock, HostLinear, HostNorm, HostTensor, ModelSpec } from "./spec.ts";
+import { kvDim, linearShapes } from "./spec.ts";
+import { activate, linear, matMul2d, normalize, type LinearTensors, type NormTensors } from "./ops.ts";
+import { applyRope } from "./rope.ts";
+import type { ForwardTables } from "./tables.ts";
+
+export type { LinearTensors, NormTensors } from "./ops.ts";
+
+export interface BlockTensors {
+  readonly attnNorm: NormTensors;
+  readonly mlpNorm: NormTensors;
+  /** Keyed by the spec's linear names. */
+  readonly linears: Readonly<Record<string, LinearTensors>>;
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
+  a.length === b.length && a.every((n, i) => n === b[i]);
+
+/** Checks a host tensor's declared shape and data length; `where` names it in the error. */
+export const checkHostTensor = (
+  t: HostTensor | undefined,
+  expected: readonly number[],
+  source: string,
+  where: string,
+): HostTensor => {
+  if (!t) throw new CheckpointError({ file: source, problem: `${where} is missing` });
+  if (!sameShape(t.shape, expected)) {
+    throw new CheckpointError({
+      file: source,
+      problem: `${where} has shape [${t.shape.join(", ")}] but the model needs [${expected.join(", ")}]`,
+    });
+  }
+  const size = expected.reduce((a, b) => a * b, 1);
+  if (!(t.data instanceof Float32Array) || t.data.length !== size) {
+    throw new CheckpointError({
+      file: source,
+      problem: `${where} holds ${t.data?.length ?? 0} values but its shape [${expected.join(", ")}] needs ${size}`,
+    });
+  }
+  return t;
+};
+
+/** Makes a tensor from host data; as a trainable tf.Variable when asked. */
+export const hostToTensor = <R extends tf.Rank>(t: HostTensor, asVariable: boolean): tf.Tensor<R> => {
+  const tensor = tf.tensor(t.data, [...t.shape], "float32") as tf.Tensor<R>;
+  if (!asVariable) return tensor;
+  const variable = tf.variable(tensor, true);
+  tensor.dispose();
+  return variable as unknown as tf.Tensor<R>;
+};
+
+const normToTensors = (
+  n: HostNorm | undefined,
+  hidden: number,
+  source: string,
+  where: string,
+  asVariables: boolean,
+): NormTensors => {
+  if (!n) throw new CheckpointError({ file: source, problem: `${where} is missing` });
+  const weight = hostToTensor<tf.Rank.R1>(checkHostTensor(n.weight, [hidden], source, `${where} weight`), asVariables);
+  if (!n.bias) return { weight };
+  const bias = hostToTensor<tf.Rank.R1>(checkHostTensor(n.bias, [hidden], source, `${where} bias`), asVariables);
+  return { weight, bias };
+};
+
+const linearToTensors = (
+  l: HostLinear | undefined,
+  shape: readonly [number, number],
+  source: string,
+  where: string,
+  asVariables: boolean,
+): LinearTensors => {
+  if (!l) throw new CheckpointError({ file: source, problem: `${where} is missing` });
+  const weight = hostToTensor<tf.Rank.R2>(checkHostTensor(l.weight, shape, source, `${where} weight`), asVariables);
+  if (!l.bias) return { weight };
+  const bias = hostToTensor<tf.Rank.R1>(checkHostTensor(l.bias, [shape[1]], source, `${where} bias`), asVariables);
+  return { weight, bias };
+};
+
+/**
+ * Validates a host block against the spec and uploads it. `source` names the checkpoint in
+ * errors; `label` the block (e.g. "block 3").
+ */
+export const blockToTensors = (
+  spec: ModelSpec,
+  b: HostBlock,
+  options: { source?: string; label?: string; asVariables?: boolean } = {},
+): BlockTensors => {
+  const source = options.source ?? spec.family;
+  const label = options.label ?? "block";
+  const asVariables = options.asVariables ?? false;
+  const shapes = linearShapes(spec);
+  const made: tf.Tensor[] = [];
+  const track = <T extends NormTensors | LinearTensors>(t: T): T => {
+    made.push(t.weight);
+    if (t.bias) made.push(t.bias);
+    return t;
+  };
+  try {
+    const attnNorm = track(normToTensors(b.attnNorm, spec.hiddenSize, source, `${label} attention norm`, asVariables));
+    const mlpNorm = track(normToTensors(b.mlpNorm, spec.hiddenSize, source, `${label} MLP norm`, asVariables));
+    const linears: Record<string, LinearTensors> = {};
+    for (const [name, shape] of Object.entries(shapes)) {
+      linears[name] = track(linearToTensors(b.linears?.[name], shape, source, `${label} linear ${name}`, asVariables));
+    }
+    return { attnNorm, mlpNorm, linears };
+  } catch (e) {
+    tf.dispose(made);
+    throw e;
+  }
+};
+
+export const blockTensorList = (b: BlockTensors): tf.Tensor[] => {
+  const out: tf.Tensor[] = [];
+  for (const part of [b.attnNorm, b.mlpNorm, ...Object.values(b.linears)]) {
+    out.push(part.weight);
+    if (part.bias) out.push(part.bias);
+  }
+  return out;
+};
+
+export const disposeBlock = (b: BlockTensors): void => {
+  tf.dispose(blockTensorList(b));
+};
+
+/**
+ * Causal self-attention. Heads are made contiguous by one transpose each for q, k and v;
+ * then every (window, head) pair is two plain 2-D matMuls, the fast path on wasm.
+ */
+const attention = (
+  spec: ModelSpec,
+  w: BlockTensors,
+  x: tf.Tensor2D,
+  batch: number,
+  seqlen: number,
+  tables: ForwardTables,
+): tf.Tensor2D => {
+  const { numHeads, numKvHeads, headDim, roles } = spec;
+  const qWidth = numHeads * headDim;
+  const kvWidth = kvDim(spec);
+  let q: tf.Tensor2D;
+  let k: tf.Tensor2D;
+  let v: tf.Tensor2D;
+  if (roles.qkv) {
+    [q, k, v] = tf.split(linear(x, w.linears[roles.qkv]), [qWidth, kvWidth, kvWidth], 1) as [
+      tf.Tensor2D,
+      tf.Tensor2D,
+      tf.Tensor2D,
+    ];
+  } else {
+    q = linear(x, w.linears[roles.q!]);
+    k = linear(x, w.linears[roles.k!]);
+    v = linear(x, w.linears[roles.v!]);
+  }
+  const t = tables.forLength(seqlen);
+  if (t.query && t.key) {
+    q = applyRope(q, headDim, batch, t.query);
+    k = applyRope(k, headDim, batch, t.key);
+  } else {
+    q = tf.mul(q, 1 / Math.sqrt(headDim));
+  }
+  const queryHeads = tf.split(
+    tf.reshape(tf.transpose(tf.reshape(q, [batch, seqlen, numHeads, headDim]), [0, 2, 1, 3]), [-1, headDim]),
+    batch * numHeads,
+    0,
+  ) as tf.Tensor2D[];
+  const keyHeadsT = tf.split(
+    tf.reshape(tf.transpose(tf.reshape(k, [batch, seqlen, numKvHeads, headDim]), [0, 2, 3, 1]), [-1, seqlen]),
+    batch * numKvHeads,
+    0,
+  ) as tf.Tensor2D[];
+  const valueHeads = tf.split(
+    tf.reshape(tf.transpose(tf.reshape(v, [batch, seqlen, numKvHeads, headDim]), [0, 2, 1, 3]), [-1, headDim]),
+    batch * numKvHeads,
+    0,
+  ) as tf.Tensor2D[];
+  const queriesPerKv = numHeads / numKvHeads;
+  const outputs: tf.Tensor2D[] = [];
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < numHeads; h++) {
+      const kv = b * numKvHeads + Math.floor(h / queriesPerKv);
+      const scores = tf.add(matMul2d(queryHeads[b * numHeads + h], keyHeadsT[kv]), t.mask);
+      outputs.push(matMul2d(tf.softmax(scores), valueHeads[kv]));
+    }
+  }
+  const merged = tf.reshape(
+    tf.transpose(tf.reshape(tf.concat(outputs, 0), [batch, numHeads, seqlen, headDim]), [0, 2, 1, 3]),
+    [batch * seqlen, qWidth],
+  ) as tf.Tensor2D;
+  return linear(merged, w.linears[roles.o]);
+};
+
+const mlp = (spec: ModelSpec, w: BlockTensors, x: tf.Tensor2D): tf.Tensor2D => {
+  const { roles } = spec;
+  const up = linear(x, w.linears[roles.up]);
+  const hidden = roles.gate
+    ? tf.mul(activate(spec.activation, linear(x, w.linears[roles.gate])), up)
+    : activate(spec.activation, up);
+  return linear(hidden, w.linears[roles.down]);
+};
+
+/**
+ * Pure block forward for x [batch·seqlen, hidden]; usable inside tf.grad. The caller owns
+ * the tidy scope (intermediates are not disposed here).
+ */
+export const blockForward = (
+  spec: ModelSpec,
+  w: BlockTensors,
+  x: tf.Tensor2D,
+  batch: number,
+  seqlen: number,
+  tables: ForwardTables,
+): tf.Tensor2D => {
+  if (spec.normBefore) {
+    const h = tf.add(x, attention(spec, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables));
+    return tf.add(h, mlp(spec, w, normalize(spec, h, w.mlpNorm)));
+  }
+  const h = normalize(spec, tf.add(x, attention(spec, w, x, batch, seqlen, tables)), w.attnNorm);
+  return normalize(spec, tf.add(h, mlp(spec, w, h)), w.mlpNorm);
+};

@@ -1,0 +1,68 @@
+import * as tf from "@tensorflow/tfjs";
+
+export interface AdamWOptions {
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+  /** Clip the global gradient norm to this value (0: no clipping). */
+  readonly clipNorm: number;
+}
+
+export const DEFAULT_ADAMW: AdamWOptions = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, clipNorm: 1 };
+
+interface Slot {
+  readonly param: tf.Variable;
+  readonly m: tf.Variable;
+  readonly v: tf.Variable;
+  /** Decoupled weight decay applies to matrices only, never to norms or biases (common practice). */
+  readonly decay: boolean;
+}
+
+/**
+ * AdamW (Loshchilov & Hutter) with bias correction and global-norm clipping, written
+ * out with plain tfjs ops so the update order, and hence the result, is fixed.
+ */
+export class AdamW {
+  private readonly slots: Slot[];
+  private step = 0;
+
+  constructor(params: readonly tf.Variable[], private readonly options: AdamWOptions = DEFAULT_ADAMW) {
+    this.slots = params.map((p) => ({
+      param: p,
+      m: tf.variable(tf.zerosLike(p), false),
+      v: tf.variable(tf.zerosLike(p), false),
+      decay: p.rank >= 2,
+    }));
+  }
+
+  /** Applies one update; returns the gradient norm before clipping. */
+  apply(grads: readonly tf.Tensor[], lr: number): number {
+    const { beta1, beta2, eps, weightDecay, clipNorm } = this.options;
+    this.step++;
+    const norm = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+    const scale = clipNorm > 0 && norm > clipNorm ? clipNorm / norm : 1;
+    const c1 = 1 - Math.pow(beta1, this.step);
+    const c2 = 1 - Math.pow(beta2, this.step);
+    tf.tidy(() => {
+      this.slots.forEach((s, i) => {
+        const g = scale === 1 ? grads[i]! : tf.mul(grads[i]!, scale);
+        const m = tf.add(tf.mul(s.m, beta1), tf.mul(g, 1 - beta1));
+        const v = tf.add(tf.mul(s.v, beta2), tf.mul(tf.square(g), 1 - beta2));
+        const update = tf.div(tf.div(m, c1), tf.add(tf.sqrt(tf.div(v, c2)), eps));
+        const decayed = s.decay ? tf.mul(s.param, 1 - lr * weightDecay) : s.param;
+        s.param.assign(tf.sub(decayed, tf.mul(update, lr)));
+        s.m.assign(m);
+        s.v.assign(v);
+      });
+    });
+    return norm;
+  }
+
+  dispose(): void {
+    for (const s of this.slots) {
+      s.m.dispose();
+      s.v.dispose();
+    }
+  }
+}

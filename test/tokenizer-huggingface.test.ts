@@ -1,0 +1,234 @@
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { TokenizerError } from "../src/errors.ts";
+import { huggingFaceTokenizer, loadHuggingFaceTokenizer } from "../src/tokenizer/huggingface.ts";
+import { loadLlama2cTokenizer } from "../src/tokenizer/llama2c.ts";
+import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
+import { asset, haveAssets } from "./helpers/assets.ts";
+
+function writeFolder(files: Record<string, string>): string {
+  const folder = mkdtempSync(join(tmpdir(), "hftok-"));
+  for (const [name, content] of Object.entries(files)) writeFileSync(join(folder, name), content);
+  return folder;
+}
+
+function expectTokenizerError(run: () => unknown, pattern: RegExp, file?: string): void {
+  try {
+    run();
+  } catch (error) {
+    expect(error).toBeInstanceOf(TokenizerError);
+    const tokenizerError = error as TokenizerError;
+    expect(tokenizerError.problem).toMatch(pattern);
+    if (file !== undefined) expect(tokenizerError.file).toBe(file);
+    return;
+  }
+  throw new Error("expected a TokenizerError");
+}
+
+const addedToken = (id: number, content: string) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special: true,
+});
+
+/** A small whitespace-split BPE, with the given special tokens after a letter vocabulary. */
+function wordBpeJson(specials: readonly string[]): Record<string, unknown> {
+  const letters = "abcdefghijklmnopqrstuvwxyz".split("");
+  const vocab: Record<string, number> = { "[UNK]": 0 };
+  letters.forEach((letter, i) => (vocab[letter] = i + 1));
+  vocab.he = 27;
+  vocab.hel = 28;
+  return {
+    version: "1.0",
+    added_tokens: [addedToken(0, "[UNK]"), ...specials.map((content, i) => addedToken(29 + i, content))],
+    normalizer: null,
+    pre_tokenizer: { type: "WhitespaceSplit" },
+    post_processor: null,
+    decoder: null,
+    model: { type: "BPE", unk_token: "[UNK]", vocab, merges: [["h", "e"], ["he", "l"]] },
+  };
+}
+
+/**
+ * tok512.bin rewritten the way transformers converts a SentencePiece BPE model to a
+ * Llama tokenizer.json: "▁" for spaces, a prepended "▁", byte fallback tokens, and
+ * merges ranked by the score of the merged piece; the template adds <s>.
+ */
+function llamaJsonFromLlama2c(fileBytes: Buffer): Record<string, unknown> {
+  const texts: string[] = [];
+  const scores: number[] = [];
+  for (let offset = 4; offset < fileBytes.length; ) {
+    scores.push(fileBytes.readFloatLE(offset));
+    const length = fileBytes.readInt32LE(offset + 4);
+    texts.push(fileBytes.subarray(offset + 8, offset + 8 + length).toString("utf8").replaceAll(" ", "▁"));
+    offset += 8 + length;
+  }
+  texts[0] = "<unk>";
+  texts[1] = "<s>";
+  texts[2] = "</s>";
+  const vocab: Record<string, number> = {};
+  texts.forEach((text, id) => (vocab[text] = id));
+  const mergeable = (text: string): boolean => text in vocab && vocab[text] > 258;
+  const merges: { pair: [string, string]; score: number; id: number }[] = [];
+  texts.forEach((text, id) => {
+    if (id <= 258) return;
+    const chars = Array.from(text);
+    for (let split = 1; split < chars.length; split++) {
+      const left = chars.slice(0, split).join("");
+      const right = chars.slice(split).join("");
+      if (mergeable(left) && mergeable(right)) merges.push({ pair: [left, right], score: scores[id], id });
+    }
+  });
+  merges.sort((a, b) => b.score - a.score || a.id - b.id);
+  return {
+    version: "1.0",
+    added_tokens: [addedToken(0, "<unk>"), addedToken(1, "<s>"), addedToken(2, "</s>")],
+    normalizer: {
+      type: "Sequence",
+      normalizers: [
+        { type: "Prepend", prepend: "▁" },
+        { type: "Replace", pattern: { String: " " }, content: "▁" },
+      ],
+    },
+    pre_tokenizer: null,
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [],
+      special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
+    },
+    decoder: {
+      type: "Sequence",
+      decoders: [
+        { type: "Replace", pattern: { String: "▁" }, content: " " },
+        { type: "ByteFallback" },
+        { type: "Fuse" },
+        { type: "Strip", content: " ", start: 1, stop: 0 },
+      ],
+    },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: "<unk>",
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      vocab,
+      merges: merges.map((merge) => merge.pair),
+    },
+  };
+}
+
+describe("Hugging Face tokenizer.json", () => {
+  it("finds BOS and EOS among the added tokens by their usual names", () => {
+    const llamaStyle = huggingFaceTokenizer(wordBpeJson(["<s>", "</s>"]), undefined, "t.json");
+    expect([llamaStyle.bosId, llamaStyle.eosId]).toEqual([29, 30]);
+    const llama3Style = huggingFaceTokenizer(wordBpeJson(["<|begin_of_text|>", "<|end_of_text|>"]), undefined, "t.json");
+    expect([llama3Style.bosId, llama3Style.eosId]).toEqual([29, 30]);
+    const gpt2Style = huggingFaceTokenizer(wordBpeJson(["<|endoftext|>"]), undefined, "t.json");
+    expect([gpt2Style.bosId, gpt2Style.eosId]).toEqual([29, 29]);
+    const none = huggingFaceTokenizer(wordBpeJson([]), undefined, "t.json");
+    expect([none.bosId, none.eosId]).toEqual([undefined, undefined]);
+  });
+
+  it("lets tokenizer_config.json beside the file choose BOS and EOS", () => {
+    const folder = writeFolder({
+      "tokenizer.json": JSON.stringify(wordBpeJson(["<s>", "</s>", "<|im_end|>"])),
+      "tokenizer_config.json": JSON.stringify({ bos_token: null, eos_token: { content: "<|im_end|>" } }),
+    });
+    const tokenizer = loadTokenizer(join(folder, "tokenizer.json"));
+    expect(tokenizer.bosId).toBeUndefined();
+    expect(tokenizer.eosId).toBe(31);
+  });
+
+  it("encodes with the model and without special tokens", () => {
+    const tokenizer = huggingFaceTokenizer(wordBpeJson(["<s>", "</s>"]), undefined, "t.json");
+    expect(tokenizer.vocabSize).toBe(31);
+    expect(tokenizer.encode("hello  hex")).toEqual([28, 12, 15, 27, 24]);
+    expect(tokenizer.encode("")).toEqual([]);
+    expectTokenizerError(() => tokenizer.decode([31]), /not in the vocabulary/, "t.json");
+  });
+
+  it("names the file when it is missing, not JSON, or not a usable tokenizer", () => {
+    const folder = writeFolder({
+      "broken.json": "{ not json",
+      "array.json": "[1, 2]",
+      "nomodel.json": JSON.stringify({ added_tokens: [] }),
+      "unknown.json": JSON.stringify({ ...wordBpeJson([]), model: { type: "Mystery" } }),
+      "badadded.json": JSON.stringify({ ...wordBpeJson([]), added_tokens: 5 }),
+    });
+    const missing = join(folder, "absent.json");
+    expectTokenizerError(() => loadTokenizer(missing), /cannot read/, missing);
+    expectTokenizerError(() => loadTokenizer(join(folder, "broken.json")), /not valid JSON/, join(folder, "broken.json"));
+    expectTokenizerError(() => loadTokenizer(join(folder, "array.json")), /not a JSON object/);
+    expectTokenizerError(() => loadTokenizer(join(folder, "nomodel.json")), /no "model"/);
+    expectTokenizerError(() => loadTokenizer(join(folder, "unknown.json")), /cannot be loaded.*Mystery/, join(folder, "unknown.json"));
+    expectTokenizerError(() => loadTokenizer(join(folder, "badadded.json")), /added_tokens/);
+    expectTokenizerError(() => loadTokenizer(folder), /cannot (open|read)/, join(folder, "tokenizer.json"));
+  });
+
+  it("names tokenizer_config.json when that one is broken", () => {
+    const folder = writeFolder({ "tokenizer.json": JSON.stringify(wordBpeJson([])), "tokenizer_config.json": "{,}" });
+    expectTokenizerError(() => loadHuggingFaceTokenizer(join(folder, "tokenizer.json")), /not valid JSON/, join(folder, "tokenizer_config.json"));
+  });
+
+  it("never fails with anything but a TokenizerError on arbitrary JSON", () => {
+    const modelish = fc.record({ type: fc.constantFrom("BPE", "WordPiece", "Unigram", "Other"), vocab: fc.jsonValue(), merges: fc.jsonValue() }, { requiredKeys: [] });
+    const document = fc.oneof(fc.jsonValue(), fc.record({ model: fc.oneof(modelish, fc.jsonValue()), added_tokens: fc.jsonValue() }, { requiredKeys: [] }));
+    fc.assert(
+      fc.property(document, (json) => {
+        try {
+          huggingFaceTokenizer(json, undefined, "random.json");
+        } catch (error) {
+          expect(error).toBeInstanceOf(TokenizerError);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe.skipIf(!haveAssets)("a Llama-style tokenizer.json converted from tok512.bin", () => {
+  const binFile = haveAssets ? asset("models", "stories260K", "tok512.bin") : "";
+  const json = haveAssets ? llamaJsonFromLlama2c(readFileSync(binFile)) : {};
+  const folder = writeFolder({ "tokenizer.json": JSON.stringify(json) });
+  const tokenizer = haveAssets ? loadTokenizer(join(folder, "tokenizer.json")) : undefined!;
+  const llama2c = haveAssets ? loadLlama2cTokenizer(binFile) : undefined!;
+
+  it("takes BOS from the template and does not add it when encoding", () => {
+    expect(tokenizer.vocabSize).toBe(512);
+    expect(tokenizer.bosId).toBe(1);
+    expect(tokenizer.eosId).toBe(2);
+    expect(tokenizer.encode("Once upon a time")).toEqual([403, 407, 261, 378]);
+    expect(tokenizer.decode([1, 403, 407, 261, 378])).toBe("<s>Once upon a time");
+    expect(tokenizer.decode([403, 407, 261, 378])).toBe("Once upon a time");
+  });
+
+  it("gives the same ids as the llama2.c encoder", () => {
+    const alphabet = fc.constantFrom("a", "e", "h", "n", "o", "t", "s", "d", " ", "\n", ".", "O", "é", "中");
+    fc.assert(
+      fc.property(fc.string({ unit: alphabet, minLength: 1, maxLength: 60 }), (text) => {
+        expect(tokenizer.encode(text)).toEqual(llama2c.encode(text));
+      }),
+      { numRuns: 300 },
+    );
+    const stories = readFileSync(asset("data", "tinystories", "valid.head46.txt"), "utf8").slice(0, 20_000);
+    expect(tokenizer.encode(stories)).toEqual(llama2c.encode(stories));
+  });
+
+  it("encodes about 800 kB of text as a single word within a few seconds", () => {
+    const text = readFileSync(asset("data", "tinystories", "validation.prefix.txt"), "utf8");
+    const started = performance.now();
+    const ids = tokenizer.encode(text);
+    expect((performance.now() - started) / 1000).toBeLessThan(10);
+    expect(ids).toEqual(llama2c.encode(text));
+  });
+});
