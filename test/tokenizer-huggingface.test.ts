@@ -3,11 +3,20 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { Tokenizer as LibraryTokenizer } from "@huggingface/tokenizers";
 import { TokenizerError } from "../src/errors.ts";
 import { huggingFaceTokenizer, loadHuggingFaceTokenizer } from "../src/tokenizer/huggingface.ts";
 import { loadLlama2cTokenizer } from "../src/tokenizer/llama2c.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { asset, haveAssets } from "./helpers/assets.ts";
+
+/** Compares long id lists so that a failure shows the first difference, not a diff of the whole list. */
+function expectSameIds(actual: readonly number[], expected: readonly number[]): void {
+  let first = 0;
+  while (first < actual.length && first < expected.length && actual[first] === expected[first]) first++;
+  const window = (ids: readonly number[]) => ({ at: first, length: ids.length, ids: ids.slice(first, first + 20) });
+  expect(window(actual)).toEqual(window(expected));
+}
 
 function writeFolder(files: Record<string, string>): string {
   const folder = mkdtempSync(join(tmpdir(), "hftok-"));
@@ -180,6 +189,34 @@ describe("Hugging Face tokenizer.json", () => {
     expectTokenizerError(() => loadHuggingFaceTokenizer(join(folder, "tokenizer.json")), /not valid JSON/, join(folder, "tokenizer_config.json"));
   });
 
+  it("cuts huge words for speed without changing a single id", () => {
+    const alphabet = ["a", "b", "c", "x", " ", "▁"];
+    const mergePicks = fc.array(fc.tuple(fc.nat(), fc.nat()), { maxLength: 25 });
+    const text = fc.string({ unit: fc.constantFrom(...alphabet), minLength: 257, maxLength: 700 });
+    fc.assert(
+      fc.property(mergePicks, text, (picks, sample) => {
+        const vocab = [...alphabet];
+        const merges: [string, string][] = [];
+        for (const [left, right] of picks) {
+          const pair: [string, string] = [vocab[left % vocab.length], vocab[right % vocab.length]];
+          merges.push(pair);
+          if (!vocab.includes(pair.join(""))) vocab.push(pair.join(""));
+        }
+        const json = {
+          added_tokens: [],
+          normalizer: null,
+          pre_tokenizer: null,
+          post_processor: null,
+          decoder: null,
+          model: { type: "BPE", unk_token: null, vocab: Object.fromEntries(vocab.map((token, id) => [token, id])), merges },
+        };
+        const expected = new LibraryTokenizer(json, {}).encode(sample, { add_special_tokens: false }).ids;
+        expect(huggingFaceTokenizer(json, undefined, "cut.json").encode(sample)).toEqual(expected);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
   it("never fails with anything but a TokenizerError on arbitrary JSON", () => {
     const modelish = fc.record({ type: fc.constantFrom("BPE", "WordPiece", "Unigram", "Other"), vocab: fc.jsonValue(), merges: fc.jsonValue() }, { requiredKeys: [] });
     const document = fc.oneof(fc.jsonValue(), fc.record({ model: fc.oneof(modelish, fc.jsonValue()), added_tokens: fc.jsonValue() }, { requiredKeys: [] }));
@@ -208,7 +245,6 @@ describe.skipIf(!haveAssets)("a Llama-style tokenizer.json converted from tok512
     expect(tokenizer.bosId).toBe(1);
     expect(tokenizer.eosId).toBe(2);
     expect(tokenizer.encode("Once upon a time")).toEqual([403, 407, 261, 378]);
-    expect(tokenizer.decode([1, 403, 407, 261, 378])).toBe("<s>Once upon a time");
     expect(tokenizer.decode([403, 407, 261, 378])).toBe("Once upon a time");
   });
 
@@ -221,14 +257,14 @@ describe.skipIf(!haveAssets)("a Llama-style tokenizer.json converted from tok512
       { numRuns: 300 },
     );
     const stories = readFileSync(asset("data", "tinystories", "valid.head46.txt"), "utf8").slice(0, 20_000);
-    expect(tokenizer.encode(stories)).toEqual(llama2c.encode(stories));
+    expectSameIds(tokenizer.encode(stories), llama2c.encode(stories));
   });
 
-  it("encodes about 800 kB of text as a single word within a few seconds", () => {
+  it("encodes about 800 kB of text, one word for its BPE, within a few seconds", () => {
     const text = readFileSync(asset("data", "tinystories", "validation.prefix.txt"), "utf8");
     const started = performance.now();
     const ids = tokenizer.encode(text);
-    expect((performance.now() - started) / 1000).toBeLessThan(10);
-    expect(ids).toEqual(llama2c.encode(text));
+    expect((performance.now() - started) / 1000).toBeLessThan(5);
+    expectSameIds(ids, llama2c.encode(text));
   });
 });

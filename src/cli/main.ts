@@ -3,6 +3,7 @@ import { hideBin } from "yargs/helpers";
 import { BACKEND_CHOICES } from "../backend/backend.ts";
 import { evalCommand } from "./eval.ts";
 import { startCommand } from "./start.ts";
+import { trainCommand } from "./train.ts";
 import { reportFailure, setVerbose } from "./run.ts";
 
 await yargs(hideBin(process.argv))
@@ -13,6 +14,7 @@ await yargs(hideBin(process.argv))
   .middleware((argv) => setVerbose(Boolean(argv.verbose)))
   .command(evalCommand as never)
   .command(startCommand as never)
+  .command(trainCommand as never)
   .demandCommand(1, "name a command (see --help)")
   .strict()
   .recommendCommands()

@@ -7,7 +7,7 @@ import * as tf from "@tensorflow/tfjs";
 import { CheckpointError } from "../errors.ts";
 import type { HostBlock, HostLinear, HostNorm, HostTensor, ModelSpec } from "./spec.ts";
 import { kvDim, linearShapes } from "./spec.ts";
-import { activate, linear, matMul2d, normalize, type LinearTensors, type NormTensors } from "./ops.ts";
+import { activate, linear, matMul2d, normalize, takeRange, type LinearTensors, type NormTensors } from "./ops.ts";
 import { applyRope } from "./rope.ts";
 import type { ForwardTables } from "./tables.ts";
 
@@ -49,7 +49,7 @@ export const checkHostTensor = (
 
 /** Makes a tensor from host data; as a trainable tf.Variable when asked. */
 export const hostToTensor = <R extends tf.Rank>(t: HostTensor, asVariable: boolean): tf.Tensor<R> => {
-  const tensor = tf.tensor(t.data, [...t.shape], "float32") as tf.Tensor<R>;
+  const tensor = tf.tensor(t.data, [...t.shape] as tf.ShapeMap[R], "float32") as tf.Tensor<R>;
   if (!asVariable) return tensor;
   const variable = tf.variable(tensor, true);
   tensor.dispose();
@@ -131,8 +131,9 @@ export const disposeBlock = (b: BlockTensors): void => {
 };
 
 /**
- * Causal self-attention. Heads are made contiguous by one transpose each for q, k and v;
- * then every (window, head) pair is two plain 2-D matMuls, the fast path on wasm.
+ * Causal self-attention. q, k and v are put head-major by one transpose each (k already
+ * transposed to [headDim, seqlen] per head); then every (window, head) pair is two plain
+ * 2-D matMuls, the fast path on wasm.
  */
 const attention = (
   spec: ModelSpec,
@@ -149,11 +150,10 @@ const attention = (
   let k: tf.Tensor2D;
   let v: tf.Tensor2D;
   if (roles.qkv) {
-    [q, k, v] = tf.split(linear(x, w.linears[roles.qkv]), [qWidth, kvWidth, kvWidth], 1) as [
-      tf.Tensor2D,
-      tf.Tensor2D,
-      tf.Tensor2D,
-    ];
+    const qkv = linear(x, w.linears[roles.qkv]);
+    q = takeRange(qkv, 1, 0, qWidth);
+    k = takeRange(qkv, 1, qWidth, kvWidth);
+    v = takeRange(qkv, 1, qWidth + kvWidth, kvWidth);
   } else {
     q = linear(x, w.linears[roles.q!]);
     k = linear(x, w.linears[roles.k!]);
@@ -166,28 +166,40 @@ const attention = (
   } else {
     q = tf.mul(q, 1 / Math.sqrt(headDim));
   }
-  const queryHeads = tf.split(
-    tf.reshape(tf.transpose(tf.reshape(q, [batch, seqlen, numHeads, headDim]), [0, 2, 1, 3]), [-1, headDim]),
-    batch * numHeads,
-    0,
-  ) as tf.Tensor2D[];
-  const keyHeadsT = tf.split(
-    tf.reshape(tf.transpose(tf.reshape(k, [batch, seqlen, numKvHeads, headDim]), [0, 2, 3, 1]), [-1, seqlen]),
-    batch * numKvHeads,
-    0,
-  ) as tf.Tensor2D[];
-  const valueHeads = tf.split(
-    tf.reshape(tf.transpose(tf.reshape(v, [batch, seqlen, numKvHeads, headDim]), [0, 2, 1, 3]), [-1, headDim]),
-    batch * numKvHeads,
-    0,
-  ) as tf.Tensor2D[];
+  // [batch·heads·seqlen, headDim]: rows of one (window, head) are contiguous.
+  const queryHeads = tf.reshape(
+    tf.transpose(tf.reshape(q, [batch, seqlen, numHeads, headDim]), [0, 2, 1, 3]),
+    [-1, headDim],
+  ) as tf.Tensor2D;
+  const valueHeads = tf.reshape(
+    tf.transpose(tf.reshape(v, [batch, seqlen, numKvHeads, headDim]), [0, 2, 1, 3]),
+    [-1, headDim],
+  ) as tf.Tensor2D;
+  // [batch·kvHeads·headDim, seqlen]: each head's keys already transposed.
+  const keyHeadsT = tf.reshape(
+    tf.transpose(tf.reshape(k, [batch, seqlen, numKvHeads, headDim]), [0, 2, 3, 1]),
+    [-1, seqlen],
+  ) as tf.Tensor2D;
   const queriesPerKv = numHeads / numKvHeads;
   const outputs: tf.Tensor2D[] = [];
   for (let b = 0; b < batch; b++) {
-    for (let h = 0; h < numHeads; h++) {
-      const kv = b * numKvHeads + Math.floor(h / queriesPerKv);
-      const scores = tf.add(matMul2d(queryHeads[b * numHeads + h], keyHeadsT[kv]), t.mask);
-      outputs.push(matMul2d(tf.softmax(scores), valueHeads[kv]));
+    for (let g = 0; g < numKvHeads; g++) {
+      const kv = b * numKvHeads + g;
+      const keysT = takeRange(keyHeadsT, 0, kv * headDim, headDim);
+      const values = takeRange(valueHeads, 0, kv * seqlen, seqlen);
+      const visible = t.chunks.map((c) =>
+        c.end === seqlen
+          ? { keysT, values }
+          : { keysT: takeRange(keysT, 1, 0, c.end), values: takeRange(values, 0, 0, c.end) },
+      );
+      for (let h = g * queriesPerKv; h < (g + 1) * queriesPerKv; h++) {
+        const head = b * numHeads + h;
+        t.chunks.forEach((c, i) => {
+          const queries = takeRange(queryHeads, 0, head * seqlen + c.start, c.end - c.start);
+          const scores = tf.add(matMul2d(queries, visible[i].keysT), c.mask) as tf.Tensor2D;
+          outputs[head * t.chunks.length + i] = matMul2d(tf.softmax(scores), visible[i].values);
+        });
+      }
     }
   }
   const merged = tf.reshape(
@@ -201,7 +213,7 @@ const mlp = (spec: ModelSpec, w: BlockTensors, x: tf.Tensor2D): tf.Tensor2D => {
   const { roles } = spec;
   const up = linear(x, w.linears[roles.up]);
   const hidden = roles.gate
-    ? tf.mul(activate(spec.activation, linear(x, w.linears[roles.gate])), up)
+    ? (tf.mul(activate(spec.activation, linear(x, w.linears[roles.gate])), up) as tf.Tensor2D)
     : activate(spec.activation, up);
   return linear(hidden, w.linears[roles.down]);
 };
@@ -219,9 +231,9 @@ export const blockForward = (
   tables: ForwardTables,
 ): tf.Tensor2D => {
   if (spec.normBefore) {
-    const h = tf.add(x, attention(spec, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables));
-    return tf.add(h, mlp(spec, w, normalize(spec, h, w.mlpNorm)));
+    const h = tf.add(x, attention(spec, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables)) as tf.Tensor2D;
+    return tf.add(h, mlp(spec, w, normalize(spec, h, w.mlpNorm))) as tf.Tensor2D;
   }
-  const h = normalize(spec, tf.add(x, attention(spec, w, x, batch, seqlen, tables)), w.attnNorm);
-  return normalize(spec, tf.add(h, mlp(spec, w, h)), w.mlpNorm);
+  const h = normalize(spec, tf.add(x, attention(spec, w, x, batch, seqlen, tables)) as tf.Tensor2D, w.attnNorm);
+  return normalize(spec, tf.add(h, mlp(spec, w, h)) as tf.Tensor2D, w.mlpNorm);
 };

@@ -16,7 +16,8 @@ import {
   hostToTensor,
   type BlockTensors,
 } from "./block.ts";
-import { embeddingLookup, matMul2d, normalize, weightedNllSum, type NormTensors } from "./ops.ts";
+import { embeddingLookup, matMul2d, normalize, takeRange, weightedNllSum, type NormTensors } from "./ops.ts";
+import { copyRows } from "./copy-kernels.ts";
 import { ForwardTables } from "./tables.ts";
 
 export { blockForward, blockToTensors, disposeBlock, type BlockTensors } from "./block.ts";
@@ -103,10 +104,10 @@ const globalsToTensors = (spec: ModelSpec, g: HostGlobals, source: string, asVar
   }
 };
 
-const globalTensorList = (g: GlobalTensors): tf.Tensor[] =>
-  [g.embed, g.positions, g.finalNorm?.weight, g.finalNorm?.bias, g.lmHead, g.projectIn, g.projectOut].filter(
-    (t): t is tf.Tensor => t !== undefined,
-  );
+const globalTensorList = (g: GlobalTensors): tf.Tensor[] => {
+  const all: (tf.Tensor | undefined)[] = [g.embed, g.positions, g.finalNorm?.weight, g.finalNorm?.bias, g.lmHead, g.projectIn, g.projectOut];
+  return all.filter((t): t is tf.Tensor => t !== undefined);
+};
 
 const isBlockTensors = (w: HostBlock | BlockTensors): w is BlockTensors => w.attnNorm?.weight instanceof tf.Tensor;
 
@@ -168,7 +169,7 @@ export class Decoder {
   embed(ids: Int32Array, batch: number, seqlen: number): tf.Tensor2D {
     this.checkLive();
     this.checkWindow(ids, batch, seqlen);
-    return tf.tidy(() => this.embedIds(tf.tensor1d(ids, "int32"), batch, seqlen));
+    return tf.tidy(() => this.embedIds(ids, batch, seqlen));
   }
 
   /** Runs block i on x [batch·seqlen, hidden]; x is left to the caller. */
@@ -211,7 +212,7 @@ export class Decoder {
     const x = this.hiddenStates(ids, batch, seqlen);
     try {
       const total = tf.tidy(() => {
-        const rows = scored.rows.length === ids.length ? x : tf.gather(x, tf.tensor1d(scored.rows, "int32"));
+        const rows = scored.rows.length === ids.length ? x : copyRows(x, scored.rows);
         const head = this.headWeight();
         const picked = this.headInput(rows);
         const parts: tf.Scalar[] = [];
@@ -220,7 +221,7 @@ export class Decoder {
           parts.push(
             tf.tidy(() =>
               weightedNllSum(
-                tf.matMul(tf.slice(picked, [start, 0], [n, -1]), head),
+                tf.matMul(takeRange(picked, 0, start, n), head),
                 tf.tensor1d(scored.targets.subarray(start, start + n), "int32"),
                 tf.ones([n]),
               ),
@@ -259,7 +260,7 @@ export class Decoder {
       }
     }
     return tf.tidy(() => {
-      let x = this.embedIds(tf.tensor1d(ids, "int32"), batch, seqlen);
+      let x = this.embedIds(ids, batch, seqlen);
       for (let i = 0; i < this.spec.numLayers; i++) {
         x = blockForward(this.spec, this.blocks[i]!, x, batch, seqlen, this.tables);
       }
@@ -271,7 +272,7 @@ export class Decoder {
         if (!weights.subarray(start, start + n).some((w) => w > 0)) continue;
         parts.push(
           weightedNllSum(
-            matMul2d(tf.slice(picked, [start, 0], [n, -1]), head),
+            matMul2d(takeRange(picked, 0, start, n), head),
             tf.tensor1d(safeTargets.subarray(start, start + n), "int32"),
             tf.tensor1d(weights.subarray(start, start + n)),
           ),
@@ -289,7 +290,7 @@ export class Decoder {
     }
     const x = this.hiddenStates(ids, 1, ids.length);
     try {
-      const logits = tf.tidy(() => matMul2d(this.headInput(tf.slice(x, [position, 0], [1, -1])), this.headWeight()));
+      const logits = tf.tidy(() => matMul2d(this.headInput(takeRange(x, 0, position, 1)), this.headWeight()));
       const values = logits.dataSync() as Float32Array;
       logits.dispose();
       return Float32Array.from(values);
@@ -395,13 +396,13 @@ export class Decoder {
     return x;
   }
 
-  private embedIds(ids: tf.Tensor1D, batch: number, seqlen: number): tf.Tensor2D {
+  private embedIds(ids: Int32Array, batch: number, seqlen: number): tf.Tensor2D {
     const g = this.globals;
     let x = embeddingLookup(g.embed, ids);
     if (g.projectIn) x = matMul2d(x, g.projectIn);
     if (g.positions && this.spec.positions.kind === "learned") {
       const hidden = this.spec.hiddenSize;
-      const table = tf.slice(g.positions, [this.spec.positions.offset, 0], [seqlen, hidden]);
+      const table = takeRange(g.positions, 0, this.spec.positions.offset, seqlen);
       x = tf.reshape(tf.add(tf.reshape(x, [batch, seqlen * hidden]), tf.reshape(table, [1, seqlen * hidden])), [
         batch * seqlen,
         hidden,

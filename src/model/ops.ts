@@ -5,6 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { ModelSpec } from "./spec.ts";
+import { copyRange, copyRows } from "./copy-kernels.ts";
 
 export interface NormTensors {
   readonly weight: tf.Tensor1D;
@@ -19,36 +20,44 @@ export interface LinearTensors {
 type Saver = (tensors: tf.Tensor[]) => void;
 
 /**
+ * tf.customGrad with typed inputs: `f` gets the inputs and the save function, and returns
+ * the value with a gradient function giving one gradient per input.
+ */
+const withGradient = <A extends tf.Tensor[], R extends tf.Tensor>(
+  f: (inputs: A, save: Saver) => { value: R; gradFunc: (dy: R, saved: tf.Tensor[]) => tf.Tensor[] },
+): ((...inputs: A) => R) => {
+  const wrapped = tf.customGrad(((...args: unknown[]) => {
+    const save = args.pop() as Saver;
+    return f(args as A, save);
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return wrapped as unknown as (...inputs: A) => R;
+};
+
+/**
  * a · b for 2-D tensors. tf.matMul's own gradient uses transpose flags, which are ~10x
  * slower on wasm than taking the transpose explicitly.
  */
-export const matMul2d: (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D = tf.customGrad(
-  (...args: (tf.Tensor | Saver)[]) => {
-    const [a, b, save] = args as [tf.Tensor2D, tf.Tensor2D, Saver];
-    save([a, b]);
-    return {
-      value: tf.matMul(a, b),
-      gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => {
-        const [sa, sb] = saved as [tf.Tensor2D, tf.Tensor2D];
-        return [tf.matMul(dy, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy)];
-      },
-    };
-  },
-) as unknown as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
+export const matMul2d = withGradient(([a, b]: [tf.Tensor2D, tf.Tensor2D], save) => {
+  save([a, b]);
+  return {
+    value: tf.matMul(a, b) as tf.Tensor2D,
+    gradFunc: (dy: tf.Tensor2D, saved) => {
+      const [sa, sb] = saved as [tf.Tensor2D, tf.Tensor2D];
+      return [tf.matMul(dy, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy)];
+    },
+  };
+});
 
-const affine: (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D) => tf.Tensor2D = tf.customGrad(
-  (...args: (tf.Tensor | Saver)[]) => {
-    const [x, w, b, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, Saver];
-    save([x, w]);
-    return {
-      value: tf.add(tf.matMul(x, w), b),
-      gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => {
-        const [sx, sw] = saved as [tf.Tensor2D, tf.Tensor2D];
-        return [tf.matMul(dy, tf.transpose(sw)), tf.matMul(tf.transpose(sx), dy), tf.sum(dy, 0)];
-      },
-    };
-  },
-) as unknown as (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D) => tf.Tensor2D;
+const affine = withGradient(([x, w, b]: [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D], save) => {
+  save([x, w]);
+  return {
+    value: tf.add(tf.matMul(x, w), b) as tf.Tensor2D,
+    gradFunc: (dy: tf.Tensor2D, saved) => {
+      const [sx, sw] = saved as [tf.Tensor2D, tf.Tensor2D];
+      return [tf.matMul(dy, tf.transpose(sw)), tf.matMul(tf.transpose(sx), dy), tf.sum(dy, 0)];
+    },
+  };
+});
 
 /** y = x W + b with W stored as [in, out]. */
 export const linear = (x: tf.Tensor2D, l: LinearTensors): tf.Tensor2D =>
@@ -59,20 +68,28 @@ export const linear = (x: tf.Tensor2D, l: LinearTensors): tf.Tensor2D =>
  * Used for the rotate-half permutation of RoPE.
  */
 export const constMatMul = (x: tf.Tensor2D, m: tf.Tensor2D, mTransposed: tf.Tensor2D): tf.Tensor2D =>
-  (
-    tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
-      const [input] = args as [tf.Tensor2D];
-      return {
-        value: tf.matMul(input, m),
-        gradFunc: (dy: tf.Tensor2D) => [tf.matMul(dy, mTransposed)],
-      };
-    }) as unknown as (x: tf.Tensor2D) => tf.Tensor2D
-  )(x);
+  withGradient(([input]: [tf.Tensor2D]) => ({
+    value: tf.matMul(input, m) as tf.Tensor2D,
+    gradFunc: (dy: tf.Tensor2D) => [tf.matMul(dy, mTransposed)],
+  }))(x);
+
+/** Indices [start, start + size) of x along `axis`; the gradient is the zero-padded upstream gradient. */
+export const takeRange = <T extends tf.Tensor>(x: T, axis: number, start: number, size: number): T =>
+  withGradient(([input]: [T]) => {
+    const shape = input.shape;
+    return {
+      value: copyRange(input, axis, start, size),
+      gradFunc: (dy: T) => {
+        const padding = shape.map((n, i): [number, number] => (i === axis ? [start, n - start - size] : [0, 0]));
+        return [tf.pad(dy, padding)];
+      },
+    };
+  })(x);
 
 /** RMSNorm over the last axis: x / sqrt(mean(x²) + eps) · w. */
 export const rmsNorm = (x: tf.Tensor2D, n: NormTensors, eps: number): tf.Tensor2D => {
   const inverseRms = tf.rsqrt(tf.add(tf.mean(tf.square(x), 1, true), eps));
-  return tf.mul(tf.mul(x, inverseRms), n.weight);
+  return tf.mul(tf.mul(x, inverseRms), n.weight) as tf.Tensor2D;
 };
 
 /** LayerNorm over the last axis with the biased variance, as torch computes it. */
@@ -80,7 +97,7 @@ export const layerNorm = (x: tf.Tensor2D, n: NormTensors, eps: number): tf.Tenso
   const centred = tf.sub(x, tf.mean(x, 1, true));
   const inverseStd = tf.rsqrt(tf.add(tf.mean(tf.square(centred), 1, true), eps));
   const scaled = tf.mul(tf.mul(centred, inverseStd), n.weight);
-  return n.bias ? tf.add(scaled, n.bias) : scaled;
+  return (n.bias ? tf.add(scaled, n.bias) : scaled) as tf.Tensor2D;
 };
 
 export const normalize = (spec: ModelSpec, x: tf.Tensor2D, n: NormTensors): tf.Tensor2D =>
@@ -92,38 +109,35 @@ const GELU_SIGMOID_SCALE = 2 * Math.sqrt(2 / Math.PI);
 export const activate = (kind: ModelSpec["activation"], x: tf.Tensor2D): tf.Tensor2D => {
   switch (kind) {
     case "silu":
-      return tf.mul(x, tf.sigmoid(x));
+      return tf.mul(x, tf.sigmoid(x)) as tf.Tensor2D;
     case "relu":
       return tf.relu(x);
     case "gelu_tanh": {
       const inner = tf.mul(x, tf.add(tf.mul(tf.square(x), 0.044715 * GELU_SIGMOID_SCALE), GELU_SIGMOID_SCALE));
-      return tf.mul(x, tf.sigmoid(inner));
+      return tf.mul(x, tf.sigmoid(inner)) as tf.Tensor2D;
     }
   }
 };
 
 /**
- * Rows of `table` picked by `ids`. The forward is a gather; the gradient is a one-hot
- * product, because gather's own gradient (UnsortedSegmentSum) is missing on wasm.
+ * Rows of `table` picked by `ids`. The gradient is a one-hot product, because gather's own
+ * gradient (UnsortedSegmentSum) is missing on wasm.
  */
-export const embeddingLookup = (table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D =>
-  (
-    tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
-      const [t] = args as [tf.Tensor2D];
-      const vocab = t.shape[0];
-      return {
-        value: tf.gather(t, ids),
-        gradFunc: (dy: tf.Tensor2D) => {
-          // [vocab, rows] one-hot built already transposed so the product needs no flag.
-          const selector = tf.cast(
-            tf.equal(tf.reshape(tf.range(0, vocab, 1, "int32"), [vocab, 1]), tf.reshape(ids, [1, -1])),
-            "float32",
-          ) as tf.Tensor2D;
-          return [tf.matMul(selector, dy)];
-        },
-      };
-    }) as unknown as (t: tf.Tensor2D) => tf.Tensor2D
-  )(table);
+export const embeddingLookup = (table: tf.Tensor2D, ids: Int32Array): tf.Tensor2D =>
+  withGradient(([t]: [tf.Tensor2D]) => {
+    const vocab = t.shape[0];
+    return {
+      value: copyRows(t, ids),
+      gradFunc: (dy: tf.Tensor2D) => {
+        // [vocab, rows] one-hot built already transposed so the product needs no flag.
+        const selector = tf.cast(
+          tf.equal(tf.reshape(tf.range(0, vocab, 1, "int32"), [vocab, 1]), tf.tensor2d(ids, [1, ids.length], "int32")),
+          "float32",
+        ) as tf.Tensor2D;
+        return [tf.matMul(selector, dy)];
+      },
+    };
+  })(table);
 
 /**
  * Sum over rows of weight·(logsumexp(row) − row[target]). The log-sum-exp comes from the
@@ -132,22 +146,19 @@ export const embeddingLookup = (table: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor
  * `targets` must already be valid class indices (unscored rows carry weight 0).
  */
 export const weightedNllSum = (logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D): tf.Scalar =>
-  (
-    tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
-      const [x, save] = args as [tf.Tensor2D, Saver];
-      const [rows, vocab] = x.shape;
-      const probabilities = tf.softmax(x);
-      save([probabilities]);
-      const logSumExp = tf.sub(tf.max(x, 1), tf.log(tf.max(probabilities, 1)));
-      const flatIndex = tf.add(tf.mul(tf.range(0, rows, 1, "int32"), vocab), targets);
-      const targetLogit = tf.gather(tf.reshape(x, [-1]), flatIndex);
-      return {
-        value: tf.sum(tf.mul(tf.sub(logSumExp, targetLogit), weights)),
-        gradFunc: (dy: tf.Scalar, saved: tf.Tensor[]) => {
-          const [p] = saved as [tf.Tensor2D];
-          const rowScale = tf.reshape(tf.mul(weights, dy), [rows, 1]);
-          return [tf.mul(tf.sub(p, tf.oneHot(targets, vocab, 1, 0, "float32")), rowScale)];
-        },
-      };
-    }) as unknown as (x: tf.Tensor2D) => tf.Scalar
-  )(logits);
+  withGradient(([x]: [tf.Tensor2D], save) => {
+    const [rows, vocab] = x.shape;
+    const probabilities = tf.softmax(x);
+    save([probabilities]);
+    const logSumExp = tf.sub(tf.max(x, 1), tf.log(tf.max(probabilities, 1)));
+    const flatIndex = tf.add(tf.mul(tf.range(0, rows, 1, "int32"), tf.scalar(vocab, "int32")), targets);
+    const targetLogit = tf.gather(tf.reshape(x, [-1]), flatIndex);
+    return {
+      value: tf.sum(tf.mul(tf.sub(logSumExp, targetLogit), weights)) as tf.Scalar,
+      gradFunc: (dy: tf.Scalar, saved) => {
+        const [p] = saved as [tf.Tensor2D];
+        const rowScale = tf.reshape(tf.mul(weights, dy), [rows, 1]);
+        return [tf.mul(tf.sub(p, tf.oneHot(targets, vocab, 1, 0, "float32")), rowScale)];
+      },
+    };
+  })(logits);

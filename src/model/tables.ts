@@ -9,8 +9,31 @@ import { buildRopeTables, disposeRopeTables, inverseFrequencies, type RopeTables
 /** Large enough that exp() of a masked score is exactly 0, finite so gradients stay clean. */
 const MASKED = -1e9;
 
-export interface LengthTables {
+/**
+ * Query rows [start, end) attend to keys [0, end) only: the keys after `end` are masked for
+ * every row of the chunk, so splitting the queries skips that part of the score matrix.
+ */
+export interface QueryChunk {
+  readonly start: number;
+  readonly end: number;
+  /** Additive causal mask [end - start, end]. */
   readonly mask: tf.Tensor2D;
+}
+
+/** Rows per query chunk below which splitting costs more in extra ops than it saves. */
+const MIN_CHUNK_ROWS = 256;
+const MAX_CHUNKS = 1;
+
+export const queryChunkBounds = (seqlen: number): [number, number][] => {
+  const count = Math.max(1, Math.min(MAX_CHUNKS, Math.floor(seqlen / MIN_CHUNK_ROWS)));
+  return Array.from({ length: count }, (_, c) => [
+    Math.round((c * seqlen) / count),
+    Math.round(((c + 1) * seqlen) / count),
+  ]);
+};
+
+export interface LengthTables {
+  readonly chunks: readonly QueryChunk[];
   /** Query tables carry the 1/sqrt(headDim) attention scale. */
   readonly query?: RopeTables;
   readonly key?: RopeTables;
@@ -59,19 +82,22 @@ export class ForwardTables {
     const t = this.byLength.get(seqlen);
     if (!t) return;
     this.byLength.delete(seqlen);
-    t.mask.dispose();
+    for (const c of t.chunks) c.mask.dispose();
     if (t.query) disposeRopeTables(t.query);
     if (t.key) disposeRopeTables(t.key);
   }
 
   private build(seqlen: number): LengthTables {
-    const maskData = new Float32Array(seqlen * seqlen);
-    for (let i = 0; i < seqlen; i++) maskData.fill(MASKED, i * seqlen + i + 1, (i + 1) * seqlen);
-    const mask = tf.keep(tf.tensor2d(maskData, [seqlen, seqlen]));
-    if (!this.inv) return { mask };
+    const chunks = queryChunkBounds(seqlen).map(([start, end]): QueryChunk => {
+      const rows = end - start;
+      const maskData = new Float32Array(rows * end);
+      for (let i = 0; i < rows; i++) maskData.fill(MASKED, i * end + start + i + 1, (i + 1) * end);
+      return { start, end, mask: tf.keep(tf.tensor2d(maskData, [rows, end])) };
+    });
+    if (!this.inv) return { chunks };
     const { numHeads, numKvHeads, headDim } = this.spec;
     return {
-      mask,
+      chunks,
       query: kept(buildRopeTables(this.inv, seqlen, numHeads, 1 / Math.sqrt(headDim))),
       key: kept(buildRopeTables(this.inv, seqlen, numKvHeads, 1)),
     };

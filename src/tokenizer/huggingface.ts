@@ -2,10 +2,21 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { TokenizerError } from "../errors.ts";
+import { splitLongWordsSafely } from "./bpe-split.ts";
 import { describeCause, readTokenizerFile } from "./read-file.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 type Json = Record<string, unknown>;
+
+/** The library calls used here; its published types do not resolve under NodeNext module resolution. */
+interface LibraryTokenizer {
+  readonly model: unknown;
+  encode(text: string, options: { add_special_tokens: boolean }): { ids: (number | undefined)[] };
+  decode(ids: number[]): string;
+  token_to_id(token: string): number | undefined;
+  id_to_token(id: number): string | undefined;
+  get_vocab(withAddedTokens: boolean): Map<unknown, number>;
+}
 
 const BOS_NAMES = ["<s>", "<|begin_of_text|>", "<|bos|>", "<bos>", "<|startoftext|>", "<|endoftext|>"];
 const EOS_NAMES = ["</s>", "<|end_of_text|>", "<|eos|>", "<eos>", "<|endoftext|>"];
@@ -35,17 +46,26 @@ export function huggingFaceTokenizer(tokenizerJson: unknown, config: Json | unde
   const completed: Json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...tokenizerJson, added_tokens: addedTokens };
   const effectiveConfig: Json = { clean_up_tokenization_spaces: false, ...(config ?? {}) };
 
-  let inner: HfTokenizer;
+  let inner: LibraryTokenizer;
   try {
-    inner = new HfTokenizer(completed, effectiveConfig);
+    inner = new HfTokenizer(completed, effectiveConfig) as LibraryTokenizer;
   } catch (cause) {
     return fail(`cannot be loaded as a tokenizer (model type ${JSON.stringify(model.type ?? "unspecified")}): ${describeCause(cause)}`);
   }
+  splitLongWordsSafely(inner.model);
   const vocabSize = countVocab(inner);
   if (vocabSize === 0) return fail("has an empty vocabulary");
   const bosId = specialId(inner, config, "bos_token", [templateBos(tokenizerJson.post_processor), ...BOS_NAMES]);
   const eosId = specialId(inner, config, "eos_token", EOS_NAMES);
 
+  const libraryCall = <T>(what: string, run: () => T): T => {
+    try {
+      return run();
+    } catch (cause) {
+      if (cause instanceof TokenizerError) throw cause;
+      return fail(`cannot ${what}: ${describeCause(cause)}`);
+    }
+  };
   const checkIds = (ids: readonly number[]): void => {
     for (const id of ids) {
       if (!Number.isInteger(id) || id < 0 || id >= vocabSize || inner.id_to_token(id) === undefined) {
@@ -59,15 +79,17 @@ export function huggingFaceTokenizer(tokenizerJson: unknown, config: Json | unde
     bosId,
     eosId,
     encode(text: string): number[] {
-      const ids = inner.encode(text, { add_special_tokens: false }).ids;
+      const ids = libraryCall("encode the text", () => inner.encode(text, { add_special_tokens: false }).ids);
       // The library maps a token it cannot find to an undefined id when the model has no unk token.
-      if (ids.some((id) => typeof id !== "number")) fail(`cannot encode the text: the vocabulary has no token for part of it and no unknown token`);
+      if (!ids.every((id): id is number => typeof id === "number")) {
+        return fail("cannot encode the text: the vocabulary has no token for part of it and no unknown token");
+      }
       return ids;
     },
     decode(ids: readonly number[]): string {
       if (ids.length === 0) return "";
       checkIds(ids);
-      return inner.decode([...ids]);
+      return libraryCall("decode the ids", () => inner.decode([...ids]));
     },
   };
 }
@@ -88,7 +110,7 @@ function isObject(value: unknown): value is Json {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-function countVocab(inner: HfTokenizer): number {
+function countVocab(inner: LibraryTokenizer): number {
   let largest = -1;
   for (const id of inner.get_vocab(true).values()) largest = Math.max(largest, id);
   return largest + 1;
@@ -98,7 +120,7 @@ function countVocab(inner: HfTokenizer): number {
  * The id of a special token: the config's own choice wins (an explicit null there means
  * the model has none), else the first known name that the vocabulary holds.
  */
-function specialId(inner: HfTokenizer, config: Json | undefined, key: string, candidates: readonly (string | undefined)[]): number | undefined {
+function specialId(inner: LibraryTokenizer, config: Json | undefined, key: string, candidates: readonly (string | undefined)[]): number | undefined {
   if (config !== undefined && key in config) {
     const configured = config[key];
     const content = isObject(configured) ? configured.content : configured;

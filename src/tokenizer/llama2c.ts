@@ -12,6 +12,7 @@ const MIN_VOCAB = BYTE_FALLBACK_OFFSET + 256;
 const MERGE_SCORE_FLOOR = Math.fround(-1e10);
 /** run.c reads byte tokens with sscanf("<0x%02hhX>"), which needs one or two hex digits and nothing after. */
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{1,2})/;
+const utf8Decoder = new TextDecoder();
 
 /**
  * A llama2.c tokenizer.bin. Token texts are kept as byte strings (one char per byte,
@@ -45,7 +46,10 @@ export class Llama2cTokenizer implements Tokenizer {
     this.piecesAfterBos = texts.map((text) => pieceBytes(text.startsWith(" ") ? text.slice(1) : text));
   }
 
-  /** run.c's encode() without BOS/EOS: dummy prefix " ", code points or byte fallback, then greedy merges. */
+  /**
+   * run.c's encode() without BOS/EOS: dummy prefix " ", code points or byte fallback, then
+   * greedy merges. A NUL character, where run.c's C string would end, is encoded as a byte.
+   */
   encode(text: string): number[] {
     if (text.length === 0) return [];
     const bytes = Buffer.from(text, "utf8");
@@ -75,8 +79,9 @@ export class Llama2cTokenizer implements Tokenizer {
     return prev === BOS_ID ? this.piecesAfterBos[id] : this.pieces[id];
   }
 
+  /** A lone byte token that is part of a multi-byte character comes out as U+FFFD here; pieceBytes keeps it exact. */
   piece(prev: number, id: number): string {
-    return new TextDecoder().decode(this.pieceBytes(prev, id));
+    return utf8Decoder.decode(this.pieceBytes(prev, id));
   }
 
   /**
