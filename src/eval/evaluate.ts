@@ -39,7 +39,7 @@ export const tokenizerFor = (checkpoint: Checkpoint): Tokenizer => {
       problem: "no tokenizer found beside the checkpoint (tokenizer.json, tokenizer.bin or tok*.bin): pass --tokenizer FILE",
     });
   }
-  return loadTokenizer(checkpoint.tokenizerPath);
+  return loadTokenizer(checkpoint.tokenizerPath, { vocabSize: checkpoint.spec.vocabSize });
 };
 
 /** Tokenizes the evaluation text into windows following the protocol for its format. */
