@@ -77,6 +77,10 @@ export const evaluate = (request: EvalRequest) =>
       if (seqlen > checkpoint.spec.maxPositions) {
         return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${checkpoint.spec.maxPositions}` });
       }
+      const span = checkpoint.spec.slidingWindow;
+      if (span !== undefined && seqlen > span) {
+        return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's sliding attention window of ${span}, which evosparse does not implement` });
+      }
       const windows = yield* Effect.try({
         try: () => evaluationWindows(request, tokenizerFor(checkpoint), seqlen),
         catch: (e) => e as DataError | TokenizerError | UsageError,

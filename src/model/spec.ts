@@ -67,6 +67,11 @@ export interface ModelSpec {
   readonly embedDim: number;
   readonly bosTokenId?: number;
   readonly eosTokenId?: number;
+  /**
+   * Mistral-style sliding-window attention span. The decoder attends over the whole
+   * window, which is exact while the window is no longer than this span.
+   */
+  readonly slidingWindow?: number;
 }
 
 /** Weights in host memory: row-major float32 data with its shape. */

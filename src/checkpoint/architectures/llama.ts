@@ -40,6 +40,8 @@ const LlamaConfig = Schema.Struct({
   mlp_bias: Schema.optional(Schema.Boolean),
   bos_token_id: TokenId,
   eos_token_id: TokenId,
+  sliding_window: Schema.optional(Schema.NullOr(Schema.Number)),
+  use_sliding_window: Schema.optional(Schema.Boolean),
 });
 
 const LINEARS = ["q", "k", "v", "o", "gate", "up", "down"] as const;
@@ -97,6 +99,8 @@ const makeLlamaLike = (
       embedDim: c.hidden_size,
       bosTokenId: firstId(c.bos_token_id),
       eosTokenId: firstId(c.eos_token_id),
+      // Qwen2 declares a window but only uses it with use_sliding_window = true.
+      ...(c.sliding_window && (family === "mistral" || c.use_sliding_window) ? { slidingWindow: c.sliding_window } : {}),
       // Qwen2 always carries q/k/v biases; LLaMA's attention_bias adds o_proj's too.
       biasedLinears: (c.attention_bias ?? defaults.qkvBias) ? (family === "qwen2" ? ["q", "k", "v"] : ["q", "k", "v", "o"]) : [],
     };
@@ -152,6 +156,7 @@ const makeLlamaLike = (
       hidden_act: "silu",
       tie_word_embeddings: spec.tiedEmbeddings,
       ...(family === "llama" ? { attention_bias: (spec.biasedLinears ?? []).length > 0 } : {}),
+      ...(spec.slidingWindow !== undefined ? { sliding_window: spec.slidingWindow, use_sliding_window: true } : {}),
       ...(spec.bosTokenId !== undefined ? { bos_token_id: spec.bosTokenId } : {}),
       ...(spec.eosTokenId !== undefined ? { eos_token_id: spec.eosTokenId } : {}),
       torch_dtype: "float32",
