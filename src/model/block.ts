@@ -161,8 +161,8 @@ const attention = (
   }
   const t = tables.forLength(seqlen);
   if (t.query && t.key) {
-    q = applyRope(q, headDim, batch, t.query);
-    k = applyRope(k, headDim, batch, t.key);
+    q = applyRope(q, batch, t.query);
+    k = applyRope(k, batch, t.key);
   } else {
     q = tf.mul(q, 1 / Math.sqrt(headDim));
   }
@@ -195,9 +195,13 @@ const attention = (
       for (let h = g * queriesPerKv; h < (g + 1) * queriesPerKv; h++) {
         const head = b * numHeads + h;
         t.chunks.forEach((c, i) => {
-          const queries = takeRange(queryHeads, 0, head * seqlen + c.start, c.end - c.start);
-          const scores = tf.add(matMul2d(queries, visible[i].keysT), c.mask) as tf.Tensor2D;
-          outputs[head * t.chunks.length + i] = matMul2d(tf.softmax(scores), visible[i].values);
+          // Scoped so that only one head's [rows, seqlen] scores are alive at a time when no
+          // gradient is recorded; under a tape the saved tensors are kept regardless.
+          outputs[head * t.chunks.length + i] = tf.tidy(() => {
+            const queries = takeRange(queryHeads, 0, head * seqlen + c.start, c.end - c.start);
+            const scores = tf.add(matMul2d(queries, visible[i].keysT), c.mask) as tf.Tensor2D;
+            return matMul2d(tf.softmax(scores), visible[i].values);
+          });
         });
       }
     }

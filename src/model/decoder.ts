@@ -309,6 +309,9 @@ export class Decoder {
     if (this.streamed && !isBlockTensors(w)) {
       // Kept on the host so that streaming still holds one block's tensors at a time.
       this.hostOverrides.set(i, w);
+      const previous = this.blocks[i];
+      this.blocks[i] = undefined;
+      if (previous) disposeBlock(previous);
       return;
     }
     const next = isBlockTensors(w)
@@ -452,6 +455,12 @@ export class Decoder {
     }
     if (!(ids instanceof Int32Array) || ids.length !== batch * seqlen) {
       throw new UsageError({ problem: `expected ${batch}×${seqlen} token ids as an Int32Array, got ${ids?.length ?? "none"}` });
+    }
+    const span = this.spec.slidingWindow;
+    if (span !== undefined && seqlen > span) {
+      throw new UsageError({
+        problem: `a window of ${seqlen} tokens exceeds the model's sliding attention span of ${span}, which full attention would not reproduce`,
+      });
     }
     const p = this.spec.positions;
     if (p.kind === "learned" && this.globals.positions && seqlen + p.offset > this.globals.positions.shape[0]) {

@@ -120,22 +120,16 @@ export const activate = (kind: ModelSpec["activation"], x: tf.Tensor2D): tf.Tens
 };
 
 /**
- * Rows of `table` picked by `ids`. The gradient is a one-hot product, because gather's own
- * gradient (UnsortedSegmentSum) is missing on wasm.
+ * Rows of `table` picked by `ids`. The gradient is a scatter-add of the upstream rows:
+ * gather's own gradient (UnsortedSegmentSum) is missing on wasm, and ScatterNd sums
+ * repeated ids at a tiny fraction of the cost of a one-hot product.
  */
 export const embeddingLookup = (table: tf.Tensor2D, ids: Int32Array): tf.Tensor2D =>
   withGradient(([t]: [tf.Tensor2D]) => {
-    const vocab = t.shape[0];
+    const shape = t.shape;
     return {
       value: copyRows(t, ids),
-      gradFunc: (dy: tf.Tensor2D) => {
-        // [vocab, rows] one-hot built already transposed so the product needs no flag.
-        const selector = tf.cast(
-          tf.equal(tf.reshape(tf.range(0, vocab, 1, "int32"), [vocab, 1]), tf.tensor2d(ids, [1, ids.length], "int32")),
-          "float32",
-        ) as tf.Tensor2D;
-        return [tf.matMul(selector, dy)];
-      },
+      gradFunc: (dy: tf.Tensor2D) => [tf.scatterND(tf.tensor2d(ids, [ids.length, 1], "int32"), dy, shape)],
     };
   })(table);
 
@@ -149,16 +143,19 @@ export const weightedNllSum = (logits: tf.Tensor2D, targets: tf.Tensor1D, weight
   withGradient(([x]: [tf.Tensor2D], save) => {
     const [rows, vocab] = x.shape;
     const probabilities = tf.softmax(x);
-    save([probabilities]);
+    // Saved rather than captured: the gradient may run after the caller's tidy has ended.
+    save([probabilities, targets, weights]);
     const logSumExp = tf.sub(tf.max(x, 1), tf.log(tf.max(probabilities, 1)));
     const flatIndex = tf.add(tf.mul(tf.range(0, rows, 1, "int32"), tf.scalar(vocab, "int32")), targets);
     const targetLogit = tf.gather(tf.reshape(x, [-1]), flatIndex);
     return {
       value: tf.sum(tf.mul(tf.sub(logSumExp, targetLogit), weights)) as tf.Scalar,
       gradFunc: (dy: tf.Scalar, saved) => {
-        const [p] = saved as [tf.Tensor2D];
-        const rowScale = tf.reshape(tf.mul(weights, dy), [rows, 1]);
-        return [tf.mul(tf.sub(p, tf.oneHot(targets, vocab, 1, 0, "float32")), rowScale)];
+        const [p, savedTargets, savedWeights] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+        const rowScale = tf.reshape(tf.mul(savedWeights, dy), [rows, 1]);
+        // The wasm OneHot kernel writes int32 bits whatever dtype is asked for: cast instead.
+        const expected = tf.cast(tf.oneHot(savedTargets, vocab), "float32");
+        return [tf.mul(tf.sub(p, expected), rowScale)];
       },
     };
   })(logits);

@@ -31,38 +31,27 @@ export const inverseFrequencies = (headDim: number, theta: number, scaling?: Lla
   return inv;
 };
 
-/** cos and sin of position·inv_freq laid out per row of a [T·heads, headDim] view, times `scale`. */
+/** cos and sin of position·inv_freq as [1, seqlen, 1, headDim], times `scale`: they broadcast over windows and heads. */
 export interface RopeTables {
-  readonly cos: tf.Tensor2D;
-  readonly sin: tf.Tensor2D;
+  readonly cos: tf.Tensor4D;
+  readonly sin: tf.Tensor4D;
   /** Rotate-half as a signed permutation, and its transpose for the gradient. */
   readonly rotate: tf.Tensor2D;
   readonly rotateTransposed: tf.Tensor2D;
 }
 
-export const buildRopeTables = (
-  inv: Float64Array,
-  seqlen: number,
-  heads: number,
-  scale: number,
-): RopeTables => {
+export const buildRopeTables = (inv: Float64Array, seqlen: number, scale: number): RopeTables => {
   const half = inv.length;
   const headDim = 2 * half;
-  const cos = new Float32Array(seqlen * heads * headDim);
-  const sin = new Float32Array(seqlen * heads * headDim);
+  const cos = new Float32Array(seqlen * headDim);
+  const sin = new Float32Array(seqlen * headDim);
   for (let t = 0; t < seqlen; t++) {
     for (let j = 0; j < half; j++) {
       // torch forms the angle as a float32 product.
       const angle = Math.fround(t * inv[j]);
-      const c = Math.cos(angle) * scale;
-      const s = Math.sin(angle) * scale;
-      for (let h = 0; h < heads; h++) {
-        const row = (t * heads + h) * headDim;
-        cos[row + j] = c;
-        cos[row + j + half] = c;
-        sin[row + j] = s;
-        sin[row + j + half] = s;
-      }
+      const row = t * headDim;
+      cos[row + j] = cos[row + j + half] = Math.cos(angle) * scale;
+      sin[row + j] = sin[row + j + half] = Math.sin(angle) * scale;
     }
   }
   const rotate = new Float32Array(headDim * headDim);
@@ -73,8 +62,8 @@ export const buildRopeTables = (
   }
   const rotateTensor = tf.tensor2d(rotate, [headDim, headDim]);
   return {
-    cos: tf.tensor2d(cos, [1, cos.length]),
-    sin: tf.tensor2d(sin, [1, sin.length]),
+    cos: tf.tensor4d(cos, [1, seqlen, 1, headDim]),
+    sin: tf.tensor4d(sin, [1, seqlen, 1, headDim]),
     rotate: rotateTensor,
     rotateTransposed: tf.transpose(rotateTensor),
   };
@@ -84,17 +73,12 @@ export const disposeRopeTables = (t: RopeTables): void => {
   tf.dispose([t.cos, t.sin, t.rotate, t.rotateTransposed]);
 };
 
-/**
- * x·cos + rotate_half(x)·sin for x [batch·seqlen, heads·headDim]. The tables broadcast over
- * the batch once x is viewed as [batch, seqlen·heads·headDim].
- */
-export const applyRope = (x: tf.Tensor2D, headDim: number, batch: number, tables: RopeTables): tf.Tensor2D => {
+/** x·cos + rotate_half(x)·sin for x [batch·seqlen, heads·headDim]. */
+export const applyRope = (x: tf.Tensor2D, batch: number, tables: RopeTables): tf.Tensor2D => {
   const [rows, cols] = x.shape;
+  const [, seqlen, , headDim] = tables.cos.shape;
+  const perHead = [batch, seqlen, cols / headDim, headDim];
   const rotated = constMatMul(tf.reshape(x, [-1, headDim]), tables.rotate, tables.rotateTransposed);
-  const perWindow = [batch, (rows * cols) / batch];
-  const out = tf.add(
-    tf.mul(tf.reshape(x, perWindow), tables.cos),
-    tf.mul(tf.reshape(rotated, perWindow), tables.sin),
-  );
+  const out = tf.add(tf.mul(tf.reshape(x, perHead), tables.cos), tf.mul(tf.reshape(rotated, perHead), tables.sin));
   return tf.reshape(out, [rows, cols]);
 };

@@ -22,7 +22,7 @@ export interface QueryChunk {
 
 /** Rows per query chunk below which splitting costs more in extra ops than it saves. */
 const MIN_CHUNK_ROWS = 256;
-const MAX_CHUNKS = 1;
+const MAX_CHUNKS = 2;
 
 export const queryChunkBounds = (seqlen: number): [number, number][] => {
   const count = Math.max(1, Math.min(MAX_CHUNKS, Math.floor(seqlen / MIN_CHUNK_ROWS)));
@@ -95,11 +95,10 @@ export class ForwardTables {
       return { start, end, mask: tf.keep(tf.tensor2d(maskData, [rows, end])) };
     });
     if (!this.inv) return { chunks };
-    const { numHeads, numKvHeads, headDim } = this.spec;
     return {
       chunks,
-      query: kept(buildRopeTables(this.inv, seqlen, numHeads, 1 / Math.sqrt(headDim))),
-      key: kept(buildRopeTables(this.inv, seqlen, numKvHeads, 1)),
+      query: kept(buildRopeTables(this.inv, seqlen, 1 / Math.sqrt(this.spec.headDim))),
+      key: kept(buildRopeTables(this.inv, seqlen, 1)),
     };
   }
 }

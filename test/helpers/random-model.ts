@@ -138,7 +138,8 @@ const hasBias = (spec: ModelSpec, name: string): boolean => {
 };
 
 export const randomModel = (c: FamilyCase, seed: number, size: Size = SMALL): RandomModel => {
-  const spec = familySpec(c, size);
+  const plain = familySpec(c, size);
+  const spec: ModelSpec = { ...plain, biasedLinears: plain.linears.filter((name) => hasBias(plain, name)) };
   const random = mulberry32(seed);
   const uniform = (shape: number[], scale: number, centre = 0): HostTensor => {
     const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
