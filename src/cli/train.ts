@@ -25,12 +25,16 @@ interface TrainArgs {
   seed: number;
   evalEvery: number;
   evalWindows: number;
+  vocab: number;
+  workers: number;
+  checkpointEvery: number;
+  resume: boolean;
   backend: BackendChoice;
 }
 
 export const trainCommand = {
   command: "train",
-  describe: "Train a small byte-level LLaMA-architecture model on a text",
+  describe: "Train a small LLaMA-architecture model with a byte-level tokenizer on a text",
   builder: (y: Argv) =>
     y
       .option("data", { type: "string", default: defaultData("train"), describe: "training text (a file, or brown:<part>)" })
@@ -50,7 +54,11 @@ export const trainCommand = {
       .option("weight-decay", { type: "number", default: 0.1 })
       .option("seed", { type: "number", default: 0 })
       .option("eval-every", { type: "number", default: 100, describe: "steps between validation losses (0: never)" })
-      .option("eval-windows", { type: "number", default: 32, describe: "validation windows per evaluation" }),
+      .option("eval-windows", { type: "number", default: 32, describe: "validation windows per evaluation" })
+      .option("vocab", { type: "number", default: 1024, describe: "tokenizer size: 258 for raw bytes, more for a byte-level BPE learned from --data" })
+      .option("workers", { type: "number", default: 2, describe: "data-parallel worker threads" })
+      .option("checkpoint-every", { type: "number", default: 100, describe: "steps between resumable checkpoints (in OUT.checkpoint)" })
+      .option("resume", { type: "boolean", default: false, describe: "continue from OUT.checkpoint if it exists" }),
   handler: async (argv: TrainArgs) => {
     let progress: Progress | undefined;
     try {
@@ -79,11 +87,20 @@ export const trainCommand = {
         seed: argv.seed,
         evalEvery: argv.evalEvery,
         evalWindows: argv.evalWindows,
+        vocabSize: argv.vocab,
+        workers: argv.workers,
+        checkpointEvery: argv.checkpointEvery,
+        resume: argv.resume,
         backend: argv.backend,
         command: `evosparse ${process.argv.slice(2).join(" ")}`,
-        onStart: ({ backend, parameters, trainTokens }) => {
-          process.stderr.write(`backend: ${backend}; ${parameters} parameters; ${trainTokens} training bytes\n`);
+        onStart: ({ backend, parameters, trainTokens, workers, vocabSize, resumedAt }) => {
+          process.stderr.write(
+            `backend: ${backend} x ${workers} workers; ${parameters} parameters; vocabulary ${vocabSize}; ${trainTokens} training tokens` +
+              (resumedAt > 0 ? `; resuming at step ${resumedAt}` : "") +
+              "\n",
+          );
           progress = startProgress("train", argv.steps);
+          progress.update(resumedAt);
         },
         onStep: (s) => {
           if (s.valLoss !== undefined) lastVal = s.valLoss;
@@ -94,7 +111,8 @@ export const trainCommand = {
       process.stdout.write(
         `trained ${result.parameters} parameters for ${argv.steps} steps in ${result.seconds.toFixed(0)} s on ${result.backend}: ` +
           `train loss ${result.finalTrainLoss.toFixed(4)}` +
-          (result.finalValLoss !== undefined ? `, validation loss ${result.finalValLoss.toFixed(4)} (perplexity ${Math.exp(result.finalValLoss).toFixed(3)})` : "") +
+          (result.finalValLoss !== undefined ? `, validation loss ${result.finalValLoss.toFixed(4)}` : "") +
+          (result.finalValPplPerByte !== undefined ? ` (perplexity per byte ${result.finalValPplPerByte.toFixed(3)})` : "") +
           `\nwrote ${argv.out}\n`,
       );
     } catch (e) {

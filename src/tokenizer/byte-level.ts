@@ -21,19 +21,41 @@ export function gpt2ByteToChar(): string[] {
   return chars;
 }
 
+/** The inverse of gpt2ByteToChar: a byte-level character back to the byte it stands for. */
+export function gpt2CharToByte(): Map<string, number> {
+  return new Map(gpt2ByteToChar().map((char, byte) => [char, byte]));
+}
+
+/** A BPE merge: the two token strings (byte-level characters) joined into a new token. */
+export type BpeMerge = readonly [string, string];
+
+/**
+ * Token ids of a byte-level BPE: bytes 0..255, BOS 256 and EOS 257 (added tokens, so not
+ * listed here), then each merge result in merge order from 258. A merge whose result was
+ * already made by an earlier merge (possible: "ab"+"c" and "a"+"bc") adds no new id.
+ */
+export function byteLevelBpeVocab(merges: readonly BpeMerge[] = []): Map<string, number> {
+  const vocab = gpt2CharToByte();
+  let nextId = BYTE_LEVEL_VOCAB_SIZE;
+  for (const [left, right] of merges) {
+    const merged = left + right;
+    if (!vocab.has(merged)) vocab.set(merged, nextId++);
+  }
+  return vocab;
+}
+
 /**
  * A tokenizer.json whose token ids are the UTF-8 bytes of the text (id == byte value),
- * plus BOS 256 and EOS 257. It is a GPT-2 style byte-level BPE with no merges: the
- * ByteLevel pre-tokenizer without its splitting regex turns the whole text into one
- * word of byte characters, and with no merges each character stays its own token.
+ * plus BOS 256 and EOS 257, and with `merges` the tokens they build from 258 on.
+ * It is a GPT-2 style byte-level BPE: the ByteLevel pre-tokenizer splits the text with
+ * GPT-2's regex into words of byte characters, and BPE joins characters of a word only
+ * as the merges allow; with no merges each byte stays its own token.
  * The two special tokens are added tokens, so their literal text "<|bos|>" / "<|eos|>"
  * in an input is read as the special token, as in any Hugging Face tokenizer.
+ * Merges are written as [left, right] pairs, the format of current tokenizer.json files.
  */
-export function byteLevelTokenizerJson(): object {
-  const vocab: Record<string, number> = {};
-  gpt2ByteToChar().forEach((char, byte) => {
-    vocab[char] = byte;
-  });
+export function byteLevelTokenizerJson(merges: readonly BpeMerge[] = []): object {
+  const vocab = Object.fromEntries(byteLevelBpeVocab(merges));
   const special = (id: number, content: string) => ({
     id,
     content,
@@ -62,7 +84,7 @@ export function byteLevelTokenizerJson(): object {
       byte_fallback: false,
       ignore_merges: false,
       vocab,
-      merges: [],
+      merges: merges.map(([left, right]) => [left, right]),
     },
   };
 }

@@ -3,6 +3,7 @@ import { dirname, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { TokenizerError } from "../errors.ts";
 import { splitLongWordsSafely } from "./bpe-split.ts";
+import { gpt2CharToByte } from "./byte-level.ts";
 import { describeCause, readTokenizerFile } from "./read-file.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
@@ -16,6 +17,7 @@ interface LibraryTokenizer {
   token_to_id(token: string): number | undefined;
   id_to_token(id: number): string | undefined;
   get_vocab(withAddedTokens: boolean): Map<unknown, number>;
+  get_added_tokens_decoder(): Map<number, { readonly content: string; readonly special: boolean }>;
 }
 
 const BOS_NAMES = ["<s>", "<|begin_of_text|>", "<|bos|>", "<bos>", "<|startoftext|>", "<|endoftext|>"];
@@ -74,10 +76,18 @@ export function huggingFaceTokenizer(tokenizerJson: unknown, config: Json | unde
     }
   };
 
+  const byteCounts = isByteLevel(tokenizerJson.decoder) ? byteLevelTokenBytes(inner, vocabSize) : undefined;
+
   return {
     vocabSize,
     bosId,
     eosId,
+    ...(byteCounts && {
+      tokenBytes(id: number): number {
+        checkIds([id]);
+        return byteCounts[id];
+      },
+    }),
     encode(text: string): number[] {
       const ids = libraryCall("encode the text", () => inner.encode(text, { add_special_tokens: false }).ids);
       // The library maps a token it cannot find to an undefined id when the model has no unk token.
@@ -108,6 +118,34 @@ function parseJsonFile(file: string): Json {
 
 function isObject(value: unknown): value is Json {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** A ByteLevel decoder, alone or in a Sequence, means that token strings spell bytes through GPT-2's byte map. */
+function isByteLevel(decoder: unknown): boolean {
+  if (!isObject(decoder)) return false;
+  if (decoder.type === "Sequence" && Array.isArray(decoder.decoders)) return decoder.decoders.some(isByteLevel);
+  return decoder.type === "ByteLevel";
+}
+
+/**
+ * Bytes per token id of a byte-level tokenizer: one per character of a model token,
+ * none for a special token, and the UTF-8 length of the literal text of other added
+ * tokens (they are matched in the raw text and decoded as themselves).
+ */
+function byteLevelTokenBytes(inner: LibraryTokenizer, vocabSize: number): Int32Array {
+  const charToByte = gpt2CharToByte();
+  const added = inner.get_added_tokens_decoder();
+  const counts = new Int32Array(vocabSize);
+  for (let id = 0; id < vocabSize; id++) {
+    const addedToken = added.get(id);
+    if (addedToken !== undefined) {
+      counts[id] = addedToken.special ? 0 : Buffer.byteLength(addedToken.content, "utf8");
+      continue;
+    }
+    // A character outside the byte map never comes out of the ByteLevel pre-tokenizer; it is counted as its own text.
+    for (const char of inner.id_to_token(id) ?? "") counts[id] += charToByte.has(char) ? 1 : Buffer.byteLength(char, "utf8");
+  }
+  return counts;
 }
 
 function countVocab(inner: LibraryTokenizer): number {

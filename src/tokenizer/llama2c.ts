@@ -85,6 +85,16 @@ export class Llama2cTokenizer implements Tokenizer {
   }
 
   /**
+   * The bytes of text behind token `id`: its piece as printed mid-text, so a leading
+   * space (the dummy prefix, or the space before a word) counts, and a <0xXX> token is
+   * one byte. <unk>, BOS and EOS stand for no text.
+   */
+  tokenBytes(id: number): number {
+    this.checkId(id);
+    return id < BYTE_FALLBACK_OFFSET ? 0 : this.pieces[id].length;
+  }
+
+  /**
    * The text of the pieces run.c would print for these ids, with BOS and EOS themselves
    * left out (run.c never prints them). A leading BOS therefore gives back the text as
    * encoded: decode([bosId, ...encode(s)]) === s, the dummy prefix being stripped after BOS.

@@ -13,6 +13,12 @@ export interface Tokenizer {
   decode(ids: readonly number[]): string;
   /** The text of one token as a generator would print it after previous token `prev` (for llama2.c: strip leading space after BOS, map <0xXX> byte tokens to bytes). */
   piece?(prev: number, id: number): string;
+  /**
+   * How many UTF-8 bytes of the text token `id` stands for (0 for special tokens), so that
+   * losses of models with different tokenizers compare per byte. Summed over encode(s)
+   * it gives the byte length of s, plus the dummy-prefix space for llama2.c.
+   */
+  tokenBytes?(id: number): number;
 }
 
 export interface LoadTokenizerOptions {

@@ -59,6 +59,23 @@ export class AdamW {
     return norm;
   }
 
+  /** Moments and step count, for checkpoints that resume exactly. */
+  getState(): { step: number; m: Float32Array[]; v: Float32Array[] } {
+    return {
+      step: this.step,
+      m: this.slots.map((s) => Float32Array.from(s.m.dataSync() as Float32Array)),
+      v: this.slots.map((s) => Float32Array.from(s.v.dataSync() as Float32Array)),
+    };
+  }
+
+  setState(state: { step: number; m: readonly Float32Array[]; v: readonly Float32Array[] }): void {
+    this.step = state.step;
+    this.slots.forEach((s, i) => {
+      s.m.assign(tf.tensor(state.m[i]!, s.m.shape));
+      s.v.assign(tf.tensor(state.v[i]!, s.v.shape));
+    });
+  }
+
   dispose(): void {
     for (const s of this.slots) {
       s.m.dispose();

@@ -1,14 +1,18 @@
-import * as tf from "@tensorflow/tfjs";
-import { type BackendChoice, initBackend } from "../backend/backend.ts";
-import { writeHuggingFace } from "../checkpoint/write-huggingface.ts";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { BackendChoice } from "../backend/backend.ts";
+import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
+import { replaceDir, writeHuggingFace } from "../checkpoint/write-huggingface.ts";
 import { Rng } from "../data/rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
-import { Decoder } from "../model/decoder.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { lineChart } from "../report/svg.ts";
+import { trainByteLevelBpe } from "../tokenizer/bpe-trainer.ts";
 import { BYTE_LEVEL_BOS_ID, BYTE_LEVEL_EOS_ID, BYTE_LEVEL_VOCAB_SIZE, byteLevelTokenizerJson } from "../tokenizer/byte-level.ts";
-import { AdamW, DEFAULT_ADAMW } from "./adamw.ts";
+import { huggingFaceTokenizer } from "../tokenizer/huggingface.ts";
+import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
+import { DEFAULT_ADAMW } from "./adamw.ts";
 import { sampleBatch } from "./batches.ts";
 import { initWeights } from "./init.ts";
 import { learningRate } from "./schedule.ts";
@@ -38,10 +42,18 @@ export interface TrainOptions {
   readonly evalEvery: number;
   readonly evalWindows: number;
   readonly backend: BackendChoice;
+  /** Tokenizer size: 258 is raw bytes (+ BOS, EOS); more learns a byte-level BPE from the training text. */
+  readonly vocabSize: number;
+  /** Data-parallel worker threads, each with its own backend. */
+  readonly workers: number;
+  /** Steps between resumable checkpoints (0: none). */
+  readonly checkpointEvery: number;
+  /** Continue from the checkpoint beside `out` when there is one. */
+  readonly resume: boolean;
   /** The command line that produced the model, recorded beside it. */
   readonly command?: string;
   readonly onStep?: (step: StepLog) => void;
-  readonly onStart?: (info: { backend: string; parameters: number; trainTokens: number }) => void;
+  readonly onStart?: (info: { backend: string; parameters: number; trainTokens: number; workers: number; vocabSize: number; resumedAt: number }) => void;
 }
 
 export interface StepLog {
@@ -58,15 +70,18 @@ export interface TrainResult {
   readonly log: readonly StepLog[];
   readonly finalTrainLoss: number;
   readonly finalValLoss?: number;
+  /** Validation perplexity per UTF-8 byte, comparable across tokenizers. */
+  readonly finalValPplPerByte?: number;
   readonly seconds: number;
   readonly backend: string;
   readonly parameters: number;
+  readonly workers: number;
 }
 
-/** A LLaMA spec over the byte-level vocabulary. */
-export const llamaSpec = (s: ArchitectureSize): ModelSpec => ({
+/** A LLaMA spec over a byte-level (BPE) vocabulary whose BOS and EOS follow the 256 bytes. */
+export const llamaSpec = (s: ArchitectureSize, vocabSize: number): ModelSpec => ({
   family: "llama",
-  vocabSize: BYTE_LEVEL_VOCAB_SIZE,
+  vocabSize,
   hiddenSize: s.hiddenSize,
   numLayers: s.numLayers,
   numHeads: s.numHeads,
@@ -89,123 +104,202 @@ export const llamaSpec = (s: ArchitectureSize): ModelSpec => ({
   eosTokenId: BYTE_LEVEL_EOS_ID,
 });
 
-const hostOf = (t: tf.Tensor): HostTensor => ({ shape: t.shape, data: Float32Array.from(t.dataSync() as Float32Array) });
-
-/** Reads the trained weights back from the model's variables into host tensors. */
-const exportWeights = (decoder: Decoder, spec: ModelSpec): { globals: HostGlobals; blocks: HostBlock[] } => {
-  const g = decoder.getGlobals();
-  const globals: HostGlobals = {
-    embed: hostOf(g.embed),
-    ...(g.finalNorm ? { finalNorm: { weight: hostOf(g.finalNorm.weight) } } : {}),
-    ...(g.lmHead ? { lmHead: hostOf(g.lmHead) } : {}),
+/** Host weights from the named parameter list the workers report. */
+const weightsFromParameters = (
+  spec: ModelSpec,
+  names: readonly string[],
+  shapes: readonly number[][],
+  values: readonly Float32Array[],
+): { globals: HostGlobals; blocks: HostBlock[] } => {
+  const byName = new Map(names.map((n, i) => [n, { shape: shapes[i]!, data: values[i]! } as HostTensor]));
+  const get = (n: string): HostTensor => {
+    const t = byName.get(n);
+    if (!t) throw new Error(`trained model lacks parameter ${n}`);
+    return t;
   };
-  const blocks = Array.from({ length: spec.numLayers }, (_, i): HostBlock => {
-    const b = decoder.getBlock(i);
-    return {
-      attnNorm: { weight: hostOf(b.attnNorm.weight) },
-      mlpNorm: { weight: hostOf(b.mlpNorm.weight) },
-      linears: Object.fromEntries(Object.entries(b.linears).map(([n, l]) => [n, { weight: hostOf(l.weight) }])),
-    };
-  });
+  const globals: HostGlobals = {
+    embed: get("embed"),
+    finalNorm: { weight: get("finalNorm.weight") },
+    ...(byName.has("lmHead") ? { lmHead: get("lmHead") } : {}),
+  };
+  const blocks = Array.from({ length: spec.numLayers }, (_, i): HostBlock => ({
+    attnNorm: { weight: get(`blocks.${i}.attnNorm.weight`) },
+    mlpNorm: { weight: get(`blocks.${i}.mlpNorm.weight`) },
+    linears: Object.fromEntries(spec.linears.map((n) => [n, { weight: get(`blocks.${i}.${n}.weight`) }])),
+  }));
   return { globals, blocks };
 };
 
-export const countParameters = (decoder: Decoder): number =>
-  [...decoder.parameters().values()].reduce((n, t) => n + t.size, 0);
+interface WorkerState {
+  backend: string;
+  names: string[];
+  shapes: number[][];
+  parameters: Float32Array[];
+  step: number;
+  m: Float32Array[];
+  v: Float32Array[];
+}
 
-const byteTokens = (text: string): Uint8Array => {
-  // The byte-level tokenizer's ids are exactly the UTF-8 bytes (a tested property), so the
-  // training stream skips the general tokenizer for speed.
-  return new Uint8Array(Buffer.from(text, "utf8"));
-};
+/** The tokenizer of a new model: raw bytes, or a byte-level BPE learned from the training text. */
+const buildTokenizer = (text: string, vocabSize: number): object =>
+  vocabSize <= BYTE_LEVEL_VOCAB_SIZE ? byteLevelTokenizerJson() : trainByteLevelBpe(text, vocabSize).tokenizerJson;
+
+const checkpointDir = (out: string): string => `${out}.checkpoint`;
 
 /**
- * Trains a small LLaMA-architecture byte-level model with AdamW, linear warmup and cosine
- * decay, and writes it as a Hugging Face folder (F16 safetensors, config.json,
- * tokenizer.json) with its loss curve. Every random choice (initial weights, batch
- * offsets) comes from `seed`, so a seed and a backend fix the result.
+ * Trains a small LLaMA-architecture model with AdamW, linear warmup and cosine decay, on
+ * `workers` data-parallel worker threads, and writes it as a Hugging Face folder (F16
+ * safetensors, config.json, tokenizer.json) with its loss curve. Every random choice
+ * (initial weights, batch offsets) comes from `seed`; the batch of step s depends only on
+ * (seed, s), so a run resumed from its checkpoint continues exactly where it stopped.
+ * Results are reproducible for a given seed, backend and worker count.
  */
 export const train = async (o: TrainOptions): Promise<TrainResult> => {
-  const backend = await initBackend(o.backend);
-  const spec = llamaSpec(o.size);
+  const trainText = readTextFile(o.data);
+  const ckptDir = checkpointDir(o.out);
+  const resumed = o.resume && existsSync(join(ckptDir, "state.json")) ? readCheckpoint(ckptDir) : undefined;
+  const tokenizerJson = resumed?.tokenizerJson ?? buildTokenizer(trainText, o.vocabSize);
+  const tokenizer = huggingFaceTokenizer(tokenizerJson, undefined, o.data);
+  const spec = llamaSpec(o.size, tokenizer.vocabSize);
   if (o.seqlen > spec.maxPositions) throw new RangeError(`seqlen ${o.seqlen} exceeds the context length ${spec.maxPositions}`);
-  const trainTokens = byteTokens(readTextFile(o.data));
-  const valWindows = o.validation
-    ? contiguousWindows(Array.from(byteTokens(readTextFile(o.validation))), o.seqlen, { maxWindows: o.evalWindows })
-    : [];
+  const trainTokens = Int32Array.from(tokenizer.encode(trainText));
+  const valText = o.validation ? readTextFile(o.validation) : "";
+  const valWindows = o.validation ? contiguousWindows(tokenizer.encode(valText), o.seqlen, { maxWindows: o.evalWindows }) : [];
+  const valBytes = valWindows.reduce((n, w) => n + Array.from(w.targets).reduce((b, t) => b + (t >= 0 ? tokenizer.tokenBytes?.(t) ?? 1 : 0), 0), 0);
   const rng = new Rng(o.seed);
   const init = initWeights(spec, rng.split("init").nextUint32());
-  const decoder = Decoder.create(spec, init.globals, { numBlocks: spec.numLayers, load: (i) => init.blocks[i]! }, { trainable: true });
-  const params = [...decoder.parameters().values()] as tf.Variable[];
-  const parameters = params.reduce((n, t) => n + t.size, 0);
-  const optimizer = new AdamW(params, { ...DEFAULT_ADAMW, weightDecay: o.weightDecay });
   const batches = rng.split("batches");
-  const log: StepLog[] = [];
+  const workerCount = Math.max(1, Math.min(o.workers, o.batch));
+  const workers = Array.from(
+    { length: workerCount },
+    () =>
+      new WorkerChannel(
+        spawnTsWorker(new URL("./worker.ts", import.meta.url), {
+          spec,
+          globals: init.globals,
+          blocks: init.blocks,
+          adamw: { ...DEFAULT_ADAMW, weightDecay: o.weightDecay },
+          backend: o.backend,
+          ...(resumed ? { parameters: resumed.parameters, optimizer: resumed.optimizer } : {}),
+        }),
+      ),
+  );
+  const log: StepLog[] = [...(resumed?.log ?? [])];
+  const firstStep = resumed?.step ?? 0;
+  const secondsBefore = log.at(-1)?.seconds ?? 0;
   const start = performance.now();
-  o.onStart?.({ backend: backend.name, parameters, trainTokens: trainTokens.length });
+  const elapsed = () => secondsBefore + (performance.now() - start) / 1000;
 
-  const validationLoss = (): number | undefined => {
+  const state = () => workers[0]!.request<WorkerState>({ kind: "state" });
+  const validationLoss = async (): Promise<number | undefined> => {
     if (valWindows.length === 0) return undefined;
-    let total = 0;
-    let count = 0;
-    for (const w of valWindows) {
-      const r = decoder.nll(w.ids, w.targets, 1, w.ids.length);
-      total += r.nll;
-      count += r.count;
-    }
-    return total / count;
+    const shares = await Promise.all(
+      workers.map((w, k) => w.request<{ nll: number; count: number }>({ kind: "nll", windows: valWindows.filter((_, i) => i % workerCount === k) })),
+    );
+    return shares.reduce((s, r) => s + r.nll, 0) / shares.reduce((s, r) => s + r.count, 0);
   };
 
   try {
-    for (let step = 0; step < o.steps; step++) {
+    const first = await state();
+    const parameters = first.parameters.reduce((n, p) => n + p.length, 0);
+    o.onStart?.({ backend: first.backend, parameters, trainTokens: trainTokens.length, workers: workerCount, vocabSize: tokenizer.vocabSize, resumedAt: firstStep });
+    for (let step = firstStep; step < o.steps; step++) {
       const lr = learningRate(step, { peak: o.lr, warmupSteps: o.warmupSteps, totalSteps: o.steps });
-      const { ids, targets } = sampleBatch(trainTokens, o.batch, o.seqlen, batches);
-      const { value, grads } = tf.variableGrads(() => decoder.lossTensor(ids, targets, o.batch, o.seqlen), params);
-      const trainLoss = value.dataSync()[0]!;
-      const gradNorm = optimizer.apply(params.map((p) => grads[p.name]!), lr);
-      value.dispose();
-      tf.dispose(Object.values(grads));
+      const { ids, targets } = sampleBatch(trainTokens, o.batch, o.seqlen, batches.split(step));
+      // Contiguous shares of the batch; each worker's loss is a mean over its share.
+      const shares = await Promise.all(
+        workers.map((w, k) => {
+          const from = Math.floor((k * o.batch) / workerCount);
+          const to = Math.floor(((k + 1) * o.batch) / workerCount);
+          return w.request<{ loss: number; grads: Float32Array[] }>({
+            kind: "grads",
+            ids: ids.slice(from * o.seqlen, to * o.seqlen),
+            targets: targets.slice(from * o.seqlen, to * o.seqlen),
+            batch: to - from,
+            seqlen: o.seqlen,
+          }).then((r) => ({ ...r, weight: (to - from) / o.batch }));
+        }),
+      );
+      // Summed in worker order, so the result does not depend on which worker finished first.
+      const total = shares[0]!.grads.map((g) => new Float32Array(g.length));
+      for (const s of shares) s.grads.forEach((g, i) => {
+        const t = total[i]!;
+        for (let j = 0; j < g.length; j++) t[j]! += s.weight * g[j]!;
+      });
+      const trainLoss = shares.reduce((sum, s) => sum + s.weight * s.loss, 0);
+      const applied = await Promise.all(workers.map((w) => w.request<{ gradNorm: number }>({ kind: "apply", grads: total, lr })));
       const last = step === o.steps - 1;
-      const valLoss = o.evalEvery > 0 && ((step + 1) % o.evalEvery === 0 || last) ? validationLoss() : undefined;
-      const entry: StepLog = {
-        step: step + 1,
-        lr,
-        trainLoss,
-        gradNorm,
-        ...(valLoss !== undefined ? { valLoss } : {}),
-        seconds: (performance.now() - start) / 1000,
-      };
+      const valLoss = o.evalEvery > 0 && ((step + 1) % o.evalEvery === 0 || last) ? await validationLoss() : undefined;
+      const entry: StepLog = { step: step + 1, lr, trainLoss, gradNorm: applied[0]!.gradNorm, ...(valLoss !== undefined ? { valLoss } : {}), seconds: elapsed() };
       log.push(entry);
       o.onStep?.(entry);
+      if (o.checkpointEvery > 0 && (step + 1) % o.checkpointEvery === 0 && !last) {
+        writeCheckpoint(ckptDir, step + 1, await state(), tokenizerJson, log);
+      }
     }
-    const seconds = (performance.now() - start) / 1000;
+    const final = await state();
+    const seconds = elapsed();
     const finalValLoss = [...log].reverse().find((l) => l.valLoss !== undefined)?.valLoss;
-    // The final training loss is averaged over the last steps: one batch is too noisy.
+    // One batch is too noisy to call "the final loss": average the last steps.
     const tail = log.slice(-Math.min(50, log.length));
     const finalTrainLoss = tail.reduce((s, l) => s + l.trainLoss, 0) / tail.length;
-    const { globals, blocks } = exportWeights(decoder, spec);
+    const { globals, blocks } = weightsFromParameters(spec, final.names, final.shapes, final.parameters);
+    const valTokens = valWindows.reduce((n, w) => n + w.targets.filter((t) => t >= 0).length, 0);
     const result: TrainResult = {
       spec,
       log,
       finalTrainLoss,
-      ...(finalValLoss !== undefined ? { finalValLoss } : {}),
+      ...(finalValLoss !== undefined ? { finalValLoss, finalValPplPerByte: Math.exp((finalValLoss * valTokens) / valBytes) } : {}),
       seconds,
-      backend: backend.name,
-      parameters,
+      backend: final.backend,
+      parameters: final.parameters.reduce((n, p) => n + p.length, 0),
+      workers: workerCount,
     };
     writeHuggingFace(o.out, spec, globals, blocks, {
       dtype: "F16",
-      tokenizerJson: byteLevelTokenizerJson(),
+      tokenizerJson,
       extraFiles: {
         "training-log.csv": trainingLogCsv(log),
         "loss-curve.svg": lossCurveSvg(log),
         "training.json": JSON.stringify(trainingRecord(o, result), null, 2) + "\n",
       },
     });
+    rmSync(ckptDir, { recursive: true, force: true });
     return result;
   } finally {
-    optimizer.dispose();
-    decoder.dispose();
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+};
+
+/** Parameters and AdamW moments by name, plus the log: everything a resumed run needs. */
+const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[]): void => {
+  const staging = `${dir}.tmp-${process.pid}`;
+  rmSync(staging, { recursive: true, force: true });
+  mkdirSync(staging, { recursive: true });
+  const tensors = s.names.flatMap((name, i) => [
+    { name: `param/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.parameters[i]! },
+    { name: `m/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.m[i]! },
+    { name: `v/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.v[i]! },
+  ]);
+  writeSafetensors(join(staging, "state.safetensors"), tensors);
+  writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
+  writeFileSync(join(staging, "state.json"), JSON.stringify({ step, optimizerStep: s.step, names: s.names, log }));
+  replaceDir(staging, dir);
+};
+
+const readCheckpoint = (dir: string) => {
+  const meta = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as { step: number; optimizerStep: number; names: string[]; log: StepLog[] };
+  const st = openSafetensors(join(dir, "state.safetensors"));
+  try {
+    return {
+      step: meta.step,
+      log: meta.log,
+      tokenizerJson: JSON.parse(readFileSync(join(dir, "tokenizer.json"), "utf8")) as object,
+      parameters: meta.names.map((n) => st.read(`param/${n}`)),
+      optimizer: { step: meta.optimizerStep, m: meta.names.map((n) => st.read(`m/${n}`)), v: meta.names.map((n) => st.read(`v/${n}`)) },
+    };
+  } finally {
+    st.close();
   }
 };
 
@@ -246,8 +340,11 @@ const trainingRecord = (o: TrainOptions, r: TrainResult) => ({
   seed: o.seed,
   backend: r.backend,
   parameters: r.parameters,
+  vocabSize: o.vocabSize,
+  workers: r.workers,
   seconds: Number(r.seconds.toFixed(1)),
   finalTrainLoss: Number(r.finalTrainLoss.toFixed(4)),
   finalValLoss: r.finalValLoss !== undefined ? Number(r.finalValLoss.toFixed(4)) : undefined,
-  tokenizer: "byte-level (256 byte tokens + BOS + EOS)",
+  finalValPplPerByte: r.finalValPplPerByte !== undefined ? Number(r.finalValPplPerByte.toFixed(4)) : undefined,
+  tokenizer: o.vocabSize <= BYTE_LEVEL_VOCAB_SIZE ? "byte-level (256 byte tokens + BOS + EOS)" : `byte-level BPE, ${o.vocabSize} tokens, learned from the training text`,
 });

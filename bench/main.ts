@@ -1,0 +1,125 @@
+/**
+ * `npm run bench [-- section...]`: speed and memory of the runtime, measured side by side
+ * in one run. Sections: matmul+forward (together, so their ratio is fair), memory, stories.
+ */
+import { execFileSync } from "node:child_process";
+import { rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import * as tf from "@tensorflow/tfjs";
+import { initBackend, type BackendChoice } from "../src/backend/backend.ts";
+import { openCheckpointSync } from "../src/checkpoint/open.ts";
+import { Decoder } from "../src/model/decoder.ts";
+import { projectRoot } from "../src/defaults.ts";
+import { blockParameters, forwardFlops, writeGpt2Small } from "./gpt2-small.ts";
+import { Rng } from "../src/data/rng.ts";
+import { existsSync } from "node:fs";
+import { Effect } from "effect";
+import { evaluate } from "../src/eval/evaluate.ts";
+
+const args = process.argv.slice(2);
+const backendArg = (args.find((a) => a.startsWith("--backend="))?.split("=")[1] ?? "wasm") as BackendChoice;
+const sections = args.filter((a) => !a.startsWith("--"));
+const want = (s: string) => sections.length === 0 || sections.includes(s);
+const assets = join(projectRoot, "..", "shared", "assets");
+
+const time = (f: () => void): number => {
+  const t = performance.now();
+  f();
+  return (performance.now() - t) / 1000;
+};
+
+/** Best-of-n GFLOP/s of a plain 2-D matMul [m, k] x [k, n]. */
+const matmulGflops = (m: number, k: number, n: number, repeats = 5): number => {
+  const a = tf.randomUniform([m, k], -1, 1) as tf.Tensor2D;
+  const b = tf.randomUniform([k, n], -1, 1) as tf.Tensor2D;
+  tf.matMul(a, b).dataSync();
+  let best = Infinity;
+  for (let r = 0; r < repeats; r++) {
+    best = Math.min(
+      best,
+      time(() => {
+        const c = tf.matMul(a, b);
+        c.dataSync();
+        c.dispose();
+      }),
+    );
+  }
+  tf.dispose([a, b]);
+  return (2 * m * k * n) / best / 1e9;
+};
+
+const backend = await initBackend(backendArg);
+console.log(`# evosparse runtime benchmark\n\nbackend: ${backend.name} (${backend.provider}); node ${process.version}\n`);
+
+let gpt2: ReturnType<typeof writeGpt2Small> | undefined;
+const gpt2Checkpoint = () => (gpt2 ??= writeGpt2Small("F16"));
+
+if (want("forward")) {
+  const seqlen = 1024;
+  const { dir, spec } = gpt2Checkpoint();
+  const ckpt = openCheckpointSync(dir);
+  const decoder = Decoder.create(spec, ckpt.readGlobals(), { numBlocks: spec.numLayers, load: (i) => ckpt.readBlock(i) });
+  const rng = new Rng(5);
+  const windows = 2;
+  const ids = Int32Array.from({ length: windows * seqlen }, () => rng.int(spec.vocabSize));
+  const targets = new Int32Array(ids.length).fill(-1);
+  for (let w = 0; w < windows; w++) for (let t = 0; t + 1 < seqlen; t++) targets[w * seqlen + t] = ids[w * seqlen + t + 1]!;
+  decoder.nll(ids.subarray(0, seqlen), targets.subarray(0, seqlen), 1, seqlen);
+  const forwardSeconds = time(() => decoder.nll(ids, targets, windows, seqlen));
+  decoder.dispose();
+  ckpt.close();
+  const flops = forwardFlops(spec, seqlen, windows, seqlen - 1);
+  const forward = flops / forwardSeconds / 1e9;
+  // The backend's own large-matmul rate, measured right after, on the forward's largest shapes.
+  const mm = Math.max(matmulGflops(seqlen, 768, 3072), matmulGflops(seqlen, 3072, 768), matmulGflops(1024, 1024, 1024));
+  console.log("## Forward throughput, GPT-2-small-shaped checkpoint (124M parameters, random weights), seqlen 1024\n");
+  console.log("| measure | value |\n|---|---|");
+  console.log(`| backend 2-D matMul (best of [1024x768]x[768x3072], its transpose, 1024^3) | ${mm.toFixed(1)} GFLOP/s |`);
+  console.log(`| full forward + loss, ${windows} windows | ${forwardSeconds.toFixed(2)} s, ${((windows * seqlen) / forwardSeconds).toFixed(0)} tokens/s |`);
+  console.log(`| forward effective throughput (${(flops / 1e9).toFixed(0)} GFLOP counted) | ${forward.toFixed(1)} GFLOP/s |`);
+  console.log(`| ratio forward / matMul (target >= 0.70) | ${(forward / mm).toFixed(2)} |\n`);
+}
+
+if (want("memory")) {
+  const { dir, spec } = gpt2Checkpoint();
+  const data = join(dirname(dir), "memory-text.txt");
+  // Random printable text: the runtime's memory does not depend on what the text says.
+  const rng = new Rng(9);
+  writeFileSync(data, Array.from({ length: 20000 }, () => String.fromCharCode(97 + rng.int(26))).join(""));
+  // GPT-2's tokenizer is not available offline; a byte-level tokenizer.json stands in.
+  const { byteLevelTokenizerJson } = await import("../src/tokenizer/byte-level.ts");
+  writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(byteLevelTokenizerJson()));
+  const probe = (mode: string) =>
+    JSON.parse(
+      execFileSync(process.execPath, [join(projectRoot, "bin", "run-ts.mjs"), join(projectRoot, "bench", "memory-probe.ts"), dir, data, mode, "512"], {
+        encoding: "utf8",
+      }).trim(),
+    ) as { maxRssBytes: number; seconds: number; ppl: number };
+  const resident = probe("resident");
+  const streamed = probe("streamed");
+  const blockBytes = blockParameters(spec) * 4;
+  const saved = resident.maxRssBytes - streamed.maxRssBytes;
+  const mb = (b: number) => (b / 2 ** 20).toFixed(0) + " MiB";
+  console.log("## Layer-streamed evaluation memory (same checkpoint, one window of 512, fresh process each)\n");
+  console.log("| mode | peak RSS | seconds | ppl |\n|---|---|---|---|");
+  console.log(`| resident | ${mb(resident.maxRssBytes)} | ${resident.seconds.toFixed(1)} | ${resident.ppl.toFixed(3)} |`);
+  console.log(`| streamed | ${mb(streamed.maxRssBytes)} | ${streamed.seconds.toFixed(1)} | ${streamed.ppl.toFixed(3)} |`);
+  console.log(
+    `\nstreamed saves ${mb(saved)}; target: at least all but two blocks' weights = ${spec.numLayers - 2} x ${mb(blockBytes)} = ${mb((spec.numLayers - 2) * blockBytes)} -> ${saved >= (spec.numLayers - 2) * blockBytes ? "met" : "NOT met"}\n`,
+  );
+}
+
+if (want("stories") && existsSync(assets)) {
+  const report = await Effect.runPromise(
+    evaluate({
+      model: join(assets, "models", "stories260K"),
+      data: join(assets, "data", "tinystories", "valid.head46.txt"),
+      format: "stories",
+      backend: backendArg,
+    }),
+  );
+  console.log("## stories260K, --format stories on valid.head46.txt\n");
+  console.log(`perplexity ${report.ppl.toFixed(4)} (reference 3.3970), ${report.tokens} tokens, ${report.tokensPerSecond.toFixed(0)} tokens/s\n`);
+}
+
+if (gpt2) rmSync(dirname(gpt2.dir), { recursive: true, force: true });

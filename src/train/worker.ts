@@ -1,0 +1,73 @@
+/**
+ * One data-parallel training worker: its own tfjs backend and a full copy of the model.
+ * It computes gradients on its share of each batch; the coordinator sums the shares in a
+ * fixed order and every worker applies the same AdamW update, so all copies stay equal.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import * as tf from "@tensorflow/tfjs";
+import { initBackend, type BackendChoice } from "../backend/backend.ts";
+import { Decoder } from "../model/decoder.ts";
+import type { HostBlock, HostGlobals, ModelSpec } from "../model/spec.ts";
+import { serve } from "../workers/spawn.ts";
+import { AdamW, type AdamWOptions } from "./adamw.ts";
+
+export interface WorkerInit {
+  readonly spec: ModelSpec;
+  readonly globals: HostGlobals;
+  readonly blocks: HostBlock[];
+  readonly adamw: AdamWOptions;
+  readonly backend: BackendChoice;
+  readonly parameters?: Float32Array[];
+  readonly optimizer?: { step: number; m: Float32Array[]; v: Float32Array[] };
+}
+
+export type WorkerRequest =
+  | { kind: "grads"; ids: Int32Array; targets: Int32Array; batch: number; seqlen: number }
+  | { kind: "apply"; grads: Float32Array[]; lr: number }
+  | { kind: "nll"; windows: Array<{ ids: Int32Array; targets: Int32Array }> }
+  | { kind: "state" };
+
+const init = workerData.data as WorkerInit;
+const backend = await initBackend(init.backend);
+const spec = init.spec;
+const decoder = Decoder.create(spec, init.globals, { numBlocks: spec.numLayers, load: (i) => init.blocks[i]! }, { trainable: true });
+const names = [...decoder.parameters().keys()];
+const params = [...decoder.parameters().values()] as tf.Variable[];
+if (init.parameters) params.forEach((p, i) => p.assign(tf.tensor(init.parameters![i]!, p.shape)));
+const optimizer = new AdamW(params, init.adamw);
+if (init.optimizer) optimizer.setState(init.optimizer);
+
+const copy = (t: tf.Tensor): Float32Array => Float32Array.from(t.dataSync() as Float32Array);
+
+await serve(parentPort!, async (m: WorkerRequest) => {
+  switch (m.kind) {
+    case "grads": {
+      const { value, grads } = tf.variableGrads(() => decoder.lossTensor(m.ids, m.targets, m.batch, m.seqlen), params);
+      const loss = value.dataSync()[0]!;
+      const out = params.map((p) => copy(grads[p.name]!));
+      value.dispose();
+      tf.dispose(Object.values(grads));
+      return { value: { loss, grads: out }, transfer: out.map((g) => g.buffer as ArrayBuffer) };
+    }
+    case "apply": {
+      const tensors = m.grads.map((g, i) => tf.tensor(g, params[i]!.shape));
+      const gradNorm = optimizer.apply(tensors, m.lr);
+      tf.dispose(tensors);
+      return { value: { gradNorm } };
+    }
+    case "nll": {
+      let nll = 0;
+      let count = 0;
+      for (const w of m.windows) {
+        const r = decoder.nll(w.ids, w.targets, 1, w.ids.length);
+        nll += r.nll;
+        count += r.count;
+      }
+      return { value: { nll, count } };
+    }
+    case "state": {
+      const state = optimizer.getState();
+      return { value: { backend: backend.name, names, shapes: params.map((p) => p.shape), parameters: params.map(copy), ...state } };
+    }
+  }
+});
