@@ -67,14 +67,16 @@ export const blockParameters = (spec: ModelSpec): number =>
   Object.values(linearShapes(spec)).reduce((n, [i, o]) => n + i * o + o, 0) + 4 * spec.hiddenSize;
 
 /**
- * Multiply-add FLOPs (2 per MAC) of a forward over `windows` windows of `seqlen` tokens:
- * the linears, the attention products (q·kᵀ and p·v over the full seqlen² score matrix,
- * which is what the decoder computes), and the LM head on every position.
+ * Useful FLOPs (2 per multiply-add) of a forward over `windows` windows of `seqlen` tokens:
+ * the linears, the causal attention products (q·kᵀ and p·v over the seqlen·(seqlen+1)/2
+ * query-key pairs a causal model needs, whatever the implementation computes beyond them),
+ * and the LM head on the scored rows. Elementwise work (norms, softmax, RoPE) is not counted.
  */
 export const forwardFlops = (spec: ModelSpec, seqlen: number, windows: number, scoredRows = seqlen): number => {
   const linear = Object.values(linearShapes(spec)).reduce((n, [i, o]) => n + i * o, 0);
+  const causalPairs = (seqlen * (seqlen + 1)) / 2;
   const perWindow =
-    spec.numLayers * (2 * linear * seqlen + 2 * 2 * seqlen * seqlen * spec.numHeads * spec.headDim) +
+    spec.numLayers * (2 * linear * seqlen + 2 * 2 * causalPairs * spec.numHeads * spec.headDim) +
     2 * scoredRows * spec.embedDim * spec.vocabSize;
   return perWindow * windows;
 };

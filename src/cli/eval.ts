@@ -60,11 +60,12 @@ export const evalCommand = {
     progress?.stop();
     if (!report) return;
     if (argv.json) {
-      const { ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond } = report;
-      process.stdout.write(JSON.stringify({ ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond }) + "\n");
+      const { ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond, bytes, pplPerByte } = report;
+      process.stdout.write(JSON.stringify({ ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond, bytes, pplPerByte }) + "\n");
     } else {
       process.stdout.write(
         `perplexity ${report.ppl.toFixed(4)} (nll ${report.nll.toFixed(4)}) on ${report.tokens} tokens in ${report.windows} windows of ${report.seqlen}; ` +
+          (report.pplPerByte !== undefined ? `per byte ${report.pplPerByte.toFixed(4)}; ` : "") +
           `${report.seconds.toFixed(1)} s, ${report.tokensPerSecond.toFixed(0)} tokens/s on ${report.backend}\n`,
       );
     }

@@ -5,6 +5,7 @@ import { evalCommand } from "./eval.ts";
 import { startCommand } from "./start.ts";
 import { trainCommand } from "./train.ts";
 import { reportFailure, setVerbose } from "./run.ts";
+import { UsageError } from "../errors.ts";
 
 await yargs(hideBin(process.argv))
   .scriptName("evosparse")
@@ -19,8 +20,11 @@ await yargs(hideBin(process.argv))
   .strict()
   .recommendCommands()
   .fail((message, error) => {
-    reportFailure(error ?? new Error(message));
-    if (!error) process.exitCode = 2;
+    // yargs reports its own validation failures as YError: those are usage errors (exit 2).
+    const usage = !error || error.name === "YError";
+    reportFailure(usage ? new UsageError({ problem: `${message ?? error?.message} (see --help)` }) : error);
+    // yargs would otherwise go on to run the command with the rejected arguments.
+    process.exit();
   })
   .help()
   .parseAsync();

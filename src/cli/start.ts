@@ -18,7 +18,7 @@ export const startCommand = {
         format: "text",
         backend: argv.backend,
         onStart: ({ windows, seqlen, backend }) => {
-          process.stderr.write(`evaluating the embedded model on the Brown test part: ${windows} windows of ${seqlen} bytes on ${backend}\n`);
+          process.stderr.write(`evaluating the embedded model on the Brown test part: ${windows} windows of ${seqlen} tokens on ${backend}\n`);
           progress = startProgress("eval", windows);
         },
         onProgress: (done) => progress?.update(done),
@@ -27,8 +27,8 @@ export const startCommand = {
     progress?.stop();
     if (!report) return;
     process.stdout.write(
-      `embedded model, Brown test part: perplexity per byte ${report.ppl.toFixed(4)} ` +
-        `(${report.tokens} bytes, seqlen ${report.seqlen}, ${report.seconds.toFixed(1)} s on ${report.backend})\n` +
+      `embedded model, Brown test part: perplexity ${report.ppl.toFixed(3)} per token, ${report.pplPerByte?.toFixed(3) ?? "?"} per byte ` +
+        `(${report.tokens} tokens, ${report.bytes ?? "?"} bytes, seqlen ${report.seqlen}, ${report.seconds.toFixed(1)} s on ${report.backend})\n` +
         `search runs write their results to ${resultsDir()}/<method>-<timestamp>/\n`,
     );
   },

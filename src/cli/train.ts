@@ -34,7 +34,7 @@ interface TrainArgs {
 
 export const trainCommand = {
   command: "train",
-  describe: "Train a small LLaMA-architecture model with a byte-level tokenizer on a text",
+  describe: "Train a small LLaMA-architecture model with a byte-level tokenizer on a text (defaults: the embedded model's recipe)",
   builder: (y: Argv) =>
     y
       .option("data", { type: "string", default: defaultData("train"), describe: "training text (a file, or brown:<part>)" })
@@ -44,17 +44,17 @@ export const trainCommand = {
       .option("layers", { type: "number", default: 8, describe: "decoder blocks" })
       .option("heads", { type: "number", default: 4, describe: "attention heads" })
       .option("kv-heads", { type: "number", default: 2, describe: "key/value heads (grouped-query attention)" })
-      .option("ffn", { type: "number", default: 384, describe: "SwiGLU intermediate size" })
-      .option("context", { type: "number", default: 512, describe: "maximum context the model declares" })
-      .option("steps", { type: "number", default: 2000 })
-      .option("batch", { type: "number", default: 16, describe: "windows per step" })
+      .option("ffn", { type: "number", default: 320, describe: "SwiGLU intermediate size" })
+      .option("context", { type: "number", default: 256, describe: "maximum context the model declares" })
+      .option("steps", { type: "number", default: 1100 })
+      .option("batch", { type: "number", default: 8, describe: "windows per step" })
       .option("seqlen", { type: "number", default: 256, describe: "training window length in bytes" })
       .option("lr", { type: "number", default: 3e-3, describe: "peak learning rate" })
-      .option("warmup", { type: "number", default: 100, describe: "warmup steps" })
+      .option("warmup", { type: "number", default: 50, describe: "warmup steps" })
       .option("weight-decay", { type: "number", default: 0.1 })
       .option("seed", { type: "number", default: 0 })
       .option("eval-every", { type: "number", default: 100, describe: "steps between validation losses (0: never)" })
-      .option("eval-windows", { type: "number", default: 32, describe: "validation windows per evaluation" })
+      .option("eval-windows", { type: "number", default: 16, describe: "validation windows per evaluation" })
       .option("vocab", { type: "number", default: 1024, describe: "tokenizer size: 258 for raw bytes, more for a byte-level BPE learned from --data" })
       .option("workers", { type: "number", default: 2, describe: "data-parallel worker threads" })
       .option("checkpoint-every", { type: "number", default: 100, describe: "steps between resumable checkpoints (in OUT.checkpoint)" })

@@ -30,7 +30,20 @@ export interface EvalRequest {
 export interface EvalReport extends PerplexityResult {
   readonly seqlen: number;
   readonly backend: string;
+  /** UTF-8 bytes the scored tokens stand for, when the tokenizer can tell. */
+  readonly bytes?: number;
+  /** exp(total NLL / bytes): comparable across tokenizers. */
+  readonly pplPerByte?: number;
 }
+
+/** Bytes of text behind the scored targets, or undefined for tokenizers that cannot say. */
+export const scoredBytes = (windows: readonly Window[], tokenizer: Tokenizer): number | undefined => {
+  const bytesOf = tokenizer.tokenBytes?.bind(tokenizer);
+  if (!bytesOf) return undefined;
+  let bytes = 0;
+  for (const w of windows) for (const t of w.targets) if (t >= 0) bytes += bytesOf(t);
+  return bytes;
+};
 
 export const tokenizerFor = (checkpoint: Checkpoint): Tokenizer => {
   if (!checkpoint.tokenizerPath) {
@@ -81,8 +94,12 @@ export const evaluate = (request: EvalRequest) =>
       if (span !== undefined && seqlen > span) {
         return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's sliding attention window of ${span}, which evosparse does not implement` });
       }
+      const tokenizer = yield* Effect.try({
+        try: () => tokenizerFor(checkpoint),
+        catch: (e) => e as TokenizerError,
+      });
       const windows = yield* Effect.try({
-        try: () => evaluationWindows(request, tokenizerFor(checkpoint), seqlen),
+        try: () => evaluationWindows(request, tokenizer, seqlen),
         catch: (e) => e as DataError | TokenizerError | UsageError,
       });
       const decoder = yield* Effect.acquireRelease(
@@ -101,6 +118,12 @@ export const evaluate = (request: EvalRequest) =>
         ...(request.batch ? { batch: request.batch } : {}),
         ...(request.onProgress ? { onProgress: request.onProgress } : {}),
       });
-      return { ...result, seqlen, backend: backend.name } satisfies EvalReport;
+      const bytes = scoredBytes(windows, tokenizer);
+      return {
+        ...result,
+        seqlen,
+        backend: backend.name,
+        ...(bytes ? { bytes, pplPerByte: Math.exp((result.nll * result.tokens) / bytes) } : {}),
+      } satisfies EvalReport;
     }),
   );
