@@ -1,10 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync, copyFileSync, truncateSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
-import { writeSafetensors } from "../src/checkpoint/safetensors.ts";
+import { writeSafetensors, writeShardedSafetensors } from "../src/checkpoint/safetensors.ts";
 import { writeHuggingFace } from "../src/checkpoint/write-huggingface.ts";
 import { permuteRopeRows } from "../src/checkpoint/llama2c.ts";
 import { CheckpointError } from "../src/errors.ts";
@@ -98,6 +98,22 @@ describe("Hugging Face checkpoints", () => {
     src.close();
   });
 
+  it("reads a sharded checkpoint (model.safetensors.index.json) like a single file", () => {
+    const tensors = hfTensors("mistral", 4);
+    const dir = freshDir();
+    writeFileSync(join(dir, "config.json"), JSON.stringify(hfConfigs.mistral));
+    writeShardedSafetensors(dir, [...tensors].map(([name, t]) => ({ name, dtype: "BF16" as const, shape: t.shape, data: t.data })), 4000);
+    expect(existsSync(join(dir, "model.safetensors"))).toBe(false);
+    const single = openCheckpointSync(writeFolder(hfConfigs.mistral, tensors, "BF16"));
+    const sharded = openCheckpointSync(dir);
+    expect(sharded.spec).toEqual(single.spec);
+    expect(sharded.spec.slidingWindow).toBe(4096);
+    expect(Array.from(sharded.readBlock(1).linears["down"]!.weight.data)).toEqual(Array.from(single.readBlock(1).linears["down"]!.weight.data));
+    expect(Array.from(sharded.readGlobals().embed.data)).toEqual(Array.from(single.readGlobals().embed.data));
+    sharded.close();
+    single.close();
+  });
+
   it("rejects an unknown model_type, naming config.json", () => {
     const dir = writeFolder({ ...hfConfigs.llama, model_type: "mamba" }, hfTensors("llama", 1));
     expectCheckpointError(() => openCheckpointSync(dir), /config\.json: unknown model_type "mamba" \(supported: llama, mistral, qwen2, opt, gpt2\)/);
@@ -168,6 +184,37 @@ describe("llama2.c checkpoints", () => {
       const viaFolder = openCheckpointSync(asset("models", "stories260K"));
       expect(viaFolder.spec).toEqual(ckpt.spec);
       viaFolder.close();
+    });
+
+    it("reads the version-1 export of the same weights identically", () => {
+      // Rebuild stories260K as llama2.c's version-1 export: 256-byte header, norms first.
+      const legacy = readFileSync(asset("models", "stories260K", "stories260K.bin"));
+      const f = new Float32Array(legacy.buffer.slice(legacy.byteOffset + 28, legacy.byteOffset + legacy.length));
+      const [dim, hid, L, V, seq] = [64, 172, 5, 512, 512];
+      const kv = 32;
+      const sizes = { embed: V * dim, rms_att: L * dim, wq: L * dim * dim, wk: L * kv * dim, wv: L * kv * dim, wo: L * dim * dim, rms_ffn: L * dim, w1: L * hid * dim, w2: L * dim * hid, w3: L * hid * dim, rms_final: dim };
+      const at: Record<string, Float32Array> = {};
+      let o = 0;
+      for (const [k, n] of Object.entries(sizes)) {
+        at[k] = f.subarray(o, o + n);
+        o += n;
+      }
+      const header = Buffer.alloc(256);
+      header.writeUInt32LE(0x616b3432, 0);
+      header.writeInt32LE(1, 4);
+      [dim, hid, L, 8, 4, V, seq].forEach((v, i) => header.writeInt32LE(v, 8 + 4 * i));
+      header.writeUInt8(1, 36);
+      const order = ["rms_att", "rms_ffn", "rms_final", "embed", "wq", "wk", "wv", "wo", "w1", "w2", "w3"];
+      const body = Buffer.concat(order.map((k) => Buffer.from(at[k]!.buffer.slice(at[k]!.byteOffset, at[k]!.byteOffset + at[k]!.byteLength))));
+      const dir = freshDir();
+      writeFileSync(join(dir, "v1.bin"), Buffer.concat([header, body]));
+      const v1 = openCheckpointSync(join(dir, "v1.bin"), { tokenizer: asset("models", "stories260K", "tok512.bin") });
+      const ref = openCheckpointSync(asset("models", "stories260K", "stories260K.bin"));
+      expect(v1.spec).toEqual(ref.spec);
+      for (const name of ref.spec.linears) expect(Array.from(v1.readBlock(3).linears[name]!.weight.data)).toEqual(Array.from(ref.readBlock(3).linears[name]!.weight.data));
+      expect(Array.from(v1.readGlobals().embed.data)).toEqual(Array.from(ref.readGlobals().embed.data));
+      v1.close();
+      ref.close();
     });
 
     it("rejects truncated copies and trailing bytes", () => {
