@@ -24,22 +24,24 @@ export const startProgress = (label: string, total: number, options: { quiet?: b
   }
   const start = Date.now();
   let lastLog = 0;
-  let last = 0;
+  const first = { done: -1 };
   return {
     update: (done, extra) => {
-      last = done;
       const now = Date.now();
+      // The first update sets the baseline (a resumed run starts part-way), so the ETA
+      // counts only the work done in this process.
+      if (first.done < 0) first.done = done;
       if (now - lastLog < 5000 && done < total) return;
       lastLog = now;
       const elapsed = (now - start) / 1000;
-      const eta = done > 0 ? (elapsed / done) * (total - done) : NaN;
+      const rate = (done - first.done) / elapsed;
+      const eta = rate > 0 ? (total - done) / rate : NaN;
       process.stderr.write(
         `${label}: ${done}/${total} (${elapsed.toFixed(0)} s elapsed, ETA ${Number.isFinite(eta) ? eta.toFixed(0) + " s" : "?"})${extra ? " " + formatExtra(extra) : ""}\n`,
       );
     },
-    stop: () => {
-      if (last < total) return;
-    },
+    // Plain logs end with the line printed at done == total; nothing to clear.
+    stop: () => {},
   };
 };
 
