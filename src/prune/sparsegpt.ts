@@ -1,0 +1,313 @@
+/**
+ * SparseGPT (Frantar & Alistarh, 2023): fasterprune of the reference sparsegpt.py, step for
+ * step, in float64 on host arrays.
+ *
+ * Layout: sparsegpt.py holds W as [out, in] and walks its COLUMNS, which are input
+ * features. Our weight is [in, out] (y = x W), so each of its columns is one of our ROWS:
+ * row i (contiguous, `out` values) holds input feature i's weight into every output
+ * neuron. "Column block i1..i2" of the reference is our row block i1..i2, and the
+ * reference's per-row (per output neuron) quantities are per column o here.
+ */
+import { DataError } from "../errors.ts";
+import { checkNM, lowestPositions, type Shape2 } from "./masks.ts";
+
+/** Unstructured at a ratio, or N:M (the reference's prunen/prunem, which then ignores the ratio). */
+export type SparseGptTarget = { readonly sparsity: number } | { readonly n: number; readonly m: number };
+
+export interface SparseGptOptions {
+  /** Input features per block (sparsegpt.py's blocksize); the default is 128. */
+  readonly blocksize?: number;
+  /** Damping as a fraction of mean(diag H) (sparsegpt.py's percdamp); the default is 0.01. */
+  readonly percdamp?: number;
+  /**
+   * How many entries of a block an unstructured target prunes.
+   * - "reference" (default): sparsegpt.py's rule, thresh = sorted(tmp)[floor(numel * s)],
+   *   prune tmp <= thresh. That prunes floor(numel * s) + 1 entries of each block (more on
+   *   ties), so even s = 0 prunes one weight per block, as the reference does.
+   * - "exact": the floor(numel * s) lowest entries of each block; equal scores go to the
+   *   lower flat index of our [in, out] layout. Use it where pruned counts must match an
+   *   allocation to the weight.
+   */
+  readonly threshold?: "reference" | "exact";
+  /** Names the layer in error messages. */
+  readonly source?: string;
+}
+
+export interface SparseGptResult {
+  /** Updated weights, [in, out], zero where pruned. */
+  readonly weight: Float32Array;
+  /** 1 = kept, 0 = pruned, [in, out]. */
+  readonly keep: Uint8Array;
+  /** sparsegpt.py's reported error: sum of (w - q)^2 / [Hinv]_ii^2 / 2 over pruned entries. */
+  readonly loss: number;
+  /** The damping added to the diagonal of H. */
+  readonly damping: number;
+}
+
+const DEFAULT_BLOCKSIZE = 128;
+const DEFAULT_PERCDAMP = 0.01;
+/**
+ * sparsegpt.py stops with an error when H + damp I is not positive definite. Mathematically
+ * it always is (H is a Gram matrix and damp > 0), so a failure means rounding in a nearly
+ * singular H; we then retry with 10x the damping (or the default 1% if none was asked
+ * for), up to this many times, before giving up.
+ */
+const DAMPING_RETRIES = 3;
+
+/** In-place lower Cholesky factor of a symmetric n x n matrix; false when not positive definite. */
+const choleskyLower = (a: Float64Array, n: number): boolean => {
+  for (let j = 0; j < n; j++) {
+    const rj = j * n;
+    let pivot = a[rj + j];
+    for (let k = 0; k < j; k++) pivot -= a[rj + k] * a[rj + k];
+    if (!(pivot > 0) || !Number.isFinite(pivot)) return false;
+    const ljj = Math.sqrt(pivot);
+    a[rj + j] = ljj;
+    for (let i = j + 1; i < n; i++) {
+      const ri = i * n;
+      let t = a[ri + j];
+      for (let k = 0; k < j; k++) t -= a[ri + k] * a[rj + k];
+      a[ri + j] = t / ljj;
+    }
+  }
+  for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) a[i * n + j] = 0;
+  return true;
+};
+
+/** (L L^T)^-1 = L^-T L^-1 from a lower Cholesky factor: torch.cholesky_inverse. */
+const choleskyInverse = (l: Float64Array, n: number): Float64Array => {
+  const linv = new Float64Array(n * n);
+  const acc = new Float64Array(n);
+  // Row i of L^-1: (e_i - sum_{k<i} L_ik (row k of L^-1)) / L_ii, accumulated row-wise.
+  for (let i = 0; i < n; i++) {
+    acc.fill(0, 0, i);
+    for (let k = 0; k < i; k++) {
+      const lik = l[i * n + k];
+      if (lik === 0) continue;
+      const rk = k * n;
+      for (let j = 0; j <= k; j++) acc[j] += lik * linv[rk + j];
+    }
+    const lii = l[i * n + i];
+    for (let j = 0; j < i; j++) linv[i * n + j] = -acc[j] / lii;
+    linv[i * n + i] = 1 / lii;
+  }
+  const inv = new Float64Array(n * n);
+  // sum over k of (row k of L^-1)^T (row k of L^-1), lower triangle, then mirrored.
+  for (let k = 0; k < n; k++) {
+    const rk = k * n;
+    for (let a = 0; a <= k; a++) {
+      const v = linv[rk + a];
+      if (v === 0) continue;
+      const ra = a * n;
+      for (let b = 0; b <= a; b++) inv[ra + b] += v * linv[rk + b];
+    }
+  }
+  for (let a = 0; a < n; a++) for (let b = 0; b < a; b++) inv[b * n + a] = inv[a * n + b];
+  return inv;
+};
+
+/**
+ * Upper Cholesky factor U of (H + damp I)^-1 (H^-1 = U^T U), by the reference's route:
+ * Cholesky of H, inverse, Cholesky again. Null when a factorisation fails.
+ */
+const inverseUpperCholesky = (h: Float64Array, n: number, damp: number): Float64Array | null => {
+  const a = h.slice();
+  for (let i = 0; i < n; i++) a[i * n + i] += damp;
+  if (!choleskyLower(a, n)) return null;
+  const inv = choleskyInverse(a, n);
+  if (!choleskyLower(inv, n)) return null;
+  const upper = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) upper[i * n + j] = inv[j * n + i];
+  return upper;
+};
+
+const checkInputs = (
+  weight: Float32Array,
+  shape: Shape2,
+  hessian: Float64Array,
+  target: SparseGptTarget,
+  blocksize: number,
+  percdamp: number,
+): void => {
+  const [inFeatures, outFeatures] = shape;
+  if (!Number.isInteger(inFeatures) || !Number.isInteger(outFeatures) || inFeatures < 1 || outFeatures < 1) {
+    throw new RangeError(`sparseGptPrune: shape [${inFeatures}, ${outFeatures}] must be two positive integers`);
+  }
+  if (weight.length !== inFeatures * outFeatures) {
+    throw new RangeError(`sparseGptPrune: ${weight.length} weights do not fill shape [${inFeatures}, ${outFeatures}]`);
+  }
+  if (hessian.length !== inFeatures * inFeatures) {
+    throw new RangeError(`sparseGptPrune: a Hessian of ${hessian.length} values for ${inFeatures} input features`);
+  }
+  if (!Number.isInteger(blocksize) || blocksize < 1) {
+    throw new RangeError(`sparseGptPrune: blocksize ${blocksize} must be a positive integer`);
+  }
+  if (!(percdamp >= 0) || !Number.isFinite(percdamp)) {
+    throw new RangeError(`sparseGptPrune: percdamp ${percdamp} must be a finite number >= 0`);
+  }
+  if ("sparsity" in target) {
+    if (!(target.sparsity >= 0 && target.sparsity < 1)) {
+      throw new RangeError(`sparseGptPrune: sparsity ${target.sparsity} is outside [0, 1)`);
+    }
+  } else {
+    checkNM("sparseGptPrune", inFeatures, target.n, target.m);
+    // The reference takes N:M groups relative to each block's start; a block that is not a
+    // whole number of groups would cut groups in two (and makes sparsegpt.py's topk fail).
+    if (blocksize % target.m !== 0) {
+      throw new RangeError(`sparseGptPrune: blocksize ${blocksize} is not a multiple of M = ${target.m}`);
+    }
+  }
+};
+
+/** Marks (pruned[row * out + o] = 1) the entries an unstructured target prunes in rows i1..i2. */
+const markBlock = (
+  w: Float64Array,
+  upper: Float64Array,
+  shape: Shape2,
+  i1: number,
+  i2: number,
+  sparsity: number,
+  threshold: "reference" | "exact",
+  pruned: Uint8Array,
+): void => {
+  const [inFeatures, outFeatures] = shape;
+  const base = i1 * outFeatures;
+  // tmp = W1^2 / diag(Hinv1)^2 over the whole block, in our [in, out] flat order.
+  const tmp = new Float64Array((i2 - i1) * outFeatures);
+  for (let i = i1; i < i2; i++) {
+    const d = upper[i * inFeatures + i];
+    for (let o = 0; o < outFeatures; o++) {
+      const v = w[i * outFeatures + o];
+      tmp[(i - i1) * outFeatures + o] = (v * v) / (d * d);
+    }
+  }
+  const k = Math.floor(tmp.length * sparsity);
+  if (threshold === "exact") {
+    for (const p of lowestPositions(tmp, k)) pruned[base + p] = 1;
+    return;
+  }
+  // min() only guards rounding of numel * s up to numel, where the reference would fail.
+  const thresh = tmp.slice().sort()[Math.min(k, tmp.length - 1)];
+  for (let p = 0; p < tmp.length; p++) if (tmp[p] <= thresh) pruned[base + p] = 1;
+};
+
+/** N:M marks of the group of rows r..r+m-1, per output neuron, from the current weights. */
+const markGroupNM = (
+  w: Float64Array,
+  upper: Float64Array,
+  shape: Shape2,
+  r: number,
+  n: number,
+  m: number,
+  pruned: Uint8Array,
+): void => {
+  const [inFeatures, outFeatures] = shape;
+  const run = new Float64Array(m);
+  for (let o = 0; o < outFeatures; o++) {
+    for (let g = 0; g < m; g++) {
+      const i = r + g;
+      const d = upper[i * inFeatures + i];
+      const v = w[i * outFeatures + o];
+      run[g] = (v * v) / (d * d);
+    }
+    for (const g of lowestPositions(run, n)) pruned[(r + g) * outFeatures + o] = 1;
+  }
+};
+
+/**
+ * Prunes one linear with SparseGPT. `hessian` is H = (2/n) sum x x^T, row-major [in, in]
+ * (HessianAccumulator.hessian()); it is not modified.
+ */
+export const sparseGptPrune = (
+  weight: Float32Array,
+  shape: Shape2,
+  hessian: Float64Array,
+  target: SparseGptTarget,
+  options: SparseGptOptions = {},
+): SparseGptResult => {
+  const blocksize = options.blocksize ?? DEFAULT_BLOCKSIZE;
+  const percdamp = options.percdamp ?? DEFAULT_PERCDAMP;
+  const threshold = options.threshold ?? "reference";
+  const source = options.source ?? "SparseGPT layer";
+  checkInputs(weight, shape, hessian, target, blocksize, percdamp);
+  const [inFeatures, outFeatures] = shape;
+  for (let e = 0; e < hessian.length; e++) {
+    if (!Number.isFinite(hessian[e])) {
+      throw new DataError({ file: source, problem: `the Hessian has a non-finite entry at index ${e}` });
+    }
+  }
+  for (let e = 0; e < weight.length; e++) {
+    if (!Number.isFinite(weight[e])) {
+      throw new DataError({ file: source, problem: `the weight has a non-finite entry at index ${e}` });
+    }
+  }
+
+  const w = Float64Array.from(weight);
+  const h = hessian.slice();
+  // Inputs never seen active: give them a unit diagonal so H stays invertible, and zero
+  // their weights, since they cannot affect the output on the calibration data.
+  let diagSum = 0;
+  for (let i = 0; i < inFeatures; i++) {
+    if (h[i * inFeatures + i] === 0) {
+      h[i * inFeatures + i] = 1;
+      w.fill(0, i * outFeatures, (i + 1) * outFeatures);
+    }
+    diagSum += h[i * inFeatures + i];
+  }
+  let damping = (percdamp * diagSum) / inFeatures;
+  let upper = inverseUpperCholesky(h, inFeatures, damping);
+  for (let retry = 0; upper === null && retry < DAMPING_RETRIES; retry++) {
+    damping = damping > 0 ? damping * 10 : (DEFAULT_PERCDAMP * diagSum) / inFeatures;
+    upper = inverseUpperCholesky(h, inFeatures, damping);
+  }
+  if (upper === null) {
+    throw new DataError({
+      file: source,
+      problem: `the Hessian is not positive definite even with ${damping} added to its diagonal`,
+    });
+  }
+
+  const pruned = new Uint8Array(weight.length);
+  let loss = 0;
+  for (let i1 = 0; i1 < inFeatures; i1 += blocksize) {
+    const i2 = Math.min(i1 + blocksize, inFeatures);
+    if ("sparsity" in target) markBlock(w, upper, shape, i1, i2, target.sparsity, threshold, pruned);
+    // Err1 of the reference: each pruned row's scaled error, kept for the lazy update.
+    const err = new Float64Array((i2 - i1) * outFeatures);
+    for (let i = i1; i < i2; i++) {
+      if (!("sparsity" in target) && (i - i1) % target.m === 0) markGroupNM(w, upper, shape, i, target.n, target.m, pruned);
+      const d = upper[i * inFeatures + i];
+      const row = i * outFeatures;
+      const errRow = (i - i1) * outFeatures;
+      for (let o = 0; o < outFeatures; o++) {
+        if (!pruned[row + o]) continue;
+        const e = w[row + o] / d;
+        err[errRow + o] = e;
+        loss += (e * e) / 2;
+        w[row + o] = 0;
+      }
+      // Spread this row's error over the block's remaining rows (W1[:, i:] -= err1 Hinv1[i, i:]);
+      // row i itself then equals q, which is already stored.
+      for (let j = i + 1; j < i2; j++) {
+        const u = upper[i * inFeatures + j];
+        if (u === 0) continue;
+        const nextRow = j * outFeatures;
+        for (let o = 0; o < outFeatures; o++) w[nextRow + o] -= err[errRow + o] * u;
+      }
+    }
+    // Lazy batch update of every later row: W[:, i2:] -= Err1 Hinv[i1:i2, i2:].
+    for (let i = i1; i < i2; i++) {
+      const errRow = (i - i1) * outFeatures;
+      for (let k = i2; k < inFeatures; k++) {
+        const u = upper[i * inFeatures + k];
+        if (u === 0) continue;
+        const targetRow = k * outFeatures;
+        for (let o = 0; o < outFeatures; o++) w[targetRow + o] -= err[errRow + o] * u;
+      }
+    }
+  }
+
+  const keep = new Uint8Array(weight.length);
+  for (let e = 0; e < keep.length; e++) keep[e] = pruned[e] ? 0 : 1;
+  return { weight: Float32Array.from(w), keep, loss, damping };
+};
