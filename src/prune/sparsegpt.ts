@@ -49,8 +49,8 @@ const DEFAULT_PERCDAMP = 0.01;
 /**
  * sparsegpt.py stops with an error when H + damp I is not positive definite. Mathematically
  * it always is (H is a Gram matrix and damp > 0), so a failure means rounding in a nearly
- * singular H; we then retry with 10x the damping (or the default 1% if none was asked
- * for), up to this many times, before giving up.
+ * singular H; we then retry with 10x the damping (at least 10x the default 1% of the mean
+ * diagonal), up to this many times, before giving up. The damping used is reported.
  */
 const DAMPING_RETRIES = 3;
 
@@ -254,10 +254,13 @@ export const sparseGptPrune = (
     }
     diagSum += h[i * inFeatures + i];
   }
-  let damping = (percdamp * diagSum) / inFeatures;
+  const meanDiag = diagSum / inFeatures;
+  let damping = percdamp * meanDiag;
   let upper = inverseUpperCholesky(h, inFeatures, damping);
-  for (let retry = 0; upper === null && retry < DAMPING_RETRIES; retry++) {
-    damping = damping > 0 ? damping * 10 : (DEFAULT_PERCDAMP * diagSum) / inFeatures;
+  // A Gram matrix has a positive mean diagonal here (dead entries became 1); anything else
+  // is not a Hessian of this kind, and more damping would only hide that.
+  for (let retry = 0; upper === null && meanDiag > 0 && retry < DAMPING_RETRIES; retry++) {
+    damping = Math.max(damping, DEFAULT_PERCDAMP * meanDiag) * 10;
     upper = inverseUpperCholesky(h, inFeatures, damping);
   }
   if (upper === null) {
@@ -272,7 +275,7 @@ export const sparseGptPrune = (
   for (let i1 = 0; i1 < inFeatures; i1 += blocksize) {
     const i2 = Math.min(i1 + blocksize, inFeatures);
     if ("sparsity" in target) markBlock(w, upper, shape, i1, i2, target.sparsity, threshold, pruned);
-    // Err1 of the reference: each pruned row's scaled error, kept for the lazy update.
+    // Err1 of the reference: every row's scaled pruning error (zero where kept), for the lazy update.
     const err = new Float64Array((i2 - i1) * outFeatures);
     for (let i = i1; i < i2; i++) {
       if (!("sparsity" in target) && (i - i1) % target.m === 0) markGroupNM(w, upper, shape, i, target.n, target.m, pruned);
