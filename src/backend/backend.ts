@@ -79,4 +79,6 @@ export const initBackendEffect = (choice: BackendChoice) =>
     catch: (e) => (e instanceof BackendError ? e : new BackendError({ backend: choice, problem: firstLine(e) })),
   });
 
-export const describeBackend = (b: BackendInfo): string => `backend: ${b.name} (${b.provider})`;
+/** "wasm (tfjs-backend-wasm; passed over: ...)": what auto chose, and why not something faster. */
+export const describeBackend = (b: BackendInfo): string =>
+  `${b.name} (${b.provider}${b.skipped.length > 0 ? `; passed over: ${b.skipped.map((s) => s.replace(/ \(.*$/, "")).join(", ")}` : ""})`;

@@ -50,8 +50,8 @@ export const evalCommand = {
         ...(argv.tokenizer ? { tokenizer: argv.tokenizer } : {}),
         ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
         ...(argv.maxWindows !== undefined ? { maxWindows: argv.maxWindows } : {}),
-        onStart: ({ windows, seqlen, backend }) => {
-          if (!argv.json) process.stderr.write(`backend: ${backend}; ${windows} windows of ${seqlen} tokens\n`);
+        onStart: ({ windows, seqlen, backendDescription }) => {
+          if (!argv.json) process.stderr.write(`backend: ${backendDescription}; ${windows} windows of ${seqlen} tokens\n`);
           progress = startProgress("eval", windows, { quiet: argv.json });
         },
         onProgress: (done) => progress?.update(done),

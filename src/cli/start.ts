@@ -17,8 +17,8 @@ export const startCommand = {
         data: defaultData("test"),
         format: "text",
         backend: argv.backend,
-        onStart: ({ windows, seqlen, backend }) => {
-          process.stderr.write(`evaluating the embedded model on the Brown test part: ${windows} windows of ${seqlen} tokens on ${backend}\n`);
+        onStart: ({ windows, seqlen, backendDescription }) => {
+          process.stderr.write(`evaluating the embedded model on the Brown test part: ${windows} windows of ${seqlen} tokens\nbackend: ${backendDescription}\n`);
           progress = startProgress("eval", windows);
         },
         onProgress: (done) => progress?.update(done),

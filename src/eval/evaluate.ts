@@ -1,5 +1,5 @@
 import { Effect } from "effect";
-import { initBackendEffect, type BackendChoice } from "../backend/backend.ts";
+import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpoint } from "../checkpoint/open.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
 import { readEvaluationDocuments, type TextFormat } from "../data/text-source.ts";
@@ -24,7 +24,7 @@ export interface EvalRequest {
   readonly batch?: number;
   readonly onProgress?: (done: number, total: number) => void;
   /** Called once the windows are known, before the (long) scoring starts. */
-  readonly onStart?: (info: { windows: number; seqlen: number; backend: string }) => void;
+  readonly onStart?: (info: { windows: number; seqlen: number; backend: string; backendDescription: string }) => void;
 }
 
 export interface EvalReport extends PerplexityResult {
@@ -113,7 +113,7 @@ export const evaluate = (request: EvalRequest) =>
         ),
         (d) => Effect.sync(() => d.dispose()),
       );
-      request.onStart?.({ windows: windows.length, seqlen, backend: backend.name });
+      request.onStart?.({ windows: windows.length, seqlen, backend: backend.name, backendDescription: describeBackend(backend) });
       const result = perplexity(decoder, windows, {
         ...(request.batch ? { batch: request.batch } : {}),
         ...(request.onProgress ? { onProgress: request.onProgress } : {}),
