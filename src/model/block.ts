@@ -7,7 +7,7 @@ import * as tf from "@tensorflow/tfjs";
 import { CheckpointError } from "../errors.ts";
 import type { HostBlock, HostLinear, HostNorm, HostTensor, ModelSpec } from "./spec.ts";
 import { kvDim, linearShapes } from "./spec.ts";
-import { activate, linear, matMul2d, normalize, takeRange, type LinearTensors, type NormTensors } from "./ops.ts";
+import { activate, linear as linearOp, matMul2d, normalize, takeRange, type LinearTensors, type NormTensors } from "./ops.ts";
 import { applyRope } from "./rope.ts";
 import type { ForwardTables } from "./tables.ts";
 
@@ -142,7 +142,9 @@ const attention = (
   batch: number,
   seqlen: number,
   tables: ForwardTables,
+  observe?: LinearInputObserver,
 ): tf.Tensor2D => {
+  const linear = observed(w, observe);
   const { numHeads, numKvHeads, headDim, roles } = spec;
   const qWidth = numHeads * headDim;
   const kvWidth = kvDim(spec);
@@ -150,14 +152,14 @@ const attention = (
   let k: tf.Tensor2D;
   let v: tf.Tensor2D;
   if (roles.qkv) {
-    const qkv = linear(x, w.linears[roles.qkv]);
+    const qkv = linear(x, roles.qkv);
     q = takeRange(qkv, 1, 0, qWidth);
     k = takeRange(qkv, 1, qWidth, kvWidth);
     v = takeRange(qkv, 1, qWidth + kvWidth, kvWidth);
   } else {
-    q = linear(x, w.linears[roles.q!]);
-    k = linear(x, w.linears[roles.k!]);
-    v = linear(x, w.linears[roles.v!]);
+    q = linear(x, roles.q!);
+    k = linear(x, roles.k!);
+    v = linear(x, roles.v!);
   }
   const t = tables.forLength(seqlen);
   if (t.query && t.key) {
@@ -210,17 +212,32 @@ const attention = (
     tf.transpose(tf.reshape(tf.concat(outputs, 0), [batch, numHeads, seqlen, headDim]), [0, 2, 1, 3]),
     [batch * seqlen, qWidth],
   ) as tf.Tensor2D;
-  return linear(merged, w.linears[roles.o]);
+  return linear(merged, roles.o);
 };
 
-const mlp = (spec: ModelSpec, w: BlockTensors, x: tf.Tensor2D): tf.Tensor2D => {
+const mlp = (spec: ModelSpec, w: BlockTensors, x: tf.Tensor2D, observe?: LinearInputObserver): tf.Tensor2D => {
   const { roles } = spec;
-  const up = linear(x, w.linears[roles.up]);
+  const linear = observed(w, observe);
+  const up = linear(x, roles.up);
   const hidden = roles.gate
-    ? (tf.mul(activate(spec.activation, linear(x, w.linears[roles.gate])), up) as tf.Tensor2D)
+    ? (tf.mul(activate(spec.activation, linear(x, roles.gate)), up) as tf.Tensor2D)
     : activate(spec.activation, up);
-  return linear(hidden, w.linears[roles.down]);
+  return linear(hidden, roles.down);
 };
+
+/**
+ * Sees the input [batch·seqlen, in] of every prunable linear as the block runs: pruning
+ * statistics (input norms for Wanda, Hessians for SparseGPT) are gathered through it.
+ * The tensor belongs to the forward pass; an observer must not keep or dispose it.
+ */
+export type LinearInputObserver = (linear: string, input: tf.Tensor2D) => void;
+
+const observed =
+  (w: BlockTensors, observe?: LinearInputObserver) =>
+  (x: tf.Tensor2D, name: string): tf.Tensor2D => {
+    observe?.(name, x);
+    return linearOp(x, w.linears[name]);
+  };
 
 /**
  * Pure block forward for x [batch·seqlen, hidden]; usable inside tf.grad. The caller owns
@@ -233,11 +250,12 @@ export const blockForward = (
   batch: number,
   seqlen: number,
   tables: ForwardTables,
+  observe?: LinearInputObserver,
 ): tf.Tensor2D => {
   if (spec.normBefore) {
-    const h = tf.add(x, attention(spec, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables)) as tf.Tensor2D;
-    return tf.add(h, mlp(spec, w, normalize(spec, h, w.mlpNorm))) as tf.Tensor2D;
+    const h = tf.add(x, attention(spec, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables, observe)) as tf.Tensor2D;
+    return tf.add(h, mlp(spec, w, normalize(spec, h, w.mlpNorm), observe)) as tf.Tensor2D;
   }
-  const h = normalize(spec, tf.add(x, attention(spec, w, x, batch, seqlen, tables)) as tf.Tensor2D, w.attnNorm);
-  return normalize(spec, tf.add(h, mlp(spec, w, h)) as tf.Tensor2D, w.mlpNorm);
+  const h = normalize(spec, tf.add(x, attention(spec, w, x, batch, seqlen, tables, observe)) as tf.Tensor2D, w.attnNorm);
+  return normalize(spec, tf.add(h, mlp(spec, w, h, observe)) as tf.Tensor2D, w.mlpNorm);
 };

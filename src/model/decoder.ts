@@ -15,12 +15,13 @@ import {
   disposeBlock,
   hostToTensor,
   type BlockTensors,
+  type LinearInputObserver,
 } from "./block.ts";
 import { embeddingLookup, matMul2d, normalize, takeRange, weightedNllSum, type NormTensors } from "./ops.ts";
 import { copyRows } from "./copy-kernels.ts";
 import { ForwardTables } from "./tables.ts";
 
-export { blockForward, blockToTensors, disposeBlock, type BlockTensors } from "./block.ts";
+export { blockForward, blockToTensors, disposeBlock, type BlockTensors, type LinearInputObserver } from "./block.ts";
 export type { LinearTensors, NormTensors } from "./ops.ts";
 export { ForwardTables } from "./tables.ts";
 
@@ -172,19 +173,22 @@ export class Decoder {
     return tf.tidy(() => this.embedIds(ids, batch, seqlen));
   }
 
-  /** Runs block i on x [batch·seqlen, hidden]; x is left to the caller. */
-  runBlock(i: number, x: tf.Tensor2D, batch: number, seqlen: number): tf.Tensor2D {
+  /**
+   * Runs block i on x [batch·seqlen, hidden]; x is left to the caller. `observe` sees each
+   * prunable linear's input (for calibration statistics).
+   */
+  runBlock(i: number, x: tf.Tensor2D, batch: number, seqlen: number, observe?: LinearInputObserver): tf.Tensor2D {
     this.checkLive();
     this.checkBlockIndex(i);
     this.checkActivations(x, batch, seqlen);
     const resident = this.blocks[i];
-    if (resident) return tf.tidy(() => blockForward(this.spec, resident, x, batch, seqlen, this.tables));
+    if (resident) return tf.tidy(() => blockForward(this.spec, resident, x, batch, seqlen, this.tables, observe));
     const loaded = blockToTensors(this.spec, this.hostOverrides.get(i) ?? this.source.load(i), {
       source: this.sourceName,
       label: `block ${i}`,
     });
     try {
-      return tf.tidy(() => blockForward(this.spec, loaded, x, batch, seqlen, this.tables));
+      return tf.tidy(() => blockForward(this.spec, loaded, x, batch, seqlen, this.tables, observe));
     } finally {
       disposeBlock(loaded);
     }
