@@ -1,0 +1,49 @@
+import * as tf from "@tensorflow/tfjs";
+import type { Decoder } from "../model/decoder.ts";
+import { HessianAccumulator, InputNormAccumulator } from "./stats.ts";
+
+/** Calibration statistics of one linear's input, gathered over all calibration tokens. */
+export interface LinearInputStats {
+  readonly norms: InputNormAccumulator;
+  readonly hessian?: HessianAccumulator;
+}
+
+/**
+ * Runs block `index` on every calibration batch, gathering each prunable linear's input
+ * statistics on the backend (sums of squares, and XᵀX when Hessians are asked for), so only
+ * [in] and [in, in] arrays leave it, never the activations. Returns the statistics and
+ * the block's outputs, which are the next block's inputs.
+ */
+export const collectBlockStats = (
+  decoder: Decoder,
+  index: number,
+  inputs: readonly tf.Tensor2D[],
+  batch: number,
+  seqlen: number,
+  options: { readonly hessian: boolean },
+): { stats: Map<string, LinearInputStats>; outputs: tf.Tensor2D[] } => {
+  const stats = new Map<string, LinearInputStats>();
+  const outputs = inputs.map((x) => {
+    // q, k and v read the same tensor: its statistics are computed once per batch.
+    const seen = new Map<tf.Tensor, { sums: Float32Array; gram?: Float32Array }>();
+    return decoder.runBlock(index, x, batch, seqlen, (name, input) => {
+      const [rows, features] = input.shape;
+      let s = seen.get(input);
+      if (!s) {
+        s = tf.tidy(() => ({
+          sums: tf.sum(tf.square(input), 0).dataSync() as Float32Array,
+          ...(options.hessian ? { gram: tf.matMul(tf.transpose(input), input).dataSync() as Float32Array } : {}),
+        }));
+        seen.set(input, s);
+      }
+      let entry = stats.get(name);
+      if (!entry) {
+        entry = { norms: new InputNormAccumulator(features), ...(options.hessian ? { hessian: new HessianAccumulator(features) } : {}) };
+        stats.set(name, entry);
+      }
+      entry.norms.addSumSquares(s.sums, rows);
+      if (s.gram) entry.hessian!.addGram(s.gram, rows);
+    });
+  });
+  return { stats, outputs };
+};
