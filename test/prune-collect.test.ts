@@ -23,7 +23,7 @@ describe("calibration statistics of a block", () => {
         if (name === m.spec.roles.down) captured.push(Float32Array.from(input.dataSync()));
       }).dispose(),
     );
-    const { stats, outputs } = collectBlockStats(decoder, 0, inputs, 2, seqlen, { hessian: true });
+    const { stats, outputs } = collectBlockStats(decoder, 0, inputs, [2, 2], seqlen, { hessian: true });
     expect([...stats.keys()].sort()).toEqual([...m.spec.linears].sort());
     const f = m.spec.intermediateSize;
     const rows = captured.reduce((n, c) => n + c.length / f, 0);

@@ -18,15 +18,16 @@ export const collectBlockStats = (
   decoder: Decoder,
   index: number,
   inputs: readonly tf.Tensor2D[],
-  batch: number,
+  /** Windows in each input (the last batch may be smaller). */
+  batches: readonly number[],
   seqlen: number,
   options: { readonly hessian: boolean },
 ): { stats: Map<string, LinearInputStats>; outputs: tf.Tensor2D[] } => {
   const stats = new Map<string, LinearInputStats>();
-  const outputs = inputs.map((x) => {
+  const outputs = inputs.map((x, k) => {
     // q, k and v read the same tensor: its statistics are computed once per batch.
     const seen = new Map<tf.Tensor, { sums: Float32Array; gram?: Float32Array }>();
-    return decoder.runBlock(index, x, batch, seqlen, (name, input) => {
+    return decoder.runBlock(index, x, batches[k]!, seqlen, (name, input) => {
       const [rows, features] = input.shape;
       let s = seen.get(input);
       if (!s) {

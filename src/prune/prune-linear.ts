@@ -1,0 +1,36 @@
+import type { HostLinear } from "../model/spec.ts";
+import type { LinearInputStats } from "./collect.ts";
+import { applyMask, nmMask, unstructuredMask, type Shape2 } from "./masks.ts";
+import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
+import { sparseGptPrune } from "./sparsegpt.ts";
+
+export type PruneMetric = "magnitude" | "wanda" | "sparsegpt";
+export const PRUNE_METRICS: readonly PruneMetric[] = ["magnitude", "wanda", "sparsegpt"];
+
+/** What one linear must become: a fraction pruned, or an N:M pattern. */
+export type LinearTarget = { readonly sparsity: number } | { readonly n: number; readonly m: number };
+
+/**
+ * Prunes one linear with the chosen metric. Magnitude and Wanda only zero weights;
+ * SparseGPT also updates the survivors to compensate. SparseGPT's mask is chosen with the
+ * exact floor rule per column block, so every linear has the sparsity its allocation asks.
+ */
+export const pruneLinear = (
+  linear: HostLinear,
+  metric: PruneMetric,
+  target: LinearTarget,
+  stats: LinearInputStats | undefined,
+  source: string,
+): HostLinear => {
+  const shape = linear.weight.shape as unknown as Shape2;
+  const weight = linear.weight.data;
+  if (metric === "sparsegpt") {
+    if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
+    const r = sparseGptPrune(weight, shape, stats.hessian.hessian(), target, { threshold: "exact", source });
+    return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
+  }
+  if (metric === "wanda" && !stats) throw new Error(`${source}: Wanda needs the input norms`);
+  const scores = metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight);
+  const keep = "sparsity" in target ? unstructuredMask(scores, shape, comparisonGroup(metric), target.sparsity) : nmMask(scores, shape, target.n, target.m);
+  return { ...linear, weight: { shape: linear.weight.shape, data: applyMask(weight, keep) } };
+};
