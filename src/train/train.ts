@@ -6,6 +6,7 @@ import { replaceDir, writeHuggingFace } from "../checkpoint/write-huggingface.ts
 import { Rng } from "../data/rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
+import { scoredBytes } from "../eval/evaluate.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { lineChart } from "../report/svg.ts";
 import { trainByteLevelBpe } from "../tokenizer/bpe-trainer.ts";
@@ -165,7 +166,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
   const trainTokens = Int32Array.from(tokenizer.encode(trainText));
   const valText = o.validation ? readTextFile(o.validation) : "";
   const valWindows = o.validation ? contiguousWindows(tokenizer.encode(valText), o.seqlen, { maxWindows: o.evalWindows }) : [];
-  const valBytes = valWindows.reduce((n, w) => n + Array.from(w.targets).reduce((b, t) => b + (t >= 0 ? tokenizer.tokenBytes?.(t) ?? 1 : 0), 0), 0);
+  const valBytes = scoredBytes(valWindows, tokenizer);
   const rng = new Rng(o.seed);
   const init = initWeights(spec, rng.split("init").nextUint32());
   const batches = rng.split("batches");
@@ -249,7 +250,8 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
       spec,
       log,
       finalTrainLoss,
-      ...(finalValLoss !== undefined ? { finalValLoss, finalValPplPerByte: Math.exp((finalValLoss * valTokens) / valBytes) } : {}),
+      ...(finalValLoss !== undefined ? { finalValLoss } : {}),
+      ...(finalValLoss !== undefined && valBytes ? { finalValPplPerByte: Math.exp((finalValLoss * valTokens) / valBytes) } : {}),
       seconds,
       backend: final.backend,
       parameters: final.parameters.reduce((n, p) => n + p.length, 0),
