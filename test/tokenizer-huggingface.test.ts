@@ -9,6 +9,7 @@ import { huggingFaceTokenizer, loadHuggingFaceTokenizer } from "../src/tokenizer
 import { loadLlama2cTokenizer } from "../src/tokenizer/llama2c.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { asset, haveAssets } from "./helpers/assets.ts";
+import { expectTaggedError } from "./helpers/errors.ts";
 
 /** Compares long id lists so that a failure shows the first difference, not a diff of the whole list. */
 function expectSameIds(actual: readonly number[], expected: readonly number[]): void {
@@ -24,18 +25,8 @@ function writeFolder(files: Record<string, string>): string {
   return folder;
 }
 
-function expectTokenizerError(run: () => unknown, pattern: RegExp, file?: string): void {
-  try {
-    run();
-  } catch (error) {
-    expect(error).toBeInstanceOf(TokenizerError);
-    const tokenizerError = error as TokenizerError;
-    expect(tokenizerError.problem).toMatch(pattern);
-    if (file !== undefined) expect(tokenizerError.file).toBe(file);
-    return;
-  }
-  throw new Error("expected a TokenizerError");
-}
+const expectTokenizerError = (run: () => unknown, pattern: RegExp, file?: string): void =>
+  expectTaggedError(TokenizerError, run, pattern, file);
 
 const addedToken = (id: number, content: string) => ({
   id,

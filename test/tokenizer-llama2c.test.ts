@@ -7,6 +7,7 @@ import { TokenizerError } from "../src/errors.ts";
 import { Llama2cTokenizer, loadLlama2cTokenizer, parseLlama2cTokenizer } from "../src/tokenizer/llama2c.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { asset, haveAssets } from "./helpers/assets.ts";
+import { expectTaggedError } from "./helpers/errors.ts";
 
 /** Compares long id lists so that a failure shows the first difference, not a diff of the whole list. */
 function expectSameIds(actual: readonly number[], expected: readonly number[]): void {
@@ -62,18 +63,8 @@ function tempFile(name: string, bytes: Uint8Array): string {
   return file;
 }
 
-function expectTokenizerError(run: () => unknown, pattern: RegExp, file?: string): void {
-  try {
-    run();
-  } catch (error) {
-    expect(error).toBeInstanceOf(TokenizerError);
-    const tokenizerError = error as TokenizerError;
-    expect(tokenizerError.problem).toMatch(pattern);
-    if (file !== undefined) expect(tokenizerError.file).toBe(file);
-    return;
-  }
-  throw new Error("expected a TokenizerError");
-}
+const expectTokenizerError = (run: () => unknown, pattern: RegExp, file?: string): void =>
+  expectTaggedError(TokenizerError, run, pattern, file);
 
 /**
  * run.c's encode(), transcribed loop for loop: it rescans the whole sequence for the
