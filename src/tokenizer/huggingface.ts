@@ -54,7 +54,11 @@ export function huggingFaceTokenizer(tokenizerJson: unknown, config: Json | unde
   } catch (cause) {
     return fail(`cannot be loaded as a tokenizer (model type ${JSON.stringify(model.type ?? "unspecified")}): ${describeCause(cause)}`);
   }
-  splitLongWordsSafely(inner.model);
+  try {
+    splitLongWordsSafely(inner.model);
+  } catch {
+    // The split only speeds up long words; a model it cannot analyse is used as the library built it.
+  }
   const vocabSize = countVocab(inner);
   if (vocabSize === 0) return fail("has an empty vocabulary");
   const bosId = specialId(inner, config, "bos_token", [templateBos(tokenizerJson.post_processor), ...BOS_NAMES]);
