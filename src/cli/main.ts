@@ -4,6 +4,7 @@ import { BACKEND_CHOICES } from "../backend/backend.ts";
 import { evalCommand } from "./eval.ts";
 import { startCommand } from "./start.ts";
 import { trainCommand } from "./train.ts";
+import { statsCommand } from "./stats.ts";
 import { reportFailure, setVerbose } from "./run.ts";
 import { UsageError } from "../errors.ts";
 
@@ -16,6 +17,7 @@ await yargs(hideBin(process.argv))
   .command(evalCommand as never)
   .command(startCommand as never)
   .command(trainCommand as never)
+  .command(statsCommand as never)
   .demandCommand(1, "name a command (see --help)")
   .strict()
   .recommendCommands()

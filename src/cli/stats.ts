@@ -1,0 +1,83 @@
+import { renameSync, writeFileSync } from "node:fs";
+import { stringify } from "csv-stringify/sync";
+import { Effect } from "effect";
+import type { Argv } from "yargs";
+import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
+import { openCheckpoint } from "../checkpoint/open.ts";
+import { calibrationWindows } from "../data/calibration.ts";
+import { defaultData, defaultModel } from "../defaults.ts";
+import { DataError, TokenizerError } from "../errors.ts";
+import { tokenizerFor } from "../eval/evaluate.ts";
+import { layerStatistics, type LinearStatistics } from "../prune/layer-stats.ts";
+import { startProgress } from "./progress.ts";
+import { runCommand } from "./run.ts";
+
+interface StatsArgs {
+  model: string;
+  tokenizer?: string;
+  calib: string;
+  field: string;
+  nsamples: number;
+  seqlen?: number;
+  seed: number;
+  metric: "wanda" | "magnitude";
+  out?: string;
+  json: boolean;
+  backend: BackendChoice;
+}
+
+const COLUMNS = ["block", "linear", "params", "outlier_share", "block_outlier_share", "block_non_outlier_ratio", "fisher_trace"];
+
+const csvOf = (rows: readonly LinearStatistics[]): string =>
+  stringify(
+    rows.map((r) => [r.block, r.linear, r.params, r.outlierShare, r.blockOutlierShare, r.blockNonOutlierRatio, r.fisherTrace]),
+    { header: true, columns: COLUMNS },
+  );
+
+/** Written beside the target and renamed, so a failed run never leaves half a file. */
+const writeAtomically = (file: string, content: string): void => {
+  const temp = `${file}.tmp-${process.pid}`;
+  writeFileSync(temp, content);
+  renameSync(temp, file);
+};
+
+export const statsCommand = {
+  command: "stats",
+  describe: "Per-block and per-linear statistics of the dense model: outlier shares (OWL, MRP) and Fisher traces (MSP)",
+  builder: (y: Argv) =>
+    y
+      .option("model", { type: "string", default: defaultModel(), describe: "Hugging Face folder, llama2.c .bin, or a folder holding one" })
+      .option("tokenizer", { type: "string", describe: "tokenizer file (overrides the one beside the checkpoint)" })
+      .option("calib", { type: "string", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" })
+      .option("field", { type: "string", default: "text" })
+      .option("nsamples", { type: "number", default: 128, describe: "calibration windows" })
+      .option("seqlen", { type: "number", describe: "calibration window length (default: the model's context)" })
+      .option("seed", { type: "number", default: 0 })
+      .option("metric", { choices: ["wanda", "magnitude"] as const, default: "wanda" as const, describe: "element scores the outlier shares are computed on" })
+      .option("out", { type: "string", describe: "write the table as CSV" })
+      .option("json", { type: "boolean", default: false }),
+  handler: async (argv: StatsArgs) => {
+    const rows = await runCommand(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const backend = yield* initBackendEffect(argv.backend);
+          const checkpoint = yield* openCheckpoint(argv.model, argv.tokenizer ? { tokenizer: argv.tokenizer } : {});
+          const seqlen = argv.seqlen ?? checkpoint.spec.maxPositions;
+          const windows = yield* Effect.try({
+            try: () => calibrationWindows({ source: argv.calib, field: argv.field, samples: argv.nsamples, seqlen, seed: argv.seed }, tokenizerFor(checkpoint)),
+            catch: (e) => e as DataError | TokenizerError,
+          });
+          if (!argv.json) process.stderr.write(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens\n`);
+          const progress = startProgress("blocks", checkpoint.spec.numLayers, { quiet: argv.json });
+          const result = layerStatistics(checkpoint, windows, { metric: argv.metric, onBlock: (b) => progress.update(b + 1) });
+          progress.stop();
+          return result;
+        }),
+      ),
+    );
+    if (!rows) return;
+    if (argv.out) writeAtomically(argv.out, csvOf(rows));
+    if (argv.json) process.stdout.write(JSON.stringify(rows) + "\n");
+    else process.stdout.write(csvOf(rows) + (argv.out ? `wrote ${argv.out}\n` : ""));
+  },
+};
