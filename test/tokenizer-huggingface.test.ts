@@ -10,6 +10,7 @@ import { loadLlama2cTokenizer } from "../src/tokenizer/llama2c.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { asset, haveAssets } from "./helpers/assets.ts";
 import { expectTaggedError } from "./helpers/errors.ts";
+import { specialAddedToken } from "../src/tokenizer/byte-level.ts";
 
 /** Compares long id lists so that a failure shows the first difference, not a diff of the whole list. */
 function expectSameIds(actual: readonly number[], expected: readonly number[]): void {
@@ -28,15 +29,7 @@ function writeFolder(files: Record<string, string>): string {
 const expectTokenizerError = (run: () => unknown, pattern: RegExp, file?: string): void =>
   expectTaggedError(TokenizerError, run, pattern, file);
 
-const addedToken = (id: number, content: string) => ({
-  id,
-  content,
-  single_word: false,
-  lstrip: false,
-  rstrip: false,
-  normalized: false,
-  special: true,
-});
+const addedToken = specialAddedToken;
 
 /** A small whitespace-split BPE, with the given special tokens after a letter vocabulary. */
 function wordBpeJson(specials: readonly string[]): Record<string, unknown> {

@@ -54,17 +54,20 @@ export function byteLevelBpeVocab(merges: readonly BpeMerge[] = []): Map<string,
  * in an input is read as the special token, as in any Hugging Face tokenizer.
  * Merges are written as [left, right] pairs, the format of current tokenizer.json files.
  */
+/** A tokenizer.json `added_tokens` entry for a special token, matched verbatim. */
+export const specialAddedToken = (id: number, content: string) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special: true,
+});
+
 export function byteLevelTokenizerJson(merges: readonly BpeMerge[] = []): object {
   const vocab = Object.fromEntries(byteLevelBpeVocab(merges));
-  const special = (id: number, content: string) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
+  const special = specialAddedToken;
   return {
     version: "1.0",
     truncation: null,
