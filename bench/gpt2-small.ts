@@ -1,6 +1,6 @@
 import { writeHuggingFace } from "../src/checkpoint/write-huggingface.ts";
 import { readConfig } from "../src/checkpoint/huggingface.ts";
-import { Rng } from "../src/data/rng.ts";
+import { Rng } from "../src/rng.ts";
 import { linearShapes, type HostBlock, type HostGlobals, type HostTensor, type ModelSpec } from "../src/model/spec.ts";
 import { mkdirSync, writeFileSync, mkdtempSync } from "node:fs";
 import { join } from "node:path";

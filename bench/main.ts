@@ -11,7 +11,7 @@ import { openCheckpointSync } from "../src/checkpoint/open.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { projectRoot } from "../src/defaults.ts";
 import { blockParameters, forwardFlops, writeGpt2Small } from "./gpt2-small.ts";
-import { Rng } from "../src/data/rng.ts";
+import { Rng } from "../src/rng.ts";
 import { existsSync } from "node:fs";
 import { Effect } from "effect";
 import { evaluate } from "../src/eval/evaluate.ts";

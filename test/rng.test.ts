@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { Rng } from "../src/data/rng.ts";
+import { Rng } from "../src/rng.ts";
 
 describe("Rng", () => {
   it("same seed, same stream; different seeds, different streams", () => {

@@ -1,6 +1,6 @@
 import { DataError } from "../errors.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
-import { Rng } from "./rng.ts";
+import { Rng } from "../rng.ts";
 import { readJsonlDocuments, readTextFile } from "./text-source.ts";
 
 export interface CalibrationRequest {

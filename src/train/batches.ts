@@ -1,4 +1,4 @@
-import type { Rng } from "../data/rng.ts";
+import type { Rng } from "../rng.ts";
 
 /**
  * Training batches: `batch` windows of seqlen + 1 tokens at uniformly random offsets of

@@ -1,4 +1,4 @@
-import { Rng } from "../data/rng.ts";
+import { Rng } from "../rng.ts";
 import { linearShapes, type HostBlock, type HostGlobals, type HostTensor, type ModelSpec } from "../model/spec.ts";
 
 const normal = (rng: Rng, shape: readonly number[], std: number): HostTensor => {

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { BackendChoice } from "../backend/backend.ts";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
 import { replaceDir, writeHuggingFace } from "../checkpoint/write-huggingface.ts";
-import { Rng } from "../data/rng.ts";
+import { Rng } from "../rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
 import { scoredBytes } from "../eval/evaluate.ts";

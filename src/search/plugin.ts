@@ -1,0 +1,70 @@
+/**
+ * The plugin interface of allocation methods. A plugin sees the model only through the
+ * numbers in MethodContext (block sizes, target, bounds, per-block statistics and element
+ * scores as plain arrays); it never touches tensors, checkpoints or the backend. It returns
+ * per-block sparsities, which the host expands to every linear, prunes and evaluates.
+ *
+ * Three kinds of method share this interface, so every method is run and reported alike:
+ *  - direct:  one allocation computed from statistics (uniform, owl, mrp);
+ *  - grid:    a finite list of candidates, the best by fitness wins (atp);
+ *  - evolve:  a genome handed to the evolutionary engine (dsa, msp, msp-nm).
+ */
+import type { Schema } from "effect";
+import type { Bounds } from "../allocation/project.ts";
+import type { Genome } from "../engine/genome.ts";
+
+/** Unstructured pruning at a sparsity, or an N:M pattern (N zeros in every M inputs). */
+export type Pattern = { readonly kind: "unstructured" } | { readonly kind: "nm"; readonly n: number; readonly m: number };
+
+/** Statistics of the dense model, per block, measured once per run by the host. */
+export interface BlockStatistics {
+  /** OWL's outlier share D_l of each block (M = 5), on the run's metric scores. */
+  outlierShares(): readonly number[];
+  /** Empirical Fisher trace of each block (sum over its prunable weights). */
+  fisherTraces(): readonly number[];
+  /** The element scores of block l's prunable linears, concatenated in layout order. */
+  elementScores(block: number): Float32Array;
+  /**
+   * MRP's non-outlier ratio of block l's surviving weights when the block alone is pruned
+   * at `sparsity` with the run's metric. Deterministic.
+   */
+  nonOutlierRatio(block: number, sparsity: number): number;
+}
+
+export interface MethodContext {
+  readonly blocks: number;
+  /** Prunable weights of each block: the weights of every mean and projection. */
+  readonly blockParams: readonly number[];
+  /** Target global sparsity S. */
+  readonly target: number;
+  readonly bounds: Bounds;
+  readonly pattern: Pattern;
+  readonly statistics: BlockStatistics;
+}
+
+/** Per-block sparsities; for N:M methods every entry is n_l / m exactly. */
+export type BlockAllocation = readonly number[];
+
+export interface GridCandidate {
+  /** Readable name of the candidate, e.g. "beta=0.004". */
+  readonly label: string;
+  readonly allocation: BlockAllocation;
+}
+
+export type Method<Space> =
+  | { readonly kind: "direct"; allocate(context: MethodContext, space: Space): BlockAllocation }
+  | { readonly kind: "grid"; candidates(context: MethodContext, space: Space): readonly GridCandidate[] }
+  | { readonly kind: "evolve"; genome(context: MethodContext, space: Space): Genome<any, BlockAllocation> };
+
+export interface MethodPlugin<Space = unknown> {
+  /** The name used on the command line: `--method <name>`. */
+  readonly name: string;
+  readonly describe: string;
+  /** Decodes and validates a search-space file; errors name the file and the field. */
+  readonly spaceSchema: Schema.Top & { readonly Type: Space };
+  /** The file in search-spaces/ used when --space is not given. */
+  readonly defaultSpace: string;
+  /** Patterns the method supports; the host refuses other combinations with a clear error. */
+  readonly patterns: readonly Pattern["kind"][];
+  readonly method: Method<Space>;
+}
