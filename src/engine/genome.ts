@@ -23,10 +23,14 @@ export interface Genome<G, P> {
   restore(json: unknown): G;
 }
 
-/** Outcome of evaluating one phenotype: lower fitness is better (perplexity). */
+/**
+ * Outcome of evaluating one phenotype: lower fitness is better (perplexity). `seconds` is
+ * the time the evaluation took, when the evaluator can tell (e.g. measured on a worker);
+ * otherwise the engine charges each phenotype an equal share of its batch's time.
+ */
 export type Fitness =
-  | { readonly ok: true; readonly value: number }
-  | { readonly ok: false; readonly error: string };
+  | { readonly ok: true; readonly value: number; readonly seconds?: number }
+  | { readonly ok: false; readonly error: string; readonly seconds?: number };
 
 export const fitnessOk = (value: number): Fitness =>
   Number.isFinite(value) ? { ok: true, value } : { ok: false, error: `non-finite fitness ${value}` };

@@ -1,6 +1,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { Decoder } from "../model/decoder.ts";
 import { HessianAccumulator, InputNormAccumulator } from "./stats.ts";
+import type { StageTimings } from "./timings.ts";
 
 /** Calibration statistics of one linear's input, gathered over all calibration tokens. */
 export interface LinearInputStats {
@@ -21,13 +22,17 @@ export const collectBlockStats = (
   /** Windows in each input (the last batch may be smaller). */
   batches: readonly number[],
   seqlen: number,
-  options: { readonly hessian: boolean },
+  options: { readonly hessian: boolean; readonly timings?: StageTimings },
 ): { stats: Map<string, LinearInputStats>; outputs: tf.Tensor2D[] } => {
   const stats = new Map<string, LinearInputStats>();
+  // The observer runs inside the forward pass: its time is statistics, the rest forward.
+  let observing = 0;
+  const start = performance.now();
   const outputs = inputs.map((x, k) => {
     // q, k and v read the same tensor: its statistics are computed once per batch.
     const seen = new Map<tf.Tensor, { sums: Float32Array; gram?: Float32Array }>();
     return decoder.runBlock(index, x, batches[k]!, seqlen, (name, input) => {
+      const began = performance.now();
       const [rows, features] = input.shape;
       let s = seen.get(input);
       if (!s) {
@@ -44,7 +49,12 @@ export const collectBlockStats = (
       }
       entry.norms.addSumSquares(s.sums, rows);
       if (s.gram) entry.hessian!.addGram(s.gram, rows);
+      observing += performance.now() - began;
     });
   });
+  if (options.timings) {
+    options.timings.statistics += observing / 1000;
+    options.timings.forward += (performance.now() - start - observing) / 1000;
+  }
   return { stats, outputs };
 };

@@ -3,6 +3,7 @@ import type { BlockSource, Decoder } from "../model/decoder.ts";
 import type { HostBlock } from "../model/spec.ts";
 import { collectBlockStats } from "./collect.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
+import { timed, type StageTimings } from "./timings.ts";
 
 export type CalibrationMode = "sequential" | "dense";
 
@@ -16,6 +17,13 @@ export interface PruneRequest {
   /** Windows per forward pass. */
   readonly batch?: number;
   readonly onBlock?: (block: number, seconds: { statistics: number; pruning: number }) => void;
+  /**
+   * A block already pruned at this allocation from the same inputs (the same allocation of
+   * every earlier block): it is installed as it is, and only run forward. Sequential mode only:
+   * in dense mode every block is pruned from dense inputs anyway.
+   */
+  readonly reuse?: (block: number) => HostBlock | undefined;
+  readonly timings?: StageTimings;
 }
 
 /**
@@ -37,18 +45,34 @@ export const pruneModel = (decoder: Decoder, source: BlockSource, request: Prune
     g.forEach((w, k) => ids.set(w, k * seqlen));
     return ids;
   };
-  let inputs = groups.map((g) => decoder.embed(concat(g), g.length, seqlen));
+  let inputs = timed(request.timings, "forward", () => groups.map((g) => decoder.embed(concat(g), g.length, seqlen)));
   const pruned: HostBlock[] = [];
   try {
     for (let i = 0; i < decoder.numBlocks; i++) {
       const t0 = performance.now();
-      const { stats, outputs } = collectBlockStats(decoder, i, inputs, groups.map((g) => g.length), seqlen, { hessian: request.metric === "sparsegpt" });
+      const reused = request.mode === "sequential" ? request.reuse?.(i) : undefined;
+      if (reused) {
+        decoder.setBlock(i, reused);
+        pruned.push(reused);
+        const next = timed(request.timings, "forward", () => inputs.map((x, k) => decoder.runBlock(i, x, groups[k]!.length, seqlen)));
+        tf.dispose(inputs);
+        inputs = next;
+        request.onBlock?.(i, { statistics: (performance.now() - t0) / 1000, pruning: 0 });
+        continue;
+      }
+      const { stats, outputs } = collectBlockStats(decoder, i, inputs, groups.map((g) => g.length), seqlen, {
+        hessian: request.metric === "sparsegpt",
+        ...(request.timings ? { timings: request.timings } : {}),
+      });
       const t1 = performance.now();
       const dense = source.load(i);
       const block: HostBlock = {
         ...dense,
         linears: Object.fromEntries(
-          Object.entries(dense.linears).map(([name, l]) => [name, pruneLinear(l, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`)]),
+          Object.entries(dense.linears).map(([name, l]) => [
+            name,
+            pruneLinear(l, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings),
+          ]),
         ),
       };
       decoder.setBlock(i, block);
@@ -57,7 +81,7 @@ export const pruneModel = (decoder: Decoder, source: BlockSource, request: Prune
       let next = outputs;
       if (request.mode === "sequential") {
         tf.dispose(outputs);
-        next = inputs.map((x, k) => decoder.runBlock(i, x, groups[k]!.length, seqlen));
+        next = timed(request.timings, "forward", () => inputs.map((x, k) => decoder.runBlock(i, x, groups[k]!.length, seqlen)));
       }
       tf.dispose(inputs);
       inputs = next;

@@ -3,6 +3,7 @@ import type { LinearInputStats } from "./collect.ts";
 import { applyMask, nmMask, unstructuredMask, type Shape2 } from "./masks.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
 import { sparseGptPrune } from "./sparsegpt.ts";
+import { timed, type StageTimings } from "./timings.ts";
 
 export type PruneMetric = "magnitude" | "wanda" | "sparsegpt";
 export const PRUNE_METRICS: readonly PruneMetric[] = ["magnitude", "wanda", "sparsegpt"];
@@ -21,16 +22,20 @@ export const pruneLinear = (
   target: LinearTarget,
   stats: LinearInputStats | undefined,
   source: string,
+  timings?: StageTimings,
 ): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
   const weight = linear.weight.data;
   if (metric === "sparsegpt") {
     if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
-    const r = sparseGptPrune(weight, shape, stats.hessian.hessian(), target, { threshold: "exact", source });
+    const hessian = stats.hessian;
+    const r = timed(timings, "masking", () => sparseGptPrune(weight, shape, hessian.hessian(), target, { threshold: "exact", source }));
     return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
   }
   if (metric === "wanda" && !stats) throw new Error(`${source}: Wanda needs the input norms`);
-  const scores = metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight);
-  const keep = "sparsity" in target ? unstructuredMask(scores, shape, comparisonGroup(metric), target.sparsity) : nmMask(scores, shape, target.n, target.m);
-  return { ...linear, weight: { shape: linear.weight.shape, data: applyMask(weight, keep) } };
+  const scores = timed(timings, "scoring", () => (metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight)));
+  return timed(timings, "masking", () => {
+    const keep = "sparsity" in target ? unstructuredMask(scores, shape, comparisonGroup(metric), target.sparsity) : nmMask(scores, shape, target.n, target.m);
+    return { ...linear, weight: { shape: linear.weight.shape, data: applyMask(weight, keep) } };
+  });
 };
