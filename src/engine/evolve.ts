@@ -255,7 +255,12 @@ const stored = (fitness: Fitness): StoredFitness =>
       ? { ok: true, value: fitness.value }
       : { ok: false, error: `non-finite fitness ${fitness.value}` };
 
-const checkSettings = (options: EvolveOptions<unknown, unknown, unknown, unknown>): Effect.Effect<Settings, UsageError> => {
+type Limits = Pick<
+  EvolveOptions<unknown, unknown>,
+  "seed" | "population" | "generations" | "elitism" | "tournament" | "crossoverRate" | "mutationRate" | "budgetEvals" | "timeBudgetSeconds" | "patience"
+>;
+
+const checkSettings = (options: Limits): Effect.Effect<Settings, UsageError> => {
   const problems: string[] = [];
   const whole = (name: string, value: number | undefined, min: number, max = Infinity): void => {
     if (value !== undefined && !(Number.isInteger(value) && value >= min && value <= max)) {
