@@ -57,6 +57,7 @@ describe.skipIf(!haveAssets)("Pruner: allocations applied to stories260K", () =>
           const a = [0.3, 0.5, 0.6, 0.7, 0.6];
           const b = [0.3, 0.5, 0.6, 0.4, 0.8];
           const first = pruner.apply(perBlock(a, layout));
+          for (const o of pruner.outcomes(perBlock(a, layout), first)) expect(o.achieved).toBe(o.expected);
           const pplA = pruner.perplexity(windows()).ppl;
           pruner.apply(perBlock(b, layout));
           const pplB = pruner.perplexity(windows()).ppl;
@@ -84,7 +85,10 @@ describe.skipIf(!haveAssets)("Pruner: allocations applied to stories260K", () =>
       const allocation = perBlockNM([1, 1, 2, 2, 3], 4, pruner.layout);
       const blocks = pruner.apply(allocation);
       const outcomes = pruner.outcomes(allocation, blocks);
-      for (const o of outcomes) expect(o.achieved).toBeCloseTo(o.requested, 12);
+      for (const o of outcomes) {
+        expect(o.achieved).toBeCloseTo(o.requested, 12);
+        expect(o.expected).toBe(o.achieved);
+      }
       const [rows, cols] = blocks[4]!.linears["wq"]!.weight.shape;
       const data = blocks[4]!.linears["wq"]!.weight.data;
       for (let o = 0; o < cols; o++) {

@@ -5,6 +5,7 @@ import { evalCommand } from "./eval.ts";
 import { startCommand } from "./start.ts";
 import { trainCommand } from "./train.ts";
 import { statsCommand } from "./stats.ts";
+import { pruneCommand } from "./prune.ts";
 import { reportFailure, setVerbose } from "./run.ts";
 import { UsageError } from "../errors.ts";
 
@@ -18,6 +19,7 @@ await yargs(hideBin(process.argv))
   .command(startCommand as never)
   .command(trainCommand as never)
   .command(statsCommand as never)
+  .command(pruneCommand as never)
   .demandCommand(1, "name a command (see --help)")
   .strict()
   .recommendCommands()

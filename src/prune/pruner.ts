@@ -22,6 +22,7 @@ import { applyMask, maskAtSparsity, nmMask, prunedCount, sortedOrder, type Shape
 import { nonOutlierRatio } from "./outliers.ts";
 import { pruneModel, type CalibrationMode } from "./pipeline.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
+import { SPARSEGPT_BLOCK } from "./sparsegpt.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
 import { emptyTimings, timed, type StageTimings } from "./timings.ts";
 
@@ -43,6 +44,8 @@ export interface LinearOutcome {
   readonly linear: string;
   readonly params: number;
   readonly requested: number;
+  /** What the mask rule prunes at that ratio: whole weights, floor per comparison group. */
+  readonly expected: number;
   /** Zero weights after pruning / all weights. */
   readonly achieved: number;
   readonly n?: number;
@@ -52,9 +55,24 @@ export interface LinearOutcome {
 const targetOf = (entry: AllocationEntry): LinearTarget =>
   entry.n !== undefined && entry.m !== undefined ? { n: entry.n, m: entry.m } : { sparsity: entry.sparsity };
 
-/** Whole weights pruned by the mask rule; two entries with the same key prune identically. */
-const entryKey = (entry: AllocationEntry, groupSize: number, groups: number): string =>
-  entry.n !== undefined && entry.m !== undefined ? `${entry.n}:${entry.m}` : String(prunedCount(groupSize, entry.sparsity) * groups);
+/**
+ * Whole weights the mask rule prunes for an entry of shape [in, out]: N per M for a
+ * pattern; otherwise the floor of the ratio times each comparison group's size, summed:
+ * the matrix (magnitude), each output neuron (Wanda), or each block of SparseGPT_BLOCK
+ * input features across all outputs (SparseGPT's exact rule).
+ */
+const prunedWeights = (entry: AllocationEntry, [rows, cols]: Shape2, metric: PruneMetric): number => {
+  if (entry.n !== undefined && entry.m !== undefined) return (entry.params / entry.m) * entry.n;
+  if (metric === "magnitude") return prunedCount(rows * cols, entry.sparsity);
+  if (metric === "wanda") return prunedCount(rows, entry.sparsity) * cols;
+  let total = 0;
+  for (let i = 0; i < rows; i += SPARSEGPT_BLOCK) total += prunedCount(Math.min(SPARSEGPT_BLOCK, rows - i) * cols, entry.sparsity);
+  return total;
+};
+
+/** Two entries with the same key prune identically (each group's count is monotone in the ratio). */
+const entryKey = (entry: AllocationEntry, shape: Shape2, metric: PruneMetric): string =>
+  entry.n !== undefined && entry.m !== undefined ? `${entry.n}:${entry.m}` : String(prunedWeights(entry, shape, metric));
 
 const blockBytes = (block: HostBlock): number =>
   Object.values(block.linears).reduce((sum, l) => sum + l.weight.data.byteLength, 0);
@@ -164,6 +182,17 @@ export class Pruner {
     return d.scores;
   }
 
+  /**
+   * Wanda scores of a dense linear whatever the run's metric: OWL's outlier shares are
+   * defined on them (its released code uses them for magnitude pruning too).
+   */
+  wandaScores(block: number, linear: string): Float32Array {
+    if (this.options.metric === "wanda") return this.elementScores(block, linear);
+    const d = this.denseLinear(block, linear);
+    const weight = this.dense[block]!.linears[linear]!.weight.data;
+    return timed(this.timings, "scoring", () => wandaScores(weight, this.shapeOf(block, linear), d.stats.norms.norms()));
+  }
+
   private orderOf(block: number, linear: string): SortOrder {
     const d = this.denseLinear(block, linear);
     if (!d.order) {
@@ -192,12 +221,17 @@ export class Pruner {
   /** The pruned-count key of every block of an allocation, in block order. */
   private blockKeys(allocation: Allocation): string[] {
     const keys: string[][] = this.dense.map(() => []);
-    for (const entry of allocation) {
-      const [rows, cols] = this.shapeOf(entry.block, entry.linear);
-      const perOutput = this.options.metric !== "magnitude";
-      keys[entry.block]!.push(entryKey(entry, perOutput ? rows : rows * cols, perOutput ? cols : 1));
-    }
+    for (const entry of allocation) keys[entry.block]!.push(entryKey(entry, this.shapeOf(entry.block, entry.linear), this.options.metric));
     return keys.map((k) => k.join(","));
+  }
+
+  /**
+   * The allocation rounded to whole weights: equal keys prune every linear identically, so
+   * a search may cache fitness by it.
+   */
+  allocationKey(allocation: Allocation): string {
+    this.checkAllocation(allocation);
+    return this.blockKeys(allocation).join("|");
   }
 
   private checkAllocation(allocation: Allocation): void {
@@ -327,6 +361,7 @@ export class Pruner {
         linear: entry.linear,
         params: entry.params,
         requested: entry.sparsity,
+        expected: prunedWeights(entry, this.shapeOf(entry.block, entry.linear), this.options.metric) / data.length,
         achieved: zeros / data.length,
         ...(entry.n !== undefined ? { n: entry.n, m: entry.m } : {}),
       };

@@ -44,7 +44,9 @@ export interface SparseGptResult {
   readonly damping: number;
 }
 
-const DEFAULT_BLOCKSIZE = 128;
+/** Input features per block (sparsegpt.py's blocksize default). */
+export const SPARSEGPT_BLOCK = 128;
+const DEFAULT_BLOCKSIZE = SPARSEGPT_BLOCK;
 const DEFAULT_PERCDAMP = 0.01;
 /**
  * sparsegpt.py stops with an error when H + damp I is not positive definite. Mathematically

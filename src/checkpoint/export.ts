@@ -1,0 +1,50 @@
+/**
+ * Writes a (pruned) model as a Hugging Face folder, whatever format it was read from.
+ * llama2.c models become LLaMA checkpoints: their linears take the LLaMA names, and their
+ * q/k rows are already in the Hugging Face rotary layout because the llama2.c reader
+ * permutes them on load. Their tokenizer.bin becomes a tokenizer.json that encodes the
+ * same ids.
+ */
+import { readFileSync } from "node:fs";
+import type { HostBlock, ModelSpec } from "../model/spec.ts";
+import { llamaJsonFromLlama2c } from "../tokenizer/llama2c-json.ts";
+import type { Checkpoint } from "./types.ts";
+import { writeHuggingFace } from "./write-huggingface.ts";
+
+const LLAMA_NAMES: Readonly<Record<string, string>> = { wq: "q", wk: "k", wv: "v", wo: "o", w1: "gate", w3: "up", w2: "down" };
+
+/** The LLaMA name of a linear of this spec (the name itself for Hugging Face models). */
+export const exportedLinearName = (spec: ModelSpec, linear: string): string =>
+  spec.family === "llama2c" ? (LLAMA_NAMES[linear] ?? linear) : linear;
+
+const llamaSpec = (spec: ModelSpec): ModelSpec => ({
+  ...spec,
+  family: "llama",
+  linears: spec.linears.map((l) => exportedLinearName(spec, l)),
+  roles: { q: "q", k: "k", v: "v", o: "o", gate: "gate", up: "up", down: "down" },
+});
+
+const renameLinears = (spec: ModelSpec, block: HostBlock): HostBlock => ({
+  ...block,
+  linears: Object.fromEntries(Object.entries(block.linears).map(([name, l]) => [exportedLinearName(spec, name), l])),
+});
+
+export const exportHuggingFace = (
+  dir: string,
+  checkpoint: Checkpoint,
+  blocks: readonly HostBlock[],
+  extraFiles: Readonly<Record<string, string>> = {},
+): void => {
+  const spec = checkpoint.spec;
+  const tokenizer = checkpoint.tokenizerPath;
+  const tokenizerOptions = !tokenizer
+    ? {}
+    : tokenizer.endsWith(".json")
+      ? { tokenizerFile: tokenizer }
+      : { tokenizerJson: llamaJsonFromLlama2c(readFileSync(tokenizer)) };
+  if (spec.family === "llama2c") {
+    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), blocks.map((b) => renameLinears(spec, b)), { ...tokenizerOptions, extraFiles });
+  } else {
+    writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles });
+  }
+};

@@ -1,0 +1,226 @@
+/**
+ * The prune command's pipeline: checkpoint -> calibration -> allocation -> masks ->
+ * evaluation -> a Hugging Face folder with allocation.csv and report.json.
+ */
+import { existsSync } from "node:fs";
+import { Effect } from "effect";
+import { globalSparsity, type Allocation } from "../allocation/allocation.ts";
+import { formatAllocationCsv, readAllocationCsv } from "../allocation/csv.ts";
+import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
+import { exportHuggingFace } from "../checkpoint/export.ts";
+import { openCheckpoint } from "../checkpoint/open.ts";
+import { calibrationWindows } from "../data/calibration.ts";
+import type { TextFormat } from "../data/text-source.ts";
+import type { Window } from "../data/windows.ts";
+import { DataError, UsageError } from "../errors.ts";
+import { evaluationWindows, tokenizerFor } from "../eval/evaluate.ts";
+import type { BlockAllocation, Pattern } from "../search/plugin.ts";
+import { allocationFitness, methodContext, targetOf, toAllocation } from "../search/fitness.ts";
+import { loadPlugin } from "../search/registry.ts";
+import { runFixedMethod, type Trial } from "../search/run-method.ts";
+import { loadSearchSpace } from "../search/space.ts";
+import type { CalibrationMode } from "./pipeline.ts";
+import type { PruneMetric } from "./prune-linear.ts";
+import { Pruner, type LinearOutcome } from "./pruner.ts";
+import type { StageTimings } from "./timings.ts";
+
+export interface PruneJobRequest {
+  readonly model: string;
+  readonly tokenizer?: string;
+  readonly metric: PruneMetric;
+  /** Target global sparsity; implied by an N:M pattern. */
+  readonly sparsity?: number;
+  /** A method name (uniform, owl, atp, ...) or an allocation CSV file. */
+  readonly allocation: string;
+  /** Search-space file of the method (its default one when absent). */
+  readonly space?: string;
+  readonly pattern: Pattern;
+  readonly calib: string;
+  readonly field?: string;
+  readonly nsamples: number;
+  readonly seqlen?: number;
+  readonly mode: CalibrationMode;
+  readonly seed: number;
+  readonly out: string;
+  readonly eval?: string;
+  readonly evalFormat?: TextFormat;
+  /** Validation text for methods that choose among candidates (ATP's β grid). */
+  readonly valid: string;
+  readonly validWindows: number;
+  readonly batch?: number;
+  readonly backend: BackendChoice;
+  readonly log?: (line: string) => void;
+}
+
+export interface PruneReport {
+  readonly model: string;
+  readonly metric: PruneMetric;
+  readonly mode: CalibrationMode;
+  readonly pattern: string;
+  readonly allocation: string;
+  readonly target: number;
+  readonly seed: number;
+  readonly calibration: { readonly source: string; readonly windows: number; readonly seqlen: number };
+  readonly backend: string;
+  /** Global sparsity of the weights written: zero weights / prunable weights. */
+  readonly achievedSparsity: number;
+  /** The allocation's own global sparsity (each linear's requested ratio). */
+  readonly requestedSparsity: number;
+  readonly linears: readonly LinearOutcome[];
+  /** Candidates a grid method compared on the validation windows (ATP's β values). */
+  readonly trials?: readonly { readonly label: string; readonly ppl: number | null; readonly error?: string }[];
+  readonly chosen?: string;
+  readonly evaluation?: {
+    readonly data: string;
+    readonly format: TextFormat;
+    readonly seqlen: number;
+    readonly windows: number;
+    readonly tokens: number;
+    readonly dense: number;
+    readonly pruned: number;
+  };
+  /** Seconds per stage. */
+  readonly timings: StageTimings & { readonly calibrationSampling: number; readonly allocation: number; readonly export: number };
+  readonly out: string;
+}
+
+const patternName = (p: Pattern): string => (p.kind === "nm" ? `${p.n}:${p.m}` : "unstructured");
+
+/** `--allocation` names a file when it looks like one (a path or a .csv), a method otherwise. */
+const isFile = (allocation: string): boolean => allocation.endsWith(".csv") || allocation.includes("/") || existsSync(allocation);
+
+export const pruneJob = (request: PruneJobRequest) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const log = request.log ?? (() => {});
+      const { pattern } = request;
+      if (pattern.kind === "nm" && request.sparsity !== undefined && Math.abs(request.sparsity - pattern.n / pattern.m) > 1e-12) {
+        return yield* new UsageError({ problem: `--sparsity ${request.sparsity} contradicts --pattern ${patternName(pattern)} (sparsity ${pattern.n / pattern.m})` });
+      }
+      if (pattern.kind === "unstructured" && request.sparsity === undefined) {
+        return yield* new UsageError({ problem: "--sparsity is required for unstructured pruning" });
+      }
+      const target = targetOf(pattern, request.sparsity);
+      if (!(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
+
+      const backend = yield* initBackendEffect(request.backend);
+      const checkpoint = yield* openCheckpoint(request.model, request.tokenizer ? { tokenizer: request.tokenizer } : {});
+      const spec = checkpoint.spec;
+      const seqlen = request.seqlen ?? spec.maxPositions;
+      if (seqlen > spec.maxPositions) return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${spec.maxPositions}` });
+      log(`backend: ${describeBackend(backend)}`);
+
+      const t0 = performance.now();
+      const tokenizer = yield* Effect.try({ try: () => tokenizerFor(checkpoint), catch: (e) => e as DataError });
+      const calibration = yield* Effect.try({
+        try: () => calibrationWindows({ source: request.calib, field: request.field ?? "text", samples: request.nsamples, seqlen, seed: request.seed }, tokenizer),
+        catch: (e) => e as DataError,
+      });
+      const calibrationSampling = (performance.now() - t0) / 1000;
+      log(`${calibration.length} calibration windows of ${seqlen} tokens from ${request.calib}`);
+
+      const pruner = yield* Effect.acquireRelease(
+        Effect.sync(() => Pruner.create(checkpoint, { metric: request.metric, mode: request.mode, calibration, ...(request.batch ? { batch: request.batch } : {}) })),
+        (p) => Effect.sync(() => p.dispose()),
+      );
+
+      const t1 = performance.now();
+      let allocation: Allocation;
+      let trials: readonly Trial[] = [];
+      let chosen: string | undefined;
+      if (isFile(request.allocation)) {
+        allocation = yield* Effect.try({
+          try: () => readAllocationCsv(request.allocation, pruner.layout, { target }),
+          catch: (e) => e as DataError,
+        });
+        const mismatch = allocation.find((e) => (pattern.kind === "nm") !== (e.n !== undefined));
+        if (mismatch) {
+          return yield* new DataError({
+            file: request.allocation,
+            problem: `block ${mismatch.block} ${mismatch.linear} is ${mismatch.n !== undefined ? "an N:M entry" : "unstructured"}, but --pattern is ${patternName(pattern)}`,
+          });
+        }
+      } else {
+        const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(request.allocation), catch: (e) => e as UsageError });
+        if (!plugin.patterns.includes(pattern.kind)) {
+          return yield* new UsageError({ problem: `allocation ${plugin.name} does not support --pattern ${patternName(pattern)}` });
+        }
+        const space = yield* Effect.try({ try: () => loadSearchSpace(plugin, request.space), catch: (e) => e as DataError });
+        const context = methodContext(checkpoint, pruner, calibration, target, pattern);
+        const validation = (): Window[] => evaluationWindows({ data: request.valid, format: "text", maxWindows: request.validWindows }, tokenizer, seqlen);
+        let windows: Window[] | undefined;
+        const result = yield* runFixedMethod(plugin, context, space, (batch: readonly BlockAllocation[]) =>
+          Effect.sync(() => {
+            windows ??= validation();
+            const score = allocationFitness(pruner, windows, pattern);
+            return batch.map((s, k) => {
+              const f = score(s);
+              log(`  candidate ${k + 1}/${batch.length}: ${f.ok ? `validation perplexity ${f.value.toFixed(4)}` : `failed: ${f.error}`}`);
+              return f;
+            });
+          }),
+        );
+        trials = result.trials;
+        chosen = result.label;
+        allocation = toAllocation(result.allocation, pruner.layout, pattern);
+        log(`allocation ${plugin.name}${chosen ? ` (${chosen})` : ""}: block sparsities ${result.allocation.map((s) => s.toFixed(4)).join(" ")}`);
+      }
+      const allocationSeconds = (performance.now() - t1) / 1000;
+
+      log(`pruning ${spec.numLayers} blocks with ${request.metric} (${request.mode})`);
+      const blocks = pruner.apply(allocation);
+      const linears = pruner.outcomes(allocation, blocks);
+      let zeros = 0;
+      let total = 0;
+      for (const o of linears) {
+        zeros += o.achieved * o.params;
+        total += o.params;
+      }
+
+      let evaluation: PruneReport["evaluation"];
+      if (request.eval) {
+        const format = request.evalFormat ?? "text";
+        const windows = yield* Effect.try({
+          try: () => evaluationWindows({ data: request.eval!, format }, tokenizer, seqlen),
+          catch: (e) => e as DataError,
+        });
+        log(`evaluating on ${windows.length} windows of ${request.eval}`);
+        const pruned = pruner.perplexity(windows);
+        pruner.restoreDense();
+        const dense = pruner.perplexity(windows);
+        evaluation = { data: request.eval, format, seqlen, windows: windows.length, tokens: pruned.tokens, dense: dense.ppl, pruned: pruned.ppl };
+        log(`perplexity: dense ${dense.ppl.toFixed(4)}, pruned ${pruned.ppl.toFixed(4)}`);
+      }
+
+      const t2 = performance.now();
+      const report = (exportSeconds: number): PruneReport => ({
+        model: request.model,
+        metric: request.metric,
+        mode: request.mode,
+        pattern: patternName(pattern),
+        allocation: request.allocation,
+        target,
+        seed: request.seed,
+        calibration: { source: request.calib, windows: calibration.length, seqlen },
+        backend: backend.name,
+        achievedSparsity: zeros / total,
+        requestedSparsity: globalSparsity(allocation),
+        linears,
+        ...(trials.length
+          ? { trials: trials.map((t) => ({ label: t.label, ppl: t.fitness.ok ? t.fitness.value : null, ...(t.fitness.ok ? {} : { error: t.fitness.error }) })), chosen: chosen! }
+          : {}),
+        ...(evaluation ? { evaluation } : {}),
+        timings: { ...pruner.timings, calibrationSampling, allocation: allocationSeconds, export: exportSeconds },
+        out: request.out,
+      });
+      yield* Effect.try({
+        try: () =>
+          exportHuggingFace(request.out, checkpoint, blocks, {
+            "allocation.csv": formatAllocationCsv(allocation),
+            "report.json": JSON.stringify(report(0), null, 2) + "\n",
+          }),
+        catch: (e) => (e instanceof DataError ? e : new DataError({ file: request.out, problem: `cannot be written: ${(e as Error).message}` })),
+      });
+      return report((performance.now() - t2) / 1000);
+    }),
+  );

@@ -1,0 +1,66 @@
+/**
+ * Where candidates are scored: in this thread, or spread over worker threads that each
+ * hold their own backend and model. Either way a batch comes back in the order it was
+ * given, so the search's history does not depend on the number of workers.
+ */
+import { Effect } from "effect";
+import { fitnessFailed, type Fitness } from "../engine/genome.ts";
+import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
+import { allocationFitness } from "./fitness.ts";
+import type { FitnessModel, FitnessSetup } from "./fitness-setup.ts";
+import type { BlockAllocation } from "./plugin.ts";
+
+export interface FitnessEvaluator {
+  readonly workers: number;
+  evaluate(batch: readonly BlockAllocation[]): Effect.Effect<readonly Fitness[], Error>;
+}
+
+export const inProcessEvaluator = (model: FitnessModel, setup: FitnessSetup, onEach?: () => void): FitnessEvaluator => {
+  const score = allocationFitness(model.pruner, model.windows, setup.pattern);
+  return {
+    workers: 1,
+    evaluate: (batch) =>
+      Effect.sync(() =>
+        batch.map((allocation) => {
+          const start = performance.now();
+          const fitness = score(allocation);
+          onEach?.();
+          return { ...fitness, seconds: (performance.now() - start) / 1000 };
+        }),
+      ),
+  };
+};
+
+/**
+ * N worker threads, acquired for the scope and terminated when it closes (also when the
+ * search is interrupted). Each worker takes the next candidate as soon as it is free.
+ */
+export const workerPoolEvaluator = (setup: FitnessSetup, workers: number, onEach?: () => void) =>
+  Effect.acquireRelease(
+    Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(new URL("./fitness-worker.ts", import.meta.url), setup)))),
+    (channels) => Effect.promise(() => Promise.all(channels.map((c) => c.terminate()))),
+  ).pipe(
+    Effect.map(
+      (channels): FitnessEvaluator => ({
+        workers,
+        evaluate: (batch) =>
+          Effect.tryPromise({
+            try: async () => {
+              const results: Fitness[] = new Array(batch.length);
+              let next = 0;
+              await Promise.all(
+                channels.map(async (channel) => {
+                  while (next < batch.length) {
+                    const k = next++;
+                    results[k] = await channel.request<Fitness>(batch[k]).catch((e: Error) => fitnessFailed(`worker: ${e.message}`));
+                    onEach?.();
+                  }
+                }),
+              );
+              return results;
+            },
+            catch: (e) => e as Error,
+          }),
+      }),
+    ),
+  );

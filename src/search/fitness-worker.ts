@@ -1,0 +1,21 @@
+/**
+ * A fitness worker: its own backend and its own copy of the model, pruning and scoring the
+ * allocations it is sent, one at a time.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { initBackend } from "../backend/backend.ts";
+import { serve } from "../workers/spawn.ts";
+import { allocationFitness } from "./fitness.ts";
+import { openFitnessModel, type FitnessSetup } from "./fitness-setup.ts";
+import type { BlockAllocation } from "./plugin.ts";
+
+const setup = workerData.data as FitnessSetup;
+await initBackend(setup.backend);
+const model = openFitnessModel(setup);
+const score = allocationFitness(model.pruner, model.windows, setup.pattern);
+
+await serve(parentPort!, async (allocation: BlockAllocation) => {
+  const start = performance.now();
+  const fitness = score(allocation);
+  return { value: { ...fitness, seconds: (performance.now() - start) / 1000 } };
+});
