@@ -2,11 +2,11 @@
  * Allocation files: one CSV row per block and prunable linear, so a user can read, edit
  * or hand-write an allocation and have it checked against the model before pruning.
  */
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { readFileSync } from "node:fs";
 import { parse } from "csv-parse/sync";
 import { stringify } from "csv-stringify/sync";
 import { DataError } from "../errors.ts";
+import { writeFileAtomically } from "../files.ts";
 import { globalSparsity } from "./allocation.ts";
 import type { Allocation, AllocationEntry, Layout } from "./allocation.ts";
 import type { Bounds } from "./project.ts";
@@ -32,12 +32,9 @@ export const formatAllocationCsv = (allocation: Allocation): string =>
 
 /** Writes through a temporary file and a rename, so a reader never sees half a file. */
 export const writeAllocationCsv = (file: string, allocation: Allocation): void => {
-  const temporary = join(dirname(file), `.${basename(file)}.${process.pid}.${Date.now()}.tmp`);
   try {
-    writeFileSync(temporary, formatAllocationCsv(allocation));
-    renameSync(temporary, file);
+    writeFileAtomically(file, formatAllocationCsv(allocation));
   } catch (cause) {
-    rmSync(temporary, { force: true });
     throw new DataError({ file, problem: `cannot be written: ${(cause as Error).message}` });
   }
 };

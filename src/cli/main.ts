@@ -6,6 +6,7 @@ import { startCommand } from "./start.ts";
 import { trainCommand } from "./train.ts";
 import { statsCommand } from "./stats.ts";
 import { pruneCommand } from "./prune.ts";
+import { searchCommand } from "./search.ts";
 import { reportFailure, setVerbose } from "./run.ts";
 import { UsageError } from "../errors.ts";
 
@@ -20,6 +21,7 @@ await yargs(hideBin(process.argv))
   .command(trainCommand as never)
   .command(statsCommand as never)
   .command(pruneCommand as never)
+  .command(searchCommand as never)
   .demandCommand(1, "name a command (see --help)")
   .strict()
   .recommendCommands()

@@ -1,4 +1,4 @@
-import { renameSync, writeFileSync } from "node:fs";
+import { writeFileAtomically } from "../files.ts";
 import { stringify } from "csv-stringify/sync";
 import { Effect } from "effect";
 import type { Argv } from "yargs";
@@ -33,13 +33,6 @@ const csvOf = (rows: readonly LinearStatistics[]): string =>
     rows.map((r) => [r.block, r.linear, r.params, r.outlierShare, r.blockOutlierShare, r.blockNonOutlierRatio, r.fisherTrace]),
     { header: true, columns: COLUMNS },
   );
-
-/** Written beside the target and renamed, so a failed run never leaves half a file. */
-const writeAtomically = (file: string, content: string): void => {
-  const temp = `${file}.tmp-${process.pid}`;
-  writeFileSync(temp, content);
-  renameSync(temp, file);
-};
 
 export const statsCommand = {
   command: "stats",
@@ -76,7 +69,7 @@ export const statsCommand = {
       ),
     );
     if (!rows) return;
-    if (argv.out) writeAtomically(argv.out, csvOf(rows));
+    if (argv.out) writeFileAtomically(argv.out, csvOf(rows));
     if (argv.json) process.stdout.write(JSON.stringify(rows) + "\n");
     else process.stdout.write(csvOf(rows) + (argv.out ? `wrote ${argv.out}\n` : ""));
   },

@@ -64,7 +64,11 @@ export interface MethodPlugin<Space = unknown> {
   readonly spaceSchema: Schema.Top & { readonly Type: Space };
   /** The file in search-spaces/ used when --space is not given. */
   readonly defaultSpace: string;
-  /** Patterns the method supports; the host refuses other combinations with a clear error. */
+  /**
+   * Patterns the method supports; the host refuses other combinations with a clear error.
+   * Under an N:M pattern the host rounds each block's sparsity to a whole n_l of M, keeping
+   * the mean N (src/allocation/nm.ts), unless the plugin already returns n_l / M.
+   */
   readonly patterns: readonly Pattern["kind"][];
   readonly method: Method<Space>;
 }

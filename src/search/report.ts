@@ -1,0 +1,72 @@
+/**
+ * What a search leaves in its folder besides the best allocation: the history as CSV, the
+ * summary as JSON, and two SVG plots. Every file is written atomically.
+ */
+import { join } from "node:path";
+import { stringify } from "csv-stringify/sync";
+import type { GenerationRecord, HistoryRecord } from "../engine/state.ts";
+import { writeFileAtomically } from "../files.ts";
+import { lineChart } from "../report/svg.ts";
+
+const HISTORY_COLUMNS = ["generation", "index", "evaluation", "genome", "fitness", "error", "cached", "seconds"];
+
+/** One row per individual; `evaluation` counts real (uncached) evaluations, blank for cached ones. */
+export const historyCsv = (history: readonly HistoryRecord[]): string => {
+  let evaluations = 0;
+  return stringify(
+    history.map((r) => [r.generation, r.index, r.cached ? "" : ++evaluations, r.genome, r.fitness ?? "", r.error ?? "", r.cached, r.seconds]),
+    { header: true, columns: HISTORY_COLUMNS },
+  );
+};
+
+/** Best-so-far and median fitness of every generation, from the history alone. */
+export const generationCurve = (history: readonly HistoryRecord[]): Array<Pick<GenerationRecord, "generation" | "best" | "median">> => {
+  const byGeneration = new Map<number, number[]>();
+  for (const r of history) {
+    const values = byGeneration.get(r.generation) ?? [];
+    if (r.fitness !== null) values.push(r.fitness);
+    byGeneration.set(r.generation, values);
+  }
+  let best: number | undefined;
+  return [...byGeneration.entries()]
+    .sort(([a], [b]) => a - b)
+    .map(([generation, values]) => {
+      const sorted = [...values].sort((a, b) => a - b);
+      for (const v of sorted.slice(0, 1)) best = best === undefined ? v : Math.min(best, v);
+      const mid = sorted.length >> 1;
+      const median = sorted.length === 0 ? undefined : sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+      return { generation, best, median };
+    });
+};
+
+export const fitnessChart = (history: readonly HistoryRecord[], title: string): string => {
+  const curve = generationCurve(history);
+  const series = (pick: (c: (typeof curve)[number]) => number | undefined) =>
+    curve.flatMap((c) => (pick(c) === undefined ? [] : [[c.generation, pick(c)!] as const]));
+  return lineChart(
+    [
+      { label: "best so far", points: series((c) => c.best), color: "#1f77b4" },
+      { label: "generation median", points: series((c) => c.median), color: "#ff7f0e" },
+    ],
+    { title, xLabel: "generation", yLabel: "validation perplexity", logY: true },
+  );
+};
+
+export const allocationChart = (allocations: ReadonlyArray<{ label: string; sparsities: readonly number[] }>, title: string): string => {
+  const colors = ["#d62728", "#7f7f7f", "#2ca02c", "#9467bd"];
+  return lineChart(
+    allocations.map((a, k) => ({ label: a.label, points: a.sparsities.map((s, b) => [b, s] as const), color: colors[k % colors.length]! })),
+    { title, xLabel: "block", yLabel: "sparsity" },
+  );
+};
+
+export const writeSearchFiles = (
+  dir: string,
+  files: { history: readonly HistoryRecord[]; summary: unknown; fitnessSvg: string; allocationSvg: string },
+): void => {
+  writeFileAtomically(join(dir, "history.csv"), historyCsv(files.history));
+  writeFileAtomically(join(dir, "fitness.svg"), files.fitnessSvg);
+  writeFileAtomically(join(dir, "allocation.svg"), files.allocationSvg);
+  // Last: a summary.json means the run finished and every other file is in place.
+  writeFileAtomically(join(dir, "summary.json"), JSON.stringify(files.summary, null, 2) + "\n");
+};
