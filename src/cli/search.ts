@@ -21,6 +21,7 @@ export interface SearchArgs {
   calib: string;
   field: string;
   nsamples: number;
+  calibSeed: number;
   seqlen?: number;
   fitnessData: string;
   fitnessWindows: number;
@@ -56,6 +57,7 @@ export const comparisonTable = (s: SearchSummary): string => {
     ...rows,
     "",
     `wrote ${s.out}: best-allocation.csv, history.csv, summary.json, fitness.svg, allocation.svg`,
+    `reproduce the ${s.settings.method} row: ${s.final.reproduce}`,
   ].join("\n") + "\n";
 };
 
@@ -85,6 +87,7 @@ export const runSearch = async (argv: SearchArgs): Promise<SearchSummary | undef
               calib: argv.calib,
               field: argv.field,
               nsamples: argv.nsamples,
+              calibSeed: argv.calibSeed,
               ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
               fitnessData: argv.fitnessData,
               fitnessWindows: argv.fitnessWindows,
@@ -109,7 +112,7 @@ export const runSearch = async (argv: SearchArgs): Promise<SearchSummary | undef
       onGeneration: (record, total) => {
         progress ??= startProgress("generations", total, { quiet: argv.json });
         progress.update(record.generation + 1, {
-          evals: record.evaluations,
+          evals: String(record.evaluations),
           best: record.best ?? NaN,
           ...(record.median !== undefined ? { median: record.median } : {}),
         });
@@ -135,6 +138,7 @@ export const searchCommand = {
       .option("calib", { type: "string", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" })
       .option("field", { type: "string", default: "text" })
       .option("nsamples", { type: "number", default: 128, describe: "calibration windows" })
+      .option("calib-seed", { type: "number", default: 0, describe: "seed of the calibration windows (the prune command's --seed)" })
       .option("seqlen", { type: "number", describe: "window length of calibration, fitness and test (default: the model's context)" })
       .option("fitness-data", { type: "string", default: defaultData("validation"), describe: "validation text the fitness perplexity is measured on" })
       .option("fitness-windows", { type: "number", default: 8, describe: "validation windows per fitness evaluation" })

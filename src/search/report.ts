@@ -14,7 +14,7 @@ const HISTORY_COLUMNS = ["generation", "index", "evaluation", "genome", "fitness
 export const historyCsv = (history: readonly HistoryRecord[]): string => {
   let evaluations = 0;
   return stringify(
-    history.map((r) => [r.generation, r.index, r.cached ? "" : ++evaluations, r.genome, r.fitness ?? "", r.error ?? "", r.cached, r.seconds]),
+    history.map((r) => [r.generation, r.index, r.cached ? "" : ++evaluations, r.genome, r.fitness ?? "", r.error ?? "", r.cached ? "true" : "false", r.seconds]),
     { header: true, columns: HISTORY_COLUMNS },
   );
 };

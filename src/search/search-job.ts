@@ -48,6 +48,8 @@ export const SearchSettings = Schema.Struct({
   calib: Schema.String,
   field: Schema.String,
   nsamples: Schema.Int,
+  /** Seed of the calibration windows: 0 like the prune command, whatever the search seed. */
+  calibSeed: Schema.Int,
   seqlen: Schema.Int,
   fitnessData: Schema.String,
   fitnessWindows: Schema.Int,
@@ -103,6 +105,8 @@ export interface SearchSummary {
     readonly windows: number;
     readonly dense: number;
     readonly results: readonly FinalResult[];
+    /** The prune command that reproduces the best allocation's test perplexity. */
+    readonly reproduce: string;
   };
   readonly out: string;
 }
@@ -209,6 +213,24 @@ const runMethod = <Space>(
     } satisfies MethodOutcome;
   });
 
+const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
+  [
+    "evosparse prune",
+    `--model ${s.model}`,
+    ...(s.tokenizer ? [`--tokenizer ${s.tokenizer}`] : []),
+    `--metric ${s.metric}`,
+    s.pattern.kind === "nm" ? `--pattern ${s.pattern.n}:${s.pattern.m}` : `--sparsity ${s.sparsity}`,
+    `--allocation ${allocationFile}`,
+    `--calib ${s.calib}`,
+    `--nsamples ${s.nsamples}`,
+    `--seed ${s.calibSeed}`,
+    `--seqlen ${s.seqlen}`,
+    `--mode ${s.finalMode}`,
+    `--eval ${s.eval}`,
+    `--eval-format ${s.evalFormat}`,
+    "--out DIR",
+  ].join(" ");
+
 /** The same model pruned in the final mode, measured on the test windows. */
 const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation): number => {
   pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
@@ -258,7 +280,7 @@ export const searchJob = (request: SearchRequest) =>
         field: s.field,
         nsamples: s.nsamples,
         seqlen: s.seqlen,
-        seed: s.seed,
+        seed: s.calibSeed,
         fitnessData: s.fitnessData,
         fitnessWindows: s.fitnessWindows,
         batch: s.batch,
@@ -341,7 +363,7 @@ export const searchJob = (request: SearchRequest) =>
         stoppedBy: outcome.stoppedBy,
         searchSeconds,
         evaluationsPerMinute: outcome.evaluations / (searchSeconds / 60),
-        final: { mode: settings.finalMode, data: settings.eval, seqlen: settings.seqlen, windows: testWindows.length, dense, results },
+        final: { mode: settings.finalMode, data: settings.eval, seqlen: settings.seqlen, windows: testWindows.length, dense, results, reproduce: reproduceCommand(settings, join(dir, "best-allocation.csv")) },
         out: dir,
       };
       const title = `${plugin.name}, ${settings.metric} at ${(globalSparsity(bestAllocation) * 100).toFixed(1)}%`;
