@@ -25,6 +25,7 @@ interface PruneArgs {
   out: string;
   eval?: string;
   evalFormat: TextFormat;
+  evalWindows?: number;
   valid: string;
   validWindows: number;
   batch: number;
@@ -70,6 +71,7 @@ export const pruneCommand = {
       .option("out", { type: "string", demandOption: true, describe: "output folder" })
       .option("eval", { type: "string", describe: "evaluation text: report dense and pruned perplexity" })
       .option("eval-format", { choices: TEXT_FORMATS, default: "text" as TextFormat })
+      .option("eval-windows", { type: "number", describe: "score at most this many evaluation windows" })
       .option("valid", { type: "string", default: defaultData("validation"), describe: "validation text for methods that compare candidates (atp)" })
       .option("valid-windows", { type: "number", default: 16, describe: "validation windows per candidate" })
       .option("batch", { type: "number", default: 1, describe: "calibration windows per forward pass" })
@@ -104,6 +106,7 @@ export const pruneCommand = {
         ...(argv.space ? { space: argv.space } : {}),
         ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
         ...(argv.eval ? { eval: argv.eval } : {}),
+        ...(argv.evalWindows !== undefined ? { evalWindows: argv.evalWindows } : {}),
         ...(log ? { log } : {}),
       }),
     );

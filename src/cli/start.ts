@@ -1,35 +1,45 @@
 import type { BackendChoice } from "../backend/backend.ts";
-import { defaultData, defaultModel, resultsDir } from "../defaults.ts";
-import { evaluate } from "../eval/evaluate.ts";
-import { startProgress, type Progress } from "./progress.ts";
-import { runCommand } from "./run.ts";
+import { defaultData, defaultModel } from "../defaults.ts";
+import { comparisonTable, runSearch, type SearchArgs } from "./search.ts";
 
-/** The first-run job: measure the embedded model on its held-out test text. */
+/**
+ * The first-run job: a short DSA search on the embedded model at 70% (Wanda), then its
+ * best allocation, uniform and OWL re-pruned with the standard protocol and compared on
+ * the held-out test text. Sized to take a few minutes on two cores.
+ */
+export const startArgs = (backend: BackendChoice): SearchArgs => ({
+  method: "dsa",
+  sparsity: 0.7,
+  metric: "wanda",
+  pattern: "unstructured",
+  model: defaultModel(),
+  calib: defaultData("calibration"),
+  field: "text",
+  nsamples: 32,
+  calibSeed: 0,
+  fitnessData: defaultData("validation"),
+  fitnessWindows: 8,
+  eval: defaultData("test"),
+  evalFormat: "text",
+  evalWindows: 128,
+  population: 8,
+  generations: 6,
+  seed: 0,
+  workers: 1,
+  mode: "dense",
+  finalMode: "sequential",
+  batch: 4,
+  json: false,
+  backend,
+});
+
 export const startCommand = {
   command: "start",
-  describe: "Run the main job on the embedded default model",
+  describe: "Run the main job: a short DSA search on the embedded model, compared with uniform and OWL",
   builder: {},
   handler: async (argv: { backend: BackendChoice }) => {
-    let progress: Progress | undefined;
-    const report = await runCommand(
-      evaluate({
-        model: defaultModel(),
-        data: defaultData("test"),
-        format: "text",
-        backend: argv.backend,
-        onStart: ({ windows, seqlen, backendDescription }) => {
-          process.stderr.write(`evaluating the embedded model on the Brown test part: ${windows} windows of ${seqlen} tokens\nbackend: ${backendDescription}\n`);
-          progress = startProgress("eval", windows);
-        },
-        onProgress: (done) => progress?.update(done),
-      }),
-    );
-    progress?.stop();
-    if (!report) return;
-    process.stdout.write(
-      `embedded model, Brown test part: perplexity ${report.ppl.toFixed(3)} per token, ${report.pplPerByte?.toFixed(3) ?? "?"} per byte ` +
-        `(${report.tokens} tokens, ${report.bytes ?? "?"} bytes, seqlen ${report.seqlen}, ${report.seconds.toFixed(1)} s on ${report.backend})\n` +
-        `search runs write their results to ${resultsDir()}/<method>-<timestamp>/\n`,
-    );
+    process.stderr.write("a short DSA search on the embedded model (70% sparsity, Wanda); evosparse search --help shows every setting\n");
+    const summary = await runSearch(startArgs(argv.backend));
+    if (summary) process.stdout.write(comparisonTable(summary));
   },
 };

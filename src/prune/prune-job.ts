@@ -44,6 +44,8 @@ export interface PruneJobRequest {
   readonly out: string;
   readonly eval?: string;
   readonly evalFormat?: TextFormat;
+  /** Score at most this many evaluation windows (the first ones). */
+  readonly evalWindows?: number;
   /** Validation text for methods that choose among candidates (ATP's β grid). */
   readonly valid: string;
   readonly validWindows: number;
@@ -181,7 +183,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       if (request.eval) {
         const format = request.evalFormat ?? "text";
         const windows = yield* Effect.try({
-          try: () => evaluationWindows({ data: request.eval!, format }, tokenizer, seqlen),
+          try: () => evaluationWindows({ data: request.eval!, format, ...(request.evalWindows ? { maxWindows: request.evalWindows } : {}) }, tokenizer, seqlen),
           catch: (e) => e as DataError,
         });
         log(`evaluating on ${windows.length} windows of ${request.eval}`);

@@ -40,6 +40,14 @@ export const workerPoolEvaluator = (setup: FitnessSetup, workers: number, onEach
     Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(new URL("./fitness-worker.ts", import.meta.url), setup)))),
     (channels) => Effect.promise(() => Promise.all(channels.map((c) => c.terminate()))),
   ).pipe(
+    // Every worker has built its model before the search starts, so a failing setup stops
+    // the run at once and search times count evaluations only.
+    Effect.tap((channels) =>
+      Effect.tryPromise({
+        try: () => Promise.all(channels.map((c) => c.request<string>(null))),
+        catch: (e) => new Error(`a fitness worker failed to start: ${(e as Error).message}`),
+      }),
+    ),
     Effect.map(
       (channels): FitnessEvaluator => ({
         workers,

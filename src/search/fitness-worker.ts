@@ -14,7 +14,9 @@ await initBackend(setup.backend);
 const model = openFitnessModel(setup);
 const score = allocationFitness(model.pruner, model.windows, setup.pattern);
 
-await serve(parentPort!, async (allocation: BlockAllocation) => {
+// null asks whether the model is ready: answered once the setup above has finished.
+await serve(parentPort!, async (allocation: BlockAllocation | null) => {
+  if (allocation === null) return { value: "ready" };
   const start = performance.now();
   const fitness = score(allocation);
   return { value: { ...fitness, seconds: (performance.now() - start) / 1000 } };

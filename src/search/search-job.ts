@@ -228,6 +228,7 @@ const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
     `--mode ${s.finalMode}`,
     `--eval ${s.eval}`,
     `--eval-format ${s.evalFormat}`,
+    ...(s.evalWindows ? [`--eval-windows ${s.evalWindows}`] : []),
     "--out DIR",
   ].join(" ");
 
