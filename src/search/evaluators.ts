@@ -3,7 +3,7 @@
  * hold their own backend and model. Either way a batch comes back in the order it was
  * given, so the search's history does not depend on the number of workers.
  */
-import { Effect } from "effect";
+import { Effect, Queue } from "effect";
 import { fitnessFailed, type Fitness } from "../engine/genome.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
 import { allocationFitness } from "./fitness.ts";
@@ -51,23 +51,26 @@ export const workerPoolEvaluator = (setup: FitnessSetup, workers: number, onEach
     Effect.map(
       (channels): FitnessEvaluator => ({
         workers,
+        // Each candidate borrows a free worker and gives it back; Effect runs as many at
+        // once as there are workers, keeps the batch order, and interrupts the lot if the
+        // search is interrupted (the scope then terminates the threads).
         evaluate: (batch) =>
-          Effect.tryPromise({
-            try: async () => {
-              const results: Fitness[] = new Array(batch.length);
-              let next = 0;
-              await Promise.all(
-                channels.map(async (channel) => {
-                  while (next < batch.length) {
-                    const k = next++;
-                    results[k] = await channel.request<Fitness>(batch[k]).catch((e: Error) => fitnessFailed(`worker: ${e.message}`));
-                    onEach?.();
-                  }
-                }),
-              );
-              return results;
-            },
-            catch: (e) => e as Error,
+          Effect.gen(function* () {
+            const free = yield* Queue.unbounded<WorkerChannel>();
+            for (const channel of channels) yield* Queue.offer(free, channel);
+            return yield* Effect.forEach(
+              batch,
+              (allocation) =>
+                Effect.acquireUseRelease(
+                  Queue.take(free),
+                  (channel) =>
+                    Effect.promise(() => channel.request<Fitness>(allocation).catch((e: Error) => fitnessFailed(`worker: ${e.message}`))).pipe(
+                      Effect.tap(() => Effect.sync(() => onEach?.())),
+                    ),
+                  (channel) => Queue.offer(free, channel),
+                ),
+              { concurrency: channels.length },
+            );
           }),
       }),
     ),
