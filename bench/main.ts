@@ -1,6 +1,12 @@
 /**
  * `npm run bench [-- section...]`: speed and memory of the runtime, measured side by side
- * in one run. Sections: matmul+forward (together, so their ratio is fair), memory, stories.
+ * in one run, and the quality of pruning. Sections: forward (with the backend's matMul, so
+ * their ratio is fair), memory, stories, quality (perplexity of two real models by metric x
+ * allocation x sparsity, CSV in results/bench/; about 14 minutes on 2 cores), stages (seconds
+ * per pruning stage on the GPT-2-small-shaped checkpoint; about 25 minutes, most of it
+ * SparseGPT's solve), search (every allocation method through the search pipeline on both
+ * models), search-rate (fitness evaluations per minute: 1 and 2 workers, dense and
+ * sequential fitness; run it alone, it measures the cores).
  */
 import { execFileSync } from "node:child_process";
 import { rmSync, writeFileSync } from "node:fs";
@@ -15,6 +21,8 @@ import { Rng } from "../src/rng.ts";
 import { existsSync } from "node:fs";
 import { Effect } from "effect";
 import { evaluate } from "../src/eval/evaluate.ts";
+import { qualitySection, stagesSection } from "./quality.ts";
+import { searchMethodsSection, searchRateSection } from "./search.ts";
 
 const args = process.argv.slice(2);
 const backendArg = (args.find((a) => a.startsWith("--backend="))?.split("=")[1] ?? "wasm") as BackendChoice;
@@ -143,5 +151,16 @@ if (want("stories") && existsSync(assets)) {
   console.log("## stories260K, --format stories on valid.head46.txt\n");
   console.log(`perplexity ${report.ppl.toFixed(4)} (reference 3.3970), ${report.tokens} tokens, ${report.tokensPerSecond.toFixed(0)} tokens/s\n`);
 }
+
+if (want("quality")) await qualitySection(assets);
+
+if (want("stages")) {
+  const { dir, spec } = gpt2Checkpoint();
+  stagesSection(dir, spec, { calibration: 8, evaluation: 4, seqlen: 256 });
+}
+
+if (want("search")) await searchMethodsSection(assets, backendArg, existsSync(assets));
+
+if (want("search-rate")) await searchRateSection(backendArg);
 
 if (gpt2) rmSync(dirname(gpt2.dir), { recursive: true, force: true });

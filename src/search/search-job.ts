@@ -97,6 +97,8 @@ export interface SearchSummary {
   readonly generations: number;
   readonly stoppedBy: StopReason | "done";
   readonly searchSeconds: number;
+  /** Wall time spent waiting for fitness evaluations (the part that workers parallelise). */
+  readonly evaluationSeconds: number;
   readonly evaluationsPerMinute: number;
   readonly final: {
     readonly mode: CalibrationMode;
@@ -309,8 +311,17 @@ export const searchJob = (request: SearchRequest) =>
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${request.workers} worker${request.workers > 1 ? "s" : ""}; folder ${dir}`,
       );
 
-      const evaluator: FitnessEvaluator =
+      const pool: FitnessEvaluator =
         request.workers > 1 ? yield* workerPoolEvaluator(setup, request.workers) : inProcessEvaluator(model, setup);
+      let evaluationSeconds = 0;
+      const evaluator: FitnessEvaluator = {
+        workers: pool.workers,
+        evaluate: (batch) =>
+          Effect.suspend(() => {
+            const start = performance.now();
+            return pool.evaluate(batch).pipe(Effect.ensuring(Effect.sync(() => (evaluationSeconds += (performance.now() - start) / 1000))));
+          }),
+      };
       const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
       const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
       const searchStart = performance.now();
@@ -318,6 +329,7 @@ export const searchJob = (request: SearchRequest) =>
         request.onGeneration?.(record, totalGenerations),
       );
       const searchSeconds = (performance.now() - searchStart) / 1000;
+      const searchEvaluationSeconds = evaluationSeconds;
       const bestAllocation = toAllocation(outcome.best.sparsities, model.pruner.layout, pattern);
       writeAllocationCsv(join(dir, "best-allocation.csv"), bestAllocation);
 
@@ -363,6 +375,7 @@ export const searchJob = (request: SearchRequest) =>
         generations: outcome.generations,
         stoppedBy: outcome.stoppedBy,
         searchSeconds,
+        evaluationSeconds: searchEvaluationSeconds,
         evaluationsPerMinute: outcome.evaluations / (searchSeconds / 60),
         final: { mode: settings.finalMode, data: settings.eval, seqlen: settings.seqlen, windows: testWindows.length, dense, results, reproduce: reproduceCommand(settings, join(dir, "best-allocation.csv")) },
         out: dir,
