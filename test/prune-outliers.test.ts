@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { nonOutlierRatio, outlierShare } from "../src/prune/outliers.ts";
+import { Rng } from "../src/rng.ts";
 
 const scoresArb = fc.array(fc.array(fc.float({ min: 0, max: 1e3, noNaN: true }), { minLength: 1, maxLength: 40 }), { minLength: 1, maxLength: 4 });
 
@@ -35,5 +36,20 @@ describe("outlier statistics", () => {
 
   it("a block with nothing kept counts as fully redundant", () => {
     expect(nonOutlierRatio([Float32Array.from([1, 2])], [Uint8Array.from([0, 0])])).toBe(1);
+  });
+
+  it("pruning the low scores raises the ratio over survivors and lowers it when pruned weights count as zeros", () => {
+    const rng = new Rng(7);
+    // Heavy-tailed scores, like |W| * ||X||: exponential.
+    const scores = [Float32Array.from({ length: 20_000 }, () => -Math.log(1 - rng.next()))];
+    const sorted = Float32Array.from(scores[0]!).sort();
+    const keepAbove = (q: number) => [Uint8Array.from(scores[0]!, (v) => (v > sorted[Math.floor(q * sorted.length)]! ? 1 : 0))];
+    const all = [new Uint8Array(20_000).fill(1)];
+    const dense = nonOutlierRatio(scores, all);
+    expect(nonOutlierRatio(scores, all, 5, "zero")).toBe(dense);
+    for (const q of [0.3, 0.5, 0.7]) {
+      expect(nonOutlierRatio(scores, keepAbove(q))).toBeGreaterThan(dense);
+      expect(nonOutlierRatio(scores, keepAbove(q), 5, "zero")).toBeLessThan(dense);
+    }
   });
 });

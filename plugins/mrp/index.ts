@@ -22,6 +22,12 @@ export const MrpSpaceSchema = Schema.Struct({
   m: Schema.Finite.check(
     Schema.makeFilter((m: number) => m === hostOutlierM || `${m} is not supported: the host measures non-outlier ratios at M = ${hostOutlierM}`),
   ),
+  /**
+   * How pruned weights count in the ratio: "excluded" as METHODS.md specifies (the ratio
+   * then rises as a block is pruned, so the rule tends to drive one block to the bound),
+   * or "zero" (pruned weights count with score 0, the ratio falls as a block is pruned).
+   */
+  pruned: Schema.optional(Schema.Literals(["excluded", "zero"])),
   bounds: Schema.optional(BoundsSchema),
 });
 
@@ -34,7 +40,7 @@ const allocate = (context: MethodContext, space: MrpSpace): BlockAllocation => {
   const sparsity = new Array<number>(blocks).fill(bounds.lo);
   // A non-finite ratio says nothing about redundancy, so such a block is raised last.
   const ratio = (block: number): number => {
-    const nor = context.statistics.nonOutlierRatio(block, sparsity[block]);
+    const nor = context.statistics.nonOutlierRatio(block, sparsity[block], space.pruned ?? "excluded");
     return Number.isNaN(nor) ? -Infinity : nor;
   };
   // Only the raised block's ratio changes, so each step asks the host for one ratio.

@@ -25,22 +25,42 @@ export const outlierShare = (scores: readonly ArrayLike<number>[], m = OWL_M): n
 };
 
 /**
- * 1 - outlier share among the weights still kept (keep[i] = 1). A block with no weight
- * left counts as fully redundant (1): there is nothing there to protect.
+ * How pruned weights enter MRP's non-outlier ratio:
+ * - "excluded" (METHODS.md): only the kept weights count, against the mean of the kept
+ *   scores. Pruning removes low scores and raises that mean, so a block's ratio rises as
+ *   it is pruned, and MRP keeps choosing the block it just pruned.
+ * - "zero": every weight counts, a pruned one with score 0. Pruning lowers the mean, more
+ *   survivors stand out as outliers and the ratio falls: the feedback that spreads MRP's
+ *   steps over the blocks. The project's variant, not the published rule.
  */
-export const nonOutlierRatio = (scores: readonly ArrayLike<number>[], keep: readonly ArrayLike<number>[], m = OWL_M): number => {
+export type PrunedWeights = "excluded" | "zero";
+
+/**
+ * 1 - outlier share among the block's weights, where keep[i] = 0 marks a pruned weight,
+ * counted as `pruned` says. A block with no weight left counts as fully redundant (1):
+ * there is nothing there to protect.
+ */
+export const nonOutlierRatio = (
+  scores: readonly ArrayLike<number>[],
+  keep: readonly ArrayLike<number>[],
+  m = OWL_M,
+  pruned: PrunedWeights = "excluded",
+): number => {
   let sum = 0;
-  let count = 0;
+  let kept = 0;
+  let all = 0;
   scores.forEach((s, k) => {
     const mask = keep[k]!;
+    all += s.length;
     for (let i = 0; i < s.length; i++) {
       if (mask[i]) {
         sum += s[i]!;
-        count++;
+        kept++;
       }
     }
   });
-  if (count === 0) return 1;
+  if (kept === 0) return 1;
+  const count = pruned === "zero" ? all : kept;
   const threshold = (m * sum) / count;
   let above = 0;
   scores.forEach((s, k) => {

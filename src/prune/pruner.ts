@@ -19,7 +19,7 @@ import { Decoder } from "../model/decoder.ts";
 import type { HostBlock, HostLinear } from "../model/spec.ts";
 import { collectBlockStats, type LinearInputStats } from "./collect.ts";
 import { applyMask, maskAtSparsity, nmMask, prunedCount, sortedOrder, type Shape2, type SortOrder } from "./masks.ts";
-import { nonOutlierRatio } from "./outliers.ts";
+import { nonOutlierRatio, OWL_M, type PrunedWeights } from "./outliers.ts";
 import { pruneModel, type CalibrationMode } from "./pipeline.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
 import { SPARSEGPT_BLOCK } from "./sparsegpt.ts";
@@ -209,12 +209,14 @@ export class Pruner {
     return timed(this.timings, "masking", () => maskAtSparsity(order, sparsity));
   }
 
-  /** MRP's non-outlier ratio of block l's surviving scores when it alone is pruned at `sparsity`. */
-  nonOutlierRatio(block: number, sparsity: number): number {
+  /** MRP's non-outlier ratio of block l's scores when it alone is pruned at `sparsity`. */
+  nonOutlierRatio(block: number, sparsity: number, pruned: PrunedWeights = "excluded"): number {
     const names = this.spec.linears;
     return nonOutlierRatio(
       names.map((n) => this.elementScores(block, n)),
       names.map((n) => this.keepMask(block, n, sparsity)),
+      OWL_M,
+      pruned,
     );
   }
 

@@ -25,10 +25,11 @@ export interface BlockStatistics {
   /** The element scores of block l's prunable linears, concatenated in layout order. */
   elementScores(block: number): Float32Array;
   /**
-   * MRP's non-outlier ratio of block l's surviving weights when the block alone is pruned
-   * at `sparsity` with the run's metric. Deterministic.
+   * MRP's non-outlier ratio of block l when the block alone is pruned at `sparsity` with the
+   * run's metric: over its surviving weights ("excluded", METHODS.md, the default) or over
+   * all its weights with pruned ones scored 0 ("zero"). Deterministic.
    */
-  nonOutlierRatio(block: number, sparsity: number): number;
+  nonOutlierRatio(block: number, sparsity: number, pruned?: "excluded" | "zero"): number;
 }
 
 export interface MethodContext {

@@ -61,7 +61,7 @@ export class ModelStatistics implements BlockStatistics {
     return all;
   }
 
-  nonOutlierRatio(block: number, sparsity: number): number {
-    return this.pruner.nonOutlierRatio(block, sparsity);
+  nonOutlierRatio(block: number, sparsity: number, pruned?: "excluded" | "zero"): number {
+    return this.pruner.nonOutlierRatio(block, sparsity, pruned);
   }
 }
