@@ -113,4 +113,16 @@ describe.skipIf(!haveAssets)("evosparse search on stories260K", () => {
     expect(error).toContain("frobnicate");
     expect(existsSync(join(root, "never", "summary.json"))).toBe(false);
   });
+
+  it("a damaged search state is one clear error naming the file, exit 1", () => {
+    const dir = join(root, "damaged");
+    expect(run("search", "--method", "msp", ...small, "--population", "2", "--generations", "1", "--out", dir).code).toBe(0);
+    const state = join(dir, "engine-state.json");
+    writeFileSync(state, "{ not json");
+    const r = run("search", "--resume", dir);
+    expect(r.code).toBe(1);
+    const error = r.stderr.trim().split("\n").at(-1)!;
+    expect(error).toContain(state);
+    expect(error).toContain("not valid JSON");
+  });
 });

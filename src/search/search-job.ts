@@ -134,7 +134,16 @@ const readSettings = (dir: string): SearchSettings => {
 const engineCheckpoint = (dir: string): EngineCheckpoint => {
   const file = join(dir, "engine-state.json");
   return {
-    load: () => (existsSync(file) ? decodeEngineState(JSON.parse(readFileSync(file, "utf8")), file) : undefined),
+    load: () => {
+      if (!existsSync(file)) return undefined;
+      let json: unknown;
+      try {
+        json = JSON.parse(readFileSync(file, "utf8"));
+      } catch (e) {
+        throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
+      }
+      return decodeEngineState(json, file);
+    },
     save: (state) => writeFileAtomically(file, JSON.stringify(state)),
   };
 };
