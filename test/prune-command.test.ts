@@ -25,7 +25,7 @@ describe.skipIf(!haveAssets)("evosparse prune on stories260K (llama2.c input)", 
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
-    expect(readdirSync(out).sort()).toEqual(["allocation.csv", "config.json", "model.safetensors", "report.json", "tokenizer.json"]);
+    expect(readdirSync(out).sort()).toEqual([".evosparse-output.json", "allocation.csv", "config.json", "model.safetensors", "report.json", "tokenizer.json"]);
     const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
     expect(config.model_type).toBe("llama");
     expect(report.trials.length).toBeGreaterThan(2);

@@ -119,6 +119,8 @@ describe.skipIf(!haveAssets)("evosparse search on stories260K", () => {
     expect(run("search", "--method", "msp", ...small, "--population", "2", "--generations", "1", "--out", dir).code).toBe(0);
     const state = join(dir, "engine-state.json");
     writeFileSync(state, "{ not json");
+    // A run stopped before its summary (a finished run resumes to a no-op without reading its state).
+    rmSync(join(dir, "summary.json"));
     const r = run("search", "--resume", dir);
     expect(r.code).toBe(1);
     const error = r.stderr.trim().split("\n").at(-1)!;

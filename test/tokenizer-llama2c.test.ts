@@ -210,10 +210,11 @@ describe("llama2.c tokenizer file errors", () => {
     }
   });
 
-  it("rejects a file with fewer tokens than the model header says", () => {
+  it("rejects a file with more or fewer tokens than the model header says, as a vocabulary mismatch", () => {
     const file = tempFile("few.bin", valid);
-    expectTokenizerError(() => loadLlama2cTokenizer(file, 300), /truncated.*expects 300 tokens/, file);
-    expect(loadLlama2cTokenizer(file, 259).vocabSize).toBe(259);
+    expectTokenizerError(() => loadLlama2cTokenizer(file, 300), /^holds 260 tokens but the model has a vocabulary of 300$/, file);
+    expectTokenizerError(() => loadLlama2cTokenizer(file, 259), /^holds 260 tokens but the model has a vocabulary of 259$/, file);
+    expect(loadLlama2cTokenizer(file, 260).vocabSize).toBe(260);
   });
 
   it("rejects negative lengths", () => {

@@ -31,13 +31,7 @@ export const formatAllocationCsv = (allocation: Allocation): string =>
   );
 
 /** Writes through a temporary file and a rename, so a reader never sees half a file. */
-export const writeAllocationCsv = (file: string, allocation: Allocation): void => {
-  try {
-    writeFileAtomically(file, formatAllocationCsv(allocation));
-  } catch (cause) {
-    throw new DataError({ file, problem: `cannot be written: ${(cause as Error).message}` });
-  }
-};
+export const writeAllocationCsv = (file: string, allocation: Allocation): void => writeFileAtomically(file, formatAllocationCsv(allocation));
 
 export const readAllocationCsv = (file: string, layout: Layout, options: ReadOptions = {}): Allocation => {
   let text: string;

@@ -1,3 +1,4 @@
+import { linearShapes, type ModelSpec } from "../model/spec.ts";
 /**
  * Per-block N:M patterns from per-block sparsities. A block can only be pruned at n/M, so
  * each block gets n_l = round(s_l M); then the total of n is repaired to L·N with ±1 steps
@@ -24,4 +25,16 @@ export const nmFromSparsities = (sparsities: readonly number[], m: number, n: nu
     total += up ? 1 : -1;
   }
   return ns;
+};
+
+/**
+ * Why an N:M pattern cannot prune this model, or undefined when it can: every prunable
+ * linear's inputs must split into whole groups of M. Checked when the model is opened,
+ * before any calibration work.
+ */
+export const nmMismatch = (spec: ModelSpec, m: number): string | undefined => {
+  for (const [linear, [inputs]] of Object.entries(linearShapes(spec))) {
+    if (inputs % m !== 0) return `${linear} has ${inputs} inputs, which do not split into groups of M = ${m}`;
+  }
+  return undefined;
 };

@@ -34,6 +34,7 @@ export const exportHuggingFace = (
   checkpoint: Checkpoint,
   blocks: readonly HostBlock[],
   extraFiles: Readonly<Record<string, string>> = {},
+  policy: { readonly overwrite?: boolean; readonly command?: string } = {},
 ): void => {
   const spec = checkpoint.spec;
   const tokenizer = checkpoint.tokenizerPath;
@@ -43,8 +44,8 @@ export const exportHuggingFace = (
       ? { tokenizerFile: tokenizer }
       : { tokenizerJson: llamaJsonFromLlama2c(readFileSync(tokenizer)) };
   if (spec.family === "llama2c") {
-    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), blocks.map((b) => renameLinears(spec, b)), { ...tokenizerOptions, extraFiles });
+    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), blocks.map((b) => renameLinears(spec, b)), { ...tokenizerOptions, extraFiles, ...policy });
   } else {
-    writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles });
+    writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles, ...policy });
   }
 };

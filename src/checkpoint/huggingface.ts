@@ -4,7 +4,7 @@ import { CheckpointError } from "../errors.ts";
 import type { HostBlock, HostGlobals, HostNorm, HostTensor, ModelSpec } from "../model/spec.ts";
 import type { Architecture } from "./architectures/architecture.ts";
 import { architectureFor, supportedModelTypes } from "./architectures/index.ts";
-import { formatShape, sameShape, transpose2d } from "./host.ts";
+import { checkFiniteWeights, formatShape, sameShape, transpose2d } from "./host.ts";
 import { allSlots, blockSlots, fileShape, globalSlots, type BlockSlots, type GlobalSlots, type NormSlots, type Slot } from "./layout.ts";
 import { openSafetensorsFolder, type SafetensorsFile } from "./safetensors.ts";
 import type { Checkpoint } from "./types.ts";
@@ -93,9 +93,16 @@ const validate = (st: SafetensorsFile, arch: Architecture, globals: GlobalSlots,
   }
 };
 
+/**
+ * Every model weight of a Hugging Face checkpoint is read here (globals and blocks, resident
+ * or streamed), so this is where a non-finite weight is refused, naming the shard and the
+ * tensor. The generic safetensors reader stays faithful to the file: it also reads training
+ * state, where it is not its business to judge values.
+ */
 const readSlot = (st: SafetensorsFile, slot: Slot): HostTensor => {
   const info = st.tensors.get(slot.name)!;
   const t: HostTensor = { shape: info.shape, data: st.read(slot.name) };
+  checkFiniteWeights(fileOf(st, slot.name), slot.name, t.data);
   return slot.transposed ? transpose2d(t) : t;
 };
 

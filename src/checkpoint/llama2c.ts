@@ -2,7 +2,7 @@ import { closeSync, fstatSync, openSync, readdirSync, readSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { CheckpointError } from "../errors.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
-import { transpose2d } from "./host.ts";
+import { checkFiniteWeights, transpose2d } from "./host.ts";
 import type { Checkpoint } from "./types.ts";
 
 /**
@@ -156,13 +156,19 @@ export const openLlama2c = (file: string, tokenizerPath?: string): Checkpoint =>
     if (size > expected) throw new CheckpointError({ file, problem: `${size - expected} unexpected trailing bytes after the weights the header implies` });
     const spec = llama2cSpec(h);
 
-    const read = (name: string, start: number, shape: readonly number[]): HostTensor => {
+    /**
+     * Every weight of the model is read here (globals and blocks, resident or streamed), so
+     * a non-finite value is refused here, named as `label` with its index as stored.
+     */
+    const read = (name: string, start: number, shape: readonly number[], label: string): HostTensor => {
       const count = shape.reduce((a, b) => a * b, 1);
       const buf = Buffer.alloc(count * 4);
       readSync(fd, buf, 0, buf.length, headerBytes + 4 * (offsets[name]! + start));
-      return { shape, data: new Float32Array(buf.buffer, buf.byteOffset, count) };
+      const data = new Float32Array(buf.buffer, buf.byteOffset, count);
+      checkFiniteWeights(file, label, data);
+      return { shape, data };
     };
-    const layerMatrix = (name: string, i: number, rows: number, cols: number) => read(name, i * rows * cols, [rows, cols]);
+    const layerMatrix = (name: string, i: number, rows: number, cols: number) => read(name, i * rows * cols, [rows, cols], `layers.${i}.${name}`);
     const { dim, hiddenDim: hid } = h;
     const tokenizer = tokenizerPath ?? findLlama2cTokenizer(file);
 
@@ -172,15 +178,15 @@ export const openLlama2c = (file: string, tokenizerPath?: string): Checkpoint =>
       spec,
       ...(tokenizer ? { tokenizerPath: tokenizer } : {}),
       readGlobals: (): HostGlobals => ({
-        embed: read("embed", 0, [h.vocabSize, dim]),
-        finalNorm: { weight: read("rms_final", 0, [dim]) },
-        ...(h.sharedClassifier ? {} : { lmHead: transpose2d(read("wcls", 0, [h.vocabSize, dim])) }),
+        embed: read("embed", 0, [h.vocabSize, dim], "token_embedding_table"),
+        finalNorm: { weight: read("rms_final", 0, [dim], "rms_final_weight") },
+        ...(h.sharedClassifier ? {} : { lmHead: transpose2d(read("wcls", 0, [h.vocabSize, dim], "wcls")) }),
       }),
       readBlock: (i: number): HostBlock => {
         if (!(i >= 0 && i < h.nLayers)) throw new RangeError(`block ${i} out of range 0..${h.nLayers - 1}`);
         return {
-          attnNorm: { weight: read("rms_att", i * dim, [dim]) },
-          mlpNorm: { weight: read("rms_ffn", i * dim, [dim]) },
+          attnNorm: { weight: read("rms_att", i * dim, [dim], `layers.${i}.rms_att_weight`) },
+          mlpNorm: { weight: read("rms_ffn", i * dim, [dim], `layers.${i}.rms_ffn_weight`) },
           linears: {
             wq: { weight: transpose2d(permuteRopeRows(layerMatrix("wq", i, dim, dim), h.nHeads)) },
             wk: { weight: transpose2d(permuteRopeRows(layerMatrix("wk", i, kv, dim), h.nKvHeads)) },

@@ -10,6 +10,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { CheckpointError } from "../errors.ts";
+import { describeWriteError } from "../files.ts";
 import { bitsPerElement, decodeStorage, encodeStorage, isStorageDtype, storageDtypes } from "./dtype.ts";
 import type { StorageDtype } from "./types.ts";
 
@@ -259,10 +260,15 @@ function writeAtomically(file: string, writeContent: (fd: number) => void): void
     fd = undefined;
     fs.renameSync(tmp, file);
   } catch (e) {
-    if (fd !== undefined) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
+    try {
+      if (fd !== undefined) fs.closeSync(fd);
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // The write's own error says more than a failed clean-up.
+    }
     if (e instanceof CheckpointError) throw e;
-    throw new CheckpointError({ file, problem: `cannot write: ${describeIoError(e)}` });
+    // Never the temporary name: the user asked for `file`.
+    throw new CheckpointError({ file, problem: `cannot write (${describeWriteError(e, file)})` });
   }
 }
 

@@ -1,5 +1,8 @@
-import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { DataError, isEvosparseError, UsageError } from "../errors.ts";
+import { describeWriteError } from "../files.ts";
+import { markerContent, notReplaceable, OUTPUT_MARKER, stagingFolder, swapFolder } from "../output/folder.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { architectureFor } from "./architectures/index.ts";
 import { transpose2d } from "./host.ts";
@@ -14,12 +17,17 @@ export interface WriteOptions {
   readonly tokenizerFile?: string;
   /** Extra files (name -> content) written into the folder, e.g. a training log. */
   readonly extraFiles?: Readonly<Record<string, string>>;
+  /** The command that writes the folder, recorded in its marker (default "evosparse"). */
+  readonly command?: string;
+  /** An existing folder evosparse wrote may be replaced; any other existing folder is an error. */
+  readonly overwrite?: boolean;
 }
 
 /**
  * Writes a Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
  * The folder is assembled under a temporary name beside the target and renamed into
  * place at the end, so an interrupted write never leaves a folder that looks complete.
+ * It holds evosparse's output marker, so a later `--overwrite` can tell it was written here.
  */
 export const writeHuggingFace = (
   dir: string,
@@ -35,9 +43,8 @@ export const writeHuggingFace = (
   const entries: Array<[Slot, HostTensor]> = [...globalEntries(globalSlots(arch, spec, prefix), globals)];
   blocks.forEach((b, i) => entries.push(...blockEntries(blockSlots(arch, spec, prefix, i), b)));
 
-  const parent = dirname(dir);
-  mkdirSync(parent, { recursive: true });
-  const staging = join(parent, `.tmp-${basename(dir)}-${process.pid}-${Date.now()}`);
+  mkdirSync(dirname(dir), { recursive: true });
+  const staging = stagingFolder(dir);
   mkdirSync(staging);
   try {
     const config = { ...arch.configFromSpec(spec), torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype] };
@@ -53,21 +60,30 @@ export const writeHuggingFace = (
     if (options.tokenizerJson) writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(options.tokenizerJson));
     else if (options.tokenizerFile) copyFileSync(options.tokenizerFile, join(staging, "tokenizer.json"));
     for (const [name, content] of Object.entries(options.extraFiles ?? {})) writeFileSync(join(staging, name), content);
-    replaceDir(staging, dir);
+    writeFileSync(join(staging, OUTPUT_MARKER), markerContent(options.command ?? "evosparse", readdirSync(staging)));
+    replaceDir(staging, dir, { overwrite: options.overwrite ?? false });
   } catch (e) {
     rmSync(staging, { recursive: true, force: true });
-    throw e;
+    // A file-system error names the hidden staging folder: name the folder asked for instead.
+    throw isEvosparseError(e) ? e : new DataError({ file: dir, problem: `cannot be written (${describeWriteError(e, dir)})` });
   }
 };
 
-/** Moves a finished staging folder into place, replacing an older folder of that name. */
-export const replaceDir = (staging: string, dir: string): void => {
-  if (existsSync(dir)) {
-    const old = `${dir}.old-${process.pid}-${Date.now()}`;
+/**
+ * Moves a finished staging folder into place. An absent or empty target is simply taken;
+ * a non-empty one is replaced only with `overwrite` and only when evosparse wrote all of it
+ * (checked again here: another process may have written there since the command began).
+ */
+export const replaceDir = (staging: string, dir: string, policy: { readonly overwrite: boolean }): void => {
+  if (existsSync(dir) && readdirSync(dir).length > 0) {
+    const why = policy.overwrite ? notReplaceable(dir) : "it already exists and is not empty (add --overwrite to replace a folder evosparse wrote)";
+    if (why !== undefined) throw new UsageError({ problem: `${dir} is not replaced: ${why}` });
+    const old = swapFolder(dir);
     renameSync(dir, old);
     renameSync(staging, dir);
     rmSync(old, { recursive: true, force: true });
   } else {
+    // rename(2) replaces an empty folder in one step.
     renameSync(staging, dir);
   }
 };

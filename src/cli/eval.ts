@@ -5,6 +5,7 @@ import { evaluate } from "../eval/evaluate.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { runCommand } from "./run.ts";
+import { numberOption, SEQLEN, WHOLE_POSITIVE } from "./flags.ts";
 
 export const evalCommand = {
   command: "eval",
@@ -16,10 +17,10 @@ export const evalCommand = {
       .option("data", { type: "string", describe: "evaluation text", default: defaultData("test") })
       .option("format", { choices: TEXT_FORMATS, default: "text" as TextFormat, describe: "text: one stream; jsonl: documents joined with blank lines; stories: each story on its own" })
       .option("field", { type: "string", default: "text", describe: "jsonl field holding the text" })
-      .option("seqlen", { type: "number", describe: "window length (default: the model's context)" })
+      .option("seqlen", numberOption("seqlen", { ...SEQLEN, describe: "window length (default: the model's context)" }))
       .option("bos", { type: "boolean", default: false, describe: "put BOS in front of each window" })
-      .option("max-windows", { type: "number", describe: "score at most this many windows" })
-      .option("batch", { type: "number", default: 1, describe: "windows per forward pass" })
+      .option("max-windows", numberOption("max-windows", { ...WHOLE_POSITIVE, describe: "score at most this many windows (default: all)" }))
+      .option("batch", numberOption("batch", { ...WHOLE_POSITIVE, default: 1, describe: "windows per forward pass" }))
       .option("streamed", { type: "boolean", default: false, describe: "keep only the running block's weights in memory" })
       .option("json", { type: "boolean", default: false, describe: "print one JSON object" }),
   handler: async (argv: {

@@ -7,6 +7,7 @@ import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
 import { pruneJob, type PruneReport } from "../prune/prune-job.ts";
 import { parsePattern } from "./options.ts";
 import { reportFailure, runCommand } from "./run.ts";
+import { numberOption, SEED, SEQLEN, SPARSITY, WHOLE_POSITIVE } from "./flags.ts";
 
 interface PruneArgs {
   model: string;
@@ -23,6 +24,7 @@ interface PruneArgs {
   mode: CalibrationMode;
   seed: number;
   out: string;
+  overwrite: boolean;
   eval?: string;
   evalFormat: TextFormat;
   evalWindows?: number;
@@ -58,23 +60,24 @@ export const pruneCommand = {
       .option("model", { type: "string", default: defaultModel(), describe: "Hugging Face folder, llama2.c .bin, or a folder holding one" })
       .option("tokenizer", { type: "string", describe: "tokenizer file (overrides the one beside the checkpoint)" })
       .option("metric", { choices: PRUNE_METRICS, default: "wanda" as PruneMetric })
-      .option("sparsity", { type: "number", describe: "target global sparsity (implied by an N:M pattern)" })
+      .option("sparsity", numberOption("sparsity", { ...SPARSITY, describe: "target global sparsity (implied by an N:M pattern)" }))
       .option("allocation", { type: "string", default: "uniform", describe: "uniform, owl, atp (or any method in plugins/ that needs no search), or an allocation CSV file" })
       .option("space", { type: "string", describe: "search-space file of the allocation method (default: its file in search-spaces/)" })
       .option("pattern", { type: "string", default: "unstructured", describe: "unstructured, or N:M (N zeros in every M consecutive inputs)" })
       .option("calib", { type: "string", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" })
       .option("field", { type: "string", default: "text" })
-      .option("nsamples", { type: "number", default: 128, describe: "calibration windows" })
-      .option("seqlen", { type: "number", describe: "calibration and evaluation window length (default: the model's context)" })
+      .option("nsamples", numberOption("nsamples", { ...WHOLE_POSITIVE, default: 128, describe: "calibration windows" }))
+      .option("seqlen", numberOption("seqlen", { ...SEQLEN, describe: "calibration and evaluation window length (default: the model's context)" }))
       .option("mode", { choices: ["sequential", "dense"] as const, default: "sequential" as CalibrationMode, describe: "calibration inputs from the already-pruned blocks (sequential) or the dense model" })
-      .option("seed", { type: "number", default: 0 })
-      .option("out", { type: "string", demandOption: true, describe: "output folder" })
+      .option("seed", numberOption("seed", { ...SEED, default: 0, describe: "seed of the calibration windows" }))
+      .option("out", { type: "string", demandOption: true, describe: "output folder (new or empty)" })
+      .option("overwrite", { type: "boolean", default: false, describe: "replace an existing --out folder that evosparse wrote (never one holding an input)" })
       .option("eval", { type: "string", describe: "evaluation text: report dense and pruned perplexity" })
       .option("eval-format", { choices: TEXT_FORMATS, default: "text" as TextFormat })
-      .option("eval-windows", { type: "number", describe: "score at most this many evaluation windows" })
+      .option("eval-windows", numberOption("eval-windows", { ...WHOLE_POSITIVE, describe: "score at most this many evaluation windows (default: all)" }))
       .option("valid", { type: "string", default: defaultData("validation"), describe: "validation text for methods that compare candidates (atp)" })
-      .option("valid-windows", { type: "number", default: 16, describe: "validation windows per candidate" })
-      .option("batch", { type: "number", default: 1, describe: "calibration windows per forward pass" })
+      .option("valid-windows", numberOption("valid-windows", { ...WHOLE_POSITIVE, default: 16, describe: "validation windows per candidate" }))
+      .option("batch", numberOption("batch", { ...WHOLE_POSITIVE, default: 1, describe: "calibration windows per forward pass" }))
       .option("json", { type: "boolean", default: false, describe: "print the report as JSON" }),
   handler: async (argv: PruneArgs) => {
     const log = argv.json ? undefined : (line: string) => process.stderr.write(line + "\n");
@@ -96,6 +99,7 @@ export const pruneCommand = {
         mode: argv.mode,
         seed: argv.seed,
         out: argv.out,
+        overwrite: argv.overwrite,
         evalFormat: argv.evalFormat,
         valid: argv.valid,
         validWindows: argv.validWindows,

@@ -2,6 +2,8 @@ import type { Argv } from "yargs";
 import { type BackendChoice } from "../backend/backend.ts";
 import { defaultData } from "../defaults.ts";
 import { UsageError } from "../errors.ts";
+import { BYTE_LEVEL_VOCAB_SIZE } from "../tokenizer/byte-level.ts";
+import { numberOption, SEED, SEQLEN, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE } from "./flags.ts";
 import { train } from "../train/train.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { reportFailure } from "./run.ts";
@@ -29,6 +31,7 @@ interface TrainArgs {
   workers: number;
   checkpointEvery: number;
   resume: boolean;
+  overwrite: boolean;
   backend: BackendChoice;
 }
 
@@ -40,25 +43,26 @@ export const trainCommand = {
       .option("data", { type: "string", default: defaultData("train"), describe: "training text (a file, or brown:<part>)" })
       .option("validation", { type: "string", default: defaultData("validation"), describe: "validation text for the loss curve" })
       .option("out", { type: "string", demandOption: true, describe: "output model folder (Hugging Face layout)" })
-      .option("dim", { type: "number", default: 128, describe: "hidden size" })
-      .option("layers", { type: "number", default: 8, describe: "decoder blocks" })
-      .option("heads", { type: "number", default: 4, describe: "attention heads" })
-      .option("kv-heads", { type: "number", default: 2, describe: "key/value heads (grouped-query attention)" })
-      .option("ffn", { type: "number", default: 320, describe: "SwiGLU intermediate size" })
-      .option("context", { type: "number", default: 256, describe: "maximum context the model declares" })
-      .option("steps", { type: "number", default: 1100 })
-      .option("batch", { type: "number", default: 8, describe: "windows per step" })
-      .option("seqlen", { type: "number", default: 256, describe: "training window length in bytes" })
-      .option("lr", { type: "number", default: 3e-3, describe: "peak learning rate" })
-      .option("warmup", { type: "number", default: 50, describe: "warmup steps" })
-      .option("weight-decay", { type: "number", default: 0.1 })
-      .option("seed", { type: "number", default: 0 })
-      .option("eval-every", { type: "number", default: 100, describe: "steps between validation losses (0: never)" })
-      .option("eval-windows", { type: "number", default: 16, describe: "validation windows per evaluation" })
-      .option("vocab", { type: "number", default: 1024, describe: "tokenizer size: 258 for raw bytes, more for a byte-level BPE learned from --data" })
-      .option("workers", { type: "number", default: 2, describe: "data-parallel worker threads" })
-      .option("checkpoint-every", { type: "number", default: 100, describe: "steps between resumable checkpoints (in OUT.checkpoint)" })
-      .option("resume", { type: "boolean", default: false, describe: "continue from OUT.checkpoint if it exists" }),
+      .option("dim", numberOption("dim", { ...WHOLE_POSITIVE, default: 128, describe: "hidden size" }))
+      .option("layers", numberOption("layers", { ...WHOLE_POSITIVE, default: 8, describe: "decoder blocks" }))
+      .option("heads", numberOption("heads", { ...WHOLE_POSITIVE, default: 4, describe: "attention heads" }))
+      .option("kv-heads", numberOption("kv-heads", { ...WHOLE_POSITIVE, default: 2, describe: "key/value heads (grouped-query attention)" }))
+      .option("ffn", numberOption("ffn", { ...WHOLE_POSITIVE, default: 320, describe: "SwiGLU intermediate size" }))
+      .option("context", numberOption("context", { ...SEQLEN, default: 256, describe: "maximum context the model declares" }))
+      .option("steps", numberOption("steps", { ...WHOLE_POSITIVE, default: 1100, describe: "optimizer steps" }))
+      .option("batch", numberOption("batch", { ...WHOLE_POSITIVE, default: 8, describe: "windows per step" }))
+      .option("seqlen", numberOption("seqlen", { ...SEQLEN, default: 256, describe: "training window length in tokens" }))
+      .option("lr", numberOption("lr", { min: 0, minExclusive: true, default: 3e-3, describe: "peak learning rate" }))
+      .option("warmup", numberOption("warmup", { ...WHOLE_NON_NEGATIVE, default: 50, describe: "warmup steps" }))
+      .option("weight-decay", numberOption("weight-decay", { min: 0, default: 0.1, describe: "AdamW weight decay of the matrices" }))
+      .option("seed", numberOption("seed", { ...SEED, default: 0, describe: "seed of the initial weights and the batches" }))
+      .option("eval-every", numberOption("eval-every", { ...WHOLE_NON_NEGATIVE, default: 100, describe: "steps between validation losses (0: never)" }))
+      .option("eval-windows", numberOption("eval-windows", { ...WHOLE_POSITIVE, default: 16, describe: "validation windows per evaluation" }))
+      .option("vocab", numberOption("vocab", { whole: true, min: BYTE_LEVEL_VOCAB_SIZE, default: 1024, describe: `tokenizer size: ${BYTE_LEVEL_VOCAB_SIZE} for raw bytes, more for a byte-level BPE learned from --data` }))
+      .option("workers", numberOption("workers", { ...WHOLE_POSITIVE, default: 2, describe: "data-parallel worker threads (at most one per core)" }))
+      .option("checkpoint-every", numberOption("checkpoint-every", { ...WHOLE_NON_NEGATIVE, default: 100, describe: "steps between resumable checkpoints (in OUT.checkpoint; 0: none)" }))
+      .option("resume", { type: "boolean", default: false, describe: "continue from OUT.checkpoint if it exists" })
+      .option("overwrite", { type: "boolean", default: false, describe: "replace an existing --out folder that evosparse wrote" }),
   handler: async (argv: TrainArgs) => {
     let progress: Progress | undefined;
     try {
@@ -91,6 +95,7 @@ export const trainCommand = {
         workers: argv.workers,
         checkpointEvery: argv.checkpointEvery,
         resume: argv.resume,
+        overwrite: argv.overwrite,
         backend: argv.backend,
         command: `evosparse ${process.argv.slice(2).join(" ")}`,
         onStart: ({ backend, parameters, trainTokens, workers, vocabSize, resumedAt }) => {

@@ -8,15 +8,78 @@ export const TEXT_FORMATS: readonly TextFormat[] = ["text", "jsonl", "stories"];
 /** TinyStories' document separator. */
 export const STORY_SEPARATOR = "<|endoftext|>";
 
-/** A text file, or a built-in part of the Brown corpus named `brown:<part>`. */
+/**
+ * A text file, or a built-in part of the Brown corpus named `brown:<part>`. Every text
+ * input (evaluation, calibration, fitness, validation and training text, .jsonl
+ * included) is read here, so none of them takes a binary file as text.
+ */
 export const readTextFile = (file: string): string => {
   if (isBrownSource(file)) return brownText(parseBrownSource(file));
+  let bytes: Uint8Array;
   try {
-    return readFileSync(file, "utf8");
+    bytes = readFileSync(file);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new DataError({ file, problem: code === "ENOENT" ? "no such file" : `cannot read (${code ?? (e as Error).message})` });
+    const problem =
+      code === "ENOENT" ? "no such file" : code === "EISDIR" ? "is a folder, not a text file" : `cannot read (${code ?? (e as Error).message})`;
+    throw new DataError({ file, problem });
   }
+  return decodeText(bytes, file);
+};
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * The text of a file's bytes: strict UTF-8 (a leading byte-order mark is dropped, as
+ * TextDecoder does) with no NUL byte, which no text file holds and every binary file
+ * (and UTF-16 text) soon does. Anything else is a DataError naming the file and the
+ * byte offset (from 0) where the content stops being text.
+ */
+export const decodeText = (bytes: Uint8Array, file: string): string => {
+  const notText = (why: string): DataError => new DataError({ file, problem: `not a text file (${why})` });
+  const nul = bytes.indexOf(0);
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch {
+    const bad = firstInvalidUtf8(bytes);
+    if (nul >= 0 && (bad < 0 || nul < bad)) throw notText(`a NUL byte at byte ${nul}`);
+    const utf16 = bytes.length >= 2 && ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff));
+    if (utf16) throw notText("invalid UTF-8 at byte 0: it starts with a UTF-16 byte-order mark; evosparse reads UTF-8");
+    throw notText(bad >= 0 ? `invalid UTF-8 at byte ${bad}` : "invalid UTF-8");
+  }
+  if (nul >= 0) throw notText(`a NUL byte at byte ${nul}`);
+  return text;
+};
+
+/**
+ * Offset of the first byte of the first ill-formed UTF-8 sequence, by the rules
+ * TextDecoder follows (no overlong forms, no surrogates, nothing above U+10FFFF, no
+ * sequence cut off by the end), or -1 when the bytes are well formed.
+ */
+export const firstInvalidUtf8 = (bytes: Uint8Array): number => {
+  const n = bytes.length;
+  const continuation = (at: number, lo = 0x80, hi = 0xbf): boolean => at < n && bytes[at]! >= lo && bytes[at]! <= hi;
+  for (let i = 0; i < n; ) {
+    const b = bytes[i]!;
+    if (b < 0x80) {
+      i++;
+    } else if (b >= 0xc2 && b <= 0xdf) {
+      if (!continuation(i + 1)) return i;
+      i += 2;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      const [lo, hi] = b === 0xe0 ? [0xa0, 0xbf] : b === 0xed ? [0x80, 0x9f] : [0x80, 0xbf];
+      if (!continuation(i + 1, lo, hi) || !continuation(i + 2)) return i;
+      i += 3;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      const [lo, hi] = b === 0xf0 ? [0x90, 0xbf] : b === 0xf4 ? [0x80, 0x8f] : [0x80, 0xbf];
+      if (!continuation(i + 1, lo, hi) || !continuation(i + 2) || !continuation(i + 3)) return i;
+      i += 4;
+    } else {
+      return i;
+    }
+  }
+  return -1;
 };
 
 /** Documents of a JSON-lines file, taken from one string field. */

@@ -93,7 +93,7 @@ export const evolve = <G, P, E = never, R = never>(
   options: EvolveOptions<G, P, E, R>,
 ): Effect.Effect<EvolveResult<G, P>, E | UsageError, R> =>
   Effect.gen(function* () {
-    const settings = yield* checkSettings(options);
+    const settings = yield* checkEngineLimits(options);
     const { genome } = options;
     const saved = options.checkpoint?.load();
     if (saved !== undefined && saved.seed !== options.seed) {
@@ -255,12 +255,12 @@ const stored = (fitness: Fitness): StoredFitness =>
       ? { ok: true, value: fitness.value }
       : { ok: false, error: `non-finite fitness ${fitness.value}` };
 
-type Limits = Pick<
+export type EngineLimits = Pick<
   EvolveOptions<unknown, unknown>,
   "seed" | "population" | "generations" | "elitism" | "tournament" | "crossoverRate" | "mutationRate" | "budgetEvals" | "timeBudgetSeconds" | "patience"
 >;
 
-const checkSettings = (options: Limits): Effect.Effect<Settings, UsageError> => {
+export const checkEngineLimits = (options: EngineLimits): Effect.Effect<Settings, UsageError> => {
   const problems: string[] = [];
   const whole = (name: string, value: number | undefined, min: number, max = Infinity): void => {
     if (value !== undefined && !(Number.isInteger(value) && value >= min && value <= max)) {

@@ -4,7 +4,7 @@ import { openCheckpoint } from "../checkpoint/open.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
 import { readEvaluationDocuments, type TextFormat } from "../data/text-source.ts";
 import { contiguousWindows, documentWindows, type Window } from "../data/windows.ts";
-import { DataError, TokenizerError, UsageError } from "../errors.ts";
+import { CheckpointError, DataError, TokenizerError, UsageError } from "../errors.ts";
 import { Decoder } from "../model/decoder.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
 import { perplexity, type PerplexityResult } from "./perplexity.ts";
@@ -80,6 +80,34 @@ export const evaluationWindows = (
   return windows;
 };
 
+/**
+ * Runs a step that reads weights or scores text: a CheckpointError or DataError it throws
+ * (a non-finite weight, a token outside the vocabulary) is a typed failure, anything else
+ * a defect.
+ */
+const reading = <A>(run: () => A): Effect.Effect<A, CheckpointError | DataError> =>
+  Effect.suspend(() => {
+    try {
+      return Effect.succeed(run());
+    } catch (e) {
+      return e instanceof CheckpointError || e instanceof DataError ? Effect.fail(e) : Effect.die(e);
+    }
+  });
+
+/**
+ * A perplexity is a finite number or an error, never a printed NaN: with the weights
+ * checked finite on load, a non-finite loss means the model overflows on this text.
+ * No scored token at all is the data's fault.
+ */
+export const checkFiniteLoss = (result: PerplexityResult, model: string, data: string): Effect.Effect<void, CheckpointError | DataError> => {
+  if (result.tokens === 0) return Effect.fail(new DataError({ file: data, problem: "no token to score: no window holds a token after its first" }));
+  if (Number.isFinite(result.ppl)) return Effect.void;
+  const problem = Number.isFinite(result.nll)
+    ? `the model's loss of ${result.nll} nats per token on ${data} gives an infinite perplexity`
+    : `the model's loss is not finite (${result.nll}) on ${data} although its weights are finite: the computation overflows on this text`;
+  return Effect.fail(new CheckpointError({ file: model, problem }));
+};
+
 /** checkpoint -> tokenizer -> windows -> model -> perplexity. */
 export const evaluate = (request: EvalRequest) =>
   Effect.scoped(
@@ -102,8 +130,9 @@ export const evaluate = (request: EvalRequest) =>
         try: () => evaluationWindows(request, tokenizer, seqlen),
         catch: (e) => e as DataError | TokenizerError | UsageError,
       });
+      // Weights are read (and checked) here, and again block by block when streamed.
       const decoder = yield* Effect.acquireRelease(
-        Effect.sync(() =>
+        reading(() =>
           Decoder.create(
             checkpoint.spec,
             checkpoint.readGlobals(),
@@ -114,10 +143,13 @@ export const evaluate = (request: EvalRequest) =>
         (d) => Effect.sync(() => d.dispose()),
       );
       request.onStart?.({ windows: windows.length, seqlen, backend: backend.name, backendDescription: describeBackend(backend) });
-      const result = perplexity(decoder, windows, {
-        ...(request.batch ? { batch: request.batch } : {}),
-        ...(request.onProgress ? { onProgress: request.onProgress } : {}),
-      });
+      const result = yield* reading(() =>
+        perplexity(decoder, windows, {
+          ...(request.batch ? { batch: request.batch } : {}),
+          ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+        }),
+      );
+      yield* checkFiniteLoss(result, request.model, request.data);
       const bytes = scoredBytes(windows, tokenizer);
       return {
         ...result,

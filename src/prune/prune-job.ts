@@ -12,8 +12,10 @@ import { openCheckpoint } from "../checkpoint/open.ts";
 import { calibrationWindows } from "../data/calibration.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { Window } from "../data/windows.ts";
-import { DataError, UsageError } from "../errors.ts";
-import { evaluationWindows, tokenizerFor } from "../eval/evaluate.ts";
+import { DataError, isEvosparseError, UsageError } from "../errors.ts";
+import { nmMismatch } from "../allocation/nm.ts";
+import { checkOutputFolder } from "../output/folder.ts";
+import { checkFiniteLoss, evaluationWindows, tokenizerFor } from "../eval/evaluate.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { allocationFitness, methodContext, targetOf, toAllocation } from "../search/fitness.ts";
 import { loadPlugin } from "../search/registry.ts";
@@ -42,6 +44,8 @@ export interface PruneJobRequest {
   readonly mode: CalibrationMode;
   readonly seed: number;
   readonly out: string;
+  /** `out` may be an existing folder evosparse wrote; it is replaced at the end. */
+  readonly overwrite?: boolean;
   readonly eval?: string;
   readonly evalFormat?: TextFormat;
   /** Score at most this many evaluation windows (the first ones). */
@@ -104,12 +108,24 @@ export const pruneJob = (request: PruneJobRequest) =>
       }
       const target = targetOf(pattern, request.sparsity);
       if (!(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
+      // The output folder is checked before any work, so a refusal costs nothing.
+      yield* Effect.try({
+        try: () =>
+          checkOutputFolder(request.out, {
+            flag: "--out",
+            overwrite: request.overwrite ?? false,
+            inputs: [request.model, request.tokenizer, request.calib, request.eval, request.valid, request.space, isFile(request.allocation) ? request.allocation : undefined],
+          }),
+        catch: (e) => e as UsageError | DataError,
+      });
 
       const backend = yield* initBackendEffect(request.backend);
       const checkpoint = yield* openCheckpoint(request.model, request.tokenizer ? { tokenizer: request.tokenizer } : {});
       const spec = checkpoint.spec;
       const seqlen = request.seqlen ?? spec.maxPositions;
       if (seqlen > spec.maxPositions) return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${spec.maxPositions}` });
+      const mismatch = pattern.kind === "nm" ? nmMismatch(spec, pattern.m) : undefined;
+      if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternName(pattern)} does not fit ${request.model}: ${mismatch}` });
       log(`backend: ${describeBackend(backend)}`);
 
       const t0 = performance.now();
@@ -188,8 +204,10 @@ export const pruneJob = (request: PruneJobRequest) =>
         });
         log(`evaluating on ${windows.length} windows of ${request.eval}`);
         const pruned = pruner.perplexity(windows);
+        yield* checkFiniteLoss(pruned, request.model, request.eval!);
         pruner.restoreDense();
         const dense = pruner.perplexity(windows);
+        yield* checkFiniteLoss(dense, request.model, request.eval!);
         evaluation = { data: request.eval, format, seqlen, windows: windows.length, tokens: pruned.tokens, dense: dense.ppl, pruned: pruned.ppl };
         log(`perplexity: dense ${dense.ppl.toFixed(4)}, pruned ${pruned.ppl.toFixed(4)}`);
       }
@@ -217,11 +235,17 @@ export const pruneJob = (request: PruneJobRequest) =>
       });
       yield* Effect.try({
         try: () =>
-          exportHuggingFace(request.out, checkpoint, blocks, {
-            "allocation.csv": formatAllocationCsv(allocation),
-            "report.json": JSON.stringify(report(0), null, 2) + "\n",
-          }),
-        catch: (e) => (e instanceof DataError ? e : new DataError({ file: request.out, problem: `cannot be written: ${(e as Error).message}` })),
+          exportHuggingFace(
+            request.out,
+            checkpoint,
+            blocks,
+            {
+              "allocation.csv": formatAllocationCsv(allocation),
+              "report.json": JSON.stringify(report(0), null, 2) + "\n",
+            },
+            { overwrite: request.overwrite ?? false, command: "prune" },
+          ),
+        catch: (e) => (isEvosparseError(e) ? e : new DataError({ file: request.out, problem: `cannot be written: ${(e as Error).message}` })),
       });
       return report((performance.now() - t2) / 1000);
     }),

@@ -39,24 +39,33 @@ export const generationCurve = (history: readonly HistoryRecord[]): Array<Pick<G
     });
 };
 
+/**
+ * Best-so-far and median fitness per generation. Generations are numbered from 1 here, as in
+ * the search's progress line ("generations: 3/6"): generation record g is plotted at x = g + 1.
+ * history.csv keeps the engine's own 0-based `generation` column.
+ */
 export const fitnessChart = (history: readonly HistoryRecord[], title: string): string => {
   const curve = generationCurve(history);
   const series = (pick: (c: (typeof curve)[number]) => number | undefined) =>
-    curve.flatMap((c) => (pick(c) === undefined ? [] : [[c.generation, pick(c)!] as const]));
+    curve.flatMap((c) => {
+      const v = pick(c);
+      return v === undefined ? [] : [[c.generation + 1, v] as const];
+    });
   return lineChart(
     [
       { label: "best so far", points: series((c) => c.best), color: "#1f77b4" },
       { label: "generation median", points: series((c) => c.median), color: "#ff7f0e" },
     ],
-    { title, xLabel: "generation", yLabel: "validation perplexity", logY: true },
+    { title, xLabel: "generation", yLabel: "validation perplexity", logY: true, integerX: true },
   );
 };
 
+/** Sparsity per block (blocks numbered from 0, as in the allocation CSVs), one series per method. */
 export const allocationChart = (allocations: ReadonlyArray<{ label: string; sparsities: readonly number[] }>, title: string): string => {
   const colors = ["#d62728", "#7f7f7f", "#2ca02c", "#9467bd"];
   return lineChart(
     allocations.map((a, k) => ({ label: a.label, points: a.sparsities.map((s, b) => [b, s] as const), color: colors[k % colors.length]! })),
-    { title, xLabel: "block", yLabel: "sparsity" },
+    { title, xLabel: "block", yLabel: "sparsity", integerX: true },
   );
 };
 

@@ -4,6 +4,9 @@
  * Evolutionary methods go through the engine (see search.ts).
  */
 import { Effect } from "effect";
+import type { Bounds } from "../allocation/project.ts";
+import { effectiveBounds } from "../allocation/space-schema.ts";
+import { Rng } from "../rng.ts";
 import type { Fitness } from "../engine/genome.ts";
 import type { BlockAllocation, MethodContext, MethodPlugin } from "./plugin.ts";
 
@@ -41,3 +44,21 @@ export const runFixedMethod = <Space, E>(
     if (!best) return yield* Effect.fail(new Error(`every candidate of ${plugin.name} failed: ${trials.map((t) => (t.fitness.ok ? "" : t.fitness.error)).join("; ")}`));
     return { allocation: best.allocation, trials, label: best.label };
   });
+
+/**
+ * Throws (a UsageError or DataError naming the setting) when the method cannot run with
+ * this context and space, e.g. bounds that exclude the target, without running it: an
+ * evolutionary method builds its genome and decodes one individual, a grid lists its
+ * candidates, a direct method checks its bounds. Run before a search writes anything.
+ */
+export const checkMethod = <Space>(plugin: MethodPlugin<Space>, context: MethodContext, space: Space): void => {
+  const method = plugin.method;
+  if (method.kind === "evolve") {
+    const genome = method.genome(context, space);
+    genome.decode(genome.create(new Rng(0), 0));
+  } else if (method.kind === "grid") {
+    method.candidates(context, space);
+  } else {
+    effectiveBounds(context.bounds, (space as { readonly bounds?: Bounds } | undefined)?.bounds, context.target);
+  }
+};

@@ -6,7 +6,7 @@
  * The run folder holds settings.json (written first) and engine-state.json (after every
  * generation), so `--resume DIR` continues a killed run with its own settings.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity } from "../allocation/allocation.ts";
@@ -14,10 +14,14 @@ import { writeAllocationCsv } from "../allocation/csv.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import type { TextFormat } from "../data/text-source.ts";
-import { evolve, type EngineCheckpoint } from "../engine/evolve.ts";
+import { nmMismatch } from "../allocation/nm.ts";
+import { resultsDir } from "../defaults.ts";
+import { checkEngineLimits, evolve, type EngineCheckpoint } from "../engine/evolve.ts";
+import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
+import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { decodeEngineState, type GenerationRecord, type HistoryRecord, type StopReason } from "../engine/state.ts";
 import { DataError, UsageError } from "../errors.ts";
-import { evaluationWindows } from "../eval/evaluate.ts";
+import { checkFiniteLoss, evaluationWindows } from "../eval/evaluate.ts";
 import { writeFileAtomically } from "../files.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
@@ -28,7 +32,7 @@ import { openFitnessModel, type FitnessModel, type FitnessSetup } from "./fitnes
 import type { BlockAllocation, MethodContext, MethodPlugin, Pattern } from "./plugin.ts";
 import { loadPlugin } from "./registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "./report.ts";
-import { runFixedMethod } from "./run-method.ts";
+import { checkMethod, runFixedMethod } from "./run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "./space.ts";
 
 const PatternSchema = Schema.Union([
@@ -68,12 +72,27 @@ export const SearchSettings = Schema.Struct({
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
+/** Settings of a new run as given; seqlen may be left for the model's context. */
+export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonly seqlen?: number; readonly space?: string };
+
+/**
+ * Settings a resumed run may change: when it stops. Every other setting decides the run's
+ * result and must equal the saved one; the worker count and the backend are not settings.
+ */
+export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "timeBudgetSeconds", "patience"] as const;
+
+/** The command-line flag of a setting, for messages. */
+export const settingFlag = (key: string): string =>
+  key === "timeBudgetSeconds" ? "--time-budget" : `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+
 export interface SearchRequest {
-  /** Settings of a new run; seqlen may be left for the model's context. */
-  readonly settings?: Omit<SearchSettings, "seqlen" | "space"> & { readonly seqlen?: number; readonly space?: string };
+  /** Settings of a new run. */
+  readonly settings?: GivenSettings;
   readonly out?: string;
   /** A run folder to continue; its settings.json replaces `settings`. */
   readonly resume?: string;
+  /** With `resume`: the settings given explicitly on the command line, checked against the saved ones. */
+  readonly given?: Partial<GivenSettings>;
   readonly workers: number;
   readonly backend: BackendChoice;
   readonly log?: (line: string) => void;
@@ -111,6 +130,8 @@ export interface SearchSummary {
     readonly reproduce: string;
   };
   readonly out: string;
+  /** Set when `--resume` found the run finished and did nothing. */
+  readonly alreadyFinished?: true;
 }
 
 const timestamp = (d = new Date()): string => d.toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
@@ -154,6 +175,8 @@ interface MethodOutcome {
   readonly evaluations: number;
   readonly generations: number;
   readonly stoppedBy: StopReason | "done";
+  /** Wall-clock seconds of the method, earlier runs of a resumed search included. */
+  readonly seconds: number;
 }
 
 /** Runs any kind of method and returns its best allocation with a history in one format. */
@@ -191,6 +214,7 @@ const runMethod = <Space>(
         evaluations: result.evaluations,
         generations: result.generations,
         stoppedBy: result.stoppedBy,
+        seconds: result.seconds,
       } satisfies MethodOutcome;
     }
     // Direct and grid methods: their candidates are one generation of the same history.
@@ -221,12 +245,14 @@ const runMethod = <Space>(
       evaluations: trials.length,
       generations: 1,
       stoppedBy: "done",
+      seconds: (performance.now() - started) / 1000,
     } satisfies MethodOutcome;
   });
 
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
   [
-    "evosparse prune",
+    // npx finds the bin of the installed package, so the command runs as printed.
+    "npx evosparse prune",
     `--model ${s.model}`,
     ...(s.tokenizer ? [`--tokenizer ${s.tokenizer}`] : []),
     `--metric ${s.metric}`,
@@ -249,37 +275,134 @@ const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWi
   return pruner.perplexity(windows).ppl;
 };
 
+const samePath = (a: string | undefined, b: string | undefined): boolean =>
+  a === b || (a !== undefined && b !== undefined && !a.startsWith("brown:") && resolve(a) === resolve(b));
+
+const PATH_SETTINGS = new Set(["model", "tokenizer", "calib", "fitnessData", "eval", "space"]);
+
+const sameSetting = (key: string, a: unknown, b: unknown): boolean =>
+  PATH_SETTINGS.has(key) ? samePath(a as string | undefined, b as string | undefined) : JSON.stringify(a) === JSON.stringify(b);
+
+const patternText = (p: Pattern): string => (p.kind === "nm" ? `${p.n}:${p.m}` : "unstructured");
+
+const shown = (value: unknown): string =>
+  typeof value === "object" && value !== null && "kind" in value ? patternText(value as Pattern) : String(value);
+
+/**
+ * The saved settings with the allowed changes applied; a flag that would change anything
+ * else is refused, naming the flag, both values and what may change.
+ */
+export const resumedSettings = (saved: SearchSettings, given: Partial<GivenSettings>, file: string): SearchSettings => {
+  const changed: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(given)) {
+    if (value === undefined || sameSetting(key, value, (saved as Record<string, unknown>)[key])) continue;
+    if ((RESUMABLE_SETTINGS as readonly string[]).includes(key)) {
+      changed[key] = value;
+      continue;
+    }
+    const before = (saved as Record<string, unknown>)[key];
+    throw new UsageError({
+      problem:
+        `${settingFlag(key)} ${shown(value)} differs from the resumed run's ${before === undefined ? "default" : shown(before)} (${file}): ` +
+        `a resumed run keeps its settings; only ${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --workers and --backend may change`,
+    });
+  }
+  return { ...saved, ...changed };
+};
+
+/** The run's summary.json when the run has finished, else undefined. */
+const finishedSummary = (dir: string): SearchSummary | undefined => {
+  const file = join(dir, "summary.json");
+  if (!existsSync(file)) return undefined;
+  try {
+    return JSON.parse(readFileSync(file, "utf8")) as SearchSummary;
+  } catch (e) {
+    throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
+  }
+};
+
+/** Memory one fitness worker holds: its backend, and a model copy with scores and sort orders. */
+const fitnessWorkerBytes = (model: FitnessModel): number => {
+  const prunable = model.pruner.layout.reduce((n, e) => n + e.params, 0);
+  const spec = model.checkpoint.spec;
+  return 24 * prunable + 8 * spec.vocabSize * spec.hiddenSize + 160 * 2 ** 20;
+};
+
 export const searchJob = (request: SearchRequest) =>
   Effect.scoped(
     Effect.gen(function* () {
       const log = request.log ?? (() => {});
       if (!Number.isInteger(request.workers) || request.workers < 1) return yield* new UsageError({ problem: `--workers ${request.workers} must be a positive integer` });
-      const backend = yield* initBackendEffect(request.backend);
-      log(`backend: ${describeBackend(backend)}`);
+
+      // 1. Everything that can be checked without the model, before anything is written.
+      if (!request.resume && !request.settings) return yield* new UsageError({ problem: "a search needs settings or --resume" });
+      if (request.settings) {
+        const given = request.settings;
+        yield* checkEngineLimits(given);
+        if (!(given.sparsity >= 0 && given.sparsity < 1)) return yield* new UsageError({ problem: `--sparsity ${given.sparsity} is outside [0, 1)` });
+      }
+
+      // 2. The run folder, created (or reopened) and locked: one writer at a time.
+      let used = false;
+      const folder = yield* Effect.acquireRelease(
+        Effect.try({
+          try: () =>
+            request.resume
+              ? claimRunFolderToResume(request.resume, "settings.json")
+              : claimNewRunFolder({
+                  ...(request.out !== undefined ? { dir: request.out } : {}),
+                  base: join(resultsDir(), `${request.settings!.method}-${timestamp()}`),
+                  marker: "settings.json",
+                }),
+          catch: (e) => e as UsageError | DataError,
+        }),
+        (f) => Effect.sync(() => releaseRunFolder(f, used)),
+      );
+      const dir = folder.dir;
 
       // Settings: from the run folder when resuming, else from the request.
       let settings: SearchSettings;
-      let dir: string;
+      let settingsChanged = false;
       if (request.resume) {
-        dir = resolve(request.resume);
-        settings = yield* Effect.try({ try: () => readSettings(dir), catch: (e) => e as DataError });
-        log(`resuming ${dir}`);
-      } else {
-        const given = request.settings;
-        if (!given) return yield* new UsageError({ problem: "a search needs settings or --resume" });
-        dir = resolve(request.out ?? join("results", `${given.method}-${timestamp()}`));
-        if (existsSync(join(dir, "settings.json"))) {
-          return yield* new UsageError({ problem: `${dir} already holds a search: continue it with --resume ${dir}, or choose another --out` });
+        const saved = yield* Effect.try({ try: () => readSettings(dir), catch: (e) => e as DataError });
+        settings = yield* Effect.try({ try: () => resumedSettings(saved, request.given ?? {}, join(dir, "settings.json")), catch: (e) => e as UsageError });
+        settingsChanged = JSON.stringify(settings) !== JSON.stringify(saved);
+        yield* checkEngineLimits(settings);
+        const finished = finishedSummary(dir);
+        if (finished && !settingsChanged) {
+          // A finished run is not run again: its files stay as they are.
+          used = true;
+          log(`${dir}: this search has finished (summary.json); nothing to do. Give a larger --generations or budget to continue it.`);
+          return { ...finished, alreadyFinished: true } satisfies SearchSummary;
         }
+        log(`resuming ${dir}${settingsChanged ? ` with ${RESUMABLE_SETTINGS.filter((k) => settings[k] !== saved[k]).map((k) => `${settingFlag(k)} ${settings[k]}`).join(", ")}` : ""}`);
+      } else {
+        const given = request.settings!;
         const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(given.method), catch: (e) => e as UsageError });
-        settings = { ...given, space: resolveSpaceFile(plugin, given.space), seqlen: given.seqlen ?? 0 };
+        const space = yield* Effect.try({ try: () => resolveSpaceFile(plugin, given.space), catch: (e) => e as DataError });
+        settings = { ...given, space, seqlen: given.seqlen ?? 0 };
       }
       const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(settings.method), catch: (e) => e as UsageError });
       const pattern = settings.pattern as Pattern;
       if (!plugin.patterns.includes(pattern.kind)) {
-        return yield* new UsageError({ problem: `method ${plugin.name} does not support pattern ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}` });
+        return yield* new UsageError({ problem: `method ${plugin.name} does not support pattern ${patternText(pattern)}` });
       }
       const space = yield* Effect.try({ try: () => loadSearchSpace(plugin, settings.space), catch: (e) => e as DataError });
+
+      // 3. The model: its context and shapes decide whether the settings can run at all.
+      const probe = yield* Effect.try({
+        try: () => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}),
+        catch: (e) => e as DataError,
+      });
+      const context = probe.spec.maxPositions;
+      const mismatch = pattern.kind === "nm" ? nmMismatch(probe.spec, pattern.m) : undefined;
+      probe.close();
+      if (settings.seqlen === 0) settings = { ...settings, seqlen: context };
+      if (settings.seqlen > context) return yield* new UsageError({ problem: `--seqlen ${settings.seqlen} exceeds the context of ${settings.model} (${context})` });
+      if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternText(pattern)} does not fit ${settings.model}: ${mismatch}` });
+
+      const backend = yield* initBackendEffect(request.backend);
+      log(`backend: ${describeBackend(backend)}`);
 
       // The main thread's copy of the model: statistics for the plugin, and fitness when alone.
       const setupOf = (s: SearchSettings): FitnessSetup => ({
@@ -298,30 +421,33 @@ export const searchJob = (request: SearchRequest) =>
         batch: s.batch,
         backend: request.backend,
       });
-      if (settings.seqlen === 0) {
-        // The model's context, known once it is open; settled before anything is saved.
-        const probe = yield* Effect.try({ try: () => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}), catch: (e) => e as DataError });
-        settings = { ...settings, seqlen: probe.spec.maxPositions };
-        probe.close();
-      }
       const setup = setupOf(settings);
       const model = yield* Effect.acquireRelease(
         Effect.try({ try: () => openFitnessModel(setup), catch: (e) => e as DataError }),
         (m) => Effect.sync(() => m.dispose()),
       );
-      if (!request.resume) {
-        mkdirSync(dir, { recursive: true });
-        writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
-      }
       const target = targetOf(pattern, settings.sparsity);
-      const context = methodContext(model.checkpoint, model.pruner, model.calibration, target, pattern);
+      const context_ = methodContext(model.checkpoint, model.pruner, model.calibration, target, pattern);
+      yield* Effect.try({
+        try: () => checkMethod(plugin, context_, space),
+        // Bounds and ranges come from the space file: name it.
+        catch: (e) => (e instanceof UsageError ? new DataError({ file: settings.space, problem: e.problem }) : (e as DataError)),
+      });
+
+      // 4. Everything checked: the run's first file.
+      if (!request.resume || settingsChanged) writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
+      used = true;
+
+      const budget = machineBudget(fitnessWorkerBytes(model));
+      const excess = workerExcess(request.workers, budget);
+      const workers = excess === undefined ? request.workers : workerLimit(budget);
+      if (excess !== undefined) log(`--workers ${request.workers} capped at ${workers}: ${excess} (the history does not depend on the worker count)`);
       log(
         `${plugin.name}: target ${target}, ${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}, fitness ${settings.mode} on ${model.windows.length} windows of ${settings.fitnessData}; ` +
-          `${model.calibration.length} calibration windows of ${settings.seqlen}; ${request.workers} worker${request.workers > 1 ? "s" : ""}; folder ${dir}`,
+          `${model.calibration.length} calibration windows of ${settings.seqlen}; ${workers} worker${workers > 1 ? "s" : ""}; folder ${dir}`,
       );
 
-      const pool: FitnessEvaluator =
-        request.workers > 1 ? yield* workerPoolEvaluator(setup, request.workers) : inProcessEvaluator(model, setup);
+      const pool: FitnessEvaluator = workers > 1 ? yield* workerPoolEvaluator(setup, workers) : inProcessEvaluator(model, setup);
       let evaluationSeconds = 0;
       const evaluator: FitnessEvaluator = {
         workers: pool.workers,
@@ -333,11 +459,10 @@ export const searchJob = (request: SearchRequest) =>
       };
       const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
       const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-      const searchStart = performance.now();
-      const outcome = yield* runMethod(plugin, space, context, settings, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
+      const outcome = yield* runMethod(plugin, space, context_, settings, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
         request.onGeneration?.(record, totalGenerations),
       );
-      const searchSeconds = (performance.now() - searchStart) / 1000;
+      const searchSeconds = outcome.seconds;
       const searchEvaluationSeconds = evaluationSeconds;
       const bestAllocation = toAllocation(outcome.best.sparsities, model.pruner.layout, pattern);
       writeAllocationCsv(join(dir, "best-allocation.csv"), bestAllocation);
@@ -351,7 +476,9 @@ export const searchJob = (request: SearchRequest) =>
       });
       log(`final: re-pruning in ${settings.finalMode} mode, perplexity on ${testWindows.length} windows of ${settings.eval}`);
       finalModel.pruner.restoreDense();
-      const dense = finalModel.pruner.perplexity(testWindows).ppl;
+      const denseResult = finalModel.pruner.perplexity(testWindows);
+      yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
+      const dense = denseResult.ppl;
       const results: FinalResult[] = [
         {
           method: plugin.name,
@@ -364,7 +491,7 @@ export const searchJob = (request: SearchRequest) =>
         if (baseline === plugin.name) continue;
         const other = yield* Effect.tryPromise({ try: () => loadPlugin(baseline), catch: (e) => e as UsageError });
         if (!other.patterns.includes(pattern.kind) || other.method.kind !== "direct") continue;
-        const allocation = other.method.allocate(context, loadSearchSpace(other));
+        const allocation = other.method.allocate(context_, loadSearchSpace(other));
         const [validation] = yield* evaluator.evaluate([allocation]);
         results.push({
           method: baseline,
@@ -377,7 +504,7 @@ export const searchJob = (request: SearchRequest) =>
       const summary: SearchSummary = {
         settings,
         seed: settings.seed,
-        workers: request.workers,
+        workers,
         backend: backend.name,
         best: { genome: outcome.best.genome, ...(outcome.best.encoded !== undefined ? { encoded: outcome.best.encoded } : {}), fitness: outcome.best.fitness, sparsities: blockSparsities(bestAllocation) },
         evaluations: outcome.evaluations,

@@ -160,25 +160,34 @@ export function parseLlama2cTokenizer(bytes: Uint8Array, file: string, vocabSize
   const maxTokenLength = view.getInt32(0, true);
   if (maxTokenLength < 0) fail(`has a negative max_token_length (${maxTokenLength}); not a llama2.c tokenizer`);
 
+  // The whole file is read, whatever the model says: a file holding another number of
+  // tokens than the model's vocabulary is a mismatch to report as such, not a truncation.
   const texts: string[] = [];
   const scores: number[] = [];
   let offset = 4;
-  const wanted = vocabSize ?? Infinity;
-  while (texts.length < wanted && (vocabSize !== undefined || offset < bytes.byteLength)) {
+  while (offset < bytes.byteLength) {
     const token = texts.length;
+    // Bytes that do not form whole tokens after the model's vocabulary are left over, not a cut.
+    const broken = (problem: string): never =>
+      vocabSize !== undefined && token >= vocabSize
+        ? fail(`has ${bytes.byteLength - offset} bytes after the model's vocabulary of ${vocabSize} tokens (from byte ${offset}) that do not form whole tokens: not this model's tokenizer`)
+        : fail(problem);
     if (offset + 8 > bytes.byteLength) {
-      fail(`is truncated: token ${token} starts at byte ${offset} but the file ends at byte ${bytes.byteLength}` + expected(vocabSize));
+      broken(`is truncated: token ${token} starts at byte ${offset} but the file ends at byte ${bytes.byteLength}` + expected(vocabSize));
     }
     const score = view.getFloat32(offset, true);
     const length = view.getInt32(offset + 4, true);
-    if (length < 0) fail(`token ${token} has a negative length (${length}); not a llama2.c tokenizer`);
+    if (length < 0) broken(`token ${token} has a negative length (${length}); not a llama2.c tokenizer`);
     const start = offset + 8;
     if (start + length > bytes.byteLength) {
-      fail(`is truncated: token ${token} needs ${length} bytes from byte ${start} but the file ends at byte ${bytes.byteLength}` + expected(vocabSize));
+      broken(`is truncated: token ${token} needs ${length} bytes from byte ${start} but the file ends at byte ${bytes.byteLength}` + expected(vocabSize));
     }
     texts.push(Buffer.from(bytes.buffer, bytes.byteOffset + start, length).toString("latin1"));
     scores.push(score);
     offset = start + length;
+  }
+  if (vocabSize !== undefined && texts.length !== vocabSize) {
+    fail(`holds ${texts.length} tokens but the model has a vocabulary of ${vocabSize}`);
   }
   if (texts.length < MIN_VOCAB) {
     fail(`holds ${texts.length} tokens; a llama2.c tokenizer needs at least ${MIN_VOCAB} (3 special tokens and 256 byte tokens)`);
@@ -187,5 +196,5 @@ export function parseLlama2cTokenizer(bytes: Uint8Array, file: string, vocabSize
 }
 
 function expected(vocabSize: number | undefined): string {
-  return vocabSize === undefined ? "" : ` (the model expects ${vocabSize} tokens)`;
+  return vocabSize === undefined ? "" : ` (the model has a vocabulary of ${vocabSize} tokens)`;
 }

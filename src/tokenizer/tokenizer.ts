@@ -1,5 +1,6 @@
 import { statSync } from "node:fs";
 import { join } from "node:path";
+import { TokenizerError } from "../errors.ts";
 import { loadHuggingFaceTokenizer } from "./huggingface.ts";
 import { loadLlama2cTokenizer } from "./llama2c.ts";
 import { readTokenizerHead } from "./read-file.ts";
@@ -22,7 +23,11 @@ export interface Tokenizer {
 }
 
 export interface LoadTokenizerOptions {
-  /** Token count of a llama2.c tokenizer.bin, known from the model header; without it the file is read to its end. */
+  /**
+   * The model's vocabulary size. A llama2.c tokenizer.bin must hold exactly this many
+   * tokens; a tokenizer.json may hold fewer (models pad their embeddings), and one that
+   * holds more may not encode text to an id the model lacks.
+   */
   readonly vocabSize?: number;
 }
 
@@ -33,7 +38,35 @@ export interface LoadTokenizerOptions {
  */
 export function loadTokenizer(path: string, options: LoadTokenizerOptions = {}): Tokenizer {
   const file = isDirectory(path) ? join(path, "tokenizer.json") : path;
-  return looksLikeJson(file) ? loadHuggingFaceTokenizer(file) : loadLlama2cTokenizer(file, options.vocabSize);
+  if (!looksLikeJson(file)) return loadLlama2cTokenizer(file, options.vocabSize);
+  const tokenizer = loadHuggingFaceTokenizer(file);
+  const modelVocab = options.vocabSize;
+  return modelVocab === undefined || tokenizer.vocabSize <= modelVocab ? tokenizer : withinVocabulary(tokenizer, modelVocab, file);
+}
+
+/**
+ * A tokenizer larger than the model's vocabulary (often only by added special tokens)
+ * is usable as long as the text never encodes to an id the model lacks; the first one
+ * that does is a TokenizerError saying the vocabularies differ. One pass over the ids.
+ */
+function withinVocabulary(tokenizer: Tokenizer, modelVocab: number, file: string): Tokenizer {
+  // The Hugging Face tokenizer is a plain object of closures: a copy with its own encode.
+  const encode = tokenizer.encode.bind(tokenizer);
+  return {
+    ...tokenizer,
+    encode(text: string): number[] {
+      const ids = encode(text);
+      for (const id of ids) {
+        if (id >= modelVocab) {
+          throw new TokenizerError({
+            file,
+            problem: `holds ${tokenizer.vocabSize} tokens but the model has a vocabulary of ${modelVocab}: the text encodes to token id ${id}, which the model lacks`,
+          });
+        }
+      }
+      return ids;
+    },
+  };
 }
 
 function isDirectory(path: string): boolean {

@@ -3,6 +3,8 @@ import { join } from "node:path";
 import type { BackendChoice } from "../backend/backend.ts";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
 import { replaceDir, writeHuggingFace } from "../checkpoint/write-huggingface.ts";
+import { UsageError } from "../errors.ts";
+import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, stagingFolder } from "../output/folder.ts";
 import { Rng } from "../rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
@@ -12,6 +14,7 @@ import { lineChart } from "../report/svg.ts";
 import { trainByteLevelBpe } from "../tokenizer/bpe-trainer.ts";
 import { BYTE_LEVEL_BOS_ID, BYTE_LEVEL_EOS_ID, BYTE_LEVEL_VOCAB_SIZE, byteLevelTokenizerJson } from "../tokenizer/byte-level.ts";
 import { huggingFaceTokenizer } from "../tokenizer/huggingface.ts";
+import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
 import { DEFAULT_ADAMW } from "./adamw.ts";
 import { sampleBatch } from "./batches.ts";
@@ -51,6 +54,8 @@ export interface TrainOptions {
   readonly checkpointEvery: number;
   /** Continue from the checkpoint beside `out` when there is one. */
   readonly resume: boolean;
+  /** `out` may be an existing folder evosparse wrote, replaced at the end. */
+  readonly overwrite?: boolean;
   /** The command line that produced the model, recorded beside it. */
   readonly command?: string;
   readonly onStep?: (step: StepLog) => void;
@@ -148,6 +153,29 @@ const buildTokenizer = (text: string, vocabSize: number): object =>
 const checkpointDir = (out: string): string => `${out}.checkpoint`;
 
 /**
+ * More workers than the machine runs well is refused rather than capped: the worker count
+ * is part of a training run's result (gradients are summed per worker), so it never
+ * changes silently.
+ */
+const refuseExcessWorkers = (o: TrainOptions): void => {
+  const { hiddenSize: d, numLayers, numHeads, numKvHeads, intermediateSize: f } = o.size;
+  const headDim = d / numHeads;
+  const perBlock = d * (numHeads + 2 * numKvHeads) * headDim + numHeads * headDim * d + 3 * d * f;
+  const parameters = numLayers * perBlock + Math.max(o.vocabSize, BYTE_LEVEL_VOCAB_SIZE) * d;
+  // Weights, gradients and two AdamW moments in float32, plus the activations of a batch
+  // share and the backend's own runtime.
+  const activations = 4 * o.seqlen * Math.ceil(o.batch / Math.max(1, o.workers)) * (numLayers * (8 * d + 3 * f) + o.vocabSize);
+  const budget = machineBudget(16 * parameters + activations + 128 * 2 ** 20);
+  const used = Math.min(o.workers, o.batch);
+  const excess = workerExcess(used, budget);
+  if (excess !== undefined) {
+    throw new UsageError({
+      problem: `--workers ${o.workers} is more than this machine runs well: ${excess}; use --workers ${workerLimit(budget)} or fewer (the worker count is part of a training run's result)`,
+    });
+  }
+};
+
+/**
  * Trains a small LLaMA-architecture model with AdamW, linear warmup and cosine decay, on
  * `workers` data-parallel worker threads, and writes it as a Hugging Face folder (F16
  * safetensors, config.json, tokenizer.json) with its loss curve. Every random choice
@@ -156,13 +184,20 @@ const checkpointDir = (out: string): string => `${out}.checkpoint`;
  * Results are reproducible for a given seed, backend and worker count.
  */
 export const train = async (o: TrainOptions): Promise<TrainResult> => {
-  const trainText = readTextFile(o.data);
+  // The output folder and the checkpoint beside it are checked before any work.
+  checkOutputFolder(o.out, { flag: "--out", overwrite: o.overwrite ?? false, inputs: [o.data, o.validation] });
   const ckptDir = checkpointDir(o.out);
+  removeStaleStaging(ckptDir);
+  if (!o.resume && existsSync(join(ckptDir, "state.json"))) {
+    throw new UsageError({ problem: `${ckptDir} holds a stopped training run: continue it with --resume, or remove that folder to start afresh` });
+  }
+  refuseExcessWorkers(o);
+  const trainText = readTextFile(o.data);
   const resumed = o.resume && existsSync(join(ckptDir, "state.json")) ? readCheckpoint(ckptDir) : undefined;
   const tokenizerJson = resumed?.tokenizerJson ?? buildTokenizer(trainText, o.vocabSize);
   const tokenizer = huggingFaceTokenizer(tokenizerJson, undefined, o.data);
   const spec = llamaSpec(o.size, tokenizer.vocabSize);
-  if (o.seqlen > spec.maxPositions) throw new RangeError(`seqlen ${o.seqlen} exceeds the context length ${spec.maxPositions}`);
+  if (o.seqlen > spec.maxPositions) throw new UsageError({ problem: `--seqlen ${o.seqlen} exceeds --context ${spec.maxPositions}` });
   const trainTokens = Int32Array.from(tokenizer.encode(trainText));
   const valText = o.validation ? readTextFile(o.validation) : "";
   const valWindows = o.validation ? contiguousWindows(tokenizer.encode(valText), o.seqlen, { maxWindows: o.evalWindows }) : [];
@@ -259,6 +294,8 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
     };
     writeHuggingFace(o.out, spec, globals, blocks, {
       dtype: "F16",
+      command: "train",
+      overwrite: o.overwrite ?? false,
       tokenizerJson,
       extraFiles: {
         "training-log.csv": trainingLogCsv(log),
@@ -275,8 +312,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
 
 /** Parameters and AdamW moments by name, plus the log: everything a resumed run needs. */
 const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[]): void => {
-  const staging = `${dir}.tmp-${process.pid}`;
-  rmSync(staging, { recursive: true, force: true });
+  const staging = stagingFolder(dir);
   mkdirSync(staging, { recursive: true });
   const tensors = s.names.flatMap((name, i) => [
     { name: `param/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.parameters[i]! },
@@ -286,7 +322,9 @@ const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJso
   writeSafetensors(join(staging, "state.safetensors"), tensors);
   writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
   writeFileSync(join(staging, "state.json"), JSON.stringify({ step, optimizerStep: s.step, names: s.names, log }));
-  replaceDir(staging, dir);
+  writeFileSync(join(staging, OUTPUT_MARKER), markerContent("train checkpoint", ["state.safetensors", "tokenizer.json", "state.json"]));
+  // The run's own checkpoint folder: each new one replaces the last.
+  replaceDir(staging, dir, { overwrite: true });
 };
 
 const readCheckpoint = (dir: string) => {

@@ -1,0 +1,53 @@
+/**
+ * The evosparse command line: its commands, global options and failure handling, built
+ * once here so the bin and the tests parse arguments the same way.
+ */
+import yargs, { type Argv, type CommandModule } from "yargs";
+import { BACKEND_CHOICES } from "../backend/backend.ts";
+import { UsageError } from "../errors.ts";
+import { evalCommand } from "./eval.ts";
+import { pruneCommand } from "./prune.ts";
+import { reportFailure, setVerbose } from "./run.ts";
+import { searchCommand } from "./search.ts";
+import { startCommand } from "./start.ts";
+import { statsCommand } from "./stats.ts";
+import { trainCommand } from "./train.ts";
+
+export const COMMANDS = [evalCommand, startCommand, trainCommand, statsCommand, pruneCommand, searchCommand] as const;
+
+export interface ProgramOptions {
+  /** Replaces every command's handler (tests read the parsed flags without running a job). */
+  readonly handler?: (command: string, argv: Record<string, unknown>) => void;
+  /** Called on a usage failure instead of exiting the process. */
+  readonly onFailure?: (error: unknown) => void;
+}
+
+export const program = (args: readonly string[], options: ProgramOptions = {}): Argv => {
+  let cli = yargs([...args])
+    .scriptName("evosparse")
+    .usage("$0 <command> [options]\n\nDecide how sparse each layer of a language model should be, and prove it by perplexity.")
+    .option("backend", { choices: BACKEND_CHOICES, default: "auto" as const, describe: "tfjs backend (auto: tensorflow-gpu, tensorflow, wasm, then cpu)", global: true })
+    .option("verbose", { type: "boolean", default: false, describe: "show stack traces on errors", global: true })
+    // Numbers are parsed by each option (src/cli/flags.ts), so a refused value is shown as typed.
+    .parserConfiguration({ "parse-numbers": false })
+    .middleware((argv) => setVerbose(Boolean(argv.verbose)));
+  for (const command of COMMANDS) {
+    const handler = options.handler;
+    cli = cli.command((handler ? { ...command, handler: (argv: Record<string, unknown>) => handler(command.command, argv) } : command) as unknown as CommandModule);
+  }
+  return cli
+    .demandCommand(1, "name a command (see --help)")
+    .strict()
+    .recommendCommands()
+    .fail((message, error) => {
+      // yargs reports its own validation failures as YError, and option coercions throw
+      // our UsageError: both are usage errors (exit 2).
+      const usage = !error || error.name === "YError";
+      const failure = usage ? new UsageError({ problem: `${message ?? error?.message} (see --help)` }) : error;
+      if (options.onFailure) return options.onFailure(failure);
+      reportFailure(failure);
+      // yargs would otherwise go on to run the command with the rejected arguments.
+      process.exit();
+    })
+    .help();
+};
