@@ -20,7 +20,7 @@ import { blockParameters, forwardFlops, writeGpt2Small } from "./gpt2-small.ts";
 import { Rng } from "../src/rng.ts";
 import { existsSync } from "node:fs";
 import { Effect } from "effect";
-import { evaluate } from "../src/eval/evaluate.ts";
+import { evaluate } from "../src/jobs/eval.ts";
 import { qualitySection, stagesSection } from "./quality.ts";
 import { searchMethodsSection, searchRateSection } from "./search.ts";
 

@@ -3,7 +3,7 @@
  * prints its own peak resident set size, so each mode is measured in a fresh process.
  */
 import { Effect } from "effect";
-import { evaluate } from "../src/eval/evaluate.ts";
+import { evaluate } from "../src/jobs/eval.ts";
 
 const [model, data, mode, seqlen] = process.argv.slice(2);
 const report = await Effect.runPromise(

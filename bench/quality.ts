@@ -18,12 +18,13 @@ import { calibrationWindows } from "../src/data/calibration.ts";
 import { splitStories } from "../src/data/text-source.ts";
 import { contiguousWindows, scoredTokens, type Window } from "../src/data/windows.ts";
 import { defaultData, defaultModel, projectRoot, resultsDir } from "../src/defaults.ts";
-import { evaluationWindows, tokenizerFor } from "../src/eval/evaluate.ts";
+import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
 import { writeFileAtomically } from "../src/files.ts";
 import type { ModelSpec } from "../src/model/spec.ts";
 import type { PruneMetric } from "../src/prune/prune-linear.ts";
 import { Pruner } from "../src/prune/pruner.ts";
-import { allocationFitness, methodContext, targetOf, toAllocation } from "../src/search/fitness.ts";
+import { targetOf, toAllocation } from "../src/allocation/pattern.ts";
+import { allocationFitness, methodContext } from "../src/search/fitness.ts";
 import type { BlockAllocation, MethodPlugin, Pattern } from "../src/search/plugin.ts";
 import { loadPlugin } from "../src/search/registry.ts";
 import { runFixedMethod } from "../src/search/run-method.ts";
@@ -326,7 +327,7 @@ export const qualitySection = async (assets: string): Promise<void> => {
         `Calibration: ${NSAMPLES} windows per model, not the protocol's 128: measured here, a sequential prune costs 3-9 s with 32 windows,`,
         "so 128 would add some 15 minutes to a section meant to take about 15 (the evaluations take most of it).",
         `ATP's beta: the grid of search-spaces/atp.json, each candidate scored by validation perplexity (${VALID_WINDOWS} windows) of a *dense-mode*`,
-        "Pruner (statistics from the dense model, as METHODS.md allows for choosing among candidates); the chosen allocation is then",
+        "Pruner (statistics from the dense model, as docs/methods.md allows for choosing among candidates); the chosen allocation is then",
         "pruned sequentially for the reported number. OWL: search-spaces/owl.json (M = 5, lambda = 0.08). Perplexity: contiguous windows.",
         "2:4 column: uniform is 2:4 in every block; a method whose plugin accepts N:M gives each block its own N:4, N = 2 on average.",
         "",

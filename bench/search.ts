@@ -13,7 +13,7 @@ import type { BackendChoice } from "../src/backend/backend.ts";
 import { resultsDir } from "../src/defaults.ts";
 import { writeFileAtomically } from "../src/files.ts";
 import type { CalibrationMode } from "../src/prune/pipeline.ts";
-import { searchJob, type SearchSettings, type SearchSummary } from "../src/search/search-job.ts";
+import { searchJob, type SearchSettings, type SearchSummary } from "../src/jobs/search.ts";
 import { brownSetup, storiesSetup, type ModelSetup } from "./quality.ts";
 
 const METHODS = ["uniform", "owl", "atp", "mrp", "dsa", "msp"] as const;

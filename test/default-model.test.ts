@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
 import { openSafetensors } from "../src/checkpoint/safetensors.ts";
 import { defaultData, defaultModel } from "../src/defaults.ts";
-import { evaluate } from "../src/eval/evaluate.ts";
+import { evaluate } from "../src/jobs/eval.ts";
 import { linearShapes } from "../src/model/spec.ts";
 
 /** What `evosparse eval --json` printed for the shipped model when it was trained. */

@@ -15,7 +15,8 @@ import { openSafetensors, writeSafetensors, writeShardedSafetensors, type Tensor
 import type { StorageDtype } from "../src/checkpoint/types.ts";
 import { defaultModel } from "../src/defaults.ts";
 import { CheckpointError, DataError } from "../src/errors.ts";
-import { checkFiniteLoss, evaluate } from "../src/eval/evaluate.ts";
+import { evaluate } from "../src/jobs/eval.ts";
+import { checkFiniteLoss } from "../src/eval/inputs.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import { expectTaggedError } from "./helpers/errors.ts";
 import { hfConfigs, hfTensors } from "./helpers/hf-files.ts";

@@ -147,7 +147,7 @@ const dsaSmallSpace = loadSearchSpace(dsaPlugin, "dsa-small.json");
 const mspSpace = loadSearchSpace(mspPlugin);
 const mspNmSpace = loadSearchSpace(mspNmPlugin);
 
-/** Every op of every table enabled, with the arities of METHODS.md. */
+/** Every op of every table enabled, with the arities of docs/methods.md. */
 const fullDsaSpace: DsaSpace = {
   pre: Object.keys(preOps),
   preCount: [0, 2],

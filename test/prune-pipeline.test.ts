@@ -5,7 +5,7 @@ import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { calibrationWindows } from "../src/data/calibration.ts";
 import { contiguousWindows } from "../src/data/windows.ts";
 import { readTextFile } from "../src/data/text-source.ts";
-import { tokenizerFor } from "../src/eval/evaluate.ts";
+import { tokenizerFor } from "../src/eval/inputs.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { pruneModel, type CalibrationMode } from "../src/prune/pipeline.ts";

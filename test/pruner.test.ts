@@ -6,7 +6,7 @@ import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { calibrationWindows } from "../src/data/calibration.ts";
 import { readTextFile } from "../src/data/text-source.ts";
 import { contiguousWindows } from "../src/data/windows.ts";
-import { tokenizerFor } from "../src/eval/evaluate.ts";
+import { tokenizerFor } from "../src/eval/inputs.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import type { HostBlock } from "../src/model/spec.ts";

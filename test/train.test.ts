@@ -4,8 +4,8 @@ import { join } from "node:path";
 import { Effect } from "effect";
 import { afterAll, describe, expect, it } from "vitest";
 import { brownText } from "../src/data/brown.ts";
-import { evaluate } from "../src/eval/evaluate.ts";
-import { train, type TrainOptions } from "../src/train/train.ts";
+import { evaluate } from "../src/jobs/eval.ts";
+import { train, type TrainOptions } from "../src/jobs/train.ts";
 
 const root = mkdtempSync(join(tmpdir(), "evosparse-train-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));

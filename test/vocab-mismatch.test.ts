@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
 import { defaultModel } from "../src/defaults.ts";
 import { TokenizerError } from "../src/errors.ts";
-import { tokenizerFor } from "../src/eval/evaluate.ts";
+import { tokenizerFor } from "../src/eval/inputs.ts";
 import { parseLlama2cTokenizer } from "../src/tokenizer/llama2c.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { expectTaggedError } from "./helpers/errors.ts";

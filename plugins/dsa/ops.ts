@@ -31,7 +31,7 @@ export const preOps: Readonly<Record<string, PreOp>> = Object.freeze({
   abs: (b, n) => {
     for (let i = 0; i < n; i++) b[i] = Math.abs(b[i]);
   },
-  // METHODS.md: non-positive entries become 1 first, so log never sees 0 or a negative.
+  // docs/methods.md: non-positive entries become 1 first, so log never sees 0 or a negative.
   log: (b, n) => {
     for (let i = 0; i < n; i++) b[i] = Math.log((b[i] <= 0 ? 1 : b[i]) + 1e-6);
   },

@@ -23,9 +23,10 @@ export const MrpSpaceSchema = Schema.Struct({
     Schema.makeFilter((m: number) => m === hostOutlierM || `${m} is not supported: the host measures non-outlier ratios at M = ${hostOutlierM}`),
   ),
   /**
-   * How pruned weights count in the ratio: "excluded" as METHODS.md specifies (the ratio
-   * then rises as a block is pruned, so the rule tends to drive one block to the bound),
-   * or "zero" (pruned weights count with score 0, the ratio falls as a block is pruned).
+   * How pruned weights count in the ratio (docs/methods.md, "MRP"): "zero", the rule as the
+   * paper means it (pruned weights count with score 0, so the ratio falls as a block is
+   * pruned), or "excluded", over the surviving weights only (the ratio then rises as a
+   * block is pruned, so the rule tends to drive one block to the bound).
    */
   pruned: Schema.optional(Schema.Literals(["excluded", "zero"])),
   bounds: Schema.optional(BoundsSchema),

@@ -20,7 +20,7 @@ export const OwlSpaceSchema = Schema.Struct({
 
 export type OwlSpace = typeof OwlSpaceSchema.Type;
 
-/** D_l = fraction of block l's scores above m times their mean (METHODS.md). */
+/** D_l = fraction of block l's scores above m times their mean (docs/methods.md). */
 const outlierShare = (scores: Float32Array, m: number): number => {
   if (scores.length === 0) return 0;
   let sum = 0;

@@ -50,7 +50,7 @@ export const blockParams = (layout: Layout): number[] => {
   return params;
 };
 
-/** Pruned prunable weights / all prunable weights (METHODS.md global sparsity). */
+/** Pruned prunable weights / all prunable weights (docs/methods.md global sparsity). */
 export const globalSparsity = (entries: Allocation): number => {
   let pruned = 0;
   let total = 0;

@@ -13,7 +13,7 @@ import type { Bounds } from "./project.ts";
 
 export const allocationColumns = ["block", "linear", "params", "sparsity", "n", "m"] as const;
 
-/** METHODS.md: a valid allocation meets its target within 1e-6 before rounding to whole weights. */
+/** docs/methods.md: a valid allocation meets its target within 1e-6 before rounding to whole weights. */
 export const targetTolerance = 1e-6;
 
 export interface ReadOptions {

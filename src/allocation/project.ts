@@ -17,7 +17,7 @@ export interface Bounds {
   readonly hi: number;
 }
 
-/** The configured bounds of METHODS.md: a block may stay dense but never be emptied. */
+/** The configured bounds of docs/methods.md: a block may stay dense but never be emptied. */
 export const defaultBounds: Bounds = { lo: 0, hi: 0.99 };
 
 /** Largest |weighted mean - target| the projection leaves behind. */

@@ -1,7 +1,7 @@
 import type { Argv } from "yargs";
 import type { BackendChoice } from "../backend/backend.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
-import { evaluate } from "../eval/evaluate.ts";
+import { evaluate } from "../jobs/eval.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { runCommand } from "./run.ts";

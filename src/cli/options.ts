@@ -1,6 +1,6 @@
 /** Option parsing shared by the prune and search commands. */
 import { UsageError } from "../errors.ts";
-import type { Pattern } from "../search/plugin.ts";
+import type { Pattern } from "../allocation/pattern.ts";
 
 /** `unstructured` or `N:M` with 1 <= N < M (N = 0 would prune nothing). */
 export const parsePattern = (text: string): Pattern => {

@@ -4,7 +4,7 @@ import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
-import { pruneJob, type PruneReport } from "../prune/prune-job.ts";
+import { pruneJob, type PruneReport } from "../jobs/prune.ts";
 import { parsePattern } from "./options.ts";
 import { reportFailure, runCommand } from "./run.ts";
 import { numberOption, SEED, SEQLEN, SPARSITY, WHOLE_POSITIVE } from "./flags.ts";

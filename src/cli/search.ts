@@ -7,7 +7,7 @@ import { defaultData, defaultModel } from "../defaults.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
 import { availablePlugins } from "../search/registry.ts";
-import { RESUMABLE_SETTINGS, searchJob, settingFlag, type GivenSettings, type SearchSummary } from "../search/search-job.ts";
+import { RESUMABLE_SETTINGS, searchJob, settingFlag, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
 import type { Pattern } from "../search/plugin.ts";
 import { UsageError } from "../errors.ts";
 import { parsePattern } from "./options.ts";

@@ -1,20 +1,10 @@
-import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
-import { writeFileAtomically } from "../files.ts";
-import { stringify } from "csv-stringify/sync";
-import { Effect } from "effect";
 import type { Argv } from "yargs";
-import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
-import { openCheckpoint } from "../checkpoint/open.ts";
-import { calibrationWindows } from "../data/calibration.ts";
+import type { BackendChoice } from "../backend/backend.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
-import { DataError, TokenizerError, UsageError } from "../errors.ts";
-import { checkOutputFile } from "../output/folder.ts";
-import { tokenizerFor } from "../eval/evaluate.ts";
-import { layerStatistics, type LinearStatistics } from "../prune/layer-stats.ts";
-import { startProgress } from "./progress.ts";
-import { reportFailure, runCommand } from "./run.ts";
+import { statsCsv, statsJob } from "../jobs/stats.ts";
 import { numberOption, SEED, SEQLEN, WHOLE_POSITIVE } from "./flags.ts";
+import { startProgress, type Progress } from "./progress.ts";
+import { runCommand } from "./run.ts";
 
 interface StatsArgs {
   model: string;
@@ -31,13 +21,6 @@ interface StatsArgs {
   backend: BackendChoice;
 }
 
-const COLUMNS = ["block", "linear", "params", "outlier_share", "block_outlier_share", "block_non_outlier_ratio", "fisher_trace"];
-
-const csvOf = (rows: readonly LinearStatistics[]): string =>
-  stringify(
-    rows.map((r) => [r.block, r.linear, r.params, r.outlierShare, r.blockOutlierShare, r.blockNonOutlierRatio, r.fisherTrace]),
-    { header: true, columns: COLUMNS },
-  );
 
 export const statsCommand = {
   command: "stats",
@@ -56,44 +39,30 @@ export const statsCommand = {
       .option("overwrite", { type: "boolean", default: false, describe: "replace an existing --out file (never an input)" })
       .option("json", { type: "boolean", default: false }),
   handler: async (argv: StatsArgs) => {
+    let progress: Progress | undefined;
     const rows = await runCommand(
-      Effect.scoped(
-        Effect.gen(function* () {
-          const out = argv.out;
-          if (out !== undefined) {
-            yield* Effect.try({
-              try: () => checkOutputFile(out, { flag: "--out", overwrite: argv.overwrite, inputs: [argv.model, argv.tokenizer, argv.calib] }),
-              catch: (e) => e as UsageError | DataError,
-            });
-          }
-          const backend = yield* initBackendEffect(argv.backend);
-          const checkpoint = yield* openCheckpoint(argv.model, argv.tokenizer ? { tokenizer: argv.tokenizer } : {});
-          const seqlen = argv.seqlen ?? checkpoint.spec.maxPositions;
-          if (seqlen > checkpoint.spec.maxPositions) {
-            return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${checkpoint.spec.maxPositions}` });
-          }
-          const windows = yield* Effect.try({
-            try: () => calibrationWindows({ source: argv.calib, field: argv.field, samples: argv.nsamples, seqlen, seed: argv.seed }, tokenizerFor(checkpoint)),
-            catch: (e) => e as DataError | TokenizerError,
-          });
-          if (!argv.json) process.stderr.write(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens\n`);
-          const progress = startProgress("blocks", checkpoint.spec.numLayers, { quiet: argv.json });
-          const result = layerStatistics(checkpoint, windows, { metric: argv.metric, onBlock: (b) => progress.update(b + 1) });
-          progress.stop();
-          return result;
-        }),
-      ),
+      statsJob({
+        model: argv.model,
+        ...(argv.tokenizer ? { tokenizer: argv.tokenizer } : {}),
+        calib: argv.calib,
+        field: argv.field,
+        nsamples: argv.nsamples,
+        ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
+        seed: argv.seed,
+        metric: argv.metric,
+        ...(argv.out !== undefined ? { out: argv.out } : {}),
+        overwrite: argv.overwrite,
+        backend: argv.backend,
+        ...(argv.json ? {} : { log: (line: string) => process.stderr.write(line + "\n") }),
+        onBlock: (done, total) => {
+          progress ??= startProgress("blocks", total, { quiet: argv.json });
+          progress.update(done);
+        },
+      }),
     );
+    progress?.stop();
     if (!rows) return;
-    if (argv.out) {
-      try {
-        mkdirSync(dirname(argv.out), { recursive: true });
-        writeFileAtomically(argv.out, csvOf(rows));
-      } catch (error) {
-        return reportFailure(error);
-      }
-    }
     if (argv.json) process.stdout.write(JSON.stringify(rows) + "\n");
-    else process.stdout.write(csvOf(rows) + (argv.out ? `wrote ${argv.out}\n` : ""));
+    else process.stdout.write(statsCsv(rows) + (argv.out ? `wrote ${argv.out}\n` : ""));
   },
 };

@@ -4,7 +4,7 @@ import { defaultData } from "../defaults.ts";
 import { UsageError } from "../errors.ts";
 import { BYTE_LEVEL_VOCAB_SIZE } from "../tokenizer/byte-level.ts";
 import { numberOption, SEED, SEQLEN, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE } from "./flags.ts";
-import { train } from "../train/train.ts";
+import { train } from "../jobs/train.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { reportFailure } from "./run.ts";
 

@@ -54,7 +54,7 @@ export interface ModelSpec {
   readonly normBefore: boolean;
   readonly positions: Positions;
   readonly activation: "silu" | "gelu_tanh" | "relu";
-  /** Prunable linear names of a block in their canonical order (METHODS.md vocabulary). */
+  /** Prunable linear names of a block in their canonical order (docs/methods.md vocabulary). */
   readonly linears: readonly string[];
   readonly roles: LinearRoles;
   /** Linears that carry a bias (Qwen2's q/k/v; every linear of OPT and GPT-2). */

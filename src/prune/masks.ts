@@ -1,7 +1,7 @@
 /**
  * Keep-masks from element scores (1 = keep, 0 = prune), on host arrays.
  *
- * Layout: a linear's weight is row-major [in, out] (y = x W). What METHODS.md and the
+ * Layout: a linear's weight is row-major [in, out] (y = x W). What docs/methods.md and the
  * papers call a "row" of the weight (one output neuron with its C_in input weights) is
  * a COLUMN of this layout: the elements at flat indices i * out + o for i = 0..in-1.
  *

@@ -1,5 +1,5 @@
 /**
- * Outlier statistics of element scores, the inputs of OWL and MRP (METHODS.md).
+ * Outlier statistics of element scores, the inputs of OWL and MRP (docs/methods.md).
  * OWL's outlier share of a block: D = fraction of all its linears' Wanda scores greater
  * than M times their mean (M = 5 in the paper). MRP's non-outlier ratio of a block:
  * NOR = 1 - (fraction of its surviving weights whose score exceeds M times the mean of
@@ -26,12 +26,12 @@ export const outlierShare = (scores: readonly ArrayLike<number>[], m = OWL_M): n
 
 /**
  * How pruned weights enter MRP's non-outlier ratio:
- * - "excluded" (METHODS.md): only the kept weights count, against the mean of the kept
+ * - "excluded" (an option; see docs/methods.md, "MRP"): only the kept weights count, against the mean of the kept
  *   scores. Pruning removes low scores and raises that mean, so a block's ratio rises as
  *   it is pruned, and MRP keeps choosing the block it just pruned.
  * - "zero": every weight counts, a pruned one with score 0. Pruning lowers the mean, more
  *   survivors stand out as outliers and the ratio falls: the feedback that spreads MRP's
- *   steps over the blocks. The project's variant, not the published rule.
+ *   steps over the blocks. The rule as the paper means it (docs/methods.md, "MRP").
  */
 export type PrunedWeights = "excluded" | "zero";
 

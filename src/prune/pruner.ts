@@ -1,7 +1,7 @@
 /**
  * Applies allocations to one model, again and again: the layer beneath the prune command,
  * ATP's grid and every search. What does not depend on the candidate is computed once per
- * run (METHODS.md "Fitness and reuse"):
+ * run (docs/methods.md, "Fitness and reuse"):
  *  - the dense weights, read from the checkpoint once;
  *  - in `dense` mode, every linear's calibration statistics from the dense model, its
  *    element scores and their sort order, so pruning at a ratio is a threshold lookup;

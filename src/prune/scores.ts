@@ -1,15 +1,15 @@
 /**
- * Element scores of the pruning metrics (METHODS.md "Element scores"), on host arrays.
+ * Element scores of the pruning metrics (docs/methods.md, "Element scores"), on host arrays.
  *
  * Layout: weight and scores are row-major [in, out] (y = x W), so element (i, o) sits at
- * i * out + o. Input feature j of METHODS.md is our row i; an output neuron (the papers'
+ * i * out + o. Input feature j of docs/methods.md is our row i; an output neuron (the papers'
  * weight "row") is our column o.
  */
 import type { MaskGroup, Shape2 } from "./masks.ts";
 
 export type ScoreMetric = "magnitude" | "wanda";
 
-/** The weights each metric's scores are compared within (METHODS.md). */
+/** The weights each metric's scores are compared within (docs/methods.md). */
 export const comparisonGroup = (metric: ScoreMetric): MaskGroup => (metric === "magnitude" ? "matrix" : "output");
 
 /** |W_io|. */

@@ -8,7 +8,7 @@ import { openCheckpointSync } from "../checkpoint/open.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
 import { calibrationWindows } from "../data/calibration.ts";
 import type { Window } from "../data/windows.ts";
-import { evaluationWindows, tokenizerFor } from "../eval/evaluate.ts";
+import { evaluationWindows, tokenizerFor } from "../eval/inputs.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
 import { Pruner } from "../prune/pruner.ts";

@@ -12,9 +12,10 @@
 import type { Schema } from "effect";
 import type { Bounds } from "../allocation/project.ts";
 import type { Genome } from "../engine/genome.ts";
+import type { BlockAllocation, Pattern } from "../allocation/pattern.ts";
 
-/** Unstructured pruning at a sparsity, or an N:M pattern (N zeros in every M inputs). */
-export type Pattern = { readonly kind: "unstructured" } | { readonly kind: "nm"; readonly n: number; readonly m: number };
+// A plugin's whole interface is this module, so it re-exports the allocation types it uses.
+export type { BlockAllocation, Pattern } from "../allocation/pattern.ts";
 
 /** Statistics of the dense model, per block, measured once per run by the host. */
 export interface BlockStatistics {
@@ -26,8 +27,9 @@ export interface BlockStatistics {
   elementScores(block: number): Float32Array;
   /**
    * MRP's non-outlier ratio of block l when the block alone is pruned at `sparsity` with the
-   * run's metric: over its surviving weights ("excluded", METHODS.md, the default) or over
-   * all its weights with pruned ones scored 0 ("zero"). Deterministic.
+   * run's metric: over its surviving weights ("excluded", today's default) or over all its
+   * weights with pruned ones scored 0 ("zero", the rule as the paper means it; see
+   * docs/methods.md, "MRP"). Deterministic.
    */
   nonOutlierRatio(block: number, sparsity: number, pruned?: "excluded" | "zero"): number;
 }
@@ -43,8 +45,6 @@ export interface MethodContext {
   readonly statistics: BlockStatistics;
 }
 
-/** Per-block sparsities; for N:M methods every entry is n_l / m exactly. */
-export type BlockAllocation = readonly number[];
 
 export interface GridCandidate {
   /** Readable name of the candidate, e.g. "beta=0.004". */

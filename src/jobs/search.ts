@@ -21,19 +21,20 @@ import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../
 import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { decodeEngineState, type GenerationRecord, type HistoryRecord, type StopReason } from "../engine/state.ts";
 import { DataError, UsageError } from "../errors.ts";
-import { checkFiniteLoss, evaluationWindows } from "../eval/evaluate.ts";
+import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { writeFileAtomically } from "../files.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
 import { Pruner } from "../prune/pruner.ts";
-import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "./evaluators.ts";
-import { methodContext, targetOf, toAllocation } from "./fitness.ts";
-import { openFitnessModel, type FitnessModel, type FitnessSetup } from "./fitness-setup.ts";
-import type { BlockAllocation, MethodContext, MethodPlugin, Pattern } from "./plugin.ts";
-import { loadPlugin } from "./registry.ts";
-import { allocationChart, fitnessChart, writeSearchFiles } from "./report.ts";
-import { checkMethod, runFixedMethod } from "./run-method.ts";
-import { loadSearchSpace, resolveSpaceFile } from "./space.ts";
+import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
+import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
+import { methodContext } from "../search/fitness.ts";
+import { openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
+import type { BlockAllocation, MethodContext, MethodPlugin, Pattern } from "../search/plugin.ts";
+import { loadPlugin } from "../search/registry.ts";
+import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
+import { checkMethod, runFixedMethod } from "../search/run-method.ts";
+import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
 
 const PatternSchema = Schema.Union([
   Schema.Struct({ kind: Schema.Literal("unstructured") }),
@@ -283,7 +284,6 @@ const PATH_SETTINGS = new Set(["model", "tokenizer", "calib", "fitnessData", "ev
 const sameSetting = (key: string, a: unknown, b: unknown): boolean =>
   PATH_SETTINGS.has(key) ? samePath(a as string | undefined, b as string | undefined) : JSON.stringify(a) === JSON.stringify(b);
 
-const patternText = (p: Pattern): string => (p.kind === "nm" ? `${p.n}:${p.m}` : "unstructured");
 
 const shown = (value: unknown): string =>
   typeof value === "object" && value !== null && "kind" in value ? patternText(value as Pattern) : String(value);

@@ -15,16 +15,17 @@ import type { Window } from "../data/windows.ts";
 import { DataError, isEvosparseError, UsageError } from "../errors.ts";
 import { nmMismatch } from "../allocation/nm.ts";
 import { checkOutputFolder } from "../output/folder.ts";
-import { checkFiniteLoss, evaluationWindows, tokenizerFor } from "../eval/evaluate.ts";
+import { checkFiniteLoss, evaluationWindows, tokenizerFor } from "../eval/inputs.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
-import { allocationFitness, methodContext, targetOf, toAllocation } from "../search/fitness.ts";
+import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
+import { allocationFitness, methodContext } from "../search/fitness.ts";
 import { loadPlugin } from "../search/registry.ts";
 import { runFixedMethod, type Trial } from "../search/run-method.ts";
 import { loadSearchSpace } from "../search/space.ts";
-import type { CalibrationMode } from "./pipeline.ts";
-import type { PruneMetric } from "./prune-linear.ts";
-import { Pruner, type LinearOutcome } from "./pruner.ts";
-import type { StageTimings } from "./timings.ts";
+import type { CalibrationMode } from "../prune/pipeline.ts";
+import type { PruneMetric } from "../prune/prune-linear.ts";
+import { Pruner, type LinearOutcome } from "../prune/pruner.ts";
+import type { StageTimings } from "../prune/timings.ts";
 
 export interface PruneJobRequest {
   readonly model: string;
@@ -90,7 +91,6 @@ export interface PruneReport {
   readonly out: string;
 }
 
-const patternName = (p: Pattern): string => (p.kind === "nm" ? `${p.n}:${p.m}` : "unstructured");
 
 /** `--allocation` names a file when it looks like one (a path or a .csv), a method otherwise. */
 const isFile = (allocation: string): boolean => allocation.endsWith(".csv") || allocation.includes("/") || existsSync(allocation);
@@ -101,7 +101,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       const log = request.log ?? (() => {});
       const { pattern } = request;
       if (pattern.kind === "nm" && request.sparsity !== undefined && Math.abs(request.sparsity - pattern.n / pattern.m) > 1e-12) {
-        return yield* new UsageError({ problem: `--sparsity ${request.sparsity} contradicts --pattern ${patternName(pattern)} (sparsity ${pattern.n / pattern.m})` });
+        return yield* new UsageError({ problem: `--sparsity ${request.sparsity} contradicts --pattern ${patternText(pattern)} (sparsity ${pattern.n / pattern.m})` });
       }
       if (pattern.kind === "unstructured" && request.sparsity === undefined) {
         return yield* new UsageError({ problem: "--sparsity is required for unstructured pruning" });
@@ -125,7 +125,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       const seqlen = request.seqlen ?? spec.maxPositions;
       if (seqlen > spec.maxPositions) return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${spec.maxPositions}` });
       const mismatch = pattern.kind === "nm" ? nmMismatch(spec, pattern.m) : undefined;
-      if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternName(pattern)} does not fit ${request.model}: ${mismatch}` });
+      if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternText(pattern)} does not fit ${request.model}: ${mismatch}` });
       log(`backend: ${describeBackend(backend)}`);
 
       const t0 = performance.now();
@@ -155,13 +155,13 @@ export const pruneJob = (request: PruneJobRequest) =>
         if (mismatch) {
           return yield* new DataError({
             file: request.allocation,
-            problem: `block ${mismatch.block} ${mismatch.linear} is ${mismatch.n !== undefined ? "an N:M entry" : "unstructured"}, but --pattern is ${patternName(pattern)}`,
+            problem: `block ${mismatch.block} ${mismatch.linear} is ${mismatch.n !== undefined ? "an N:M entry" : "unstructured"}, but --pattern is ${patternText(pattern)}`,
           });
         }
       } else {
         const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(request.allocation), catch: (e) => e as UsageError });
         if (!plugin.patterns.includes(pattern.kind)) {
-          return yield* new UsageError({ problem: `allocation ${plugin.name} does not support --pattern ${patternName(pattern)}` });
+          return yield* new UsageError({ problem: `allocation ${plugin.name} does not support --pattern ${patternText(pattern)}` });
         }
         const space = yield* Effect.try({ try: () => loadSearchSpace(plugin, request.space), catch: (e) => e as DataError });
         const context = methodContext(checkpoint, pruner, calibration, target, pattern);
@@ -217,7 +217,7 @@ export const pruneJob = (request: PruneJobRequest) =>
         model: request.model,
         metric: request.metric,
         mode: request.mode,
-        pattern: patternName(pattern),
+        pattern: patternText(pattern),
         allocation: request.allocation,
         target,
         seed: request.seed,

@@ -8,7 +8,7 @@ import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, st
 import { Rng } from "../rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
-import { scoredBytes } from "../eval/evaluate.ts";
+import { scoredBytes } from "../eval/inputs.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { lineChart } from "../report/svg.ts";
 import { trainByteLevelBpe } from "../tokenizer/bpe-trainer.ts";
@@ -16,10 +16,10 @@ import { BYTE_LEVEL_BOS_ID, BYTE_LEVEL_EOS_ID, BYTE_LEVEL_VOCAB_SIZE, byteLevelT
 import { huggingFaceTokenizer } from "../tokenizer/huggingface.ts";
 import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
-import { DEFAULT_ADAMW } from "./adamw.ts";
-import { sampleBatch } from "./batches.ts";
-import { initWeights } from "./init.ts";
-import { learningRate } from "./schedule.ts";
+import { DEFAULT_ADAMW } from "../train/adamw.ts";
+import { sampleBatch } from "../train/batches.ts";
+import { initWeights } from "../train/init.ts";
+import { learningRate } from "../train/schedule.ts";
 
 /** The size of a LLaMA-architecture model to train, in config.json's terms. */
 export interface ArchitectureSize {
@@ -210,7 +210,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
     { length: workerCount },
     () =>
       new WorkerChannel(
-        spawnTsWorker(new URL("./worker.ts", import.meta.url), {
+        spawnTsWorker(new URL("../train/worker.ts", import.meta.url), {
           spec,
           globals: init.globals,
           blocks: init.blocks,
