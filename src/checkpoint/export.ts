@@ -33,7 +33,7 @@ export const exportHuggingFace = (
   dir: string,
   checkpoint: Checkpoint,
   blocks: readonly HostBlock[],
-  extraFiles: Readonly<Record<string, string>> = {},
+  extraFiles: Readonly<Record<string, string | (() => string)>> = {},
   policy: { readonly overwrite?: boolean; readonly command?: string } = {},
 ): void => {
   const spec = checkpoint.spec;

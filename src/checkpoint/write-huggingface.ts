@@ -15,8 +15,11 @@ export interface WriteOptions {
   /** tokenizer.json content to write, or a file to copy. */
   readonly tokenizerJson?: object;
   readonly tokenizerFile?: string;
-  /** Extra files (name -> content) written into the folder, e.g. a training log. */
-  readonly extraFiles?: Readonly<Record<string, string>>;
+  /**
+   * Extra files (name -> content) written into the folder, e.g. a training log. A function
+   * is called after the weights are written, so a report can include the export's time.
+   */
+  readonly extraFiles?: Readonly<Record<string, string | (() => string)>>;
   /** The command that writes the folder, recorded in its marker (default "evosparse"). */
   readonly command?: string;
   /** An existing folder evosparse wrote may be replaced; any other existing folder is an error. */
@@ -59,7 +62,7 @@ export const writeHuggingFace = (
     );
     if (options.tokenizerJson) writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(options.tokenizerJson));
     else if (options.tokenizerFile) copyFileSync(options.tokenizerFile, join(staging, "tokenizer.json"));
-    for (const [name, content] of Object.entries(options.extraFiles ?? {})) writeFileSync(join(staging, name), content);
+    for (const [name, content] of Object.entries(options.extraFiles ?? {})) writeFileSync(join(staging, name), typeof content === "function" ? content() : content);
     writeFileSync(join(staging, OUTPUT_MARKER), markerContent(options.command ?? "evosparse", readdirSync(staging)));
     replaceDir(staging, dir, { overwrite: options.overwrite ?? false });
   } catch (e) {

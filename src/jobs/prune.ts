@@ -213,6 +213,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       }
 
       const t2 = performance.now();
+      let written: PruneReport | undefined;
       const report = (exportSeconds: number): PruneReport => ({
         model: request.model,
         metric: request.metric,
@@ -241,12 +242,14 @@ export const pruneJob = (request: PruneJobRequest) =>
             blocks,
             {
               "allocation.csv": formatAllocationCsv(allocation),
-              "report.json": JSON.stringify(report(0), null, 2) + "\n",
+              // Written last, with the seconds the export took until then.
+              "report.json": () => JSON.stringify((written = report((performance.now() - t2) / 1000)), null, 2) + "\n",
             },
             { overwrite: request.overwrite ?? false, command: "prune" },
           ),
         catch: (e) => (isEvosparseError(e) ? e : new DataError({ file: request.out, problem: `cannot be written: ${(e as Error).message}` })),
       });
-      return report((performance.now() - t2) / 1000);
+      // The report printed is the one written.
+      return written!;
     }),
   );
