@@ -38,7 +38,7 @@ export const writeGpt2Small = (dtype: "F32" | "F16" = "F16"): { dir: string; spe
   writeFileSync(join(configDir, "config.json"), JSON.stringify(GPT2_SMALL_CONFIG));
   const { spec } = readConfig(configDir);
   const rng = new Rng(1234);
-  const shapes = linearShapes(spec);
+  const shapes = linearShapes(spec, 0);
   const d = spec.hiddenSize;
   const ones = (n: number): HostTensor => ({ shape: [n], data: new Float32Array(n).fill(1) });
   const zeros = (n: number): HostTensor => ({ shape: [n], data: new Float32Array(n) });
@@ -64,7 +64,7 @@ export const writeGpt2Small = (dtype: "F32" | "F16" = "F16"): { dir: string; spe
 
 /** Parameters of the prunable linears of one block. */
 export const blockParameters = (spec: ModelSpec): number =>
-  Object.values(linearShapes(spec)).reduce((n, [i, o]) => n + i * o + o, 0) + 4 * spec.hiddenSize;
+  Object.values(linearShapes(spec, 0)).reduce((n, [i, o]) => n + i * o + o, 0) + 4 * spec.hiddenSize;
 
 /**
  * Useful FLOPs (2 per multiply-add) of a forward over `windows` windows of `seqlen` tokens:
@@ -73,7 +73,7 @@ export const blockParameters = (spec: ModelSpec): number =>
  * and the LM head on the scored rows. Elementwise work (norms, softmax, RoPE) is not counted.
  */
 export const forwardFlops = (spec: ModelSpec, seqlen: number, windows: number, scoredRows = seqlen): number => {
-  const linear = Object.values(linearShapes(spec)).reduce((n, [i, o]) => n + i * o, 0);
+  const linear = Object.values(linearShapes(spec, 0)).reduce((n, [i, o]) => n + i * o, 0);
   const causalPairs = (seqlen * (seqlen + 1)) / 2;
   const perWindow =
     spec.numLayers * (2 * linear * seqlen + 2 * 2 * causalPairs * spec.numHeads * spec.headDim) +

@@ -36,6 +36,12 @@ const time = (f: () => void): number => {
   return (performance.now() - t) / 1000;
 };
 
+const timeAsync = async (f: () => Promise<unknown>): Promise<number> => {
+  const t = performance.now();
+  await f();
+  return (performance.now() - t) / 1000;
+};
+
 /** Best-of-n GFLOP/s of a plain 2-D matMul [m, k] x [k, n]. */
 const matmulGflops = (m: number, k: number, n: number, repeats = 5): number => {
   const a = tf.randomUniform([m, k], -1, 1) as tf.Tensor2D;
@@ -72,8 +78,8 @@ if (want("forward")) {
   const ids = Int32Array.from({ length: windows * seqlen }, () => rng.int(spec.vocabSize));
   const targets = new Int32Array(ids.length).fill(-1);
   for (let w = 0; w < windows; w++) for (let t = 0; t + 1 < seqlen; t++) targets[w * seqlen + t] = ids[w * seqlen + t + 1]!;
-  decoder.nll(ids.subarray(0, seqlen), targets.subarray(0, seqlen), 1, seqlen);
-  const forwardSeconds = time(() => decoder.nll(ids, targets, windows, seqlen));
+  await decoder.nll(ids.subarray(0, seqlen), targets.subarray(0, seqlen), 1, seqlen);
+  const forwardSeconds = await timeAsync(() => decoder.nll(ids, targets, windows, seqlen));
   decoder.dispose();
   ckpt.close();
   const flops = forwardFlops(spec, seqlen, windows, seqlen - 1);
@@ -156,7 +162,7 @@ if (want("quality")) await qualitySection(assets);
 
 if (want("stages")) {
   const { dir, spec } = gpt2Checkpoint();
-  stagesSection(dir, spec, { calibration: 8, evaluation: 4, seqlen: 256 });
+  await stagesSection(dir, spec, { calibration: 8, evaluation: 4, seqlen: 256 });
 }
 
 if (want("search")) await searchMethodsSection(assets, backendArg, existsSync(assets));

@@ -13,16 +13,15 @@ import { stringify } from "csv-stringify/sync";
 import { Effect } from "effect";
 import { perBlock } from "../src/allocation/allocation.ts";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
-import type { Checkpoint } from "../src/checkpoint/types.ts";
-import { calibrationWindows } from "../src/data/calibration.ts";
 import { splitStories } from "../src/data/text-source.ts";
 import { contiguousWindows, scoredTokens, type Window } from "../src/data/windows.ts";
 import { defaultData, defaultModel, projectRoot, resultsDir } from "../src/defaults.ts";
-import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
+import { evaluationWindows } from "../src/eval/inputs.ts";
 import { writeFileAtomically } from "../src/files.ts";
 import type { ModelSpec } from "../src/model/spec.ts";
 import type { PruneMetric } from "../src/prune/prune-linear.ts";
 import { Pruner } from "../src/prune/pruner.ts";
+import { createPruner, openCalibratedModel } from "../src/prune/setup.ts";
 import { targetOf, toAllocation } from "../src/allocation/pattern.ts";
 import { allocationFitness, methodContext } from "../src/search/fitness.ts";
 import type { BlockAllocation, MethodPlugin, Pattern } from "../src/search/plugin.ts";
@@ -161,10 +160,9 @@ const betaOf = (label: string | undefined): number | undefined => {
 
 const qualityOfModel = async (setup: ModelSetup, plugins: ReadonlyMap<AllocationName, MethodPlugin<unknown>>) => {
   const started = performance.now();
-  const checkpoint: Checkpoint = openCheckpointSync(setup.model);
-  const tokenizer = tokenizerFor(checkpoint);
-  const { seqlen } = setup;
-  const calibration = calibrationWindows({ source: setup.calibration, samples: NSAMPLES, seqlen, seed: SEED }, tokenizer);
+  // The same start as the prune and search commands.
+  const model = openCalibratedModel({ model: setup.model, calib: setup.calibration, nsamples: NSAMPLES, seqlen: setup.seqlen, seed: SEED });
+  const { tokenizer, seqlen } = model;
   const validation = evaluationWindows({ data: setup.validation, format: "text", maxWindows: VALID_WINDOWS }, tokenizer, seqlen);
   const test = evaluationWindows(
     { data: setup.evaluation, format: "text", ...(setup.evalWindows !== undefined ? { maxWindows: setup.evalWindows } : {}) },
@@ -178,12 +176,12 @@ const qualityOfModel = async (setup: ModelSetup, plugins: ReadonlyMap<Allocation
   for (const metric of METRICS) {
     // One Pruner per (model, metric, mode): its dense statistics, sort orders and pruned
     // blocks are reused by every cell of the row.
-    const sequential = Pruner.create(checkpoint, { metric, mode: "sequential", calibration, batch: BATCH });
-    const dense = Pruner.create(checkpoint, { metric, mode: "dense", calibration, batch: BATCH });
+    const sequential = createPruner(model, { metric, mode: "sequential", batch: BATCH });
+    const dense = createPruner(model, { metric, mode: "dense", batch: BATCH });
     try {
       if (Number.isNaN(densePpl)) {
         sequential.restoreDense();
-        densePpl = sequential.perplexity(test, { batch: BATCH }).ppl;
+        densePpl = (await sequential.perplexity(test, { batch: BATCH })).ppl;
         log(`${setup.name}: dense ${fmt(densePpl)}`);
       }
       // Allocations equal to whole weights (ATP's beta = 0 is uniform; so is OWL's 2:4 when every
@@ -193,21 +191,21 @@ const qualityOfModel = async (setup: ModelSetup, plugins: ReadonlyMap<Allocation
         const target = targetOf(column.pattern, column.sparsity);
         // Plugins see the dense model's statistics, the same in either mode; the dense-mode
         // Pruner is the one that already holds them for ATP's fitness.
-        const context = methodContext(checkpoint, dense, calibration, target, column.pattern);
+        const context = await methodContext(dense, target, column.pattern, [...plugins.values()]);
         for (const name of ALLOCATIONS) {
           const plugin = plugins.get(name)!;
           if (!plugin.patterns.includes(column.pattern.kind)) continue;
           const t0 = performance.now();
           const fitness = allocationFitness(dense, validation, column.pattern);
           const result = await Effect.runPromise(
-            runFixedMethod(plugin, context, spaces.get(name), (batch: readonly BlockAllocation[]) => Effect.sync(() => batch.map(fitness))),
+            runFixedMethod(plugin, context, spaces.get(name), (batch: readonly BlockAllocation[]) => Effect.forEach(batch, (b) => Effect.promise(() => fitness(b)))),
           );
           const allocation = toAllocation(result.allocation, sequential.layout, column.pattern);
           const key = sequential.allocationKey(allocation);
           let ppl = byKey.get(key);
           if (ppl === undefined) {
-            sequential.apply(allocation);
-            ppl = sequential.perplexity(test, { batch: BATCH }).ppl;
+            await sequential.apply(allocation);
+            ppl = (await sequential.perplexity(test, { batch: BATCH })).ppl;
             byKey.set(key, ppl);
           }
           const beta = betaOf(result.label);
@@ -222,8 +220,8 @@ const qualityOfModel = async (setup: ModelSetup, plugins: ReadonlyMap<Allocation
       dense.dispose();
     }
   }
-  checkpoint.close();
-  return { cells, densePpl, calibration, validation, test, seconds: (performance.now() - started) / 1000 };
+  model.close();
+  return { cells, densePpl, calibration: model.calibration, validation, test, seconds: (performance.now() - started) / 1000 };
 };
 
 const cellOf = (cells: readonly Cell[], metric: PruneMetric, allocation: AllocationName, label: string) =>
@@ -356,7 +354,7 @@ const randomWindows = (rng: Rng, count: number, seqlen: number, vocab: number): 
   Array.from({ length: count }, () => Int32Array.from({ length: seqlen }, () => rng.int(vocab)));
 
 /** The `stages` section: where the time of a sequential prune goes, per metric. */
-export const stagesSection = (checkpointDir: string, spec: ModelSpec, sizes: { calibration: number; evaluation: number; seqlen: number }): void => {
+export const stagesSection = async (checkpointDir: string, spec: ModelSpec, sizes: { calibration: number; evaluation: number; seqlen: number }): Promise<void> => {
   const started = performance.now();
   const checkpoint = openCheckpointSync(checkpointDir);
   const rng = new Rng(11);
@@ -383,8 +381,8 @@ export const stagesSection = (checkpointDir: string, spec: ModelSpec, sizes: { c
     const pruner = Pruner.create(checkpoint, { metric, mode: "sequential", calibration, batch: BATCH });
     const load = (performance.now() - t0) / 1000;
     try {
-      pruner.apply(perBlock(new Array<number>(spec.numLayers).fill(0.5), pruner.layout));
-      const ppl = pruner.perplexity(evaluation, { batch: BATCH }).ppl;
+      await pruner.apply(perBlock(new Array<number>(spec.numLayers).fill(0.5), pruner.layout));
+      const ppl = (await pruner.perplexity(evaluation, { batch: BATCH })).ppl;
       const total = (performance.now() - t0) / 1000;
       const t = pruner.timings;
       const s = (x: number) => x.toFixed(2);

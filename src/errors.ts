@@ -1,4 +1,4 @@
-import { Data } from "effect";
+import { Data, Effect } from "effect";
 
 /** A checkpoint file (or folder) that cannot be read as a model. */
 export class CheckpointError extends Data.TaggedError("CheckpointError")<{
@@ -49,12 +49,43 @@ export class UsageError extends Data.TaggedError("UsageError")<{
   }
 }
 
-export type EvosparseError = CheckpointError | TokenizerError | DataError | BackendError | UsageError;
+/**
+ * The machinery that scores candidates broke (a worker thread crashed or exited, a setup
+ * failed): an infrastructure failure, never a candidate's fitness. The search stops with
+ * it; what was saved resumes.
+ */
+export class WorkerError extends Data.TaggedError("WorkerError")<{
+  readonly problem: string;
+}> {
+  override get message(): string {
+    return `fitness worker: ${this.problem}`;
+  }
+}
+
+export type EvosparseError = CheckpointError | TokenizerError | DataError | BackendError | UsageError | WorkerError;
+
+const TAGS: ReadonlySet<string> = new Set(["CheckpointError", "TokenizerError", "DataError", "BackendError", "UsageError", "WorkerError"]);
 
 export const isEvosparseError = (e: unknown): e is EvosparseError =>
-  typeof e === "object" &&
-  e !== null &&
-  "_tag" in e &&
-  ["CheckpointError", "TokenizerError", "DataError", "BackendError", "UsageError"].includes(
-    (e as { _tag: string })._tag,
+  typeof e === "object" && e !== null && "_tag" in e && TAGS.has((e as { _tag: string })._tag);
+
+/**
+ * Runs code that reports bad input by throwing one of the errors above: those become the
+ * Effect's typed failure, anything else (a bug) a defect. It replaces casting whatever was
+ * thrown to the error type one hopes it is.
+ */
+export const attempt = <A>(run: () => A): Effect.Effect<A, EvosparseError> =>
+  Effect.suspend(() => {
+    try {
+      return Effect.succeed(run());
+    } catch (error) {
+      return isEvosparseError(error) ? Effect.fail(error) : Effect.die(error);
+    }
+  });
+
+/** `attempt` for asynchronous code. */
+export const attemptPromise = <A>(run: () => Promise<A>): Effect.Effect<A, EvosparseError> =>
+  Effect.flatMap(
+    Effect.promise(() => run().then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }))),
+    (r) => (r.ok ? Effect.succeed(r.value) : isEvosparseError(r.error) ? Effect.fail(r.error) : Effect.die(r.error)),
   );

@@ -54,7 +54,7 @@ describe("Hugging Face checkpoints", () => {
         expect(ckpt.format).toBe("huggingface");
         expect(ckpt.spec.numLayers).toBe(2);
         const block = ckpt.readBlock(1);
-        const shapes = linearShapes(ckpt.spec);
+        const shapes = linearShapes(ckpt.spec, 1);
         expect(Object.keys(block.linears).sort()).toEqual([...ckpt.spec.linears].sort());
         for (const name of ckpt.spec.linears) expect(block.linears[name]!.weight.shape).toEqual(shapes[name]);
         const g = ckpt.readGlobals();

@@ -28,7 +28,7 @@ describe("the embedded default model", () => {
       expect(s.family).toBe("llama");
       expect(s.numLayers).toBeGreaterThanOrEqual(8);
       expect(s.numKvHeads).toBeLessThan(s.numHeads);
-      const perBlock = Object.values(linearShapes(s)).reduce((n, [a, b]) => n + a * b, 0) + 2 * s.hiddenSize;
+      const perBlock = Object.values(linearShapes(s, 0)).reduce((n, [a, b]) => n + a * b, 0) + 2 * s.hiddenSize;
       const parameters = s.numLayers * perBlock + s.vocabSize * s.hiddenSize + s.hiddenSize;
       expect(parameters).toBeGreaterThan(1_000_000);
       expect(parameters).toBeLessThan(2_500_000);

@@ -68,9 +68,9 @@ const logitsGap = (m: RandomModel, got: Float32Array, ids: Int32Array, seqlen: n
   return { worst, scale };
 };
 
-const withDecoder = <T>(d: Decoder, f: (d: Decoder) => T): T => {
+const withDecoder = async <T>(d: Decoder, f: (d: Decoder) => T | Promise<T>): Promise<T> => {
   try {
-    return f(d);
+    return await f(d);
   } finally {
     d.dispose();
   }
@@ -94,30 +94,30 @@ describe.each(["wasm", "cpu"] as const)("on the %s backend", (backend: BackendNa
     const seqlen = 13;
     const ids = randomIds(batch * seqlen, model.spec.vocabSize, 7);
 
-    it("gives the reference logits for every position of every window", () => {
-      const got = withDecoder(decoderOf(model), (d) => allLogits(d, ids, batch, seqlen));
+    it("gives the reference logits for every position of every window", async () => {
+      const got = await withDecoder(decoderOf(model), (d) => allLogits(d, ids, batch, seqlen));
       const { worst, scale } = logitsGap(model, got, ids, seqlen);
       // Logits are O(1–10): a mistake anywhere in a block moves them far more than float32 rounding.
       expect(scale).toBeGreaterThan(1);
       expect(worst).toBeLessThan(2e-4 * Math.max(1, scale));
     });
 
-    it("gives the reference NLL and count", () => {
+    it("gives the reference NLL and count", async () => {
       const targets = nextTokenTargets(ids, batch, seqlen);
       targets[3] = -1;
-      const got = withDecoder(decoderOf(model), (d) => d.nll(ids, targets, batch, seqlen));
+      const got = await withDecoder(decoderOf(model), (d) => d.nll(ids, targets, batch, seqlen));
       const want = referenceNll(model.spec, referenceWeights(model.globals, model.blocks), ids, targets, seqlen);
       expect(got.count).toBe(want.count);
       expect(got.count).toBe(2 * (seqlen - 1) - 1);
       expect(Math.abs(got.nll - want.nll)).toBeLessThan(1e-4 * want.nll);
     });
 
-    it("gives the reference logits one position at a time", () => {
+    it("gives the reference logits one position at a time", async () => {
       const single = ids.subarray(0, seqlen);
       const want = referenceLogits(model.spec, referenceWeights(model.globals, model.blocks), single);
-      withDecoder(decoderOf(model), (d) => {
+      await withDecoder(decoderOf(model), async (d) => {
         for (const position of [0, 5, seqlen - 1]) {
-          const got = d.logitsAt(single, position);
+          const got = await d.logitsAt(single, position);
           const row = want[position];
           expect(got.length).toBe(model.spec.vocabSize);
           expect(maxAbs(got.map((v, k) => v - row[k]))).toBeLessThan(2e-4 * Math.max(1, maxAbs(row)));
@@ -128,7 +128,7 @@ describe.each(["wasm", "cpu"] as const)("on the %s backend", (backend: BackendNa
 
   it.each(["llama-gqa", "gpt2"] as const)(
     "%s: long windows, where the queries are split into causal chunks, match the reference",
-    (family) => {
+    async (family) => {
       const seqlen = 530;
       expect(queryChunkBounds(seqlen).length).toBeGreaterThan(1);
       const model = randomModel(family, 5, {
@@ -143,7 +143,7 @@ describe.each(["wasm", "cpu"] as const)("on the %s backend", (backend: BackendNa
       const ids = randomIds(seqlen, 23, 11);
       const changed = Int32Array.from(ids);
       changed[400] = (ids[400] + 1) % 23;
-      const [got, gotChanged] = withDecoder(decoderOf(model), (d) => [
+      const [got, gotChanged] = await withDecoder(decoderOf(model), (d) => [
         allLogits(d, ids, 1, seqlen),
         allLogits(d, changed, 1, seqlen),
       ]);
@@ -159,16 +159,16 @@ describe.each(["wasm", "cpu"] as const)("on the %s backend", (backend: BackendNa
 describe("decoder invariants", () => {
   const familyArb = fc.constantFrom(...FAMILY_CASES);
 
-  it("is causal: changing token t never changes the logits before t", () => {
-    fc.assert(
-      fc.property(familyArb, fc.integer({ min: 1, max: 1e6 }), fc.integer({ min: 1, max: 10 }), (family, seed, t) => {
+  it("is causal: changing token t never changes the logits before t", async () => {
+    await fc.assert(
+      fc.asyncProperty(familyArb, fc.integer({ min: 1, max: 1e6 }), fc.integer({ min: 1, max: 10 }), async (family, seed, t) => {
         const model = randomModel(family, seed);
         const seqlen = 11;
         const ids = randomIds(seqlen, model.spec.vocabSize, seed + 1);
         const changed = Int32Array.from(ids);
         changed[t] = (ids[t] + 1 + (seed % (model.spec.vocabSize - 1))) % model.spec.vocabSize;
         const vocab = model.spec.vocabSize;
-        const [a, b] = withDecoder(decoderOf(model), (d) => [allLogits(d, ids, 1, seqlen), allLogits(d, changed, 1, seqlen)]);
+        const [a, b] = await withDecoder(decoderOf(model), (d) => [allLogits(d, ids, 1, seqlen), allLogits(d, changed, 1, seqlen)]);
         expect(maxAbs(a.subarray(0, t * vocab).map((v, i) => v - b[i]))).toBeLessThan(1e-6);
         expect(maxAbs(a.subarray(t * vocab, (t + 1) * vocab).map((v, i) => v - b[t * vocab + i]))).toBeGreaterThan(1e-4);
       }),
@@ -176,16 +176,16 @@ describe("decoder invariants", () => {
     );
   });
 
-  it("scores a batch of windows exactly as each window alone", () => {
-    fc.assert(
-      fc.property(familyArb, fc.integer({ min: 1, max: 1e6 }), fc.integer({ min: 2, max: 12 }), (family, seed, seqlen) => {
+  it("scores a batch of windows exactly as each window alone", async () => {
+    await fc.assert(
+      fc.asyncProperty(familyArb, fc.integer({ min: 1, max: 1e6 }), fc.integer({ min: 2, max: 12 }), async (family, seed, seqlen) => {
         const model = randomModel(family, seed);
         const ids = randomIds(2 * seqlen, model.spec.vocabSize, seed + 2);
         const targets = nextTokenTargets(ids, 2, seqlen);
-        withDecoder(decoderOf(model), (d) => {
-          const both = d.nll(ids, targets, 2, seqlen);
-          const first = d.nll(ids.subarray(0, seqlen), targets.subarray(0, seqlen), 1, seqlen);
-          const second = d.nll(ids.subarray(seqlen), targets.subarray(seqlen), 1, seqlen);
+        await withDecoder(decoderOf(model), async (d) => {
+          const both = await d.nll(ids, targets, 2, seqlen);
+          const first = await d.nll(ids.subarray(0, seqlen), targets.subarray(0, seqlen), 1, seqlen);
+          const second = await d.nll(ids.subarray(seqlen), targets.subarray(seqlen), 1, seqlen);
           expect(both.count).toBe(first.count + second.count);
           expect(Math.abs(both.nll - (first.nll + second.nll))).toBeLessThan(1e-5 * both.nll);
           const batched = allLogits(d, ids, 2, seqlen);
@@ -198,14 +198,14 @@ describe("decoder invariants", () => {
     );
   });
 
-  it("gives the same NLL streamed as resident, streaming one block's tensors at a time", () => {
-    fc.assert(
-      fc.property(familyArb, fc.integer({ min: 1, max: 1e6 }), (family, seed) => {
+  it("gives the same NLL streamed as resident, streaming one block's tensors at a time", async () => {
+    await fc.assert(
+      fc.asyncProperty(familyArb, fc.integer({ min: 1, max: 1e6 }), async (family, seed) => {
         const model = randomModel(family, seed);
         const seqlen = 9;
         const ids = randomIds(2 * seqlen, model.spec.vocabSize, seed + 3);
         const targets = nextTokenTargets(ids, 2, seqlen);
-        const resident = withDecoder(decoderOf(model), (d) => d.nll(ids, targets, 2, seqlen));
+        const resident = await withDecoder(decoderOf(model), (d) => d.nll(ids, targets, 2, seqlen));
         const tensorsAtLoad: number[] = [];
         const streamedDecoder = Decoder.create(
           model.spec,
@@ -213,9 +213,9 @@ describe("decoder invariants", () => {
           blockSourceOf(model, () => tensorsAtLoad.push(tf.memory().numTensors)),
           { streamed: true },
         );
-        const streamed = withDecoder(streamedDecoder, (d) => {
+        const streamed = await withDecoder(streamedDecoder, async (d) => {
           // The first run also builds the per-length tables; count tensors on the second.
-          d.nll(ids, targets, 2, seqlen);
+          await d.nll(ids, targets, 2, seqlen);
           tensorsAtLoad.length = 0;
           return d.nll(ids, targets, 2, seqlen);
         });
@@ -228,19 +228,19 @@ describe("decoder invariants", () => {
     );
   });
 
-  it("leaves no tensor behind after forwards, losses and gradients", () => {
-    fc.assert(
-      fc.property(familyArb, fc.integer({ min: 1, max: 1e6 }), fc.boolean(), (family, seed, streamed) => {
+  it("leaves no tensor behind after forwards, losses and gradients", async () => {
+    await fc.assert(
+      fc.asyncProperty(familyArb, fc.integer({ min: 1, max: 1e6 }), fc.boolean(), async (family, seed, streamed) => {
         const before = tf.memory().numTensors;
         const model = randomModel(family, seed);
         const seqlen = 7;
         const ids = randomIds(2 * seqlen, model.spec.vocabSize, seed);
         const targets = nextTokenTargets(ids, 2, seqlen);
         const d = decoderOf(model, { streamed, trainable: !streamed });
-        d.nll(ids, targets, 2, seqlen);
+        await d.nll(ids, targets, 2, seqlen);
         const start = tf.memory().numTensors;
-        d.nll(ids, targets, 2, seqlen);
-        d.logitsAt(ids.subarray(0, seqlen));
+        await d.nll(ids, targets, 2, seqlen);
+        await d.logitsAt(ids.subarray(0, seqlen));
         allLogits(d, ids, 2, seqlen);
         expect(tf.memory().numTensors).toBe(start);
         if (!streamed) {
@@ -363,17 +363,17 @@ describe.each(["wasm", "cpu"] as const)("gradients on the %s backend", (backend:
     },
   );
 
-  it("differentiates blockForward with respect to its input, inside tf.grad", () => {
+  it("differentiates blockForward with respect to its input, inside tf.grad", async () => {
     const model = randomModel("mistral", 90);
     const seqlen = 5;
     const tables = new ForwardTables(model.spec);
-    const w = blockToTensors(model.spec, model.blocks[0]);
+    const w = blockToTensors(model.spec, 0, model.blocks[0]);
     const x = tf.tensor2d(
       Float32Array.from({ length: seqlen * model.spec.hiddenSize }, (_, i) => Math.sin(i)),
       [seqlen, model.spec.hiddenSize],
     );
     try {
-      const f = (input: tf.Tensor2D): tf.Scalar => tf.sum(tf.square(blockForward(model.spec, w, input, 1, seqlen, tables)));
+      const f = (input: tf.Tensor2D): tf.Scalar => tf.sum(tf.square(blockForward(model.spec, 0, w, input, 1, seqlen, tables)));
       const g = tf.grad(f as (input: tf.Tensor) => tf.Tensor)(x);
       const analytic = g.dataSync()[3];
       g.dispose();
@@ -394,27 +394,27 @@ describe.each(["wasm", "cpu"] as const)("gradients on the %s backend", (backend:
 });
 
 describe("replacing blocks", () => {
-  it("setBlock makes the model score exactly like one built with the new block, without leaking", () => {
-    fc.assert(
-      fc.property(fc.constantFrom(...FAMILY_CASES), fc.integer({ min: 1, max: 1e6 }), fc.boolean(), (family, seed, streamed) => {
+  it("setBlock makes the model score exactly like one built with the new block, without leaking", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...FAMILY_CASES), fc.integer({ min: 1, max: 1e6 }), fc.boolean(), async (family, seed, streamed) => {
         const model = randomModel(family, seed);
         const other = randomModel(family, seed + 1);
         const replaced: RandomModel = { ...model, blocks: [model.blocks[0], other.blocks[1]] };
         const seqlen = 8;
         const ids = randomIds(seqlen, model.spec.vocabSize, seed);
         const targets = nextTokenTargets(ids, 1, seqlen);
-        const want = withDecoder(decoderOf(replaced), (d) => d.nll(ids, targets, 1, seqlen));
-        withDecoder(decoderOf(model, { streamed }), (d) => {
-          const original = d.nll(ids, targets, 1, seqlen);
+        const want = await withDecoder(decoderOf(replaced), (d) => d.nll(ids, targets, 1, seqlen));
+        await withDecoder(decoderOf(model, { streamed }), async (d) => {
+          const original = await d.nll(ids, targets, 1, seqlen);
           expect(original.nll).not.toBe(want.nll);
           const count = tf.memory().numTensors;
           d.setBlock(1, other.blocks[1]);
           expect(tf.memory().numTensors).toBe(count);
-          expect(d.nll(ids, targets, 1, seqlen)).toEqual(want);
-          d.setBlock(1, blockToTensors(model.spec, model.blocks[1]));
-          expect(d.nll(ids, targets, 1, seqlen)).toEqual(original);
+          expect(await d.nll(ids, targets, 1, seqlen)).toEqual(want);
+          d.setBlock(1, blockToTensors(model.spec, 1, model.blocks[1]));
+          expect(await d.nll(ids, targets, 1, seqlen)).toEqual(original);
           d.setBlock(1, other.blocks[1]);
-          expect(d.nll(ids, targets, 1, seqlen)).toEqual(want);
+          expect(await d.nll(ids, targets, 1, seqlen)).toEqual(want);
           expect(tf.memory().numTensors).toBe(count);
         });
       }),
@@ -427,7 +427,7 @@ describe("bad input", () => {
   const model = randomModel("gpt2", 3);
   const resize = (t: HostTensor, shape: number[]): HostTensor => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
 
-  it("rejects a block linear of the wrong shape, naming it, and leaks nothing", () => {
+  it("rejects a block linear of the wrong shape, naming it, and leaks nothing", async () => {
     const before = tf.memory().numTensors;
     const bad: HostBlock = {
       ...model.blocks[1],
@@ -439,7 +439,7 @@ describe("bad input", () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it("rejects missing weights and data of the wrong length", () => {
+  it("rejects missing weights and data of the wrong length", async () => {
     const noNorm = { ...model.blocks[0], mlpNorm: undefined } as unknown as HostBlock;
     expect(() => Decoder.create(model.spec, model.globals, blockSourceOf({ ...model, blocks: [noNorm, model.blocks[1]] }))).toThrow(
       /block 0 MLP norm is missing/,
@@ -449,15 +449,15 @@ describe("bad input", () => {
     expect(() => Decoder.create(model.spec, { ...model.globals, positions: undefined }, blockSourceOf(model))).toThrow(/position table/);
   });
 
-  it("rejects a block count or head layout that contradicts the spec", () => {
+  it("rejects a block count or head layout that contradicts the spec", async () => {
     expect(() => Decoder.create(model.spec, model.globals, { numBlocks: 1, load: () => model.blocks[0] })).toThrow(CheckpointError);
     expect(() => Decoder.create({ ...model.spec, numKvHeads: 3 }, model.globals, blockSourceOf(model))).toThrow(
       /cannot be shared among 3/,
     );
   });
 
-  it("rejects token ids, targets and windows that do not fit the model", () => {
-    withDecoder(decoderOf(model), (d) => {
+  it("rejects token ids, targets and windows that do not fit the model", async () => {
+    await withDecoder(decoderOf(model), async (d) => {
       const ids = randomIds(8, model.spec.vocabSize, 1);
       const targets = nextTokenTargets(ids, 1, 8);
       expect(() => d.nll(Int32Array.from([...ids.subarray(0, 7), 61]), targets, 1, 8)).toThrow(DataError);
@@ -474,11 +474,11 @@ describe("bad input", () => {
       expect(() => d.runBlock(2, tf.zeros([8, 32]) as tf.Tensor2D, 1, 8)).toThrow(UsageError);
       expect(() => d.logitsAt(ids, 8)).toThrow(UsageError);
       expect(() => d.lossTensor(ids, new Int32Array(8).fill(-1), 1, 8)).toThrow(/no position is scored/);
-      expect(d.nll(ids, new Int32Array(8).fill(-1), 1, 8)).toEqual({ nll: 0, count: 0 });
+      expect(await d.nll(ids, new Int32Array(8).fill(-1), 1, 8)).toEqual({ nll: 0, count: 0 });
     });
   });
 
-  it("refuses what a streamed or disposed model cannot do", () => {
+  it("refuses what a streamed or disposed model cannot do", async () => {
     expect(() => decoderOf(model, { streamed: true, trainable: true })).toThrow(UsageError);
     const d = decoderOf(model, { streamed: true });
     const ids = randomIds(4, model.spec.vocabSize, 1);

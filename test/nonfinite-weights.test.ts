@@ -261,11 +261,13 @@ describe("eval with non-finite weights or a non-finite loss", () => {
     expect((error as CheckpointError).problem).toContain(text);
   });
 
-  it("checkFiniteLoss passes a finite perplexity and refuses NaN, infinity and an empty score", () => {
-    const scorer = (nll: number, count: number) => ({ nll: () => ({ nll, count }) });
+  it("checkFiniteLoss passes a finite perplexity and refuses NaN, infinity and an empty score", async () => {
+    const scorer = (nll: number, count: number) => ({ nll: async () => ({ nll, count }) });
     const window = { ids: Int32Array.of(1, 2), targets: Int32Array.of(2, -1) };
-    const run = (nll: number, count: number) => Effect.runSync(Effect.flip(checkFiniteLoss(perplexity(scorer(nll, count), [window]), "m", "d.txt")));
-    expect(() => Effect.runSync(checkFiniteLoss(perplexity(scorer(2.5, 1), [window]), "m", "d.txt"))).not.toThrow();
+    const results = new Map<string, Awaited<ReturnType<typeof perplexity>>>();
+    for (const [nll, count] of [[2.5, 1], [NaN, 1], [Infinity, 1], [1000, 1], [0, 0]] as const) results.set(`${nll}/${count}`, await perplexity(scorer(nll, count), [window]));
+    const run = (nll: number, count: number) => Effect.runSync(Effect.flip(checkFiniteLoss(results.get(`${nll}/${count}`)!, "m", "d.txt")));
+    expect(() => Effect.runSync(checkFiniteLoss(results.get("2.5/1")!, "m", "d.txt"))).not.toThrow();
     for (const bad of [NaN, Infinity]) {
       const e = run(bad, 1);
       expect(e).toBeInstanceOf(CheckpointError);

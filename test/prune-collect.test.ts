@@ -10,7 +10,7 @@ beforeAll(async () => {
 });
 
 describe("calibration statistics of a block", () => {
-  it("input norms and Hessians equal the direct formulas over all batches", () => {
+  it("input norms and Hessians equal the direct formulas over all batches", async () => {
     const m = randomModel("llama-gqa", 8);
     const decoder = Decoder.create(m.spec, m.globals, blockSourceOf(m));
     const seqlen = 7;
@@ -23,7 +23,7 @@ describe("calibration statistics of a block", () => {
         if (name === m.spec.roles.down) captured.push(Float32Array.from(input.dataSync()));
       }).dispose(),
     );
-    const { stats, outputs } = collectBlockStats(decoder, 0, inputs, [2, 2], seqlen, { hessian: true });
+    const { stats, outputs } = await collectBlockStats(decoder, 0, inputs, [2, 2], seqlen, { hessian: true });
     expect([...stats.keys()].sort()).toEqual([...m.spec.linears].sort());
     const f = m.spec.intermediateSize;
     const rows = captured.reduce((n, c) => n + c.length / f, 0);

@@ -11,14 +11,14 @@ beforeAll(async () => {
 });
 
 describe("Fisher-trace sensitivity", () => {
-  it("equals the mean over windows of the squared loss gradient, by float64 finite differences", () => {
+  it("equals the mean over windows of the squared loss gradient, by float64 finite differences", async () => {
     const m = randomModel("llama-gqa", 17);
     const decoder = Decoder.create(m.spec, m.globals, blockSourceOf(m), { trainable: true });
     const windows = [randomIds(6, m.spec.vocabSize, 1), randomIds(6, m.spec.vocabSize, 2)];
     // The model caches its tables for a window length on first use.
-    decoder.nll(windows[0]!, new Int32Array(6).fill(-1).fill(3, 0, 1), 1, 6);
+    await decoder.nll(windows[0]!, new Int32Array(6).fill(-1).fill(3, 0, 1), 1, 6);
     const before = tf.memory().numTensors;
-    const traces = fisherTraces(decoder, windows);
+    const traces = await fisherTraces(decoder, windows);
     expect(tf.memory().numTensors).toBe(before);
     decoder.dispose();
 

@@ -25,20 +25,20 @@ describe.skipIf(!haveAssets)("block-by-block pruning of stories260K", () => {
     const tokens = tokenizerFor(ckpt).encode(readTextFile(asset("data", "tinystories", "validation.prefix.txt")).slice(0, 60_000));
     return contiguousWindows(tokens, 256, { maxWindows: 8 });
   };
-  const run = (metric: PruneMetric, sparsity: number, mode: CalibrationMode = "sequential") => {
+  const run = async (metric: PruneMetric, sparsity: number, mode: CalibrationMode = "sequential") => {
     const decoder = Decoder.create(ckpt.spec, ckpt.readGlobals(), source());
     try {
       const calibration = calibrationWindows({ source: asset("data", "tinystories", "validation.prefix.txt"), samples: 8, seqlen: 128 }, tokenizerFor(ckpt));
-      const blocks = pruneModel(decoder, source(), { metric, mode, calibration, batch: 4, target: () => ({ sparsity }) });
-      return { blocks, ppl: perplexity(decoder, evalWindows()).ppl };
+      const blocks = await pruneModel(decoder, source(), { metric, mode, calibration, batch: 4, target: () => ({ sparsity }) });
+      return { blocks, ppl: (await perplexity(decoder, evalWindows())).ppl };
     } finally {
       decoder.dispose();
     }
   };
 
-  it("every linear gets exactly the requested sparsity, per the metric's comparison group", () => {
+  it("every linear gets exactly the requested sparsity, per the metric's comparison group", async () => {
     for (const metric of ["magnitude", "wanda", "sparsegpt"] as const) {
-      const { blocks } = run(metric, 0.5);
+      const { blocks } = await run(metric, 0.5);
       for (const b of blocks) {
         for (const l of Object.values(b.linears)) {
           const [inF, outF] = l.weight.shape as [number, number];
@@ -56,14 +56,14 @@ describe.skipIf(!haveAssets)("block-by-block pruning of stories260K", () => {
     }
   });
 
-  it("quality: dense < wanda, sparsegpt < magnitude at 60%; sequential and dense calibration both work", () => {
+  it("quality: dense < wanda, sparsegpt < magnitude at 60%; sequential and dense calibration both work", async () => {
     const decoder = Decoder.create(ckpt.spec, ckpt.readGlobals(), source());
-    const dense = perplexity(decoder, evalWindows()).ppl;
+    const dense = (await perplexity(decoder, evalWindows())).ppl;
     decoder.dispose();
-    const magnitude = run("magnitude", 0.6).ppl;
-    const wanda = run("wanda", 0.6).ppl;
-    const sparsegpt = run("sparsegpt", 0.6).ppl;
-    const wandaDense = run("wanda", 0.6, "dense").ppl;
+    const magnitude = (await run("magnitude", 0.6)).ppl;
+    const wanda = (await run("wanda", 0.6)).ppl;
+    const sparsegpt = (await run("sparsegpt", 0.6)).ppl;
+    const wandaDense = (await run("wanda", 0.6, "dense")).ppl;
     expect(dense).toBeLessThan(wanda);
     expect(wanda).toBeLessThan(magnitude);
     expect(sparsegpt).toBeLessThan(magnitude);

@@ -87,6 +87,7 @@ const record = (generation: number, index: number, fitness: number | null): Hist
   fitness,
   cached: false,
   seconds: 1,
+  tokens: 0,
 });
 
 describe("fitness chart", () => {

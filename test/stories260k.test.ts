@@ -33,17 +33,17 @@ describe.skipIf(!haveAssets)("stories260K, a real pretrained llama2.c model", ()
 
   const golden = haveAssets ? readFileSync(asset("models", "stories260K", "GOLDEN.md"), "utf8") : "";
 
-  it("greedy decoding from BOS reproduces llama2.c's 200-step output exactly", () => {
+  it("greedy decoding from BOS reproduces llama2.c's 200-step output exactly", async () => {
     const tokenizer = tokenizerFor(ckpt);
-    const text = greedyText(decoder, tokenizer, [1], 200);
+    const text = await greedyText(decoder, tokenizer, [1], 200);
     expect(text).toBe(goldenBlock(golden, "## Greedy (temperature 0), no prompt, 200 steps").replace(/\n$/, ""));
   });
 
-  it('greedy decoding of "Once upon a time" reproduces the 64-step golden', () => {
+  it('greedy decoding of "Once upon a time" reproduces the 64-step golden', async () => {
     const tokenizer = tokenizerFor(ckpt);
     const prompt = [1, ...tokenizer.encode("Once upon a time")];
     expect(prompt).toEqual([1, 403, 407, 261, 378]);
-    expect(greedyText(decoder, tokenizer, prompt, 64)).toBe(goldenBlock(golden, '## Greedy, prompt "Once upon a time"').replace(/\n$/, ""));
+    expect(await greedyText(decoder, tokenizer, prompt, 64)).toBe(goldenBlock(golden, '## Greedy, prompt "Once upon a time"').replace(/\n$/, ""));
   });
 
   it("--format stories on valid.head46.txt gives perplexity 3.3970", async () => {

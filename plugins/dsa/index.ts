@@ -267,5 +267,6 @@ export const plugin: MethodPlugin<DsaSpace> = {
   spaceSchema: DsaSpaceSchema,
   defaultSpace: "dsa.json",
   patterns: ["unstructured"],
+  needs: ["scores"],
   method: { kind: "evolve", genome: dsaGenome },
 };

@@ -77,5 +77,6 @@ export const plugin: MethodPlugin<MrpSpace> = {
   spaceSchema: MrpSpaceSchema,
   defaultSpace: "mrp.json",
   patterns: ["unstructured"],
+  needs: ["scores"],
   method: { kind: "direct", allocate },
 };

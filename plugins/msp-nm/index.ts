@@ -156,5 +156,6 @@ export const plugin: MethodPlugin<MspNmSpace> = {
   spaceSchema: MspNmSpaceSchema,
   defaultSpace: "msp-nm.json",
   patterns: ["nm"],
+  needs: ["fisher"],
   method: { kind: "evolve", genome: mspNmGenome },
 };

@@ -96,5 +96,6 @@ export const plugin: MethodPlugin<MspSpace> = {
   spaceSchema: MspSpaceSchema,
   defaultSpace: "msp.json",
   patterns: ["unstructured"],
+  needs: ["fisher"],
   method: { kind: "evolve", genome: mspGenome },
 };

@@ -43,6 +43,7 @@ export const plugin: MethodPlugin<OwlSpace> = {
   spaceSchema: OwlSpaceSchema,
   defaultSpace: "owl.json",
   patterns: ["unstructured", "nm"],
+  needs: ["scores"],
   method: {
     kind: "direct",
     allocate: (context, space) =>

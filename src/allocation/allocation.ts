@@ -28,9 +28,10 @@ export type Allocation = readonly AllocationEntry[];
 
 /** Biases, norms and embeddings are never pruned, so only weight matrices count. */
 export const layoutOf = (spec: ModelSpec): Layout => {
-  const shapes = linearShapes(spec);
   const layout: LayoutEntry[] = [];
   for (let block = 0; block < spec.numLayers; block++) {
+    // Blocks may differ in size once structured pruning has removed heads or channels.
+    const shapes = linearShapes(spec, block);
     for (const linear of spec.linears) {
       const [rows, cols] = shapes[linear];
       layout.push({ block, linear, params: rows * cols });

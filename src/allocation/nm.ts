@@ -1,4 +1,4 @@
-import { linearShapes, type ModelSpec } from "../model/spec.ts";
+import { linearShapes, uniformBlockShape, type ModelSpec } from "../model/spec.ts";
 /**
  * Per-block N:M patterns from per-block sparsities. A block can only be pruned at n/M, so
  * each block gets n_l = round(s_l M); then the total of n is repaired to L·N with ±1 steps
@@ -33,8 +33,13 @@ export const nmFromSparsities = (sparsities: readonly number[], m: number, n: nu
  * before any calibration work.
  */
 export const nmMismatch = (spec: ModelSpec, m: number): string | undefined => {
-  for (const [linear, [inputs]] of Object.entries(linearShapes(spec))) {
-    if (inputs % m !== 0) return `${linear} has ${inputs} inputs, which do not split into groups of M = ${m}`;
+  // Blocks may differ in size (structured pruning); a block is named only then.
+  const uniform = uniformBlockShape(spec) !== undefined;
+  for (let block = 0; block < spec.numLayers; block++) {
+    for (const [linear, [inputs]] of Object.entries(linearShapes(spec, block))) {
+      const name = uniform ? linear : `${linear} of block ${block}`;
+      if (inputs % m !== 0) return `${name} has ${inputs} inputs, which do not split into groups of M = ${m}`;
+    }
   }
   return undefined;
 };

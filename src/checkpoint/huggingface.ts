@@ -1,15 +1,19 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CheckpointError } from "../errors.ts";
-import type { HostBlock, HostGlobals, HostNorm, HostTensor, ModelSpec } from "../model/spec.ts";
-import type { Architecture } from "./architectures/architecture.ts";
+import { blockShape, type HostBlock, type HostGlobals, type HostNorm, type HostTensor, type ModelSpec } from "../model/spec.ts";
+import { BLOCK_SHAPES_KEY, type Architecture } from "./architectures/architecture.ts";
 import { architectureFor, supportedModelTypes } from "./architectures/index.ts";
 import { checkFiniteWeights, formatShape, sameShape, transpose2d } from "./host.ts";
 import { allSlots, blockSlots, fileShape, globalSlots, type BlockSlots, type GlobalSlots, type NormSlots, type Slot } from "./layout.ts";
 import { openSafetensorsFolder, type SafetensorsFile } from "./safetensors.ts";
 import type { Checkpoint } from "./types.ts";
 
-export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; file: string } => {
+/**
+ * Reads config.json. `blockShapes` says whether it gives per-block sizes under
+ * evosparse_block_shapes (see BLOCK_SHAPES_KEY; read by each architecture's specFromConfig).
+ */
+export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; file: string; blockShapes: boolean } => {
   const file = join(dir, "config.json");
   if (!existsSync(file)) throw new CheckpointError({ file, problem: "no config.json: not a Hugging Face model folder" });
   let raw: unknown;
@@ -27,7 +31,8 @@ export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; 
       problem: `unknown model_type "${modelType}" (supported: ${supportedModelTypes().join(", ")})`,
     });
   }
-  return { arch, spec: arch.specFromConfig(raw, file), file };
+  const blockShapes = (raw as Record<string, unknown>)[BLOCK_SHAPES_KEY] != null;
+  return { arch, spec: arch.specFromConfig(raw, file), file, blockShapes };
 };
 
 /**
@@ -36,12 +41,13 @@ export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; 
  * table here, from the headers, so that later block reads cannot meet a surprise.
  */
 export const openHuggingFace = (dir: string): Checkpoint => {
-  const { arch, spec } = readConfig(dir);
+  const { arch, spec, file: configFile, blockShapes } = readConfig(dir);
   const st = openSafetensorsFolder(dir);
   try {
     const prefix = arch.prefixes.find((p) => st.tensors.has(arch.globalNames(spec, p).embed)) ?? arch.prefixes[0]!;
     const globals = globalSlots(arch, spec, prefix);
     const blocks = Array.from({ length: spec.numLayers }, (_, i) => blockSlots(arch, spec, prefix, i));
+    if (blockShapes) checkBlockShapes(st, spec, blocks, configFile);
     validate(st, arch, globals, blocks);
     const tokenizer = join(dir, "tokenizer.json");
     return {
@@ -65,6 +71,29 @@ export const openHuggingFace = (dir: string): Checkpoint => {
 
 /** The shard that holds a tensor, so an error names the file to look at. */
 const fileOf = (st: SafetensorsFile, name: string): string => st.tensors.get(name)?.file ?? st.path;
+
+/**
+ * With per-block sizes in config.json, a block linear whose tensor has another shape means
+ * the config's entry for that block is wrong: the error names config.json and the entry.
+ */
+const checkBlockShapes = (st: SafetensorsFile, spec: ModelSpec, blocks: readonly BlockSlots[], configFile: string): void => {
+  blocks.forEach((b, i) => {
+    for (const l of Object.values(b.linears)) {
+      for (const slot of l.bias ? [l.weight, l.bias] : [l.weight]) {
+        const info = st.tensors.get(slot.name);
+        const want = fileShape(slot);
+        if (!info || sameShape(info.shape, want)) continue;
+        const s = blockShape(spec, i);
+        throw new CheckpointError({
+          file: configFile,
+          problem:
+            `${BLOCK_SHAPES_KEY}[${i}] (${s.numHeads} attention heads, ${s.numKvHeads} key/value heads, intermediate size ${s.intermediateSize}, ` +
+            `head size ${spec.headDim}) does not match ${slot.name}: the file has ${formatShape(info.shape)}, the block's sizes imply ${formatShape(want)}`,
+        });
+      }
+    }
+  });
+};
 
 const validate = (st: SafetensorsFile, arch: Architecture, globals: GlobalSlots, blocks: readonly BlockSlots[]) => {
   const expected = allSlots(globals, blocks);

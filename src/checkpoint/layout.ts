@@ -55,7 +55,7 @@ export const globalSlots = (arch: Architecture, spec: ModelSpec, prefix: string)
 
 export const blockSlots = (arch: Architecture, spec: ModelSpec, prefix: string, block: number): BlockSlots => {
   const b = arch.blockNames(spec, prefix, block);
-  const shapes = linearShapes(spec);
+  const shapes = linearShapes(spec, block);
   const linears: Record<string, { weight: Slot; bias?: Slot }> = {};
   for (const name of spec.linears) {
     const names = b.linears[name];

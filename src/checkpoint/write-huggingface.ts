@@ -5,7 +5,7 @@ import { describeWriteError } from "../files.ts";
 import { markerContent, notReplaceable, OUTPUT_MARKER, stagingFolder, swapFolder } from "../output/folder.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { architectureFor } from "./architectures/index.ts";
-import { transpose2d } from "./host.ts";
+import { formatShape, sameShape, transpose2d } from "./host.ts";
 import { blockEntries, blockSlots, globalEntries, globalSlots, type Slot } from "./layout.ts";
 import { writeSafetensors } from "./safetensors.ts";
 import type { StorageDtype } from "./types.ts";
@@ -44,7 +44,13 @@ export const writeHuggingFace = (
   const dtype = options.dtype ?? "F32";
   const prefix = arch.writePrefix;
   const entries: Array<[Slot, HostTensor]> = [...globalEntries(globalSlots(arch, spec, prefix), globals)];
-  blocks.forEach((b, i) => entries.push(...blockEntries(blockSlots(arch, spec, prefix, i), b)));
+  blocks.forEach((b, i) => {
+    // Block i is written with its own sizes (spec.blocks): a tensor of another shape would make a folder that cannot be opened.
+    for (const [slot, t] of blockEntries(blockSlots(arch, spec, prefix, i), b)) {
+      if (!sameShape(t.shape, slot.shape)) throw new Error(`${slot.name} has shape ${formatShape(t.shape)} but the spec gives block ${i} ${formatShape(slot.shape)}`);
+      entries.push([slot, t]);
+    }
+  });
 
   mkdirSync(dirname(dir), { recursive: true });
   const staging = stagingFolder(dir);

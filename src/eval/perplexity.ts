@@ -2,7 +2,7 @@ import type { Window } from "../data/windows.ts";
 
 /** What the perplexity loop needs of a model: summed next-token NLL of same-length windows. */
 export interface NllScorer {
-  nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): { nll: number; count: number };
+  nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): Promise<{ nll: number; count: number }>;
 }
 
 export interface PerplexityResult {
@@ -22,7 +22,7 @@ export interface PerplexityOptions {
 }
 
 /** ppl = exp(total NLL / scored tokens), summed over windows on the backend. */
-export const perplexity = (model: NllScorer, windows: readonly Window[], options: PerplexityOptions = {}): PerplexityResult => {
+export const perplexity = async (model: NllScorer, windows: readonly Window[], options: PerplexityOptions = {}): Promise<PerplexityResult> => {
   const start = performance.now();
   const maxBatch = Math.max(1, options.batch ?? 1);
   let total = 0;
@@ -39,7 +39,7 @@ export const perplexity = (model: NllScorer, windows: readonly Window[], options
       ids.set(w.ids, k * len);
       targets.set(w.targets, k * len);
     });
-    const r = model.nll(ids, targets, group.length, len);
+    const r = await model.nll(ids, targets, group.length, len);
     total += r.nll;
     count += r.count;
     done += group.length;

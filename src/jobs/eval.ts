@@ -3,7 +3,7 @@ import { Effect } from "effect";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpoint } from "../checkpoint/open.ts";
 import type { TextFormat } from "../data/text-source.ts";
-import { CheckpointError, DataError, TokenizerError, UsageError } from "../errors.ts";
+import { attempt, attemptPromise, UsageError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows, scoredBytes, tokenizerFor } from "../eval/inputs.ts";
 import { perplexity, type PerplexityResult } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
@@ -35,20 +35,6 @@ export interface EvalReport extends PerplexityResult {
   readonly pplPerByte?: number;
 }
 
-/**
- * Runs a step that reads weights or scores text: a CheckpointError or DataError it throws
- * (a non-finite weight, a token outside the vocabulary) is a typed failure, anything else
- * a defect.
- */
-const reading = <A>(run: () => A): Effect.Effect<A, CheckpointError | DataError> =>
-  Effect.suspend(() => {
-    try {
-      return Effect.succeed(run());
-    } catch (e) {
-      return e instanceof CheckpointError || e instanceof DataError ? Effect.fail(e) : Effect.die(e);
-    }
-  });
-
 /** checkpoint -> tokenizer -> windows -> model -> perplexity. */
 export const evaluate = (request: EvalRequest) =>
   Effect.scoped(
@@ -63,17 +49,11 @@ export const evaluate = (request: EvalRequest) =>
       if (span !== undefined && seqlen > span) {
         return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's sliding attention window of ${span}, which evosparse does not implement` });
       }
-      const tokenizer = yield* Effect.try({
-        try: () => tokenizerFor(checkpoint),
-        catch: (e) => e as TokenizerError,
-      });
-      const windows = yield* Effect.try({
-        try: () => evaluationWindows(request, tokenizer, seqlen),
-        catch: (e) => e as DataError | TokenizerError | UsageError,
-      });
+      const tokenizer = yield* attempt(() => tokenizerFor(checkpoint));
+      const windows = yield* attempt(() => evaluationWindows(request, tokenizer, seqlen));
       // Weights are read (and checked) here, and again block by block when streamed.
       const decoder = yield* Effect.acquireRelease(
-        reading(() =>
+        attempt(() =>
           Decoder.create(
             checkpoint.spec,
             checkpoint.readGlobals(),
@@ -84,7 +64,7 @@ export const evaluate = (request: EvalRequest) =>
         (d) => Effect.sync(() => d.dispose()),
       );
       request.onStart?.({ windows: windows.length, seqlen, backend: backend.name, backendDescription: describeBackend(backend) });
-      const result = yield* reading(() =>
+      const result = yield* attemptPromise(() =>
         perplexity(decoder, windows, {
           ...(request.batch ? { batch: request.batch } : {}),
           ...(request.onProgress ? { onProgress: request.onProgress } : {}),

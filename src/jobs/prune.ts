@@ -8,14 +8,12 @@ import { globalSparsity, type Allocation } from "../allocation/allocation.ts";
 import { formatAllocationCsv, readAllocationCsv } from "../allocation/csv.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { exportHuggingFace } from "../checkpoint/export.ts";
-import { openCheckpoint } from "../checkpoint/open.ts";
-import { calibrationWindows } from "../data/calibration.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { Window } from "../data/windows.ts";
-import { DataError, isEvosparseError, UsageError } from "../errors.ts";
-import { nmMismatch } from "../allocation/nm.ts";
+import { attempt, attemptPromise, DataError, isEvosparseError, UsageError } from "../errors.ts";
 import { checkOutputFolder } from "../output/folder.ts";
-import { checkFiniteLoss, evaluationWindows, tokenizerFor } from "../eval/inputs.ts";
+import { createPruner, openCalibratedModel } from "../prune/setup.ts";
+import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { allocationFitness, methodContext } from "../search/fitness.ts";
@@ -24,7 +22,7 @@ import { runFixedMethod, type Trial } from "../search/run-method.ts";
 import { loadSearchSpace } from "../search/space.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
-import { Pruner, type LinearOutcome } from "../prune/pruner.ts";
+import type { LinearOutcome } from "../prune/pruner.ts";
 import type { StageTimings } from "../prune/timings.ts";
 
 export interface PruneJobRequest {
@@ -109,36 +107,27 @@ export const pruneJob = (request: PruneJobRequest) =>
       const target = targetOf(pattern, request.sparsity);
       if (!(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
       // The output folder is checked before any work, so a refusal costs nothing.
-      yield* Effect.try({
-        try: () =>
+      yield* attempt(() =>
           checkOutputFolder(request.out, {
             flag: "--out",
             overwrite: request.overwrite ?? false,
             inputs: [request.model, request.tokenizer, request.calib, request.eval, request.valid, request.space, isFile(request.allocation) ? request.allocation : undefined],
-          }),
-        catch: (e) => e as UsageError | DataError,
-      });
+          }));
 
       const backend = yield* initBackendEffect(request.backend);
-      const checkpoint = yield* openCheckpoint(request.model, request.tokenizer ? { tokenizer: request.tokenizer } : {});
-      const spec = checkpoint.spec;
-      const seqlen = request.seqlen ?? spec.maxPositions;
-      if (seqlen > spec.maxPositions) return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${spec.maxPositions}` });
-      const mismatch = pattern.kind === "nm" ? nmMismatch(spec, pattern.m) : undefined;
-      if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternText(pattern)} does not fit ${request.model}: ${mismatch}` });
-      log(`backend: ${describeBackend(backend)}`);
-
       const t0 = performance.now();
-      const tokenizer = yield* Effect.try({ try: () => tokenizerFor(checkpoint), catch: (e) => e as DataError });
-      const calibration = yield* Effect.try({
-        try: () => calibrationWindows({ source: request.calib, field: request.field ?? "text", samples: request.nsamples, seqlen, seed: request.seed }, tokenizer),
-        catch: (e) => e as DataError,
-      });
+      const model = yield* Effect.acquireRelease(
+        attempt(() => openCalibratedModel({ ...request, field: request.field ?? "text" })),
+        (m) => Effect.sync(() => m.close()),
+      );
+      const { checkpoint, tokenizer, seqlen, calibration } = model;
+      const spec = checkpoint.spec;
       const calibrationSampling = (performance.now() - t0) / 1000;
+      log(`backend: ${describeBackend(backend)}`);
       log(`${calibration.length} calibration windows of ${seqlen} tokens from ${request.calib}`);
 
       const pruner = yield* Effect.acquireRelease(
-        Effect.sync(() => Pruner.create(checkpoint, { metric: request.metric, mode: request.mode, calibration, ...(request.batch ? { batch: request.batch } : {}) })),
+        Effect.sync(() => createPruner(model, { metric: request.metric, mode: request.mode, ...(request.batch ? { batch: request.batch } : {}) })),
         (p) => Effect.sync(() => p.dispose()),
       );
 
@@ -147,10 +136,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       let trials: readonly Trial[] = [];
       let chosen: string | undefined;
       if (isFile(request.allocation)) {
-        allocation = yield* Effect.try({
-          try: () => readAllocationCsv(request.allocation, pruner.layout, { target }),
-          catch: (e) => e as DataError,
-        });
+        allocation = yield* attempt(() => readAllocationCsv(request.allocation, pruner.layout, { target }));
         const mismatch = allocation.find((e) => (pattern.kind === "nm") !== (e.n !== undefined));
         if (mismatch) {
           return yield* new DataError({
@@ -159,23 +145,23 @@ export const pruneJob = (request: PruneJobRequest) =>
           });
         }
       } else {
-        const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(request.allocation), catch: (e) => e as UsageError });
+        const plugin = yield* attemptPromise(() => loadPlugin(request.allocation));
         if (!plugin.patterns.includes(pattern.kind)) {
           return yield* new UsageError({ problem: `allocation ${plugin.name} does not support --pattern ${patternText(pattern)}` });
         }
-        const space = yield* Effect.try({ try: () => loadSearchSpace(plugin, request.space), catch: (e) => e as DataError });
-        const context = methodContext(checkpoint, pruner, calibration, target, pattern);
+        const space = yield* attempt(() => loadSearchSpace(plugin, request.space));
+        const context = yield* attemptPromise(() => methodContext(pruner, target, pattern, [plugin]));
         const validation = (): Window[] => evaluationWindows({ data: request.valid, format: "text", maxWindows: request.validWindows }, tokenizer, seqlen);
         let windows: Window[] | undefined;
         const result = yield* runFixedMethod(plugin, context, space, (batch: readonly BlockAllocation[]) =>
-          Effect.sync(() => {
-            windows ??= validation();
+          Effect.gen(function* () {
+            windows ??= yield* attempt(validation);
             const score = allocationFitness(pruner, windows, pattern);
-            return batch.map((s, k) => {
-              const f = score(s);
-              log(`  candidate ${k + 1}/${batch.length}: ${f.ok ? `validation perplexity ${f.value.toFixed(4)}` : `failed: ${f.error}`}`);
-              return f;
-            });
+            return yield* Effect.forEach(batch, (s, k) =>
+              Effect.promise(() => score(s)).pipe(
+                Effect.tap((f) => Effect.sync(() => log(`  candidate ${k + 1}/${batch.length}: ${f.ok ? `validation perplexity ${f.value.toFixed(4)}` : `failed: ${f.error}`}`))),
+              ),
+            );
           }),
         );
         trials = result.trials;
@@ -186,7 +172,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       const allocationSeconds = (performance.now() - t1) / 1000;
 
       log(`pruning ${spec.numLayers} blocks with ${request.metric} (${request.mode})`);
-      const blocks = pruner.apply(allocation);
+      const blocks = yield* attemptPromise(() => pruner.apply(allocation));
       const linears = pruner.outcomes(allocation, blocks);
       let zeros = 0;
       let total = 0;
@@ -198,15 +184,12 @@ export const pruneJob = (request: PruneJobRequest) =>
       let evaluation: PruneReport["evaluation"];
       if (request.eval) {
         const format = request.evalFormat ?? "text";
-        const windows = yield* Effect.try({
-          try: () => evaluationWindows({ data: request.eval!, format, ...(request.evalWindows ? { maxWindows: request.evalWindows } : {}) }, tokenizer, seqlen),
-          catch: (e) => e as DataError,
-        });
+        const windows = yield* attempt(() => evaluationWindows({ data: request.eval!, format, ...(request.evalWindows ? { maxWindows: request.evalWindows } : {}) }, tokenizer, seqlen));
         log(`evaluating on ${windows.length} windows of ${request.eval}`);
-        const pruned = pruner.perplexity(windows);
+        const pruned = yield* attemptPromise(() => pruner.perplexity(windows));
         yield* checkFiniteLoss(pruned, request.model, request.eval!);
         pruner.restoreDense();
-        const dense = pruner.perplexity(windows);
+        const dense = yield* attemptPromise(() => pruner.perplexity(windows));
         yield* checkFiniteLoss(dense, request.model, request.eval!);
         evaluation = { data: request.eval, format, seqlen, windows: windows.length, tokens: pruned.tokens, dense: dense.ppl, pruned: pruned.ppl };
         log(`perplexity: dense ${dense.ppl.toFixed(4)}, pruned ${pruned.ppl.toFixed(4)}`);

@@ -20,7 +20,7 @@ import { checkEngineLimits, evolve, type EngineCheckpoint } from "../engine/evol
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
 import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { decodeEngineState, type GenerationRecord, type HistoryRecord, type StopReason } from "../engine/state.ts";
-import { DataError, UsageError } from "../errors.ts";
+import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { writeFileAtomically } from "../files.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
@@ -197,7 +197,9 @@ const runMethod = <Space>(
       const result = yield* evolve({
         genome: method.genome(context, space),
         phenotypeKey,
-        evaluate: evaluator.evaluate,
+        // This host scores on its fixed fitness windows only: the host's default fidelity.
+        evaluate: (batch, fidelity) =>
+          fidelity.tokens === undefined ? evaluator.evaluate(batch) : Effect.die(new Error(`fitness on ${fidelity.tokens} tokens is not supported by the search host`)),
         seed: settings.seed,
         population: settings.population,
         generations: settings.generations,
@@ -235,6 +237,7 @@ const runMethod = <Space>(
       ...(t.fitness.ok ? {} : { error: t.fitness.error }),
       cached: false,
       seconds: t.fitness.seconds ?? 0,
+      tokens: t.fitness.tokens ?? 0,
     }));
     const chosen = trials.find((t) => t.allocation === fixed.allocation) ?? trials[0]!;
     if (!chosen.fitness.ok) return yield* Effect.fail(new Error(`${plugin.name}: the allocation failed to evaluate: ${chosen.fitness.error}`));
@@ -271,10 +274,11 @@ const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
   ].join(" ");
 
 /** The same model pruned in the final mode, measured on the test windows. */
-const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation): number => {
-  pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
-  return pruner.perplexity(windows).ppl;
-};
+const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation) =>
+  attemptPromise(async () => {
+    await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
+    return (await pruner.perplexity(windows)).ppl;
+  });
 
 const samePath = (a: string | undefined, b: string | undefined): boolean =>
   a === b || (a !== undefined && b !== undefined && !a.startsWith("brown:") && resolve(a) === resolve(b));
@@ -345,17 +349,14 @@ export const searchJob = (request: SearchRequest) =>
       // 2. The run folder, created (or reopened) and locked: one writer at a time.
       let used = false;
       const folder = yield* Effect.acquireRelease(
-        Effect.try({
-          try: () =>
+        attempt(() =>
             request.resume
               ? claimRunFolderToResume(request.resume, "settings.json")
               : claimNewRunFolder({
                   ...(request.out !== undefined ? { dir: request.out } : {}),
                   base: join(resultsDir(), `${request.settings!.method}-${timestamp()}`),
                   marker: "settings.json",
-                }),
-          catch: (e) => e as UsageError | DataError,
-        }),
+                })),
         (f) => Effect.sync(() => releaseRunFolder(f, used)),
       );
       const dir = folder.dir;
@@ -364,8 +365,8 @@ export const searchJob = (request: SearchRequest) =>
       let settings: SearchSettings;
       let settingsChanged = false;
       if (request.resume) {
-        const saved = yield* Effect.try({ try: () => readSettings(dir), catch: (e) => e as DataError });
-        settings = yield* Effect.try({ try: () => resumedSettings(saved, request.given ?? {}, join(dir, "settings.json")), catch: (e) => e as UsageError });
+        const saved = yield* attempt(() => readSettings(dir));
+        settings = yield* attempt(() => resumedSettings(saved, request.given ?? {}, join(dir, "settings.json")));
         settingsChanged = JSON.stringify(settings) !== JSON.stringify(saved);
         yield* checkEngineLimits(settings);
         const finished = finishedSummary(dir);
@@ -378,22 +379,19 @@ export const searchJob = (request: SearchRequest) =>
         log(`resuming ${dir}${settingsChanged ? ` with ${RESUMABLE_SETTINGS.filter((k) => settings[k] !== saved[k]).map((k) => `${settingFlag(k)} ${settings[k]}`).join(", ")}` : ""}`);
       } else {
         const given = request.settings!;
-        const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(given.method), catch: (e) => e as UsageError });
-        const space = yield* Effect.try({ try: () => resolveSpaceFile(plugin, given.space), catch: (e) => e as DataError });
+        const plugin = yield* attemptPromise(() => loadPlugin(given.method));
+        const space = yield* attempt(() => resolveSpaceFile(plugin, given.space));
         settings = { ...given, space, seqlen: given.seqlen ?? 0 };
       }
-      const plugin = yield* Effect.tryPromise({ try: () => loadPlugin(settings.method), catch: (e) => e as UsageError });
+      const plugin = yield* attemptPromise(() => loadPlugin(settings.method));
       const pattern = settings.pattern as Pattern;
       if (!plugin.patterns.includes(pattern.kind)) {
         return yield* new UsageError({ problem: `method ${plugin.name} does not support pattern ${patternText(pattern)}` });
       }
-      const space = yield* Effect.try({ try: () => loadSearchSpace(plugin, settings.space), catch: (e) => e as DataError });
+      const space = yield* attempt(() => loadSearchSpace(plugin, settings.space));
 
       // 3. The model: its context and shapes decide whether the settings can run at all.
-      const probe = yield* Effect.try({
-        try: () => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}),
-        catch: (e) => e as DataError,
-      });
+      const probe = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
       const context = probe.spec.maxPositions;
       const mismatch = pattern.kind === "nm" ? nmMismatch(probe.spec, pattern.m) : undefined;
       probe.close();
@@ -423,16 +421,20 @@ export const searchJob = (request: SearchRequest) =>
       });
       const setup = setupOf(settings);
       const model = yield* Effect.acquireRelease(
-        Effect.try({ try: () => openFitnessModel(setup), catch: (e) => e as DataError }),
+        attempt(() => openFitnessModel(setup)),
         (m) => Effect.sync(() => m.dispose()),
       );
       const target = targetOf(pattern, settings.sparsity);
-      const context_ = methodContext(model.checkpoint, model.pruner, model.calibration, target, pattern);
-      yield* Effect.try({
-        try: () => checkMethod(plugin, context_, space),
+      // The baselines re-pruned at the end see the same statistics as the method.
+      const baselines = yield* Effect.forEach(
+        ["uniform", "owl"].filter((name) => name !== plugin.name),
+        (name) => attemptPromise(() => loadPlugin(name)),
+      );
+      const context_ = yield* attemptPromise(() => methodContext(model.pruner, target, pattern, [plugin, ...baselines]));
+      yield* attempt(() => checkMethod(plugin, context_, space)).pipe(
         // Bounds and ranges come from the space file: name it.
-        catch: (e) => (e instanceof UsageError ? new DataError({ file: settings.space, problem: e.problem }) : (e as DataError)),
-      });
+        Effect.mapError((e) => (e._tag === "UsageError" ? new DataError({ file: settings.space, problem: e.problem }) : e)),
+      );
 
       // 4. Everything checked: the run's first file.
       if (!request.resume || settingsChanged) writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
@@ -461,6 +463,10 @@ export const searchJob = (request: SearchRequest) =>
       const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
       const outcome = yield* runMethod(plugin, space, context_, settings, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
         request.onGeneration?.(record, totalGenerations),
+      ).pipe(
+        Effect.mapError((e) =>
+          e instanceof WorkerError ? new WorkerError({ problem: `${e.problem}; the search stopped, and every finished generation is saved: continue it with --resume ${dir}` }) : e,
+        ),
       );
       const searchSeconds = outcome.seconds;
       const searchEvaluationSeconds = evaluationSeconds;
@@ -469,34 +475,31 @@ export const searchJob = (request: SearchRequest) =>
 
       // Final numbers: the best allocation and the baselines, re-pruned in the final mode.
       const finalModel: FitnessModel =
-        settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(Effect.sync(() => openFitnessModel(setup, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
-      const testWindows = yield* Effect.try({
-        try: () => evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
-        catch: (e) => e as DataError,
-      });
+        settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(attempt(() => openFitnessModel(setup, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
+      const testWindows = yield* attempt(() =>
+        evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
+      );
       log(`final: re-pruning in ${settings.finalMode} mode, perplexity on ${testWindows.length} windows of ${settings.eval}`);
       finalModel.pruner.restoreDense();
-      const denseResult = finalModel.pruner.perplexity(testWindows);
+      const denseResult = yield* attemptPromise(() => finalModel.pruner.perplexity(testWindows));
       yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
       const dense = denseResult.ppl;
       const results: FinalResult[] = [
         {
           method: plugin.name,
           validation: outcome.best.fitness,
-          test: finalPerplexity(finalModel.pruner, testWindows, pattern, outcome.best.sparsities),
+          test: yield* finalPerplexity(finalModel.pruner, testWindows, pattern, outcome.best.sparsities),
           sparsities: blockSparsities(bestAllocation),
         },
       ];
-      for (const baseline of ["uniform", "owl"]) {
-        if (baseline === plugin.name) continue;
-        const other = yield* Effect.tryPromise({ try: () => loadPlugin(baseline), catch: (e) => e as UsageError });
+      for (const other of baselines) {
         if (!other.patterns.includes(pattern.kind) || other.method.kind !== "direct") continue;
         const allocation = other.method.allocate(context_, loadSearchSpace(other));
         const [validation] = yield* evaluator.evaluate([allocation]);
         results.push({
-          method: baseline,
+          method: other.name,
           validation: validation!.ok ? validation!.value : null,
-          test: finalPerplexity(finalModel.pruner, testWindows, pattern, allocation),
+          test: yield* finalPerplexity(finalModel.pruner, testWindows, pattern, allocation),
           sparsities: blockSparsities(toAllocation(allocation, model.pruner.layout, pattern)),
         });
       }

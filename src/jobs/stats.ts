@@ -7,13 +7,11 @@ import { dirname } from "node:path";
 import { stringify } from "csv-stringify/sync";
 import { Effect } from "effect";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
-import { openCheckpoint } from "../checkpoint/open.ts";
-import { calibrationWindows } from "../data/calibration.ts";
-import { DataError, TokenizerError, UsageError } from "../errors.ts";
-import { tokenizerFor } from "../eval/inputs.ts";
+import { attempt, attemptPromise, DataError } from "../errors.ts";
 import { writeFileAtomically } from "../files.ts";
 import { checkOutputFile } from "../output/folder.ts";
-import { layerStatistics, type LinearStatistics } from "../prune/layer-stats.ts";
+import { DenseStatistics, type LinearStatistics } from "../prune/dense-statistics.ts";
+import { openCalibratedModel } from "../prune/setup.ts";
 
 export interface StatsRequest {
   readonly model: string;
@@ -45,22 +43,19 @@ export const statsJob = (request: StatsRequest) =>
     Effect.gen(function* () {
       const out = request.out;
       if (out !== undefined) {
-        yield* Effect.try({
-          try: () => checkOutputFile(out, { flag: "--out", overwrite: request.overwrite ?? false, inputs: [request.model, request.tokenizer, request.calib] }),
-          catch: (e) => e as UsageError | DataError,
-        });
+        yield* attempt(() => checkOutputFile(out, { flag: "--out", overwrite: request.overwrite ?? false, inputs: [request.model, request.tokenizer, request.calib] }));
       }
       const backend = yield* initBackendEffect(request.backend);
-      const checkpoint = yield* openCheckpoint(request.model, request.tokenizer ? { tokenizer: request.tokenizer } : {});
+      const model = yield* Effect.acquireRelease(
+        attempt(() => openCalibratedModel(request)),
+        (m) => Effect.sync(() => m.close()),
+      );
+      const { checkpoint, seqlen, calibration: windows } = model;
       const spec = checkpoint.spec;
-      const seqlen = request.seqlen ?? spec.maxPositions;
-      if (seqlen > spec.maxPositions) return yield* new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${spec.maxPositions}` });
-      const windows = yield* Effect.try({
-        try: () => calibrationWindows({ source: request.calib, field: request.field, samples: request.nsamples, seqlen, seed: request.seed }, tokenizerFor(checkpoint)),
-        catch: (e) => e as DataError | TokenizerError,
-      });
       request.log?.(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens`);
-      const rows = layerStatistics(checkpoint, windows, { metric: request.metric, onBlock: (b) => request.onBlock?.(b + 1, spec.numLayers) });
+      const dense = Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i));
+      const statistics = new DenseStatistics(checkpoint, dense, { metric: request.metric, calibration: windows, onBlock: (b) => request.onBlock?.(b + 1, spec.numLayers) });
+      const rows = yield* attemptPromise(() => statistics.table());
       if (out !== undefined) {
         yield* Effect.try({
           try: () => {

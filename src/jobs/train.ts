@@ -20,6 +20,7 @@ import { DEFAULT_ADAMW } from "../train/adamw.ts";
 import { sampleBatch } from "../train/batches.ts";
 import { initWeights } from "../train/init.ts";
 import { learningRate } from "../train/schedule.ts";
+import { decodeTrainingState } from "../train/state.ts";
 
 /** The size of a LLaMA-architecture model to train, in config.json's terms. */
 export interface ArchitectureSize {
@@ -328,7 +329,8 @@ const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJso
 };
 
 const readCheckpoint = (dir: string) => {
-  const meta = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as { step: number; optimizerStep: number; names: string[]; log: StepLog[] };
+  const file = join(dir, "state.json");
+  const meta = decodeTrainingState(readFileSync(file, "utf8"), file);
   const st = openSafetensors(join(dir, "state.safetensors"));
   try {
     return {

@@ -6,7 +6,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointError } from "../errors.ts";
 import type { HostBlock, HostLinear, HostNorm, HostTensor, ModelSpec } from "./spec.ts";
-import { kvDim, linearShapes } from "./spec.ts";
+import { blockShape, kvDim, linearShapes } from "./spec.ts";
 import { activate, linear as linearOp, matMul2d, normalize, takeRange, type LinearTensors, type NormTensors } from "./ops.ts";
 import { applyRope } from "./rope.ts";
 import type { ForwardTables } from "./tables.ts";
@@ -85,18 +85,19 @@ const linearToTensors = (
 };
 
 /**
- * Validates a host block against the spec and uploads it. `source` names the checkpoint in
- * errors; `label` the block (e.g. "block 3").
+ * Validates a host block against the shapes of block `block` of the spec and uploads it.
+ * `source` names the checkpoint in errors; `label` the block (default "block <index>").
  */
 export const blockToTensors = (
   spec: ModelSpec,
+  block: number,
   b: HostBlock,
   options: { source?: string; label?: string; asVariables?: boolean } = {},
 ): BlockTensors => {
   const source = options.source ?? spec.family;
-  const label = options.label ?? "block";
+  const label = options.label ?? `block ${block}`;
   const asVariables = options.asVariables ?? false;
-  const shapes = linearShapes(spec);
+  const shapes = linearShapes(spec, block);
   const made: tf.Tensor[] = [];
   const track = <T extends NormTensors | LinearTensors>(t: T): T => {
     made.push(t.weight);
@@ -137,6 +138,7 @@ export const disposeBlock = (b: BlockTensors): void => {
  */
 const attention = (
   spec: ModelSpec,
+  block: number,
   w: BlockTensors,
   x: tf.Tensor2D,
   batch: number,
@@ -145,9 +147,10 @@ const attention = (
   observe?: LinearInputObserver,
 ): tf.Tensor2D => {
   const linear = observed(w, observe);
-  const { numHeads, numKvHeads, headDim, roles } = spec;
+  const { headDim, roles } = spec;
+  const { numHeads, numKvHeads } = blockShape(spec, block);
   const qWidth = numHeads * headDim;
-  const kvWidth = kvDim(spec);
+  const kvWidth = kvDim(spec, block);
   let q: tf.Tensor2D;
   let k: tf.Tensor2D;
   let v: tf.Tensor2D;
@@ -240,11 +243,12 @@ const observed =
   };
 
 /**
- * Pure block forward for x [batch·seqlen, hidden]; usable inside tf.grad. The caller owns
- * the tidy scope (intermediates are not disposed here).
+ * Pure forward of block `block` (whose sizes `w` has) for x [batch·seqlen, hidden]; usable
+ * inside tf.grad. The caller owns the tidy scope (intermediates are not disposed here).
  */
 export const blockForward = (
   spec: ModelSpec,
+  block: number,
   w: BlockTensors,
   x: tf.Tensor2D,
   batch: number,
@@ -253,9 +257,9 @@ export const blockForward = (
   observe?: LinearInputObserver,
 ): tf.Tensor2D => {
   if (spec.normBefore) {
-    const h = tf.add(x, attention(spec, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables, observe)) as tf.Tensor2D;
+    const h = tf.add(x, attention(spec, block, w, normalize(spec, x, w.attnNorm), batch, seqlen, tables, observe)) as tf.Tensor2D;
     return tf.add(h, mlp(spec, w, normalize(spec, h, w.mlpNorm), observe)) as tf.Tensor2D;
   }
-  const h = normalize(spec, tf.add(x, attention(spec, w, x, batch, seqlen, tables, observe)) as tf.Tensor2D, w.attnNorm);
+  const h = normalize(spec, tf.add(x, attention(spec, block, w, x, batch, seqlen, tables, observe)) as tf.Tensor2D, w.attnNorm);
   return normalize(spec, tf.add(h, mlp(spec, w, h, observe)) as tf.Tensor2D, w.mlpNorm);
 };

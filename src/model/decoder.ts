@@ -63,6 +63,17 @@ const checkSpec = (spec: ModelSpec, source: string): void => {
   if (spec.numHeads % spec.numKvHeads !== 0) {
     fail(`${spec.numHeads} attention heads cannot be shared among ${spec.numKvHeads} key/value heads`);
   }
+  if (spec.blocks !== undefined) {
+    if (spec.blocks.length !== spec.numLayers) fail(`${spec.blocks.length} block shapes for ${spec.numLayers} layers`);
+    spec.blocks.forEach((b, i) => {
+      for (const key of ["numHeads", "numKvHeads", "intermediateSize"] as const) {
+        if (!Number.isInteger(b?.[key]) || b[key] <= 0) fail(`block ${i} ${key} must be a positive integer, got ${b?.[key]}`);
+      }
+      if (b.numHeads % b.numKvHeads !== 0) {
+        fail(`block ${i}: ${b.numHeads} attention heads cannot be shared among ${b.numKvHeads} key/value heads`);
+      }
+    });
+  }
   if (spec.positions.kind === "rope" && spec.headDim % 2 !== 0) {
     fail(`rotary embeddings need an even head size, got ${spec.headDim}`);
   }
@@ -112,6 +123,18 @@ const globalTensorList = (g: GlobalTensors): tf.Tensor[] => {
 
 const isBlockTensors = (w: HostBlock | BlockTensors): w is BlockTensors => w.attnNorm?.weight instanceof tf.Tensor;
 
+/**
+ * A tensor's values, read asynchronously (GPU backends have no synchronous reads), and the
+ * tensor disposed. Bad input is refused before this, synchronously, where it is found.
+ */
+const readAndDispose = async (t: tf.Tensor): Promise<Float32Array> => {
+  try {
+    return Float32Array.from((await t.data()) as Float32Array);
+  } finally {
+    t.dispose();
+  }
+};
+
 export class Decoder {
   private readonly tables: ForwardTables;
   /** Transposed tied embedding, taken once; absent when the head is untied or trainable. */
@@ -151,7 +174,7 @@ export class Decoder {
     if (!streamed) {
       try {
         for (let i = 0; i < spec.numLayers; i++) {
-          resident[i] = blockToTensors(spec, blocks.load(i), { source: sourceName, label: `block ${i}`, asVariables: trainable });
+          resident[i] = blockToTensors(spec, i, blocks.load(i), { source: sourceName, label: `block ${i}`, asVariables: trainable });
         }
       } catch (e) {
         for (const b of resident) if (b) disposeBlock(b);
@@ -182,13 +205,13 @@ export class Decoder {
     this.checkBlockIndex(i);
     this.checkActivations(x, batch, seqlen);
     const resident = this.blocks[i];
-    if (resident) return tf.tidy(() => blockForward(this.spec, resident, x, batch, seqlen, this.tables, observe));
-    const loaded = blockToTensors(this.spec, this.hostOverrides.get(i) ?? this.source.load(i), {
+    if (resident) return tf.tidy(() => blockForward(this.spec, i, resident, x, batch, seqlen, this.tables, observe));
+    const loaded = blockToTensors(this.spec, i, this.hostOverrides.get(i) ?? this.source.load(i), {
       source: this.sourceName,
       label: `block ${i}`,
     });
     try {
-      return tf.tidy(() => blockForward(this.spec, loaded, x, batch, seqlen, this.tables, observe));
+      return tf.tidy(() => blockForward(this.spec, i, loaded, x, batch, seqlen, this.tables, observe));
     } finally {
       disposeBlock(loaded);
     }
@@ -206,16 +229,18 @@ export class Decoder {
   /**
    * Sum of next-token negative log-likelihoods over the scored positions and their count.
    * targets[i] is the token expected after position i; negative means "not scored".
-   * Only the final scalar leaves the backend.
+   * Only the final scalar leaves the backend, read asynchronously (GPU backends have no
+   * synchronous reads).
    */
-  nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): { nll: number; count: number } {
+  nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): Promise<{ nll: number; count: number }> {
     this.checkLive();
     this.checkWindow(ids, batch, seqlen);
     const scored = this.scoredPositions(targets, ids.length);
-    if (scored.rows.length === 0) return { nll: 0, count: 0 };
+    if (scored.rows.length === 0) return Promise.resolve({ nll: 0, count: 0 });
     const x = this.hiddenStates(ids, batch, seqlen);
+    let total: tf.Tensor;
     try {
-      const total = tf.tidy(() => {
+      total = tf.tidy(() => {
         const rows = scored.rows.length === ids.length ? x : copyRows(x, scored.rows);
         const head = this.headWeight();
         const picked = this.headInput(rows);
@@ -234,12 +259,10 @@ export class Decoder {
         }
         return tf.addN(parts);
       });
-      const value = total.dataSync()[0];
-      total.dispose();
-      return { nll: value, count: scored.rows.length };
     } finally {
       x.dispose();
     }
+    return readAndDispose(total).then((values) => ({ nll: values[0]!, count: scored.rows.length }));
   }
 
   /**
@@ -266,7 +289,7 @@ export class Decoder {
     return tf.tidy(() => {
       let x = this.embedIds(ids, batch, seqlen);
       for (let i = 0; i < this.spec.numLayers; i++) {
-        x = blockForward(this.spec, this.blocks[i]!, x, batch, seqlen, this.tables);
+        x = blockForward(this.spec, i, this.blocks[i]!, x, batch, seqlen, this.tables);
       }
       const picked = this.headInput(x);
       const head = this.headWeight();
@@ -287,20 +310,19 @@ export class Decoder {
   }
 
   /** Logits of one position of a single sequence, for greedy decoding. */
-  logitsAt(ids: Int32Array, position: number = ids.length - 1): Float32Array {
+  logitsAt(ids: Int32Array, position: number = ids.length - 1): Promise<Float32Array> {
     this.checkLive();
     if (!Number.isInteger(position) || position < 0 || position >= ids.length) {
       throw new UsageError({ problem: `position ${position} is outside a sequence of ${ids.length} tokens` });
     }
     const x = this.hiddenStates(ids, 1, ids.length);
+    let logits: tf.Tensor;
     try {
-      const logits = tf.tidy(() => matMul2d(this.headInput(takeRange(x, 0, position, 1)), this.headWeight()));
-      const values = logits.dataSync() as Float32Array;
-      logits.dispose();
-      return Float32Array.from(values);
+      logits = tf.tidy(() => matMul2d(this.headInput(takeRange(x, 0, position, 1)), this.headWeight()));
     } finally {
       x.dispose();
     }
+    return readAndDispose(logits);
   }
 
   /**
@@ -320,7 +342,7 @@ export class Decoder {
     }
     const next = isBlockTensors(w)
       ? this.checkedBlockTensors(w, i)
-      : blockToTensors(this.spec, w, { source: this.sourceName, label: `block ${i}`, asVariables: this.trainable });
+      : blockToTensors(this.spec, i, w, { source: this.sourceName, label: `block ${i}`, asVariables: this.trainable });
     const previous = this.blocks[i];
     this.blocks[i] = next;
     this.hostOverrides.delete(i);
@@ -509,7 +531,7 @@ export class Decoder {
     for (const [where, n] of [["attention norm", w.attnNorm], ["MLP norm", w.mlpNorm]] as const) {
       if (n.weight.shape[0] !== hidden[0] || n.weight.rank !== 1) fail(`${where} weight`, n.weight.shape, hidden);
     }
-    const shapes = Object.entries(linearShapes(this.spec));
+    const shapes = Object.entries(linearShapes(this.spec, i));
     for (const [name, shape] of shapes) {
       const l = w.linears[name];
       if (!l) throw new CheckpointError({ file: this.sourceName, problem: `block ${i} linear ${name} is missing` });

@@ -36,16 +36,36 @@ export interface LinearRoles {
   readonly down: string;
 }
 
+/**
+ * The sizes that may differ from block to block once structured pruning has removed whole
+ * attention heads (a key/value head with the query heads sharing it) or MLP channels.
+ * The head size and the hidden size stay the same for every block.
+ */
+export interface BlockShape {
+  readonly numHeads: number;
+  /** Key/value heads; fewer than numHeads means grouped-query attention. */
+  readonly numKvHeads: number;
+  readonly intermediateSize: number;
+}
+
 export interface ModelSpec {
   readonly family: Family;
   readonly vocabSize: number;
   readonly hiddenSize: number;
   readonly numLayers: number;
+  /**
+   * numHeads, numKvHeads and intermediateSize are every block's sizes unless `blocks` gives
+   * each block its own; read them through `blockShape(spec, block)` wherever a block is meant.
+   * They stay the architecture's nominal values (for OPT and GPT-2, numHeads · headDim is the
+   * hidden size).
+   */
   readonly numHeads: number;
   /** Key/value heads; fewer than numHeads means grouped-query attention. */
   readonly numKvHeads: number;
   readonly headDim: number;
   readonly intermediateSize: number;
+  /** Per-block sizes, one entry per block (length numLayers), when blocks differ. */
+  readonly blocks?: readonly BlockShape[];
   /** Longest context the model was trained for; the default evaluation window. */
   readonly maxPositions: number;
   readonly norm: "rms" | "layer";
@@ -112,14 +132,45 @@ export interface HostGlobals {
   readonly projectOut?: HostTensor;
 }
 
-export const kvDim = (spec: ModelSpec): number => spec.numKvHeads * spec.headDim;
+/** The spec's own sizes: every block's when `blocks` is absent. */
+export const nominalBlockShape = (spec: ModelSpec): BlockShape => ({
+  numHeads: spec.numHeads,
+  numKvHeads: spec.numKvHeads,
+  intermediateSize: spec.intermediateSize,
+});
 
-/** Shapes every block linear must have, as [in, out]. */
-export const linearShapes = (spec: ModelSpec): Record<string, readonly [number, number]> => {
+/** The sizes of one block: its entry in `spec.blocks`, or the spec's own when that is absent. */
+export const blockShape = (spec: ModelSpec, block: number): BlockShape => {
+  if (!Number.isInteger(block) || block < 0 || block >= spec.numLayers) {
+    throw new RangeError(`block ${block} does not exist: the model has ${spec.numLayers} blocks`);
+  }
+  if (spec.blocks === undefined) return nominalBlockShape(spec);
+  const own = spec.blocks[block];
+  if (!own) throw new RangeError(`the spec gives ${spec.blocks.length} block shapes for ${spec.numLayers} blocks`);
+  return own;
+};
+
+export const sameBlockShape = (a: BlockShape, b: BlockShape): boolean =>
+  a.numHeads === b.numHeads && a.numKvHeads === b.numKvHeads && a.intermediateSize === b.intermediateSize;
+
+/** The shape every block has, or undefined when blocks differ. */
+export const uniformBlockShape = (spec: ModelSpec): BlockShape | undefined => {
+  if (spec.blocks === undefined || spec.numLayers < 1) return nominalBlockShape(spec);
+  const first = blockShape(spec, 0);
+  for (let i = 1; i < spec.numLayers; i++) if (!sameBlockShape(blockShape(spec, i), first)) return undefined;
+  return first;
+};
+
+/** Width of block `block`'s keys (and values): its key/value heads times the head size. */
+export const kvDim = (spec: ModelSpec, block: number): number => blockShape(spec, block).numKvHeads * spec.headDim;
+
+/** Shapes every linear of block `block` must have, as [in, out]. */
+export const linearShapes = (spec: ModelSpec, block: number): Record<string, readonly [number, number]> => {
+  const shape = blockShape(spec, block);
   const d = spec.hiddenSize;
-  const q = spec.numHeads * spec.headDim;
-  const kv = kvDim(spec);
-  const f = spec.intermediateSize;
+  const q = shape.numHeads * spec.headDim;
+  const kv = kvDim(spec, block);
+  const f = shape.intermediateSize;
   const r = spec.roles;
   const shapes: Record<string, readonly [number, number]> = {};
   if (r.qkv) shapes[r.qkv] = [d, q + 2 * kv];

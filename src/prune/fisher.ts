@@ -8,11 +8,11 @@ import type { Decoder } from "../model/decoder.ts";
  * (mean over the window's positions) as the loss. The model must be created with
  * `trainable: true` so that its weights are variables. Keys are "block.linear".
  */
-export const fisherTraces = (
+export const fisherTraces = async (
   decoder: Decoder,
   windows: readonly Int32Array[],
   onWindow?: (done: number, total: number) => void,
-): Map<string, number> => {
+): Promise<Map<string, number>> => {
   const spec = decoder.spec;
   const names: string[] = [];
   const variables: tf.Variable[] = [];
@@ -24,18 +24,21 @@ export const fisherTraces = (
     }
   }
   const sums = new Float64Array(names.length);
-  windows.forEach((ids, w) => {
+  for (const [w, ids] of windows.entries()) {
     const targets = new Int32Array(ids.length).fill(-1);
     for (let t = 0; t + 1 < ids.length; t++) targets[t] = ids[t + 1]!;
     const squares = tf.tidy(() => {
       const { grads } = tf.variableGrads(() => decoder.lossTensor(ids, targets, 1, ids.length), variables);
       return tf.stack(variables.map((v) => tf.sum(tf.square(grads[v.name]!))));
     });
-    const values = squares.dataSync();
-    squares.dispose();
-    values.forEach((v, i) => (sums[i]! += v));
+    // Read outside the tidy, asynchronously: one array of per-linear sums per window.
+    try {
+      (await squares.data()).forEach((v, i) => (sums[i]! += v));
+    } finally {
+      squares.dispose();
+    }
     onWindow?.(w + 1, windows.length);
-  });
+  }
   return new Map(names.map((n, i) => [n, sums[i]! / Math.max(1, windows.length)]));
 };
 

@@ -34,7 +34,7 @@ export interface PruneRequest {
  * weights to feed block i+1; in `dense` mode every block sees the dense model's
  * activations. Only one block's activations are alive at a time.
  */
-export const pruneModel = (decoder: Decoder, source: BlockSource, request: PruneRequest): HostBlock[] => {
+export const pruneModel = async (decoder: Decoder, source: BlockSource, request: PruneRequest): Promise<HostBlock[]> => {
   const seqlen = request.calibration[0]?.length ?? 0;
   if (seqlen === 0) throw new RangeError("no calibration windows");
   const per = Math.max(1, request.batch ?? 1);
@@ -60,7 +60,7 @@ export const pruneModel = (decoder: Decoder, source: BlockSource, request: Prune
         request.onBlock?.(i, { statistics: (performance.now() - t0) / 1000, pruning: 0 });
         continue;
       }
-      const { stats, outputs } = collectBlockStats(decoder, i, inputs, groups.map((g) => g.length), seqlen, {
+      const { stats, outputs } = await collectBlockStats(decoder, i, inputs, groups.map((g) => g.length), seqlen, {
         hessian: request.metric === "sparsegpt",
         ...(request.timings ? { timings: request.timings } : {}),
       });

@@ -4,7 +4,8 @@
  * given, so the search's history does not depend on the number of workers.
  */
 import { Effect, Queue } from "effect";
-import { fitnessFailed, type Fitness } from "../engine/genome.ts";
+import type { Fitness } from "../engine/genome.ts";
+import { WorkerError } from "../errors.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
 import { allocationFitness } from "./fitness.ts";
 import type { FitnessModel, FitnessSetup } from "./fitness-setup.ts";
@@ -19,11 +20,12 @@ export const inProcessEvaluator = (model: FitnessModel, setup: FitnessSetup, onE
   const score = allocationFitness(model.pruner, model.windows, setup.pattern);
   return {
     workers: 1,
+    // One candidate after another: they share the one model.
     evaluate: (batch) =>
-      Effect.sync(() =>
-        batch.map((allocation) => {
+      Effect.forEach(batch, (allocation) =>
+        Effect.promise(async () => {
           const start = performance.now();
-          const fitness = score(allocation);
+          const fitness = await score(allocation);
           onEach?.();
           return { ...fitness, seconds: (performance.now() - start) / 1000 };
         }),
@@ -35,9 +37,15 @@ export const inProcessEvaluator = (model: FitnessModel, setup: FitnessSetup, onE
  * N worker threads, acquired for the scope and terminated when it closes (also when the
  * search is interrupted). Each worker takes the next candidate as soon as it is free.
  */
-export const workerPoolEvaluator = (setup: FitnessSetup, workers: number, onEach?: () => void) =>
+export const workerPoolEvaluator = (
+  setup: FitnessSetup,
+  workers: number,
+  onEach?: () => void,
+  /** The worker module (tests swap in one that misbehaves). */
+  entry: URL = new URL("./fitness-worker.ts", import.meta.url),
+) =>
   Effect.acquireRelease(
-    Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(new URL("./fitness-worker.ts", import.meta.url), setup)))),
+    Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(entry, setup)))),
     (channels) => Effect.promise(() => Promise.all(channels.map((c) => c.terminate()))),
   ).pipe(
     // Every worker has built its model before the search starts, so a failing setup stops
@@ -45,7 +53,7 @@ export const workerPoolEvaluator = (setup: FitnessSetup, workers: number, onEach
     Effect.tap((channels) =>
       Effect.tryPromise({
         try: () => Promise.all(channels.map((c) => c.request<string>(null))),
-        catch: (e) => new Error(`a fitness worker failed to start: ${(e as Error).message}`),
+        catch: (e) => new WorkerError({ problem: `failed to start: ${(e as Error)?.message ?? String(e)}` }),
       }),
     ),
     Effect.map(
@@ -64,7 +72,13 @@ export const workerPoolEvaluator = (setup: FitnessSetup, workers: number, onEach
                 Effect.acquireUseRelease(
                   Queue.take(free),
                   (channel) =>
-                    Effect.promise(() => channel.request<Fitness>(allocation).catch((e: Error) => fitnessFailed(`worker: ${e.message}`))).pipe(
+                    // A candidate's own failure comes back as a Fitness; a rejected request means
+                    // the worker itself broke, which says nothing of the candidate: the search
+                    // stops with it, and nothing of it is cached.
+                    Effect.tryPromise({
+                      try: () => channel.request<Fitness>(allocation),
+                      catch: (e) => new WorkerError({ problem: (e as Error)?.message ?? String(e) }),
+                    }).pipe(
                       Effect.tap(() => Effect.sync(() => onEach?.())),
                     ),
                   (channel) => Queue.offer(free, channel),

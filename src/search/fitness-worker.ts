@@ -18,6 +18,6 @@ const score = allocationFitness(model.pruner, model.windows, setup.pattern);
 await serve(parentPort!, async (allocation: BlockAllocation | null) => {
   if (allocation === null) return { value: "ready" };
   const start = performance.now();
-  const fitness = score(allocation);
+  const fitness = await score(allocation);
   return { value: { ...fitness, seconds: (performance.now() - start) / 1000 } };
 });

@@ -5,39 +5,57 @@
 import { blockParams } from "../allocation/allocation.ts";
 import { toAllocation, type BlockAllocation, type Pattern } from "../allocation/pattern.ts";
 import { defaultBounds, type Bounds } from "../allocation/project.ts";
-import type { Checkpoint } from "../checkpoint/types.ts";
 import type { Window } from "../data/windows.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
 import type { Pruner } from "../prune/pruner.ts";
-import type { MethodContext } from "./plugin.ts";
-import { ModelStatistics } from "./statistics.ts";
+import type { DenseStatistics } from "../prune/dense-statistics.ts";
+import type { BlockStatistics, MethodContext, MethodPlugin } from "./plugin.ts";
 
 
-export const methodContext = (
-  checkpoint: Checkpoint,
+/** The numbers a plugin sees of the dense model, read from the run's DenseStatistics. */
+export const blockStatistics = (dense: DenseStatistics): BlockStatistics => ({
+  outlierShares: () => dense.outlierShares(),
+  fisherTraces: () => dense.fisherTraces(),
+  elementScores: (block) => dense.blockElementScores(block),
+  nonOutlierRatio: (block, sparsity, pruned) => dense.nonOutlierRatio(block, sparsity, pruned),
+});
+
+/**
+ * What the methods see of the run: sizes, target, bounds and the dense statistics, with
+ * the statistics that any of `methods` needs measured first.
+ */
+export const methodContext = async (
   pruner: Pruner,
-  calibration: readonly Int32Array[],
   target: number,
   pattern: Pattern,
+  methods: readonly Pick<MethodPlugin, "needs">[],
   bounds: Bounds = defaultBounds,
-): MethodContext => ({
-  blocks: checkpoint.spec.numLayers,
-  blockParams: blockParams(pruner.layout),
-  target,
-  bounds,
-  pattern,
-  statistics: new ModelStatistics(checkpoint, pruner, calibration),
-});
+): Promise<MethodContext> => {
+  const needs = new Set(methods.flatMap((m) => m.needs ?? []));
+  if (needs.size > 0) await pruner.statistics.prepare({ fisher: needs.has("fisher") });
+  return {
+    blocks: pruner.spec.numLayers,
+    blockParams: blockParams(pruner.layout),
+    target,
+    bounds,
+    pattern,
+    statistics: blockStatistics(pruner.statistics),
+  };
+};
 
 /**
  * Perplexity of the model pruned at an allocation. Failures of one candidate (a singular
  * Hessian, a non-finite loss) become a failed Fitness, so a search records them and goes on.
  */
-export const allocationFitness = (pruner: Pruner, windows: readonly Window[], pattern: Pattern) => (sparsities: BlockAllocation): Fitness => {
-  try {
-    pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
-    return fitnessOk(pruner.perplexity(windows).ppl);
-  } catch (error) {
-    return fitnessFailed((error as Error)?.message ?? String(error));
-  }
-};
+export const allocationFitness =
+  (pruner: Pruner, windows: readonly Window[], pattern: Pattern) =>
+  async (sparsities: BlockAllocation): Promise<Fitness> => {
+    try {
+      await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
+      const result = await pruner.perplexity(windows);
+      // Tokens scored: what the evaluation cost, recorded in the search's history.
+      return { ...fitnessOk(result.ppl), tokens: result.tokens };
+    } catch (error) {
+      return fitnessFailed((error as Error)?.message ?? String(error));
+    }
+  };

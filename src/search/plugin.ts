@@ -34,6 +34,8 @@ export interface BlockStatistics {
   nonOutlierRatio(block: number, sparsity: number, pruned?: "excluded" | "zero"): number;
 }
 
+export type StatisticsNeed = "scores" | "fisher";
+
 export interface MethodContext {
   readonly blocks: number;
   /** Prunable weights of each block: the weights of every mean and projection. */
@@ -72,4 +74,11 @@ export interface MethodPlugin<Space = unknown> {
    */
   readonly patterns: readonly Pattern["kind"][];
   readonly method: Method<Space>;
+  /**
+   * The dense statistics the method reads, measured by the host before it runs (each is a
+   * pass over the calibration windows, so a method that needs none costs none):
+   * "scores" for element scores, outlier shares and non-outlier ratios, "fisher" for
+   * Fisher traces.
+   */
+  readonly needs?: readonly StatisticsNeed[];
 }

@@ -36,11 +36,17 @@ export class AdamW {
     }));
   }
 
-  /** Applies one update; returns the gradient norm before clipping. */
-  apply(grads: readonly tf.Tensor[], lr: number): number {
+  /** Applies one update; returns the gradient norm before clipping (read asynchronously). */
+  async apply(grads: readonly tf.Tensor[], lr: number): Promise<number> {
     const { beta1, beta2, eps, weightDecay, clipNorm } = this.options;
     this.step++;
-    const norm = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+    const normTensor = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
+    let norm: number;
+    try {
+      norm = (await normTensor.data())[0]!;
+    } finally {
+      normTensor.dispose();
+    }
     const scale = clipNorm > 0 && norm > clipNorm ? clipNorm / norm : 1;
     const c1 = 1 - Math.pow(beta1, this.step);
     const c2 = 1 - Math.pow(beta2, this.step);
@@ -60,11 +66,12 @@ export class AdamW {
   }
 
   /** Moments and step count, for checkpoints that resume exactly. */
-  getState(): { step: number; m: Float32Array[]; v: Float32Array[] } {
+  async getState(): Promise<{ step: number; m: Float32Array[]; v: Float32Array[] }> {
+    const read = async (t: tf.Tensor) => Float32Array.from((await t.data()) as Float32Array);
     return {
       step: this.step,
-      m: this.slots.map((s) => Float32Array.from(s.m.dataSync() as Float32Array)),
-      v: this.slots.map((s) => Float32Array.from(s.v.dataSync() as Float32Array)),
+      m: await Promise.all(this.slots.map((s) => read(s.m))),
+      v: await Promise.all(this.slots.map((s) => read(s.v))),
     };
   }
 

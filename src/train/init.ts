@@ -22,7 +22,6 @@ export const initWeights = (spec: ModelSpec, seed: number): { globals: HostGloba
   const rng = new Rng(seed);
   const std = 0.02;
   const residualStd = std / Math.sqrt(2 * spec.numLayers);
-  const shapes = linearShapes(spec);
   const biased = new Set(spec.biasedLinears ?? []);
   const normOf = () => ({
     weight: filled([spec.hiddenSize], 1),
@@ -30,6 +29,7 @@ export const initWeights = (spec: ModelSpec, seed: number): { globals: HostGloba
   });
   const blocks = Array.from({ length: spec.numLayers }, (_, i): HostBlock => {
     const r = rng.split(`block${i}`);
+    const shapes = linearShapes(spec, i);
     const linears: Record<string, { weight: HostTensor; bias?: HostTensor }> = {};
     for (const name of spec.linears) {
       const shape = shapes[name]!;

@@ -37,37 +37,47 @@ if (init.parameters) params.forEach((p, i) => p.assign(tf.tensor(init.parameters
 const optimizer = new AdamW(params, init.adamw);
 if (init.optimizer) optimizer.setState(init.optimizer);
 
-const copy = (t: tf.Tensor): Float32Array => Float32Array.from(t.dataSync() as Float32Array);
+// Reads are asynchronous: GPU backends have no synchronous ones.
+const copy = async (t: tf.Tensor): Promise<Float32Array> => Float32Array.from((await t.data()) as Float32Array);
 
 await serve(parentPort!, async (m: WorkerRequest) => {
   switch (m.kind) {
     case "grads": {
       const { value, grads } = tf.variableGrads(() => decoder.lossTensor(m.ids, m.targets, m.batch, m.seqlen), params);
-      const loss = value.dataSync()[0]!;
-      const out = params.map((p) => copy(grads[p.name]!));
-      value.dispose();
-      tf.dispose(Object.values(grads));
+      let loss: number;
+      let out: Float32Array[];
+      try {
+        loss = (await value.data())[0]!;
+        out = await Promise.all(params.map((p) => copy(grads[p.name]!)));
+      } finally {
+        value.dispose();
+        tf.dispose(Object.values(grads));
+      }
       return { value: { loss, grads: out }, transfer: out.map((g) => g.buffer as ArrayBuffer) };
     }
     case "apply": {
       const tensors = m.grads.map((g, i) => tf.tensor(g, params[i]!.shape));
-      const gradNorm = optimizer.apply(tensors, m.lr);
-      tf.dispose(tensors);
+      let gradNorm: number;
+      try {
+        gradNorm = await optimizer.apply(tensors, m.lr);
+      } finally {
+        tf.dispose(tensors);
+      }
       return { value: { gradNorm } };
     }
     case "nll": {
       let nll = 0;
       let count = 0;
       for (const w of m.windows) {
-        const r = decoder.nll(w.ids, w.targets, 1, w.ids.length);
+        const r = await decoder.nll(w.ids, w.targets, 1, w.ids.length);
         nll += r.nll;
         count += r.count;
       }
       return { value: { nll, count } };
     }
     case "state": {
-      const state = optimizer.getState();
-      return { value: { backend: backend.name, names, shapes: params.map((p) => p.shape), parameters: params.map(copy), ...state } };
+      const state = await optimizer.getState();
+      return { value: { backend: backend.name, names, shapes: params.map((p) => p.shape), parameters: await Promise.all(params.map(copy)), ...state } };
     }
   }
 });

@@ -73,22 +73,32 @@ export type HfCase = keyof typeof hfConfigs;
 
 type Entry = { name: string; shape: number[]; kind: "weight" | "norm" | "bias" };
 
-const llamaNames = (c: HfCase): Entry[] => {
+/** One block's sizes when blocks differ (config.json's evosparse_block_shapes); the head size stays D / H. */
+export interface HfBlockShape {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly ffn: number;
+}
+
+const HD = D / H;
+
+const llamaNames = (c: HfCase, shapes?: readonly HfBlockShape[]): Entry[] => {
   const cfg = hfConfigs[c] as { tie_word_embeddings?: boolean };
-  const hd = D / H;
+  const hd = HD;
   const out: Entry[] = [{ name: "model.embed_tokens.weight", shape: [V, D], kind: "weight" }, { name: "model.norm.weight", shape: [D], kind: "norm" }];
   if (!cfg.tie_word_embeddings) out.push({ name: "lm_head.weight", shape: [V, D], kind: "weight" });
   for (let i = 0; i < L; i++) {
     const p = `model.layers.${i}.`;
     out.push({ name: `${p}input_layernorm.weight`, shape: [D], kind: "norm" }, { name: `${p}post_attention_layernorm.weight`, shape: [D], kind: "norm" });
+    const { heads, kvHeads, ffn } = shapes?.[i] ?? { heads: H, kvHeads: KV, ffn: F };
     const proj: Array<[string, number, number]> = [
-      ["self_attn.q_proj", H * hd, D],
-      ["self_attn.k_proj", KV * hd, D],
-      ["self_attn.v_proj", KV * hd, D],
-      ["self_attn.o_proj", D, H * hd],
-      ["mlp.gate_proj", F, D],
-      ["mlp.up_proj", F, D],
-      ["mlp.down_proj", D, F],
+      ["self_attn.q_proj", heads * hd, D],
+      ["self_attn.k_proj", kvHeads * hd, D],
+      ["self_attn.v_proj", kvHeads * hd, D],
+      ["self_attn.o_proj", D, heads * hd],
+      ["mlp.gate_proj", ffn, D],
+      ["mlp.up_proj", ffn, D],
+      ["mlp.down_proj", D, ffn],
     ];
     for (const [n, o, inDim] of proj) {
       out.push({ name: `${p}${n}.weight`, shape: [o, inDim], kind: "weight" });
@@ -98,7 +108,7 @@ const llamaNames = (c: HfCase): Entry[] => {
   return out;
 };
 
-const optNames = (c: HfCase): Entry[] => {
+const optNames = (c: HfCase, shapes?: readonly HfBlockShape[]): Entry[] => {
   const cfg = hfConfigs[c] as { word_embed_proj_dim: number; do_layer_norm_before: boolean };
   const E = cfg.word_embed_proj_dim;
   const p0 = "model.decoder.";
@@ -117,13 +127,14 @@ const optNames = (c: HfCase): Entry[] => {
     for (const n of ["self_attn_layer_norm", "final_layer_norm"]) {
       out.push({ name: `${p}${n}.weight`, shape: [D], kind: "norm" }, { name: `${p}${n}.bias`, shape: [D], kind: "bias" });
     }
+    const { heads, kvHeads, ffn } = shapes?.[i] ?? { heads: H, kvHeads: H, ffn: F };
     const lin: Array<[string, number, number]> = [
-      ["self_attn.q_proj", D, D],
-      ["self_attn.k_proj", D, D],
-      ["self_attn.v_proj", D, D],
-      ["self_attn.out_proj", D, D],
-      ["fc1", F, D],
-      ["fc2", D, F],
+      ["self_attn.q_proj", heads * HD, D],
+      ["self_attn.k_proj", kvHeads * HD, D],
+      ["self_attn.v_proj", kvHeads * HD, D],
+      ["self_attn.out_proj", D, heads * HD],
+      ["fc1", ffn, D],
+      ["fc2", D, ffn],
     ];
     for (const [n, o, inDim] of lin) {
       out.push({ name: `${p}${n}.weight`, shape: [o, inDim], kind: "weight" }, { name: `${p}${n}.bias`, shape: [o], kind: "bias" });
@@ -132,7 +143,7 @@ const optNames = (c: HfCase): Entry[] => {
   return out;
 };
 
-const gpt2Names = (): Entry[] => {
+const gpt2Names = (shapes?: readonly HfBlockShape[]): Entry[] => {
   const out: Entry[] = [
     { name: "transformer.wte.weight", shape: [V, D], kind: "weight" },
     { name: "transformer.wpe.weight", shape: [P, D], kind: "weight" },
@@ -143,11 +154,12 @@ const gpt2Names = (): Entry[] => {
     const p = `transformer.h.${i}.`;
     for (const n of ["ln_1", "ln_2"]) out.push({ name: `${p}${n}.weight`, shape: [D], kind: "norm" }, { name: `${p}${n}.bias`, shape: [D], kind: "bias" });
     // Conv1D: [in, out].
+    const { heads, kvHeads, ffn } = shapes?.[i] ?? { heads: H, kvHeads: H, ffn: 4 * D };
     const conv: Array<[string, number, number]> = [
-      ["attn.c_attn", D, 3 * D],
-      ["attn.c_proj", D, D],
-      ["mlp.c_fc", D, 4 * D],
-      ["mlp.c_proj", 4 * D, D],
+      ["attn.c_attn", D, (heads + 2 * kvHeads) * HD],
+      ["attn.c_proj", heads * HD, D],
+      ["mlp.c_fc", D, ffn],
+      ["mlp.c_proj", ffn, D],
     ];
     for (const [n, inDim, o] of conv) {
       out.push({ name: `${p}${n}.weight`, shape: [inDim, o], kind: "weight" }, { name: `${p}${n}.bias`, shape: [o], kind: "bias" });
@@ -158,14 +170,17 @@ const gpt2Names = (): Entry[] => {
   return out;
 };
 
-const entriesOf = (c: HfCase): Entry[] =>
-  c === "gpt2" ? gpt2Names() : c === "opt" || c === "opt-350m" ? optNames(c) : llamaNames(c);
+const entriesOf = (c: HfCase, shapes?: readonly HfBlockShape[]): Entry[] =>
+  c === "gpt2" ? gpt2Names(shapes) : c === "opt" || c === "opt-350m" ? optNames(c, shapes) : llamaNames(c, shapes);
 
-/** Seeded random tensors under their transformers names, in transformers' layout. */
-export const hfTensors = (c: HfCase, seed: number): Map<string, HostTensor> => {
+/**
+ * Seeded random tensors under their transformers names, in transformers' layout; `shapes`
+ * gives each of the L blocks its own heads and MLP width.
+ */
+export const hfTensors = (c: HfCase, seed: number, shapes?: readonly HfBlockShape[]): Map<string, HostTensor> => {
   const random = mulberry32(seed);
   const out = new Map<string, HostTensor>();
-  for (const e of entriesOf(c)) {
+  for (const e of entriesOf(c, shapes)) {
     const n = e.shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
     const fanIn = e.shape.length === 2 ? Math.min(...e.shape) : 1;

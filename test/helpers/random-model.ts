@@ -3,7 +3,7 @@
  * an independent reference. Weights are large enough (0.1–0.5) that every part of a block
  * changes the logits noticeably.
  */
-import type { HostBlock, HostGlobals, HostLinear, HostNorm, HostTensor, ModelSpec } from "../../src/model/spec.ts";
+import type { BlockShape, HostBlock, HostGlobals, HostLinear, HostNorm, HostTensor, ModelSpec } from "../../src/model/spec.ts";
 import { linearShapes } from "../../src/model/spec.ts";
 
 /** mulberry32: a tiny deterministic PRNG, uniform in [0, 1). */
@@ -137,9 +137,10 @@ const hasBias = (spec: ModelSpec, name: string): boolean => {
   return false;
 };
 
-export const randomModel = (c: FamilyCase, seed: number, size: Size = SMALL): RandomModel => {
+/** `blocks` gives each block its own sizes (spec.blocks). */
+export const randomModel = (c: FamilyCase, seed: number, size: Size = SMALL, blocks?: readonly BlockShape[]): RandomModel => {
   const plain = familySpec(c, size);
-  const spec: ModelSpec = { ...plain, biasedLinears: plain.linears.filter((name) => hasBias(plain, name)) };
+  const spec: ModelSpec = { ...plain, biasedLinears: plain.linears.filter((name) => hasBias(plain, name)), ...(blocks ? { blocks } : {}) };
   const random = mulberry32(seed);
   const uniform = (shape: number[], scale: number, centre = 0): HostTensor => {
     const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
@@ -149,16 +150,15 @@ export const randomModel = (c: FamilyCase, seed: number, size: Size = SMALL): Ra
   const hidden = spec.hiddenSize;
   const norm = (): HostNorm =>
     spec.norm === "layer" ? { weight: uniform([hidden], 0.3, 1), bias: uniform([hidden], 0.2) } : { weight: uniform([hidden], 0.3, 1) };
-  const shapes = linearShapes(spec);
-  const blocks: HostBlock[] = [];
+  const hostBlocks: HostBlock[] = [];
   for (let i = 0; i < spec.numLayers; i++) {
     const linears: Record<string, HostLinear> = {};
-    for (const [name, [inDim, outDim]] of Object.entries(shapes)) {
+    for (const [name, [inDim, outDim]] of Object.entries(linearShapes(spec, i))) {
       // ~0.3·sqrt(3/in) keeps each linear's output on the scale of its input.
       const weight = uniform([inDim, outDim], 0.9 / Math.sqrt(inDim));
       linears[name] = hasBias(spec, name) ? { weight, bias: uniform([outDim], 0.2) } : { weight };
     }
-    blocks.push({ attnNorm: norm(), mlpNorm: norm(), linears });
+    hostBlocks.push({ attnNorm: norm(), mlpNorm: norm(), linears });
   }
   const projected = spec.embedDim !== hidden;
   const globals: HostGlobals = {
@@ -170,7 +170,7 @@ export const randomModel = (c: FamilyCase, seed: number, size: Size = SMALL): Ra
     projectIn: projected ? uniform([spec.embedDim, hidden], 0.9 / Math.sqrt(spec.embedDim)) : undefined,
     projectOut: projected ? uniform([hidden, spec.embedDim], 0.9 / Math.sqrt(hidden)) : undefined,
   };
-  return { spec, globals, blocks };
+  return { spec, globals, blocks: hostBlocks };
 };
 
 export const blockSourceOf = (m: RandomModel, onLoad?: (index: number) => void) => ({

@@ -133,8 +133,12 @@ const lin = (block: Block, name: string, x: Vec): Vec => {
   return affine(x, l.weight, l.inDim, l.outDim, l.bias);
 };
 
-const selfAttention = (spec: ModelSpec, block: Block, xs: Vec[]): Vec[] => {
-  const { numHeads, numKvHeads, headDim, roles } = spec;
+/** Block `index`'s heads: its entry in spec.blocks when blocks differ, else the spec's. */
+const headsOf = (spec: ModelSpec, index: number): { numHeads: number; numKvHeads: number } => spec.blocks?.[index] ?? spec;
+
+const selfAttention = (spec: ModelSpec, index: number, block: Block, xs: Vec[]): Vec[] => {
+  const { headDim, roles } = spec;
+  const { numHeads, numKvHeads } = headsOf(spec, index);
   const qs: Vec[] = [];
   const ks: Vec[] = [];
   const vs: Vec[] = [];
@@ -207,13 +211,13 @@ export const referenceLogits = (spec: ModelSpec, w: ReferenceWeights, ids: Array
     }
     return x;
   });
-  for (const block of w.blocks) {
+  for (const [index, block] of w.blocks.entries()) {
     if (spec.normBefore) {
-      const attn = selfAttention(spec, block, xs.map((x) => norm(spec, x, block.attnNormWeight, block.attnNormBias)));
+      const attn = selfAttention(spec, index, block, xs.map((x) => norm(spec, x, block.attnNormWeight, block.attnNormBias)));
       const hs = xs.map((x, t) => plus(x, attn[t]));
       xs = hs.map((h) => plus(h, feedForward(spec, block, norm(spec, h, block.mlpNormWeight, block.mlpNormBias))));
     } else {
-      const attn = selfAttention(spec, block, xs);
+      const attn = selfAttention(spec, index, block, xs);
       const hs = xs.map((x, t) => norm(spec, plus(x, attn[t]), block.attnNormWeight, block.attnNormBias));
       xs = hs.map((h) => norm(spec, plus(h, feedForward(spec, block, h)), block.mlpNormWeight, block.mlpNormBias));
     }

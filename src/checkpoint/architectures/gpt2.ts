@@ -1,7 +1,17 @@
 import { Schema } from "effect";
 import { CheckpointError } from "../../errors.ts";
 import type { ModelSpec } from "../../model/spec.ts";
-import { type Architecture, decodeConfig, firstId, requireDivisible, Size, TokenId } from "./architecture.ts";
+import {
+  type Architecture,
+  blockShapesConfig,
+  decodeConfig,
+  firstId,
+  multiHeadConfigShape,
+  requireDivisible,
+  Size,
+  TokenId,
+  withBlockShapes,
+} from "./architecture.ts";
 
 const Gpt2Config = Schema.Struct({
   model_type: Schema.Literal("gpt2"),
@@ -28,7 +38,7 @@ export const gpt2: Architecture = {
     if (!["gelu_new", "gelu_pytorch_tanh"].includes(act)) {
       throw new CheckpointError({ file, problem: `activation_function ${act} is not supported (expected gelu_new)` });
     }
-    return {
+    const spec: ModelSpec = {
       family: "gpt2",
       vocabSize: c.vocab_size,
       hiddenSize: c.n_embd,
@@ -52,22 +62,28 @@ export const gpt2: Architecture = {
       bosTokenId: firstId(c.bos_token_id),
       eosTokenId: firstId(c.eos_token_id),
     };
+    // Per-block sizes (evosparse_block_shapes) override n_head and n_inner per block.
+    return withBlockShapes(spec, raw, file);
   },
-  configFromSpec: (spec) => ({
-    architectures: ["GPT2LMHeadModel"],
-    model_type: "gpt2",
-    vocab_size: spec.vocabSize,
-    n_embd: spec.hiddenSize,
-    n_layer: spec.numLayers,
-    n_head: spec.numHeads,
-    n_positions: spec.maxPositions,
-    n_inner: spec.intermediateSize,
-    layer_norm_epsilon: spec.normEps,
-    activation_function: "gelu_new",
-    ...(spec.bosTokenId !== undefined ? { bos_token_id: spec.bosTokenId } : {}),
-    ...(spec.eosTokenId !== undefined ? { eos_token_id: spec.eosTokenId } : {}),
-    torch_dtype: "float32",
-  }),
+  configFromSpec: (spec) => {
+    const own = multiHeadConfigShape(spec);
+    return {
+      architectures: ["GPT2LMHeadModel"],
+      model_type: "gpt2",
+      vocab_size: spec.vocabSize,
+      n_embd: spec.hiddenSize,
+      n_layer: spec.numLayers,
+      n_head: own.numHeads,
+      n_positions: spec.maxPositions,
+      n_inner: own.intermediateSize,
+      layer_norm_epsilon: spec.normEps,
+      activation_function: "gelu_new",
+      ...(spec.bosTokenId !== undefined ? { bos_token_id: spec.bosTokenId } : {}),
+      ...(spec.eosTokenId !== undefined ? { eos_token_id: spec.eosTokenId } : {}),
+      torch_dtype: "float32",
+      ...blockShapesConfig(spec, own),
+    };
+  },
   prefixes: ["transformer.", ""],
   writePrefix: "transformer.",
   globalNames: (_spec, p) => ({

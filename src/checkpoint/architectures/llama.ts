@@ -1,14 +1,16 @@
 import { Schema } from "effect";
 import { CheckpointError } from "../../errors.ts";
-import type { ModelSpec } from "../../model/spec.ts";
+import { nominalBlockShape, uniformBlockShape, type ModelSpec } from "../../model/spec.ts";
 import {
   type Architecture,
   type BlockNames,
+  blockShapesConfig,
   decodeConfig,
   firstId,
   requireDivisible,
   Size,
   TokenId,
+  withBlockShapes,
 } from "./architecture.ts";
 
 const Llama3Scaling = Schema.Struct({
@@ -64,7 +66,7 @@ const makeLlamaLike = (
     if (scaling && ropeType !== "llama3") {
       throw new CheckpointError({ file, problem: `rope_scaling type ${ropeType ?? "(none)"} is not supported (only llama3)` });
     }
-    return {
+    const spec: ModelSpec = {
       family,
       vocabSize: c.vocab_size,
       hiddenSize: c.hidden_size,
@@ -104,6 +106,8 @@ const makeLlamaLike = (
       // Qwen2 always carries q/k/v biases; LLaMA's attention_bias adds o_proj's too.
       biasedLinears: (c.attention_bias ?? defaults.qkvBias) ? (family === "qwen2" ? ["q", "k", "v"] : ["q", "k", "v", "o"]) : [],
     };
+    // Per-block sizes (evosparse_block_shapes) override the head and MLP fields read here.
+    return withBlockShapes(spec, raw, file);
   };
 
   const blockNames = (spec: ModelSpec, prefix: string, i: number): BlockNames => {
@@ -131,15 +135,17 @@ const makeLlamaLike = (
   const configFromSpec = (spec: ModelSpec): Record<string, unknown> => {
     const pos = spec.positions;
     const scaling = pos.kind === "rope" ? pos.scaling : undefined;
+    // head_dim is written, so equal blocks need no per-block key whatever their head count.
+    const own = uniformBlockShape(spec) ?? nominalBlockShape(spec);
     return {
       architectures: [{ llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM" }[family]],
       model_type: modelTypes[0],
       vocab_size: spec.vocabSize,
       hidden_size: spec.hiddenSize,
-      intermediate_size: spec.intermediateSize,
+      intermediate_size: own.intermediateSize,
       num_hidden_layers: spec.numLayers,
-      num_attention_heads: spec.numHeads,
-      num_key_value_heads: spec.numKvHeads,
+      num_attention_heads: own.numHeads,
+      num_key_value_heads: own.numKvHeads,
       head_dim: spec.headDim,
       max_position_embeddings: spec.maxPositions,
       rms_norm_eps: spec.normEps,
@@ -160,6 +166,7 @@ const makeLlamaLike = (
       ...(spec.bosTokenId !== undefined ? { bos_token_id: spec.bosTokenId } : {}),
       ...(spec.eosTokenId !== undefined ? { eos_token_id: spec.eosTokenId } : {}),
       torch_dtype: "float32",
+      ...blockShapesConfig(spec, own),
     };
   };
 

@@ -1,7 +1,17 @@
 import { Schema } from "effect";
 import { CheckpointError } from "../../errors.ts";
 import type { ModelSpec } from "../../model/spec.ts";
-import { type Architecture, decodeConfig, firstId, requireDivisible, Size, TokenId } from "./architecture.ts";
+import {
+  type Architecture,
+  blockShapesConfig,
+  decodeConfig,
+  firstId,
+  multiHeadConfigShape,
+  requireDivisible,
+  Size,
+  TokenId,
+  withBlockShapes,
+} from "./architecture.ts";
 
 const OptConfig = Schema.Struct({
   model_type: Schema.Literal("opt"),
@@ -37,7 +47,7 @@ export const opt: Architecture = {
       throw new CheckpointError({ file, problem: "OPT without biases or affine layer norms is not supported" });
     }
     const normBefore = c.do_layer_norm_before ?? true;
-    return {
+    const spec: ModelSpec = {
       family: "opt",
       vocabSize: c.vocab_size,
       hiddenSize: c.hidden_size,
@@ -62,26 +72,32 @@ export const opt: Architecture = {
       bosTokenId: firstId(c.bos_token_id),
       eosTokenId: firstId(c.eos_token_id),
     };
+    // Per-block sizes (evosparse_block_shapes) override num_attention_heads and ffn_dim per block.
+    return withBlockShapes(spec, raw, file);
   },
-  configFromSpec: (spec) => ({
-    architectures: ["OPTForCausalLM"],
-    model_type: "opt",
-    vocab_size: spec.vocabSize,
-    hidden_size: spec.hiddenSize,
-    ffn_dim: spec.intermediateSize,
-    num_hidden_layers: spec.numLayers,
-    num_attention_heads: spec.numHeads,
-    max_position_embeddings: spec.maxPositions,
-    do_layer_norm_before: spec.normBefore,
-    word_embed_proj_dim: spec.embedDim,
-    activation_function: "relu",
-    enable_bias: true,
-    layer_norm_elementwise_affine: true,
-    _remove_final_layer_norm: spec.normBefore && !spec.finalNorm,
-    ...(spec.bosTokenId !== undefined ? { bos_token_id: spec.bosTokenId } : {}),
-    ...(spec.eosTokenId !== undefined ? { eos_token_id: spec.eosTokenId } : {}),
-    torch_dtype: "float32",
-  }),
+  configFromSpec: (spec) => {
+    const own = multiHeadConfigShape(spec);
+    return {
+      architectures: ["OPTForCausalLM"],
+      model_type: "opt",
+      vocab_size: spec.vocabSize,
+      hidden_size: spec.hiddenSize,
+      ffn_dim: own.intermediateSize,
+      num_hidden_layers: spec.numLayers,
+      num_attention_heads: own.numHeads,
+      max_position_embeddings: spec.maxPositions,
+      do_layer_norm_before: spec.normBefore,
+      word_embed_proj_dim: spec.embedDim,
+      activation_function: "relu",
+      enable_bias: true,
+      layer_norm_elementwise_affine: true,
+      _remove_final_layer_norm: spec.normBefore && !spec.finalNorm,
+      ...(spec.bosTokenId !== undefined ? { bos_token_id: spec.bosTokenId } : {}),
+      ...(spec.eosTokenId !== undefined ? { eos_token_id: spec.eosTokenId } : {}),
+      torch_dtype: "float32",
+      ...blockShapesConfig(spec, own),
+    };
+  },
   prefixes: ["model.decoder.", "decoder."],
   writePrefix: "model.decoder.",
   globalNames: (spec, p) => ({

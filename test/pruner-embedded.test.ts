@@ -1,0 +1,112 @@
+/**
+ * test/pruner.test.ts on the embedded default model and the Brown texts, so a clone
+ * without ../shared/assets still checks that the Pruner matches the one-shot pipeline.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { perBlock, perBlockNM } from "../src/allocation/allocation.ts";
+import { initBackend } from "../src/backend/backend.ts";
+import { openCheckpointSync } from "../src/checkpoint/open.ts";
+import type { Checkpoint } from "../src/checkpoint/types.ts";
+import { calibrationWindows } from "../src/data/calibration.ts";
+import type { Window } from "../src/data/windows.ts";
+import { defaultData } from "../src/defaults.ts";
+import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
+import type { CalibrationMode } from "../src/prune/pipeline.ts";
+import type { PruneMetric } from "../src/prune/prune-linear.ts";
+import { Pruner } from "../src/prune/pruner.ts";
+import { embeddedModel, nmViolations, pipelinePrune, sameWeights, zerosOf } from "./helpers/embedded.ts";
+
+describe("Pruner: allocations applied to the embedded model", () => {
+  let ckpt: Checkpoint;
+  let calibration: Int32Array[];
+  let windows: Window[];
+  beforeAll(async () => {
+    await initBackend("wasm");
+    ckpt = openCheckpointSync(embeddedModel);
+    const tokenizer = tokenizerFor(ckpt);
+    calibration = calibrationWindows({ source: defaultData("calibration"), samples: 4, seqlen: 128 }, tokenizer);
+    windows = evaluationWindows({ data: defaultData("validation"), format: "text", maxWindows: 2 }, tokenizer, 128);
+  });
+  afterAll(() => ckpt?.close());
+
+  const reference = (metric: PruneMetric, mode: CalibrationMode, sparsities: readonly number[]) =>
+    pipelinePrune(ckpt, { metric, mode, calibration, batch: 2, target: (b) => ({ sparsity: sparsities[b]! }) }, windows);
+
+  it("is the model the tests expect: 8 blocks of width 128", async () => {
+    expect(ckpt.spec.numLayers).toBe(8);
+    expect(ckpt.spec.hiddenSize).toBe(128);
+  });
+
+  for (const metric of ["magnitude", "wanda", "sparsegpt"] as const) {
+    for (const mode of ["dense", "sequential"] as const) {
+      it(`${metric}, ${mode}: the same weights and perplexity as the one-shot pipeline, also after other candidates`, async () => {
+        const pruner = Pruner.create(ckpt, { metric, mode, calibration, batch: 2 });
+        try {
+          const layout = pruner.layout;
+          // b shares a's first blocks, so sequential mode reuses cached blocks before the first difference.
+          const a = [0.3, 0.5, 0.6, 0.7, 0.6, 0.5, 0.7, 0.6];
+          const b = [0.3, 0.5, 0.6, 0.4, 0.8, 0.5, 0.6, 0.7];
+          const first = await pruner.apply(perBlock(a, layout));
+          for (const o of pruner.outcomes(perBlock(a, layout), first)) expect(o.achieved).toBe(o.expected);
+          const pplA = (await pruner.perplexity(windows)).ppl;
+          const second = await pruner.apply(perBlock(b, layout));
+          const pplB = (await pruner.perplexity(windows)).ppl;
+          const again = await pruner.apply(perBlock(a, layout));
+          const pplA2 = (await pruner.perplexity(windows)).ppl;
+          const refA = await reference(metric, mode, a);
+          const refB = await reference(metric, mode, b);
+          expect(sameWeights(first, refA.blocks)).toBe(true);
+          expect(sameWeights(again, refA.blocks)).toBe(true);
+          expect(sameWeights(second, refB.blocks)).toBe(true);
+          expect(sameWeights(second, refA.blocks)).toBe(false);
+          expect(pplA).toBe(refA.ppl);
+          expect(pplA2).toBe(refA.ppl);
+          expect(pplB).toBe(refB.ppl);
+          pruner.restoreDense();
+          const dense = (await pruner.perplexity(windows)).ppl;
+          expect(Number.isFinite(pplA)).toBe(true);
+          expect(dense).toBeLessThan(pplA);
+        } finally {
+          pruner.dispose();
+        }
+      });
+    }
+  }
+
+  it("reports requested and achieved sparsity per linear, and N:M patterns hold in every linear", async () => {
+    const pruner = Pruner.create(ckpt, { metric: "wanda", mode: "dense", calibration });
+    try {
+      const allocation = perBlockNM([1, 1, 2, 2, 3, 3, 2, 2], 4, pruner.layout);
+      const blocks = await pruner.apply(allocation);
+      const outcomes = pruner.outcomes(allocation, blocks);
+      expect(outcomes).toHaveLength(8 * ckpt.spec.linears.length);
+      for (const o of outcomes) {
+        expect(o.achieved).toBeCloseTo(o.requested, 12);
+        expect(o.expected).toBe(o.achieved);
+        expect(o.achieved * o.params).toBe(zerosOf(blocks[o.block]!.linears[o.linear]!.weight.data));
+      }
+      for (const [b, n] of [[4, 3], [0, 1]] as const) {
+        for (const linear of ckpt.spec.linears) {
+          const wrongGroups = nmViolations(blocks[b]!.linears[linear]!.weight, n, 4);
+          expect(wrongGroups, `block ${b} ${linear}`).toBe(0);
+        }
+      }
+    } finally {
+      pruner.dispose();
+    }
+  });
+
+  it("MRP's non-outlier ratio grows from the dense value and ignores pruned weights", async () => {
+    const pruner = Pruner.create(ckpt, { metric: "wanda", mode: "dense", calibration });
+    try {
+      await pruner.statistics.prepare();
+      const values = [0, 0.5, 0.9].map((s) => pruner.statistics.nonOutlierRatio(2, s));
+      for (const v of values) expect(v).toBeGreaterThan(0.5);
+      for (const v of values) expect(v).toBeLessThanOrEqual(1);
+      expect(new Set(values).size).toBe(3);
+      expect(pruner.statistics.nonOutlierRatio(2, 0.5)).toBe(values[1]);
+    } finally {
+      pruner.dispose();
+    }
+  });
+});

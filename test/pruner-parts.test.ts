@@ -1,0 +1,75 @@
+/**
+ * The Pruner's parts on the embedded model: what is known of the dense model never
+ * depends on what was pruned or installed before, pruned weights are a pure function of
+ * the allocation, and the stats table reads the same statistics the allocation methods see.
+ */
+import { afterAll, describe, expect, it } from "vitest";
+import { perBlock } from "../src/allocation/allocation.ts";
+import { defaultData, defaultModel } from "../src/defaults.ts";
+import { evaluationWindows } from "../src/eval/inputs.ts";
+import { DenseStatistics } from "../src/prune/dense-statistics.ts";
+import { createPruner, openCalibratedModel } from "../src/prune/setup.ts";
+import { methodContext } from "../src/search/fitness.ts";
+import { initBackend } from "../src/backend/backend.ts";
+
+await initBackend("wasm");
+const model = openCalibratedModel({ model: defaultModel(), calib: defaultData("calibration"), nsamples: 2, seed: 0 });
+afterAll(() => model.close());
+const blocks = model.checkpoint.spec.numLayers;
+const windows = evaluationWindows({ data: defaultData("validation"), format: "text", maxWindows: 2 }, model.tokenizer, model.seqlen);
+const allocation = (s: number[]) => (pruner: ReturnType<typeof createPruner>) => perBlock(s, pruner.layout);
+const a = allocation(Array.from({ length: blocks }, (_, b) => 0.4 + 0.05 * (b % 3)));
+const b = allocation(Array.from({ length: blocks }, (_, k) => 0.7 - 0.05 * (k % 2)));
+
+describe("the Pruner's parts", () => {
+  for (const mode of ["dense", "sequential"] as const) {
+    it(`${mode}: statistics read after pruning equal those read first; an allocation gives the same weights and perplexity in any order`, async () => {
+      const first = createPruner(model, { metric: "wanda", mode, batch: 2 });
+      const second = createPruner(model, { metric: "wanda", mode, batch: 2 });
+      try {
+        // first: statistics, then A; second: B, A (installed), then statistics.
+        await first.statistics.prepare();
+        const shares = first.statistics.outlierShares();
+        const nor = first.statistics.nonOutlierRatio(3, 0.5);
+        const weightsA = (await first.apply(a(first))).map((blk) => blk.linears);
+        const pplA = (await first.perplexity(windows)).ppl;
+        await second.apply(b(second));
+        await second.perplexity(windows);
+        const weightsA2 = (await second.apply(a(second))).map((blk) => blk.linears);
+        expect((await second.perplexity(windows)).ppl).toBe(pplA);
+        await second.statistics.prepare();
+        expect(second.statistics.outlierShares()).toEqual(shares);
+        expect(second.statistics.nonOutlierRatio(3, 0.5)).toBe(nor);
+        weightsA.forEach((linears, k) => {
+          for (const [name, linear] of Object.entries(linears)) expect(Buffer.from(weightsA2[k]![name]!.weight.data.buffer).equals(Buffer.from(linear.weight.data.buffer)), `${k}.${name}`).toBe(true);
+        });
+        // The dense model is back exactly.
+        second.restoreDense();
+        first.restoreDense();
+        expect((await second.perplexity(windows)).ppl).toBe((await first.perplexity(windows)).ppl);
+      } finally {
+        first.dispose();
+        second.dispose();
+      }
+    });
+  }
+
+  it("the stats table's block statistics are the ones the allocation methods see", async () => {
+    const pruner = createPruner(model, { metric: "wanda", mode: "dense" });
+    try {
+      const context = await methodContext(pruner, 0.5, { kind: "unstructured" }, [{ needs: ["scores", "fisher"] }]);
+      const dense = Array.from({ length: blocks }, (_, i) => model.checkpoint.readBlock(i));
+      const table = await new DenseStatistics(model.checkpoint, dense, { metric: "wanda", calibration: model.calibration }).table();
+      const shares = context.statistics.outlierShares();
+      const traces = context.statistics.fisherTraces();
+      for (let k = 0; k < blocks; k++) {
+        const rows = table.filter((r) => r.block === k);
+        expect(rows[0]!.blockOutlierShare).toBe(shares[k]);
+        expect(rows.reduce((s, r) => s + r.fisherTrace, 0)).toBeCloseTo(traces[k]!, 10);
+        expect(rows[0]!.blockNonOutlierRatio).toBe(context.statistics.nonOutlierRatio(k, 0));
+      }
+    } finally {
+      pruner.dispose();
+    }
+  });
+});
