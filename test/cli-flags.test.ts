@@ -5,7 +5,8 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { parseNumberFlag, givenFlags, type NumberRule } from "../src/cli/flags.ts";
+import { givenFlags } from "../src/cli/flags.ts";
+import { parseNumberFlag, type NumberRule } from "../src/settings/number-rule.ts";
 import { parsePattern } from "../src/cli/options.ts";
 import { program } from "../src/cli/program.ts";
 import { UsageError } from "../src/errors.ts";

@@ -12,7 +12,7 @@ const src = resolve(import.meta.dirname, "..", "src");
 /** Each folder's layer, lowest first; folders of one layer do not import each other. */
 const LAYERS: readonly (readonly string[])[] = [
   ["."],
-  ["model", "tokenizer", "backend", "output", "report", "workers", "engine"],
+  ["model", "tokenizer", "backend", "output", "report", "workers", "engine", "settings"],
   ["data", "checkpoint/architectures"],
   ["checkpoint"],
   ["allocation"],

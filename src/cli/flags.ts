@@ -1,60 +1,13 @@
 /**
- * Numeric flags, checked as yargs reads them: a value is either accepted and used exactly
- * as given, or refused with one line naming the flag, before a command does anything.
- *
- * yargs' own `type: "number"` turns `abc` into NaN and `0x10` into 16, so the raw text
- * would be lost; these options take the text (the CLI parses with `parse-numbers` off) and
- * accept plain decimal numbers only.
+ * Numeric flags, checked as yargs reads them (the CLI parses with `parse-numbers` off, so
+ * each option sees the text as typed): refused values never reach a command.
  */
-import { UsageError } from "../errors.ts";
+import type { Argv } from "yargs";
+import { camelOf, type FlagSpec, type FlagTable } from "../settings/flag-table.ts";
+import { describeRule, parseNumberFlag, type NumberRule } from "../settings/number-rule.ts";
+import { parsePattern } from "./options.ts";
 
-export interface NumberRule {
-  /** A whole number (a safe integer). */
-  readonly whole?: boolean;
-  readonly min?: number;
-  readonly max?: number;
-  /** The bound `min` itself is refused (e.g. a time budget > 0). */
-  readonly minExclusive?: boolean;
-  /** The bound `max` itself is refused (e.g. a sparsity < 1). */
-  readonly maxExclusive?: boolean;
-}
-
-const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
-
-/** What the rule accepts, in words: "a whole number >= 1", "a number in [0, 1)". */
-export const describeRule = (rule: NumberRule): string => {
-  const kind = rule.whole ? "a whole number" : "a number";
-  const { min, max } = rule;
-  if (min !== undefined && max !== undefined) return `${kind} in ${rule.minExclusive ? "(" : "["}${min}, ${max}${rule.maxExclusive ? ")" : "]"}`;
-  if (min !== undefined) return `${kind} ${rule.minExclusive ? ">" : ">="} ${min}`;
-  if (max !== undefined) return `${kind} ${rule.maxExclusive ? "<" : "<="} ${max}`;
-  return kind;
-};
-
-/** The value of `--flag` under `rule`, or a UsageError naming the flag and what it takes. */
-export const parseNumberFlag = (flag: string, raw: unknown, rule: NumberRule): number => {
-  const refuse = (shown: string): never => {
-    throw new UsageError({ problem: `--${flag} ${shown} is not ${describeRule(rule)}` });
-  };
-  if (Array.isArray(raw)) throw new UsageError({ problem: `--${flag} is given ${raw.length} times: give it once` });
-  let value: number;
-  if (typeof raw === "number") value = raw;
-  else if (typeof raw === "string") {
-    const text = raw.trim();
-    if (text === "") throw new UsageError({ problem: `--${flag} needs a value: ${describeRule(rule)}` });
-    if (!DECIMAL.test(text)) refuse(JSON.stringify(raw));
-    value = Number(text);
-  } else {
-    throw new UsageError({ problem: `--${flag} needs a value: ${describeRule(rule)}` });
-  }
-  const shown = typeof raw === "string" ? raw.trim() : String(raw);
-  if (!Number.isFinite(value)) refuse(shown);
-  if (rule.whole && !Number.isSafeInteger(value)) refuse(shown);
-  if (rule.min !== undefined && (value < rule.min || (rule.minExclusive && value === rule.min))) refuse(shown);
-  if (rule.max !== undefined && (value > rule.max || (rule.maxExclusive && value === rule.max))) refuse(shown);
-  // -0 is 0 for every flag; keep the printed settings free of "-0".
-  return value === 0 ? 0 : value;
-};
+export { SEED, SEQLEN, SPARSITY, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 
 interface NumberOptionSpec extends NumberRule {
   readonly describe: string;
@@ -72,14 +25,6 @@ export const numberOption = (flag: string, spec: NumberOptionSpec) => {
   } as const;
 };
 
-/** Common rules. */
-export const WHOLE_POSITIVE: NumberRule = { whole: true, min: 1 };
-export const WHOLE_NON_NEGATIVE: NumberRule = { whole: true, min: 0 };
-export const SEED: NumberRule = { whole: true, min: -(2 ** 53 - 1), max: 2 ** 53 - 1 };
-/** A window must hold at least two tokens for one of them to be scored. */
-export const SEQLEN: NumberRule = { whole: true, min: 2 };
-export const SPARSITY: NumberRule = { min: 0, max: 1, maxExclusive: true };
-
 /** The options of the command line that were given explicitly (camelCase names). */
 export const givenFlags = (args: readonly string[]): Set<string> => {
   const given = new Set<string>();
@@ -89,4 +34,39 @@ export const givenFlags = (args: readonly string[]): Set<string> => {
     if (match) given.add(match[1]!.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()));
   }
   return given;
+};
+
+/** The yargs option of a setting's flag. */
+const optionOf = (spec: FlagSpec) => {
+  const fallback = spec.default !== undefined ? { default: spec.default } : {};
+  switch (spec.kind) {
+    case "number":
+      return numberOption(spec.flag, { ...spec.rule, describe: spec.describe, ...(spec.default !== undefined ? { default: spec.default } : {}) });
+    case "choice":
+      return { choices: spec.choices, describe: spec.describe, ...fallback };
+    default:
+      return { type: "string", requiresArg: true, describe: spec.describe, ...fallback } as const;
+  }
+};
+
+/** Adds an option for every setting of a job's flag table, in the table's order. */
+export const tableOptions = <S>(y: Argv, table: FlagTable<S>): Argv => {
+  let out = y;
+  for (const key of Object.keys(table) as (keyof S)[]) out = out.option(table[key].flag, optionOf(table[key]));
+  return out;
+};
+
+/**
+ * The settings the command line gives, by setting name (patterns parsed); a setting whose
+ * flag is absent and has no default is left out. Throws a UsageError for a bad pattern.
+ */
+export const settingsFromArgv = <S>(table: FlagTable<S>, argv: Readonly<Record<string, unknown>>): Partial<S> => {
+  const settings: Partial<Record<keyof S, unknown>> = {};
+  for (const key of Object.keys(table) as (keyof S)[]) {
+    const spec = table[key];
+    const value = argv[camelOf(spec.flag)];
+    if (value === undefined) continue;
+    settings[key] = spec.kind === "pattern" ? parsePattern(String(value)) : value;
+  }
+  return settings as Partial<S>;
 };

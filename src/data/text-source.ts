@@ -3,7 +3,7 @@ import { DataError } from "../errors.ts";
 import { brownText, isBrownSource, parseBrownSource } from "./brown.ts";
 
 export type TextFormat = "text" | "jsonl" | "stories";
-export const TEXT_FORMATS: readonly TextFormat[] = ["text", "jsonl", "stories"];
+export const TEXT_FORMATS = ["text", "jsonl", "stories"] as const satisfies readonly TextFormat[];
 
 /** TinyStories' document separator. */
 export const STORY_SEPARATOR = "<|endoftext|>";

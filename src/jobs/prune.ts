@@ -12,6 +12,12 @@ import type { TextFormat } from "../data/text-source.ts";
 import type { Window } from "../data/windows.ts";
 import { attempt, attemptPromise, DataError, isEvosparseError, UsageError } from "../errors.ts";
 import { checkOutputFolder } from "../output/folder.ts";
+import { CALIBRATION_MODES } from "../prune/pipeline.ts";
+import { PRUNE_METRICS } from "../prune/prune-linear.ts";
+import { TEXT_FORMATS } from "../data/text-source.ts";
+import { defaultData, defaultModel } from "../defaults.ts";
+import type { FlagTable } from "../settings/flag-table.ts";
+import { SEED, SEQLEN, SPARSITY, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { createPruner, openCalibratedModel } from "../prune/setup.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
@@ -56,6 +62,32 @@ export interface PruneJobRequest {
   readonly backend: BackendChoice;
   readonly log?: (line: string) => void;
 }
+
+/** What decides a prune's result: the request without where it goes and how it is run. */
+export type PruneSettings = Omit<PruneJobRequest, "out" | "overwrite" | "backend" | "log">;
+
+/** The flag of every prune setting: the command's options and printed commands derive from it. */
+export const PRUNE_FLAGS: FlagTable<PruneSettings> = {
+  model: { flag: "model", kind: "path", default: defaultModel(), describe: "Hugging Face folder, llama2.c .bin, or a folder holding one" },
+  tokenizer: { flag: "tokenizer", kind: "path", describe: "tokenizer file (overrides the one beside the checkpoint)" },
+  metric: { flag: "metric", kind: "choice", choices: PRUNE_METRICS, default: "wanda", describe: "pruning metric" },
+  sparsity: { flag: "sparsity", kind: "number", rule: SPARSITY, describe: "target global sparsity (implied by an N:M pattern)" },
+  pattern: { flag: "pattern", kind: "pattern", default: "unstructured", describe: "unstructured, or N:M (N zeros in every M consecutive inputs)" },
+  allocation: { flag: "allocation", kind: "path", default: "uniform", describe: "uniform, owl, atp (or any method in plugins/ that needs no search), or an allocation CSV file" },
+  space: { flag: "space", kind: "path", describe: "search-space file of the allocation method (default: its file in search-spaces/)" },
+  calib: { flag: "calib", kind: "path", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" },
+  field: { flag: "field", kind: "text", default: "text", describe: "jsonl field holding the text" },
+  nsamples: { flag: "nsamples", kind: "number", rule: WHOLE_POSITIVE, default: 128, describe: "calibration windows" },
+  seed: { flag: "seed", kind: "number", rule: SEED, default: 0, describe: "seed of the calibration windows" },
+  seqlen: { flag: "seqlen", kind: "number", rule: SEQLEN, describe: "calibration and evaluation window length (default: the model's context)" },
+  mode: { flag: "mode", kind: "choice", choices: CALIBRATION_MODES, default: "sequential", describe: "calibration inputs from the already-pruned blocks (sequential) or the dense model" },
+  batch: { flag: "batch", kind: "number", rule: WHOLE_POSITIVE, default: 1, describe: "calibration windows per forward pass" },
+  eval: { flag: "eval", kind: "path", describe: "evaluation text: report dense and pruned perplexity" },
+  evalFormat: { flag: "eval-format", kind: "choice", choices: TEXT_FORMATS, default: "text", describe: "format of the evaluation text" },
+  evalWindows: { flag: "eval-windows", kind: "number", rule: WHOLE_POSITIVE, describe: "score at most this many evaluation windows (default: all)" },
+  valid: { flag: "valid", kind: "path", default: defaultData("validation"), describe: "validation text for methods that compare candidates (atp)" },
+  validWindows: { flag: "valid-windows", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "validation windows per candidate" },
+};
 
 export interface PruneReport {
   readonly model: string;

@@ -18,6 +18,14 @@ import { nmMismatch } from "../allocation/nm.ts";
 import { resultsDir } from "../defaults.ts";
 import { checkEngineLimits, evolve, type EngineCheckpoint } from "../engine/evolve.ts";
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
+import { CALIBRATION_MODES } from "../prune/pipeline.ts";
+import { PRUNE_METRICS } from "../prune/prune-linear.ts";
+import { TEXT_FORMATS } from "../data/text-source.ts";
+import { defaultData, defaultModel } from "../defaults.ts";
+import { availablePlugins } from "../search/registry.ts";
+import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
+import { SEED, SEQLEN, SPARSITY, WHOLE_POSITIVE } from "../settings/number-rule.ts";
+import { PRUNE_FLAGS } from "./prune.ts";
 import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { decodeEngineState, type GenerationRecord, type HistoryRecord, type StopReason } from "../engine/state.ts";
 import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
@@ -46,7 +54,7 @@ export const SearchSettings = Schema.Struct({
   method: Schema.String,
   space: Schema.String,
   sparsity: Schema.Number,
-  metric: Schema.Literals(["magnitude", "wanda", "sparsegpt"]),
+  metric: Schema.Literals(PRUNE_METRICS),
   pattern: PatternSchema,
   model: Schema.String,
   tokenizer: Schema.optional(Schema.String),
@@ -59,7 +67,7 @@ export const SearchSettings = Schema.Struct({
   fitnessData: Schema.String,
   fitnessWindows: Schema.Int,
   eval: Schema.String,
-  evalFormat: Schema.Literals(["text", "jsonl", "stories"]),
+  evalFormat: Schema.Literals(TEXT_FORMATS),
   evalWindows: Schema.optional(Schema.Int),
   population: Schema.Int,
   generations: Schema.Int,
@@ -67,11 +75,41 @@ export const SearchSettings = Schema.Struct({
   timeBudgetSeconds: Schema.optional(Schema.Number),
   patience: Schema.optional(Schema.Int),
   seed: Schema.Int,
-  mode: Schema.Literals(["dense", "sequential"]),
-  finalMode: Schema.Literals(["dense", "sequential"]),
+  mode: Schema.Literals(CALIBRATION_MODES),
+  finalMode: Schema.Literals(CALIBRATION_MODES),
   batch: Schema.Int,
 });
 export type SearchSettings = typeof SearchSettings.Type;
+
+/** The flag of every search setting: the command's options and messages derive from it. */
+export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
+  method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: ${availablePlugins().join(", ")}` },
+  space: { flag: "space", kind: "path", describe: "search-space file (default: the method's file in search-spaces/)" },
+  sparsity: { flag: "sparsity", kind: "number", rule: SPARSITY, describe: "target global sparsity (implied by an N:M pattern)" },
+  metric: { flag: "metric", kind: "choice", choices: PRUNE_METRICS, default: "wanda", describe: "pruning metric" },
+  pattern: { flag: "pattern", kind: "pattern", default: "unstructured", describe: "unstructured, or N:M" },
+  model: { flag: "model", kind: "path", default: defaultModel(), describe: "Hugging Face folder, llama2.c .bin, or a folder holding one" },
+  tokenizer: { flag: "tokenizer", kind: "path", describe: "tokenizer file (overrides the one beside the checkpoint)" },
+  calib: { flag: "calib", kind: "path", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" },
+  field: { flag: "field", kind: "text", default: "text", describe: "jsonl field holding the text" },
+  nsamples: { flag: "nsamples", kind: "number", rule: WHOLE_POSITIVE, default: 128, describe: "calibration windows" },
+  calibSeed: { flag: "calib-seed", kind: "number", rule: SEED, default: 0, describe: "seed of the calibration windows (the prune command's --seed)" },
+  seqlen: { flag: "seqlen", kind: "number", rule: SEQLEN, describe: "window length of calibration, fitness and test (default: the model's context)" },
+  fitnessData: { flag: "fitness-data", kind: "path", default: defaultData("validation"), describe: "validation text the fitness perplexity is measured on" },
+  fitnessWindows: { flag: "fitness-windows", kind: "number", rule: WHOLE_POSITIVE, default: 8, describe: "validation windows per fitness evaluation" },
+  eval: { flag: "eval", kind: "path", default: defaultData("test"), describe: "test text for the final report" },
+  evalFormat: { flag: "eval-format", kind: "choice", choices: TEXT_FORMATS, default: "text", describe: "format of the test text" },
+  evalWindows: { flag: "eval-windows", kind: "number", rule: WHOLE_POSITIVE, describe: "at most this many test windows (default: all)" },
+  population: { flag: "population", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "individuals per generation" },
+  generations: { flag: "generations", kind: "number", rule: WHOLE_POSITIVE, default: 10, describe: "generations at most" },
+  budgetEvals: { flag: "budget-evals", kind: "number", rule: WHOLE_POSITIVE, describe: "stop after this many fitness evaluations" },
+  timeBudgetSeconds: { flag: "time-budget", kind: "number", rule: { min: 0, minExclusive: true }, describe: "stop after the generation that passes this many seconds" },
+  patience: { flag: "patience", kind: "number", rule: WHOLE_POSITIVE, describe: "stop after this many generations without improvement" },
+  seed: { flag: "seed", kind: "number", rule: SEED, default: 0, describe: "seed of the search" },
+  mode: { flag: "mode", kind: "choice", choices: CALIBRATION_MODES, default: "dense", describe: "calibration mode of fitness evaluations" },
+  finalMode: { flag: "final-mode", kind: "choice", choices: CALIBRATION_MODES, default: "sequential", describe: "calibration mode of the final re-pruning" },
+  batch: { flag: "batch", kind: "number", rule: WHOLE_POSITIVE, default: 4, describe: "calibration windows per forward pass" },
+};
 
 /** Settings of a new run as given; seqlen may be left for the model's context. */
 export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonly seqlen?: number; readonly space?: string };
@@ -83,8 +121,7 @@ export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonl
 export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "timeBudgetSeconds", "patience"] as const;
 
 /** The command-line flag of a setting, for messages. */
-export const settingFlag = (key: string): string =>
-  key === "timeBudgetSeconds" ? "--time-budget" : `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+export const settingFlag = (key: keyof SearchSettings): string => `--${SEARCH_FLAGS[key].flag}`;
 
 export interface SearchRequest {
   /** Settings of a new run. */
@@ -253,23 +290,28 @@ const runMethod = <Space>(
     } satisfies MethodOutcome;
   });
 
+/** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
+  // npx finds the bin of the installed package, so the command runs as printed.
   [
-    // npx finds the bin of the installed package, so the command runs as printed.
     "npx evosparse prune",
-    `--model ${s.model}`,
-    ...(s.tokenizer ? [`--tokenizer ${s.tokenizer}`] : []),
-    `--metric ${s.metric}`,
-    s.pattern.kind === "nm" ? `--pattern ${s.pattern.n}:${s.pattern.m}` : `--sparsity ${s.sparsity}`,
-    `--allocation ${allocationFile}`,
-    `--calib ${s.calib}`,
-    `--nsamples ${s.nsamples}`,
-    `--seed ${s.calibSeed}`,
-    `--seqlen ${s.seqlen}`,
-    `--mode ${s.finalMode}`,
-    `--eval ${s.eval}`,
-    `--eval-format ${s.evalFormat}`,
-    ...(s.evalWindows ? [`--eval-windows ${s.evalWindows}`] : []),
+    ...flagWords(PRUNE_FLAGS, {
+      model: s.model,
+      tokenizer: s.tokenizer,
+      metric: s.metric,
+      ...(s.pattern.kind === "nm" ? { pattern: s.pattern as Pattern } : { sparsity: s.sparsity }),
+      allocation: allocationFile,
+      calib: s.calib,
+      field: s.field,
+      nsamples: s.nsamples,
+      seed: s.calibSeed,
+      seqlen: s.seqlen,
+      mode: s.finalMode,
+      batch: s.batch,
+      eval: s.eval,
+      evalFormat: s.evalFormat,
+      evalWindows: s.evalWindows,
+    }),
     "--out DIR",
   ].join(" ");
 
@@ -283,14 +325,11 @@ const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWi
 const samePath = (a: string | undefined, b: string | undefined): boolean =>
   a === b || (a !== undefined && b !== undefined && !a.startsWith("brown:") && resolve(a) === resolve(b));
 
-const PATH_SETTINGS = new Set(["model", "tokenizer", "calib", "fitnessData", "eval", "space"]);
-
-const sameSetting = (key: string, a: unknown, b: unknown): boolean =>
-  PATH_SETTINGS.has(key) ? samePath(a as string | undefined, b as string | undefined) : JSON.stringify(a) === JSON.stringify(b);
+const sameSetting = (key: keyof SearchSettings, a: unknown, b: unknown): boolean =>
+  SEARCH_FLAGS[key].kind === "path" ? samePath(a as string | undefined, b as string | undefined) : JSON.stringify(a) === JSON.stringify(b);
 
 
-const shown = (value: unknown): string =>
-  typeof value === "object" && value !== null && "kind" in value ? patternText(value as Pattern) : String(value);
+const shown = (key: keyof SearchSettings, value: unknown): string => flagText(SEARCH_FLAGS[key], value);
 
 /**
  * The saved settings with the allowed changes applied; a flag that would change anything
@@ -298,8 +337,9 @@ const shown = (value: unknown): string =>
  */
 export const resumedSettings = (saved: SearchSettings, given: Partial<GivenSettings>, file: string): SearchSettings => {
   const changed: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(given)) {
-    if (value === undefined || sameSetting(key, value, (saved as Record<string, unknown>)[key])) continue;
+  for (const [name, value] of Object.entries(given)) {
+    const key = name as keyof SearchSettings;
+    if (value === undefined || sameSetting(key, value, saved[key])) continue;
     if ((RESUMABLE_SETTINGS as readonly string[]).includes(key)) {
       changed[key] = value;
       continue;
@@ -307,7 +347,7 @@ export const resumedSettings = (saved: SearchSettings, given: Partial<GivenSetti
     const before = (saved as Record<string, unknown>)[key];
     throw new UsageError({
       problem:
-        `${settingFlag(key)} ${shown(value)} differs from the resumed run's ${before === undefined ? "default" : shown(before)} (${file}): ` +
+        `${settingFlag(key)} ${shown(key, value)} differs from the resumed run's ${before === undefined ? "default" : shown(key, before)} (${file}): ` +
         `a resumed run keeps its settings; only ${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --workers and --backend may change`,
     });
   }

@@ -5,7 +5,8 @@ import { collectBlockStats } from "./collect.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
 import { timed, type StageTimings } from "./timings.ts";
 
-export type CalibrationMode = "sequential" | "dense";
+export const CALIBRATION_MODES = ["sequential", "dense"] as const;
+export type CalibrationMode = (typeof CALIBRATION_MODES)[number];
 
 export interface PruneRequest {
   readonly metric: PruneMetric;

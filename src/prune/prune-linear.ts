@@ -6,7 +6,7 @@ import { sparseGptPrune } from "./sparsegpt.ts";
 import { timed, type StageTimings } from "./timings.ts";
 
 export type PruneMetric = "magnitude" | "wanda" | "sparsegpt";
-export const PRUNE_METRICS: readonly PruneMetric[] = ["magnitude", "wanda", "sparsegpt"];
+export const PRUNE_METRICS = ["magnitude", "wanda", "sparsegpt"] as const satisfies readonly PruneMetric[];
 
 /** What one linear must become: a fraction pruned, or an N:M pattern. */
 export type LinearTarget = { readonly sparsity: number } | { readonly n: number; readonly m: number };
