@@ -25,19 +25,30 @@ export const collectBlockStats = async (
   options: { readonly hessian: boolean; readonly timings?: StageTimings },
 ): Promise<{ stats: Map<string, LinearInputStats>; outputs: tf.Tensor2D[] }> => {
   const stats = new Map<string, LinearInputStats>();
-  // The observer runs inside the forward pass: its time is statistics, the rest forward.
+  const entryOf = (name: string, features: number): LinearInputStats => {
+    let entry = stats.get(name);
+    if (!entry) {
+      entry = { norms: new InputNormAccumulator(features), ...(options.hessian ? { hessian: new HessianAccumulator(features) } : {}) };
+      stats.set(name, entry);
+    }
+    return entry;
+  };
+  // The forward only queues work on the backend; the observer keeps each linear input's
+  // sums of squares there, and they are read once, after the last batch, asynchronously
+  // (GPU backends have no synchronous reads). Gram matrices are read after each batch:
+  // keeping a [features, features] matrix per batch would hold too much memory, and
+  // summing them on the backend in float32 would change the float64 accumulation.
+  // Both are added in the order the linears ran, so the result does not depend on when
+  // the reads complete.
+  const sums: Array<{ name: string; rows: number; features: number; sums: tf.Tensor }> = [];
+  const outputs: tf.Tensor2D[] = [];
   let observing = 0;
   let forward = 0;
-  const outputs: tf.Tensor2D[] = [];
   try {
     for (let k = 0; k < inputs.length; k++) {
-      // The forward is synchronous and only queues work on the backend; the observer keeps
-      // each linear input's sums (and Gram matrix) there. They are read once the batch has
-      // run, asynchronously (GPU backends have no synchronous reads), and added in the order
-      // the linears ran, so the result does not depend on when the reads complete.
       // q, k and v read the same tensor: its statistics are computed once per batch.
       const seen = new Map<tf.Tensor, { sums: tf.Tensor; gram?: tf.Tensor }>();
-      const order: Array<{ name: string; rows: number; features: number; source: { sums: tf.Tensor; gram?: tf.Tensor } }> = [];
+      const grams: Array<{ name: string; rows: number; gram: tf.Tensor }> = [];
       const began = performance.now();
       let observed = 0;
       try {
@@ -47,41 +58,39 @@ export const collectBlockStats = async (
             const [rows, features] = input.shape;
             let source = seen.get(input);
             if (!source) {
-              // tidy returns tensors and the arrays are read after it: tidy walks whatever it
-              // returns looking for tensors, which for a [3072, 3072] array costs seconds.
               // Kept: the block's forward runs in a tidy that would dispose them on return.
-              const [sums, gram] = tf.tidy(() => [tf.sum(tf.square(input), 0), ...(options.hessian ? [tf.matMul(tf.transpose(input), input)] : [])]).map((t) => tf.keep(t));
-              source = { sums: sums!, ...(gram ? { gram } : {}) };
+              // tidy returns tensors and the arrays are read after it: tidy walks whatever
+              // it returns looking for tensors, which for a [3072, 3072] array costs seconds.
+              const [s, gram] = tf.tidy(() => [tf.sum(tf.square(input), 0), ...(options.hessian ? [tf.matMul(tf.transpose(input), input)] : [])]).map((t) => tf.keep(t));
+              source = { sums: s!, ...(gram ? { gram } : {}) };
               seen.set(input, source);
             }
-            order.push({ name, rows, features, source });
+            entryOf(name, features);
+            sums.push({ name, rows, features, sums: source.sums });
+            if (source.gram) grams.push({ name, rows, gram: source.gram });
             observed += performance.now() - at;
           }),
         );
         forward += performance.now() - began - observed;
         const readStart = performance.now();
-        const sources = [...seen.values()];
-        const read = new Map<tf.Tensor, Float32Array>();
-        await Promise.all(
-          sources.flatMap((src) => [src.sums, ...(src.gram ? [src.gram] : [])]).map(async (t) => read.set(t, (await t.data()) as Float32Array)),
-        );
-        for (const { name, rows, features, source } of order) {
-          let entry = stats.get(name);
-          if (!entry) {
-            entry = { norms: new InputNormAccumulator(features), ...(options.hessian ? { hessian: new HessianAccumulator(features) } : {}) };
-            stats.set(name, entry);
-          }
-          entry.norms.addSumSquares(read.get(source.sums)!, rows);
-          if (source.gram) entry.hessian!.addGram(read.get(source.gram)!, rows);
-        }
+        const values = new Map<tf.Tensor, Float32Array>();
+        await Promise.all([...new Set(grams.map((g) => g.gram))].map(async (t) => values.set(t, (await t.data()) as Float32Array)));
+        for (const { name, rows, gram } of grams) stats.get(name)!.hessian!.addGram(values.get(gram)!, rows);
         observing += observed + performance.now() - readStart;
       } finally {
-        for (const src of seen.values()) tf.dispose([src.sums, ...(src.gram ? [src.gram] : [])]);
+        for (const src of seen.values()) if (src.gram) src.gram.dispose();
       }
     }
+    const readStart = performance.now();
+    const values = new Map<tf.Tensor, Float32Array>();
+    await Promise.all([...new Set(sums.map((s) => s.sums))].map(async (t) => values.set(t, (await t.data()) as Float32Array)));
+    for (const { name, rows, sums: t } of sums) stats.get(name)!.norms.addSumSquares(values.get(t)!, rows);
+    observing += performance.now() - readStart;
   } catch (error) {
     tf.dispose(outputs);
     throw error;
+  } finally {
+    tf.dispose([...new Set(sums.map((s) => s.sums))]);
   }
   if (options.timings) {
     options.timings.statistics += observing / 1000;
