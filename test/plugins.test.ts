@@ -72,6 +72,7 @@ const contextOf = (o: ContextOptions): MethodContext => {
   return {
     blocks: o.blocks,
     blockParams: o.params,
+    linears: o.params.map((params, block) => ({ block, linear: "w", params })),
     target: o.target,
     bounds: o.bounds,
     pattern: { kind: "unstructured" },

@@ -9,7 +9,8 @@ import { defaultData, defaultModel } from "../src/defaults.ts";
 import { evaluationWindows } from "../src/eval/inputs.ts";
 import { DenseStatistics } from "../src/prune/dense-statistics.ts";
 import { createPruner, openCalibratedModel } from "../src/prune/setup.ts";
-import { methodContext } from "../src/search/fitness.ts";
+import { allocationFitness, methodContext } from "../src/search/fitness.ts";
+import { toAllocation } from "../src/allocation/pattern.ts";
 import { initBackend } from "../src/backend/backend.ts";
 
 await initBackend("wasm");
@@ -72,4 +73,29 @@ describe("the Pruner's parts", () => {
       pruner.dispose();
     }
   });
+
+  it("a per-linear choice prunes each linear at its own sparsity; per block and per linear agree when equal", async () => {
+    const pruner = createPruner(model, { metric: "wanda", mode: "dense" });
+    try {
+      const layout = pruner.layout;
+      const perLinearChoice = layout.map((_, k) => 0.3 + 0.05 * (k % 7));
+      const allocation = toAllocation(perLinearChoice, layout, { kind: "unstructured" });
+      const blocksOut = await pruner.apply(allocation);
+      const outcomes = pruner.outcomes(allocation, blocksOut);
+      outcomes.forEach((o, k) => {
+        expect(o.requested).toBe(perLinearChoice[k]);
+        expect(o.achieved).toBe(o.expected);
+      });
+      // The same sparsity for every linear of a block, given either way, is one allocation.
+      const byBlock = Array.from({ length: blocks }, (_, b) => 0.4 + 0.02 * b);
+      const spread = layout.map((e) => byBlock[e.block]!);
+      expect(pruner.allocationKey(toAllocation(spread, layout, { kind: "unstructured" }))).toBe(pruner.allocationKey(toAllocation(byBlock, layout, { kind: "unstructured" })));
+      expect(() => toAllocation(spread, layout, { kind: "nm", n: 2, m: 4 })).toThrow(/per block, not per linear/);
+      const fitness = await allocationFitness(pruner, windows, { kind: "unstructured" })(perLinearChoice);
+      expect(fitness.ok).toBe(true);
+    } finally {
+      pruner.dispose();
+    }
+  });
 });
+

@@ -70,6 +70,7 @@ describe("shipped search spaces", () => {
     const context: MethodContext = {
       blocks: 6,
       blockParams: [4, 4, 4, 4, 4, 4],
+      linears: [0, 1, 2, 3, 4, 5].map((block) => ({ block, linear: "w", params: 4 })),
       target: 0.6,
       bounds: { lo: 0, hi: 0.99 },
       pattern: { kind: "unstructured" },

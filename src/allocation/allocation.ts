@@ -76,6 +76,16 @@ export const perBlock = (sparsities: readonly number[], layout: Layout): Allocat
   return layout.map((entry) => ({ ...entry, sparsity: sparsities[entry.block] }));
 };
 
+/** Linear k of the layout gets sparsities[k]: an allocation chosen per linear. */
+export const perLinear = (sparsities: readonly number[], layout: Layout): Allocation => {
+  if (sparsities.length !== layout.length) throw new RangeError(`${sparsities.length} sparsities for ${layout.length} prunable linears`);
+  return layout.map((entry, k) => {
+    const sparsity = sparsities[k]!;
+    if (!(sparsity >= 0 && sparsity < 1)) throw new RangeError(`sparsity ${sparsity} of block ${entry.block} ${entry.linear} is outside [0, 1)`);
+    return { ...entry, sparsity };
+  });
+};
+
 /** Every linear of block l gets the pattern ns[l]:m (sparsity ns[l] / m). */
 export const perBlockNM = (ns: readonly number[], m: number, layout: Layout): Allocation => {
   checkBlockVector(ns, layout, "N values");

@@ -16,7 +16,7 @@ import { openCheckpointSync } from "../checkpoint/open.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import { nmMismatch } from "../allocation/nm.ts";
 import { resultsDir } from "../defaults.ts";
-import { checkEngineLimits, evolve, type EngineCheckpoint } from "../engine/evolve.ts";
+import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
 import { CALIBRATION_MODES } from "../prune/pipeline.ts";
 import { PRUNE_METRICS } from "../prune/prune-linear.ts";
@@ -27,7 +27,7 @@ import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, SEQLEN, SPARSITY, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { PRUNE_FLAGS } from "./prune.ts";
 import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
-import { decodeEngineState, type GenerationRecord, type HistoryRecord, type StopReason } from "../engine/state.ts";
+import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
 import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { writeFileAtomically } from "../files.ts";
@@ -38,10 +38,10 @@ import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "
 import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { methodContext } from "../search/fitness.ts";
 import { openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
-import type { BlockAllocation, MethodContext, MethodPlugin, Pattern } from "../search/plugin.ts";
+import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { loadPlugin } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
-import { checkMethod, runFixedMethod } from "../search/run-method.ts";
+import { checkMethod, runMethod } from "../search/run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
 
 const PatternSchema = Schema.Union([
@@ -206,89 +206,6 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
     save: (state) => writeFileAtomically(file, JSON.stringify(state)),
   };
 };
-
-interface MethodOutcome {
-  readonly best: { genome: string; encoded?: unknown; fitness: number; sparsities: BlockAllocation };
-  readonly history: readonly HistoryRecord[];
-  readonly evaluations: number;
-  readonly generations: number;
-  readonly stoppedBy: StopReason | "done";
-  /** Wall-clock seconds of the method, earlier runs of a resumed search included. */
-  readonly seconds: number;
-}
-
-/** Runs any kind of method and returns its best allocation with a history in one format. */
-const runMethod = <Space>(
-  plugin: MethodPlugin<Space>,
-  space: Space,
-  context: MethodContext,
-  settings: SearchSettings,
-  evaluator: FitnessEvaluator,
-  phenotypeKey: (s: BlockAllocation) => string,
-  checkpoint: EngineCheckpoint,
-  onGeneration: (record: GenerationRecord) => void,
-) =>
-  Effect.gen(function* () {
-    const method = plugin.method;
-    if (method.kind === "evolve") {
-      const result = yield* evolve({
-        genome: method.genome(context, space),
-        phenotypeKey,
-        // This host scores on its fixed fitness windows only: the host's default fidelity.
-        evaluate: (batch, fidelity) =>
-          fidelity.tokens === undefined ? evaluator.evaluate(batch) : Effect.die(new Error(`fitness on ${fidelity.tokens} tokens is not supported by the search host`)),
-        seed: settings.seed,
-        population: settings.population,
-        generations: settings.generations,
-        ...(settings.budgetEvals !== undefined ? { budgetEvals: settings.budgetEvals } : {}),
-        ...(settings.timeBudgetSeconds !== undefined ? { timeBudgetSeconds: settings.timeBudgetSeconds } : {}),
-        ...(settings.patience !== undefined ? { patience: settings.patience } : {}),
-        checkpoint,
-        onGeneration,
-      });
-      if (!result.best) return yield* Effect.fail(new Error(`every evaluation of the search failed; see the history (first error: ${result.history.find((r) => r.error)?.error})`));
-      const genome = method.genome(context, space);
-      return {
-        best: { genome: genome.describe(result.best.genome), encoded: genome.encode(result.best.genome), fitness: result.best.fitness, sparsities: result.best.phenotype },
-        history: result.history,
-        evaluations: result.evaluations,
-        generations: result.generations,
-        stoppedBy: result.stoppedBy,
-        seconds: result.seconds,
-      } satisfies MethodOutcome;
-    }
-    // Direct and grid methods: their candidates are one generation of the same history.
-    const started = performance.now();
-    const fixed = yield* runFixedMethod(plugin, context, space, evaluator.evaluate);
-    let trials = fixed.trials;
-    if (method.kind === "direct") {
-      const [fitness] = yield* evaluator.evaluate([fixed.allocation]);
-      trials = [{ label: plugin.name, allocation: fixed.allocation, fitness: fitness! }];
-    }
-    const history: HistoryRecord[] = trials.map((t, index) => ({
-      generation: 0,
-      index,
-      genome: t.label,
-      key: phenotypeKey(t.allocation),
-      fitness: t.fitness.ok ? t.fitness.value : null,
-      ...(t.fitness.ok ? {} : { error: t.fitness.error }),
-      cached: false,
-      seconds: t.fitness.seconds ?? 0,
-      tokens: t.fitness.tokens ?? 0,
-    }));
-    const chosen = trials.find((t) => t.allocation === fixed.allocation) ?? trials[0]!;
-    if (!chosen.fitness.ok) return yield* Effect.fail(new Error(`${plugin.name}: the allocation failed to evaluate: ${chosen.fitness.error}`));
-    const best = history.reduce((b, r) => (r.fitness !== null && r.fitness < (b.fitness ?? Infinity) ? r : b), history[0]!);
-    onGeneration({ generation: 0, size: trials.length, evaluations: trials.length, best: best.fitness ?? undefined, median: undefined, failed: 0, seconds: (performance.now() - started) / 1000 });
-    return {
-      best: { genome: fixed.label ?? plugin.name, fitness: chosen.fitness.value, sparsities: fixed.allocation },
-      history,
-      evaluations: trials.length,
-      generations: 1,
-      stoppedBy: "done",
-      seconds: (performance.now() - started) / 1000,
-    } satisfies MethodOutcome;
-  });
 
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>

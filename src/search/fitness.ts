@@ -36,6 +36,7 @@ export const methodContext = async (
   return {
     blocks: pruner.spec.numLayers,
     blockParams: blockParams(pruner.layout),
+    linears: pruner.layout,
     target,
     bounds,
     pattern,

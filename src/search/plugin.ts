@@ -40,6 +40,11 @@ export interface MethodContext {
   readonly blocks: number;
   /** Prunable weights of each block: the weights of every mean and projection. */
   readonly blockParams: readonly number[];
+  /**
+   * Every prunable linear (block, name, weights) in layout order, for methods that choose
+   * one sparsity per linear: such a method returns one entry per linear, in this order.
+   */
+  readonly linears: readonly { readonly block: number; readonly linear: string; readonly params: number }[];
   /** Target global sparsity S. */
   readonly target: number;
   readonly bounds: Bounds;

@@ -1,13 +1,17 @@
 /**
- * Runs the non-evolutionary kinds of method: a direct method computes its allocation from
- * statistics; a grid method's candidates are all evaluated and the best by fitness wins.
- * Evolutionary methods go through the engine (see search.ts).
+ * The one place the three kinds of method are told apart: `runMethod` runs any of them
+ * (an evolutionary method on the engine; a direct method's allocation or a grid's
+ * candidates as one generation of the same history), `runFixedMethod` runs the kinds that
+ * need no search (the prune command's allocations), and `checkMethod` checks any of them
+ * before a run writes anything.
  */
 import { Effect } from "effect";
 import type { Bounds } from "../allocation/project.ts";
 import { effectiveBounds } from "../allocation/space-schema.ts";
 import { Rng } from "../rng.ts";
 import type { Fitness } from "../engine/genome.ts";
+import { evolve, type EngineCheckpoint } from "../engine/evolve.ts";
+import type { GenerationRecord, HistoryRecord, StopReason } from "../engine/state.ts";
 import type { BlockAllocation, MethodContext, MethodPlugin } from "./plugin.ts";
 
 /** Fitness of a batch of candidates, in order; lower is better. */
@@ -62,3 +66,97 @@ export const checkMethod = <Space>(plugin: MethodPlugin<Space>, context: MethodC
     effectiveBounds(context.bounds, (space as { readonly bounds?: Bounds } | undefined)?.bounds, context.target);
   }
 };
+
+/** The engine's limits of a run (the search settings hold them). */
+export interface EngineRun {
+  readonly seed: number;
+  readonly population: number;
+  readonly generations: number;
+  readonly budgetEvals?: number;
+  readonly timeBudgetSeconds?: number;
+  readonly patience?: number;
+}
+
+export interface MethodOutcome {
+  readonly best: { genome: string; encoded?: unknown; fitness: number; sparsities: BlockAllocation };
+  readonly history: readonly HistoryRecord[];
+  readonly evaluations: number;
+  readonly generations: number;
+  readonly stoppedBy: StopReason | "done";
+  /** Wall-clock seconds of the method, earlier runs of a resumed search included. */
+  readonly seconds: number;
+}
+
+/** Runs any kind of method and returns its best allocation with a history in one format. */
+export const runMethod = <Space>(
+  plugin: MethodPlugin<Space>,
+  space: Space,
+  context: MethodContext,
+  settings: EngineRun,
+  evaluator: { evaluate(batch: readonly BlockAllocation[]): Effect.Effect<readonly Fitness[], Error> },
+  phenotypeKey: (s: BlockAllocation) => string,
+  checkpoint: EngineCheckpoint,
+  onGeneration: (record: GenerationRecord) => void,
+) =>
+  Effect.gen(function* () {
+    const method = plugin.method;
+    if (method.kind === "evolve") {
+      const result = yield* evolve({
+        genome: method.genome(context, space),
+        phenotypeKey,
+        // This host scores on its fixed fitness windows only: the host's default fidelity.
+        evaluate: (batch, fidelity) =>
+          fidelity.tokens === undefined ? evaluator.evaluate(batch) : Effect.die(new Error(`fitness on ${fidelity.tokens} tokens is not supported by the search host`)),
+        seed: settings.seed,
+        population: settings.population,
+        generations: settings.generations,
+        ...(settings.budgetEvals !== undefined ? { budgetEvals: settings.budgetEvals } : {}),
+        ...(settings.timeBudgetSeconds !== undefined ? { timeBudgetSeconds: settings.timeBudgetSeconds } : {}),
+        ...(settings.patience !== undefined ? { patience: settings.patience } : {}),
+        checkpoint,
+        onGeneration,
+      });
+      if (!result.best) return yield* Effect.fail(new Error(`every evaluation of the search failed; see the history (first error: ${result.history.find((r) => r.error)?.error})`));
+      const genome = method.genome(context, space);
+      return {
+        best: { genome: genome.describe(result.best.genome), encoded: genome.encode(result.best.genome), fitness: result.best.fitness, sparsities: result.best.phenotype },
+        history: result.history,
+        evaluations: result.evaluations,
+        generations: result.generations,
+        stoppedBy: result.stoppedBy,
+        seconds: result.seconds,
+      } satisfies MethodOutcome;
+    }
+    // Direct and grid methods: their candidates are one generation of the same history.
+    const started = performance.now();
+    const fixed = yield* runFixedMethod(plugin, context, space, evaluator.evaluate);
+    let trials = fixed.trials;
+    if (method.kind === "direct") {
+      const [fitness] = yield* evaluator.evaluate([fixed.allocation]);
+      trials = [{ label: plugin.name, allocation: fixed.allocation, fitness: fitness! }];
+    }
+    const history: HistoryRecord[] = trials.map((t, index) => ({
+      generation: 0,
+      index,
+      genome: t.label,
+      key: phenotypeKey(t.allocation),
+      fitness: t.fitness.ok ? t.fitness.value : null,
+      ...(t.fitness.ok ? {} : { error: t.fitness.error }),
+      cached: false,
+      seconds: t.fitness.seconds ?? 0,
+      tokens: t.fitness.tokens ?? 0,
+    }));
+    const chosen = trials.find((t) => t.allocation === fixed.allocation) ?? trials[0]!;
+    if (!chosen.fitness.ok) return yield* Effect.fail(new Error(`${plugin.name}: the allocation failed to evaluate: ${chosen.fitness.error}`));
+    const best = history.reduce((b, r) => (r.fitness !== null && r.fitness < (b.fitness ?? Infinity) ? r : b), history[0]!);
+    onGeneration({ generation: 0, size: trials.length, evaluations: trials.length, best: best.fitness ?? undefined, median: undefined, failed: 0, seconds: (performance.now() - started) / 1000 });
+    return {
+      best: { genome: fixed.label ?? plugin.name, fitness: chosen.fitness.value, sparsities: fixed.allocation },
+      history,
+      evaluations: trials.length,
+      generations: 1,
+      stoppedBy: "done",
+      seconds: (performance.now() - started) / 1000,
+    } satisfies MethodOutcome;
+  });
+
