@@ -2,52 +2,14 @@ import { Cause, Clock, Effect, Exit } from "effect";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { evolve, type EvolveOptions, type EvolveResult } from "../src/engine/evolve.ts";
-import { fitnessFailed, fitnessOk, type Fidelity, type Fitness, type Genome } from "../src/engine/genome.ts";
+import { fitnessFailed, fitnessOk, type Fidelity, type Fitness } from "../src/engine/genome.ts";
 import { ranking, score } from "../src/engine/selection.ts";
 import { decodeEngineState, type EngineState, type HistoryRecord } from "../src/engine/state.ts";
 import type { Strategy } from "../src/engine/strategy.ts";
 import { Rng } from "../src/rng.ts";
 
-// The toy problem of engine.test.ts: integer vectors, fitness = squared distance to TARGET.
-type Vector = readonly number[];
-const TARGET = [3, 7, 1, 9];
+import { fakeClock, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
 
-const vectorGenome = (dims = TARGET.length, max = 10): Genome<Vector, Vector> => ({
-  create: (rng) => Array.from({ length: dims }, () => rng.int(max + 1)),
-  mutate: (v, rng) => {
-    const out = [...v];
-    const i = rng.int(dims);
-    const step = rng.next() < 0.5 ? -1 : 1;
-    out[i] = Math.min(max, Math.max(0, out[i]! + step));
-    return out;
-  },
-  crossover: (a, b, rng) => a.map((x, i) => (rng.next() < 0.5 ? x : b[i]!)),
-  key: (v) => v.join(","),
-  decode: (v) => v,
-  describe: (v) => `[${v.join(" ")}]`,
-  encode: (v) => [...v],
-  restore: (json) => {
-    if (!Array.isArray(json) || !json.every((x) => Number.isInteger(x))) throw new Error("not a vector");
-    return json as number[];
-  },
-});
-
-const sphere = (v: Vector): number => v.reduce((sum, x, i) => sum + (x - (TARGET[i] ?? 0)) ** 2, 0);
-
-const fakeClock = () => {
-  let millis = 0;
-  const clock: Clock.Clock = {
-    currentTimeMillisUnsafe: () => millis,
-    currentTimeMillis: Effect.sync(() => millis),
-    currentTimeNanosUnsafe: () => BigInt(millis) * 1_000_000n,
-    currentTimeNanos: Effect.sync(() => BigInt(millis) * 1_000_000n),
-    monotonicTimeNanosUnsafe: () => BigInt(millis) * 1_000_000n,
-    monotonicTimeNanos: Effect.sync(() => BigInt(millis) * 1_000_000n),
-    sleep: () => Effect.void,
-  };
-  return { clock, advance: (ms: number) => (millis += ms) };
-};
-type Clocked = ReturnType<typeof fakeClock>;
 
 /**
  * A (1+λ) hill climber, with optional staged selection: stage 0 scores the parent and λ
