@@ -227,7 +227,7 @@ const qualityOfModel = async (setup: ModelSetup, plugins: ReadonlyMap<Allocation
 const cellOf = (cells: readonly Cell[], metric: PruneMetric, allocation: AllocationName, label: string) =>
   cells.find((c) => c.metric === metric && c.allocation === allocation && c.column.label === label);
 
-const printTable = (setup: ModelSetup, cells: readonly Cell[], densePpl: number): void => {
+const printTable = (cells: readonly Cell[], densePpl: number): void => {
   console.log(`| metric | allocation | ${COLUMNS.map((c) => c.label).join(" | ")} |`);
   console.log(`|---|---|${COLUMNS.map(() => "---").join("|")}|`);
   console.log(`| dense | - | ${COLUMNS.map(() => fmt(densePpl)).join(" | ")} |`);
@@ -338,7 +338,7 @@ export const qualitySection = async (assets: string): Promise<void> => {
       console.log(
         `- ${result.calibration.length} calibration windows; ${result.validation.length} validation windows; ${result.test.length} evaluation windows, ${scoredTokens(result.test)} scored tokens; ${result.seconds.toFixed(0)} s\n`,
       );
-      printTable(setup, result.cells, result.densePpl);
+      printTable(result.cells, result.densePpl);
       const file = writeCsv(setup, result.cells, result.densePpl);
       console.log(`CSV: ${file.slice(projectRoot.length + 1)}\n`);
       printChecks(setup, result.cells);

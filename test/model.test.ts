@@ -425,7 +425,7 @@ describe("replacing blocks", () => {
 
 describe("bad input", () => {
   const model = randomModel("gpt2", 3);
-  const resize = (t: HostTensor, shape: number[]): HostTensor => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+  const resize = (_original: HostTensor, shape: number[]): HostTensor => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
 
   it("rejects a block linear of the wrong shape, naming it, and leaks nothing", async () => {
     const before = tf.memory().numTensors;
