@@ -4,7 +4,8 @@
  */
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { writeSafetensors } from "../src/checkpoint/safetensors.ts";
 import { CheckpointError, DataError } from "../src/errors.ts";
@@ -59,12 +60,24 @@ describe("writeFileAtomically", () => {
     expect(readdirSync(root).filter((n) => n.endsWith(".tmp"))).toEqual([]);
   });
 
-  it.skipIf(isRoot)("a read-only folder is 'permission denied'", () => {
+  it("a folder the writer may not write is 'permission denied'", () => {
     const dir = join(root, "locked");
     chmodSync(dir, 0o555);
     const file = join(dir, "x.csv");
-    expectTaggedError(DataError, () => writeFileAtomically(file, "x"), /^cannot be written \(permission denied\)$/, file);
-    expect(failureOf(() => writeFileAtomically(file, "x")).text).not.toMatch(/\.tmp/);
+    if (!isRoot) {
+      expectTaggedError(DataError, () => writeFileAtomically(file, "x"), /^cannot be written \(permission denied\)$/, file);
+      expect(failureOf(() => writeFileAtomically(file, "x")).text).not.toMatch(/\.tmp/);
+      return;
+    }
+    // Root ignores permission bits: the write runs as the unprivileged user instead.
+    chmodSync(root, 0o755);
+    const runTs = resolve(import.meta.dirname, "..", "bin", "run-ts.mjs");
+    const fixture = resolve(import.meta.dirname, "fixtures", "write-file.ts");
+    const r = spawnSync(process.execPath, [runTs, fixture, file], { uid: 65534, gid: 65534, encoding: "utf8", cwd: tmpdir() });
+    expect(r.status, `the write could not run as nobody: ${r.stderr}`).toBe(0);
+    const outcome = JSON.parse(r.stdout.trim());
+    expect(outcome).toMatchObject({ ok: false, tag: "DataError", file, problem: "cannot be written (permission denied)" });
+    expect(outcome.message).not.toMatch(/\.tmp/);
   });
 });
 
