@@ -1,52 +1,67 @@
+/**
+ * The Pruner against the one-shot pipeline, on every real model at hand: the embedded
+ * default model (always), and stories260K (a llama2.c checkpoint) when the shared assets
+ * are present.
+ */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { perBlock, perBlockNM } from "../src/allocation/allocation.ts";
 import { initBackend } from "../src/backend/backend.ts";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
 import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { calibrationWindows } from "../src/data/calibration.ts";
-import { readTextFile } from "../src/data/text-source.ts";
-import { contiguousWindows } from "../src/data/windows.ts";
-import { tokenizerFor } from "../src/eval/inputs.ts";
-import { perplexity } from "../src/eval/perplexity.ts";
-import { Decoder } from "../src/model/decoder.ts";
-import type { HostBlock } from "../src/model/spec.ts";
-import { pruneModel, type CalibrationMode } from "../src/prune/pipeline.ts";
+import type { Window } from "../src/data/windows.ts";
+import { defaultData } from "../src/defaults.ts";
+import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
+import type { CalibrationMode } from "../src/prune/pipeline.ts";
 import type { PruneMetric } from "../src/prune/prune-linear.ts";
 import { Pruner } from "../src/prune/pruner.ts";
 import { asset, haveAssets } from "./helpers/assets.ts";
+import { embeddedModel, nmViolations, pipelinePrune, sameWeights, zerosOf } from "./helpers/embedded.ts";
 
-const sameWeights = (a: readonly HostBlock[], b: readonly HostBlock[]): boolean =>
-  a.every((block, i) =>
-    Object.entries(block.linears).every(([name, l]) => {
-      const other = b[i]!.linears[name]!.weight.data;
-      return l.weight.data.every((v, e) => Object.is(v, other[e]));
-    }),
-  );
+interface ModelCase {
+  readonly name: string;
+  readonly checkpoint: () => string;
+  /** Calibration and evaluation text (disjoint for the embedded model; one prefix for stories260K). */
+  readonly calibration: () => string;
+  readonly evaluation: () => string;
+}
 
-describe.skipIf(!haveAssets)("Pruner: allocations applied to stories260K", () => {
+const MODELS: readonly ModelCase[] = [
+  { name: "the embedded model", checkpoint: () => embeddedModel, calibration: () => defaultData("calibration"), evaluation: () => defaultData("validation") },
+  ...(haveAssets
+    ? [
+        {
+          name: "stories260K",
+          checkpoint: () => asset("models", "stories260K", "stories260K.bin"),
+          calibration: () => asset("data", "tinystories", "validation.prefix.txt"),
+          evaluation: () => asset("data", "tinystories", "validation.prefix.txt"),
+        },
+      ]
+    : []),
+];
+
+/** Sparsities per block that vary, and a second set sharing the first three blocks. */
+const allocations = (blocks: number): [number[], number[]] => {
+  const a = Array.from({ length: blocks }, (_, i) => [0.3, 0.5, 0.6, 0.7, 0.6][i % 5]!);
+  const b = a.map((s, i) => (i < 3 ? s : [0.4, 0.8, 0.5][i % 3]!));
+  return [a, b];
+};
+
+describe.each(MODELS)("Pruner on $name", (model) => {
   let ckpt: Checkpoint;
   let calibration: Int32Array[];
+  let windows: Window[];
   beforeAll(async () => {
     await initBackend("wasm");
-    ckpt = openCheckpointSync(asset("models", "stories260K", "stories260K.bin"));
-    calibration = calibrationWindows({ source: asset("data", "tinystories", "validation.prefix.txt"), samples: 4, seqlen: 128 }, tokenizerFor(ckpt));
+    ckpt = openCheckpointSync(model.checkpoint());
+    const tokenizer = tokenizerFor(ckpt);
+    calibration = calibrationWindows({ source: model.calibration(), samples: 4, seqlen: 128 }, tokenizer);
+    windows = evaluationWindows({ data: model.evaluation(), format: "text", maxWindows: 2 }, tokenizer, 128);
   });
   afterAll(() => ckpt?.close());
 
-  const windows = () => {
-    const tokens = tokenizerFor(ckpt).encode(readTextFile(asset("data", "tinystories", "validation.prefix.txt")).slice(0, 30_000));
-    return contiguousWindows(tokens, 128, { maxWindows: 4 });
-  };
-  const reference = async (metric: PruneMetric, mode: CalibrationMode, sparsities: number[]) => {
-    const source = { numBlocks: ckpt.spec.numLayers, load: (i: number) => ckpt.readBlock(i) };
-    const decoder = Decoder.create(ckpt.spec, ckpt.readGlobals(), source);
-    try {
-      const blocks = await pruneModel(decoder, source, { metric, mode, calibration, batch: 2, target: (b) => ({ sparsity: sparsities[b]! }) });
-      return { blocks, ppl: (await perplexity(decoder, windows())).ppl };
-    } finally {
-      decoder.dispose();
-    }
-  };
+  const reference = (metric: PruneMetric, mode: CalibrationMode, sparsities: readonly number[]) =>
+    pipelinePrune(ckpt, { metric, mode, calibration, batch: 2, target: (b) => ({ sparsity: sparsities[b]! }) }, windows);
 
   for (const metric of ["magnitude", "wanda", "sparsegpt"] as const) {
     for (const mode of ["dense", "sequential"] as const) {
@@ -54,23 +69,27 @@ describe.skipIf(!haveAssets)("Pruner: allocations applied to stories260K", () =>
         const pruner = Pruner.create(ckpt, { metric, mode, calibration, batch: 2 });
         try {
           const layout = pruner.layout;
-          const a = [0.3, 0.5, 0.6, 0.7, 0.6];
-          const b = [0.3, 0.5, 0.6, 0.4, 0.8];
+          // b shares a's first blocks, so sequential mode reuses cached blocks before the first difference.
+          const [a, b] = allocations(ckpt.spec.numLayers);
           const first = await pruner.apply(perBlock(a, layout));
           for (const o of pruner.outcomes(perBlock(a, layout), first)) expect(o.achieved).toBe(o.expected);
-          const pplA = (await pruner.perplexity(windows())).ppl;
-          await pruner.apply(perBlock(b, layout));
-          const pplB = (await pruner.perplexity(windows())).ppl;
+          const pplA = (await pruner.perplexity(windows)).ppl;
+          const second = await pruner.apply(perBlock(b, layout));
+          const pplB = (await pruner.perplexity(windows)).ppl;
           const again = await pruner.apply(perBlock(a, layout));
-          const pplA2 = (await pruner.perplexity(windows())).ppl;
+          const pplA2 = (await pruner.perplexity(windows)).ppl;
           const refA = await reference(metric, mode, a);
+          const refB = await reference(metric, mode, b);
           expect(sameWeights(first, refA.blocks)).toBe(true);
           expect(sameWeights(again, refA.blocks)).toBe(true);
+          expect(sameWeights(second, refB.blocks)).toBe(true);
+          expect(sameWeights(second, refA.blocks)).toBe(false);
           expect(pplA).toBe(refA.ppl);
           expect(pplA2).toBe(refA.ppl);
-          expect(pplB).toBe((await reference(metric, mode, b)).ppl);
+          expect(pplB).toBe(refB.ppl);
           pruner.restoreDense();
-          const dense = (await pruner.perplexity(windows())).ppl;
+          const dense = (await pruner.perplexity(windows)).ppl;
+          expect(Number.isFinite(pplA)).toBe(true);
           expect(dense).toBeLessThan(pplA);
         } finally {
           pruner.dispose();
@@ -79,23 +98,22 @@ describe.skipIf(!haveAssets)("Pruner: allocations applied to stories260K", () =>
     }
   }
 
-  it("reports requested and achieved sparsity per linear, and N:M patterns hold", async () => {
+  it("reports requested and achieved sparsity per linear, and N:M patterns hold in every linear", async () => {
     const pruner = Pruner.create(ckpt, { metric: "wanda", mode: "dense", calibration });
     try {
-      const allocation = perBlockNM([1, 1, 2, 2, 3], 4, pruner.layout);
+      const ns = Array.from({ length: ckpt.spec.numLayers }, (_, i) => [1, 1, 2, 2, 3][i % 5]!);
+      const allocation = perBlockNM(ns, 4, pruner.layout);
       const blocks = await pruner.apply(allocation);
       const outcomes = pruner.outcomes(allocation, blocks);
+      expect(outcomes).toHaveLength(ckpt.spec.numLayers * ckpt.spec.linears.length);
       for (const o of outcomes) {
         expect(o.achieved).toBeCloseTo(o.requested, 12);
         expect(o.expected).toBe(o.achieved);
+        expect(o.achieved * o.params).toBe(zerosOf(blocks[o.block]!.linears[o.linear]!.weight.data));
       }
-      const [rows, cols] = blocks[4]!.linears["wq"]!.weight.shape;
-      const data = blocks[4]!.linears["wq"]!.weight.data;
-      for (let o = 0; o < cols; o++) {
-        for (let g = 0; g < rows; g += 4) {
-          let zeros = 0;
-          for (let i = g; i < g + 4; i++) if (data[i * cols + o] === 0) zeros++;
-          expect(zeros).toBe(3);
+      for (const b of [0, 4]) {
+        for (const linear of ckpt.spec.linears) {
+          expect(nmViolations(blocks[b]!.linears[linear]!.weight, ns[b]!, 4), `block ${b} ${linear}`).toBe(0);
         }
       }
     } finally {
