@@ -8,7 +8,7 @@ import { decodeEngineState, type EngineState, type HistoryRecord } from "../src/
 import type { Strategy } from "../src/engine/strategy.ts";
 import { Rng } from "../src/rng.ts";
 
-import { fakeClock, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
+import { fakeClock, store, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
 
 
 /**
@@ -92,17 +92,6 @@ const runExit = (options: Options, time: Clocked) => Effect.runPromiseExit(evolv
 /** The failure or defect an exit ended with, as text. */
 const failureOf = (exit: Exit.Exit<unknown, unknown>): string => (Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "success");
 
-/** A checkpoint store that keeps every saved state, as JSON would, and can start from one. */
-const store = (initial?: EngineState) => {
-  const states: EngineState[] = [];
-  return {
-    states,
-    checkpoint: {
-      load: () => initial,
-      save: (state: EngineState) => void states.push(decodeEngineState(JSON.parse(JSON.stringify(state)), "state.json")),
-    },
-  };
-};
 
 const climbArb = fc.record({
   seed: fc.integer({ min: 0, max: 2 ** 31 }),

@@ -3,10 +3,10 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { evolve, type EvolveOptions, type EvolveResult } from "../src/engine/evolve.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../src/engine/genome.ts";
-import { decodeEngineState, type EngineState, type HistoryRecord } from "../src/engine/state.ts";
+import type { HistoryRecord } from "../src/engine/state.ts";
 import { Rng } from "../src/rng.ts";
 
-import { fakeClock, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
+import { fakeClock, store, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
 
 
 /** Every evaluation takes one fake second. */
@@ -55,17 +55,6 @@ const base = (time: Clocked, overrides: Partial<Options> = {}): Options => ({
   ...overrides,
 });
 
-/** A checkpoint store that keeps every saved state, as JSON would, and can start from one. */
-const store = (initial?: EngineState) => {
-  const states: EngineState[] = [];
-  return {
-    states,
-    checkpoint: {
-      load: () => initial,
-      save: (state: EngineState) => void states.push(decodeEngineState(JSON.parse(JSON.stringify(state)), "state.json")),
-    },
-  };
-};
 
 const settingsArb = fc.record({
   seed: fc.integer({ min: 0, max: 2 ** 31 }),

@@ -1,6 +1,7 @@
 /** The engine tests' toy problem and clock, shared by the strategy tests. */
 import { Clock, Effect } from "effect";
 import type { Genome } from "../../src/engine/genome.ts";
+import { decodeEngineState, type EngineState } from "../../src/engine/state.ts";
 
 // A toy problem: integer vectors in [0, MAX]^D, fitness = squared distance to TARGET. Small
 // enough that phenotypes repeat, so the cache is exercised.
@@ -46,3 +47,15 @@ export const fakeClock = () => {
 };
 
 export type Clocked = ReturnType<typeof fakeClock>;
+
+/** A checkpoint store that keeps every saved state, as JSON would, and can start from one. */
+export const store = (initial?: EngineState) => {
+  const states: EngineState[] = [];
+  return {
+    states,
+    checkpoint: {
+      load: () => initial,
+      save: (state: EngineState) => void states.push(decodeEngineState(JSON.parse(JSON.stringify(state)), "state.json")),
+    },
+  };
+};
