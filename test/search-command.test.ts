@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -102,29 +102,5 @@ describe.skipIf(!haveAssets)("evosparse search on stories260K", () => {
       expect(summary.final.results[0].test).toBeGreaterThan(summary.final.dense);
     }
   });
-
-  it("a broken search space is one clear error naming the file and the field, exit 1", () => {
-    const space = join(root, "broken.json");
-    writeFileSync(space, JSON.stringify({ pre: ["abs", "frobnicate"], preCount: [0, 2], reductions: ["mean"], transform: ["identity"], transformCount: [1, 1], lambda: [0.02, 0.2] }));
-    const r = run("search", "--method", "dsa", "--space", space, ...small, "--out", join(root, "never"));
-    expect(r.code).toBe(1);
-    const error = r.stderr.trim().split("\n").at(-1)!;
-    expect(error).toContain(space);
-    expect(error).toContain("frobnicate");
-    expect(existsSync(join(root, "never", "summary.json"))).toBe(false);
-  });
-
-  it("a damaged search state is one clear error naming the file, exit 1", () => {
-    const dir = join(root, "damaged");
-    expect(run("search", "--method", "msp", ...small, "--population", "2", "--generations", "1", "--out", dir).code).toBe(0);
-    const state = join(dir, "engine-state.json");
-    writeFileSync(state, "{ not json");
-    // A run stopped before its summary (a finished run resumes to a no-op without reading its state).
-    rmSync(join(dir, "summary.json"));
-    const r = run("search", "--resume", dir);
-    expect(r.code).toBe(1);
-    const error = r.stderr.trim().split("\n").at(-1)!;
-    expect(error).toContain(state);
-    expect(error).toContain("not valid JSON");
-  });
+  // A broken space and a damaged state are checked on the embedded model (search-command-embedded.test.ts).
 });
