@@ -11,38 +11,33 @@ import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity } from "../allocation/allocation.ts";
 import { writeAllocationCsv } from "../allocation/csv.ts";
+import { nmMismatch } from "../allocation/nm.ts";
+import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
-import type { TextFormat } from "../data/text-source.ts";
-import { nmMismatch } from "../allocation/nm.ts";
-import { resultsDir } from "../defaults.ts";
+import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
+import { defaultData, resultsDir } from "../defaults.ts";
 import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
-import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
-import { CALIBRATION_MODES } from "../prune/pipeline.ts";
-import { PRUNE_METRICS } from "../prune/prune-linear.ts";
-import { TEXT_FORMATS } from "../data/text-source.ts";
-import { defaultData, defaultModel } from "../defaults.ts";
-import { availablePlugins } from "../search/registry.ts";
-import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
-import { SEED, SEQLEN, SPARSITY, WHOLE_POSITIVE } from "../settings/number-rule.ts";
-import { PRUNE_FLAGS } from "./prune.ts";
-import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
 import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { writeFileAtomically } from "../files.ts";
-import type { CalibrationMode } from "../prune/pipeline.ts";
-import type { PruneMetric } from "../prune/prune-linear.ts";
-import { Pruner } from "../prune/pruner.ts";
+import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
+import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
+import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
+import type { Pruner } from "../prune/pruner.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
-import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { methodContext } from "../search/fitness.ts";
 import { openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
-import { loadPlugin } from "../search/registry.ts";
+import { availablePlugins, loadPlugin } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
 import { checkMethod, runMethod } from "../search/run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
+import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
+import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
+import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
+import { PRUNE_FLAGS } from "./prune.ts";
 
 const PatternSchema = Schema.Union([
   Schema.Struct({ kind: Schema.Literal("unstructured") }),
@@ -81,25 +76,25 @@ export const SearchSettings = Schema.Struct({
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
-/** The flag of every search setting: the command's options and messages derive from it. */
+/** The flag of every search setting (those it shares with prune are prune's): the command's options and messages derive from it. */
 export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: ${availablePlugins().join(", ")}` },
   space: { flag: "space", kind: "path", describe: "search-space file (default: the method's file in search-spaces/)" },
-  sparsity: { flag: "sparsity", kind: "number", rule: SPARSITY, describe: "target global sparsity (implied by an N:M pattern)" },
-  metric: { flag: "metric", kind: "choice", choices: PRUNE_METRICS, default: "wanda", describe: "pruning metric" },
+  sparsity: PRUNE_FLAGS.sparsity,
+  metric: PRUNE_FLAGS.metric,
   pattern: { flag: "pattern", kind: "pattern", default: "unstructured", describe: "unstructured, or N:M" },
-  model: { flag: "model", kind: "path", default: defaultModel(), describe: "Hugging Face folder, llama2.c .bin, or a folder holding one" },
-  tokenizer: { flag: "tokenizer", kind: "path", describe: "tokenizer file (overrides the one beside the checkpoint)" },
-  calib: { flag: "calib", kind: "path", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" },
-  field: { flag: "field", kind: "text", default: "text", describe: "jsonl field holding the text" },
-  nsamples: { flag: "nsamples", kind: "number", rule: WHOLE_POSITIVE, default: 128, describe: "calibration windows" },
+  model: PRUNE_FLAGS.model,
+  tokenizer: PRUNE_FLAGS.tokenizer,
+  calib: PRUNE_FLAGS.calib,
+  field: PRUNE_FLAGS.field,
+  nsamples: PRUNE_FLAGS.nsamples,
   calibSeed: { flag: "calib-seed", kind: "number", rule: SEED, default: 0, describe: "seed of the calibration windows (the prune command's --seed)" },
-  seqlen: { flag: "seqlen", kind: "number", rule: SEQLEN, describe: "window length of calibration, fitness and test (default: the model's context)" },
+  seqlen: { ...PRUNE_FLAGS.seqlen, describe: "window length of calibration, fitness and test (default: the model's context)" },
   fitnessData: { flag: "fitness-data", kind: "path", default: defaultData("validation"), describe: "validation text the fitness perplexity is measured on" },
   fitnessWindows: { flag: "fitness-windows", kind: "number", rule: WHOLE_POSITIVE, default: 8, describe: "validation windows per fitness evaluation" },
   eval: { flag: "eval", kind: "path", default: defaultData("test"), describe: "test text for the final report" },
-  evalFormat: { flag: "eval-format", kind: "choice", choices: TEXT_FORMATS, default: "text", describe: "format of the test text" },
-  evalWindows: { flag: "eval-windows", kind: "number", rule: WHOLE_POSITIVE, describe: "at most this many test windows (default: all)" },
+  evalFormat: PRUNE_FLAGS.evalFormat,
+  evalWindows: PRUNE_FLAGS.evalWindows,
   population: { flag: "population", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "individuals per generation" },
   generations: { flag: "generations", kind: "number", rule: WHOLE_POSITIVE, default: 10, describe: "generations at most" },
   budgetEvals: { flag: "budget-evals", kind: "number", rule: WHOLE_POSITIVE, describe: "stop after this many fitness evaluations" },
@@ -108,7 +103,7 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   seed: { flag: "seed", kind: "number", rule: SEED, default: 0, describe: "seed of the search" },
   mode: { flag: "mode", kind: "choice", choices: CALIBRATION_MODES, default: "dense", describe: "calibration mode of fitness evaluations" },
   finalMode: { flag: "final-mode", kind: "choice", choices: CALIBRATION_MODES, default: "sequential", describe: "calibration mode of the final re-pruning" },
-  batch: { flag: "batch", kind: "number", rule: WHOLE_POSITIVE, default: 4, describe: "calibration windows per forward pass" },
+  batch: { flag: "batch", kind: "number", rule: WHOLE_POSITIVE, default: 4, describe: PRUNE_FLAGS.batch.describe },
 };
 
 /** Settings of a new run as given; seqlen may be left for the model's context. */

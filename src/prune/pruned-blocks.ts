@@ -74,6 +74,8 @@ export class PrunedBlocks {
   readonly layout: Layout;
   private readonly cache = new Map<string, HostBlock>();
   private cachedBytes = 0;
+  /** Sequential mode's own streamed model: one block resident at a time, nothing shared with the model being measured; built once. */
+  private sequential: Decoder | undefined;
 
   constructor(
     /** The dense weights of every block (host arrays, never modified). */
@@ -82,6 +84,15 @@ export class PrunedBlocks {
     readonly options: PrunedBlocksOptions,
   ) {
     this.layout = layoutOf(statistics.checkpoint.spec);
+  }
+
+  private get source() {
+    return { numBlocks: this.dense.length, load: (i: number) => this.dense[i]! };
+  }
+
+  private sequentialModel(): Decoder {
+    this.sequential ??= Decoder.create(this.statistics.checkpoint.spec, this.statistics.checkpoint.readGlobals(), this.source, { streamed: true });
+    return this.sequential;
   }
 
   private get metric(): PruneMetric {
@@ -189,27 +200,21 @@ export class PrunedBlocks {
     // Sequential: block i depends on the allocation of blocks 0..i, so that prefix is its key.
     const prefixKeys = keys.map((_, i) => `sequential|${keys.slice(0, i + 1).join("|")}`);
     const targets = new Map(allocation.map((e) => [`${e.block}.${e.linear}`, targetOf(e)]));
-    const spec = this.statistics.checkpoint.spec;
-    const source = { numBlocks: spec.numLayers, load: (i: number) => this.dense[i]! };
-    // Its own streamed model: one block resident at a time, and nothing shared with the
-    // model being measured.
-    const decoder = Decoder.create(spec, this.statistics.checkpoint.readGlobals(), source, { streamed: true });
-    try {
-      const blocks = await pruneModel(decoder, source, {
-        metric: this.metric,
-        mode: "sequential",
-        calibration: this.statistics.options.calibration,
-        ...(this.options.batch ? { batch: this.options.batch } : {}),
-        target: (block, linear) => targets.get(`${block}.${linear}`)!,
-        reuse: (i) => this.recall(prefixKeys[i]!),
-        timings: this.timings,
-        onBlock: (i) => this.options.onBlock?.(i),
-      });
-      blocks.forEach((block, i) => this.remember(prefixKeys[i]!, block));
-      return { blocks, keys: prefixKeys };
-    } finally {
-      decoder.dispose();
-    }
+    const decoder = this.sequentialModel();
+    // Every block starts dense (host references: nothing is uploaded until a block runs).
+    this.dense.forEach((block, i) => decoder.setBlock(i, block));
+    const blocks = await pruneModel(decoder, this.source, {
+      metric: this.metric,
+      mode: "sequential",
+      calibration: this.statistics.options.calibration,
+      ...(this.options.batch ? { batch: this.options.batch } : {}),
+      target: (block, linear) => targets.get(`${block}.${linear}`)!,
+      reuse: (i) => this.recall(prefixKeys[i]!),
+      timings: this.timings,
+      onBlock: (i) => this.options.onBlock?.(i),
+    });
+    blocks.forEach((block, i) => this.remember(prefixKeys[i]!, block));
+    return { blocks, keys: prefixKeys };
   }
 
   /** Requested and achieved sparsity of every linear of the pruned blocks. */
@@ -230,8 +235,11 @@ export class PrunedBlocks {
     });
   }
 
-  clear(): void {
+  /** Drops the cache and the sequential model's tensors. */
+  dispose(): void {
     this.cache.clear();
     this.cachedBytes = 0;
+    this.sequential?.dispose();
+    this.sequential = undefined;
   }
 }

@@ -125,6 +125,6 @@ export class Pruner {
 
   dispose(): void {
     this.decoder.dispose();
-    this.blocks.clear();
+    this.blocks.dispose();
   }
 }
