@@ -8,7 +8,7 @@ import { decodeEngineState, type EngineState, type HistoryRecord } from "../src/
 import type { Strategy } from "../src/engine/strategy.ts";
 import { Rng } from "../src/rng.ts";
 
-import { fakeClock, store, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
+import { fakeClock, scrambled, store, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
 
 
 /**
@@ -67,20 +67,8 @@ const host =
     });
 
 /** The same scores, computed concurrently and finishing in a scrambled order. */
-const scrambledHost = (time: Clocked, seed: number, shuffleSeed: number) => (batch: readonly Vector[], fidelity: Fidelity) => {
-  const rng = new Rng(shuffleSeed);
-  const delays = batch.map(() => rng.int(8));
-  return Effect.forEach(
-    batch,
-    (v, i) =>
-      Effect.gen(function* () {
-        for (let k = 0; k < delays[i]!; k++) yield* Effect.yieldNow;
-        time.advance(1000);
-        return hostScore(seed, v, fidelity);
-      }),
-    { concurrency: "unbounded" },
-  );
-};
+const scrambledHost = (time: Clocked, seed: number, shuffleSeed: number) => (batch: readonly Vector[], fidelity: Fidelity) =>
+  scrambled(time, shuffleSeed, batch, (v) => hostScore(seed, v, fidelity));
 
 type Options = EvolveOptions<Vector, Vector>;
 

@@ -4,9 +4,8 @@ import { describe, expect, it } from "vitest";
 import { evolve, type EvolveOptions, type EvolveResult } from "../src/engine/evolve.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../src/engine/genome.ts";
 import type { HistoryRecord } from "../src/engine/state.ts";
-import { Rng } from "../src/rng.ts";
 
-import { fakeClock, store, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
+import { fakeClock, scrambled, store, sphere, TARGET, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
 
 
 /** Every evaluation takes one fake second. */
@@ -22,20 +21,8 @@ const evaluator =
     });
 
 /** The same scores, computed concurrently and finishing in a scrambled order. */
-const scrambledEvaluator = (time: Clocked, shuffleSeed: number) => (batch: readonly Vector[]) => {
-  const rng = new Rng(shuffleSeed);
-  const delays = batch.map(() => rng.int(8));
-  return Effect.forEach(
-    batch,
-    (v, i) =>
-      Effect.gen(function* () {
-        for (let k = 0; k < delays[i]!; k++) yield* Effect.yieldNow;
-        time.advance(1000);
-        return fitnessOk(sphere(v));
-      }),
-    { concurrency: "unbounded" },
-  );
-};
+const scrambledEvaluator = (time: Clocked, shuffleSeed: number) => (batch: readonly Vector[]) =>
+  scrambled(time, shuffleSeed, batch, (v) => fitnessOk(sphere(v)));
 
 type Options<E = never> = EvolveOptions<Vector, Vector, E>;
 

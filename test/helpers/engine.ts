@@ -1,6 +1,7 @@
 /** The engine tests' toy problem and clock, shared by the strategy tests. */
 import { Clock, Effect } from "effect";
-import type { Genome } from "../../src/engine/genome.ts";
+import type { Fitness, Genome } from "../../src/engine/genome.ts";
+import { Rng } from "../../src/rng.ts";
 import { decodeEngineState, type EngineState } from "../../src/engine/state.ts";
 
 // A toy problem: integer vectors in [0, MAX]^D, fitness = squared distance to TARGET. Small
@@ -58,4 +59,23 @@ export const store = (initial?: EngineState) => {
       save: (state: EngineState) => void states.push(decodeEngineState(JSON.parse(JSON.stringify(state)), "state.json")),
     },
   };
+};
+
+/**
+ * Scores a batch concurrently, each candidate finishing after a random number of yields (so
+ * in a scrambled order) and costing a second of the fake clock.
+ */
+export const scrambled = (time: Clocked, shuffleSeed: number, batch: readonly Vector[], score: (v: Vector) => Fitness) => {
+  const rng = new Rng(shuffleSeed);
+  const delays = batch.map(() => rng.int(8));
+  return Effect.forEach(
+    batch,
+    (v, i) =>
+      Effect.gen(function* () {
+        for (let k = 0; k < delays[i]!; k++) yield* Effect.yieldNow;
+        time.advance(1000);
+        return score(v);
+      }),
+    { concurrency: "unbounded" },
+  );
 };
