@@ -3,9 +3,10 @@ import { describe, expect, it } from "vitest";
 import { DataError } from "../src/errors.ts";
 import { applyMask, countPruned, unstructuredMask, type Shape2 } from "../src/prune/masks.ts";
 import { wandaScores } from "../src/prune/scores.ts";
-import { sparseGptPrune } from "../src/prune/sparsegpt.ts";
+import { sparseGptPrune as sparseGptPruneWith } from "../src/prune/sparsegpt.ts";
 import { HessianAccumulator, InputNormAccumulator } from "../src/prune/stats.ts";
 import { mulberry32 } from "./helpers/random-model.ts";
+import { nativeCase, skipNotice } from "./helpers/backends.ts";
 
 // ---------------------------------------------------------------------------------------
 // An independent transcription of sparsegpt.py's fasterprune, statement by statement, in
@@ -167,8 +168,17 @@ const layerCase = fc.record({
   sparsity: fc.double({ min: 0, max: 0.95, noNaN: true }),
 });
 
-describe("sparseGptPrune", () => {
-  it("matches a literal transcription of sparsegpt.py (unstructured, several blocks, dead inputs)", () => {
+// Both float64 routes: this file's loops, and LAPACK/BLAS through the native kernel.
+const LINALG = [
+  { linalg: "js" as const, missing: undefined },
+  { linalg: "native" as const, missing: nativeCase.missing },
+];
+
+describe.each(LINALG)("sparseGptPrune with $linalg linear algebra", ({ linalg, missing }) => {
+  const skip = skipNotice("SparseGPT on the native kernel", missing);
+  const sparseGptPrune = (...args: Parameters<typeof sparseGptPruneWith>) =>
+    sparseGptPruneWith(args[0], args[1], args[2], args[3], { ...args[4], linalg });
+  it.skipIf(skip)("matches a literal transcription of sparsegpt.py (unstructured, several blocks, dead inputs)", () => {
     fc.assert(
       fc.property(layerCase, fc.boolean(), ({ seed, inFeatures, outFeatures, tokensPerInput, blocksize, sparsity }, withDead) => {
         const layer = randomLayer(seed, inFeatures, outFeatures, tokensPerInput * inFeatures, withDead ? [1, inFeatures - 1] : []);
@@ -189,7 +199,7 @@ describe("sparseGptPrune", () => {
     );
   });
 
-  it("matches the transcription for N:M, and every group of M inputs of every output keeps M - N", () => {
+  it.skipIf(skip)("matches the transcription for N:M, and every group of M inputs of every output keeps M - N", () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 2, max: 8 }).chain((m) =>
@@ -228,7 +238,7 @@ describe("sparseGptPrune", () => {
     );
   });
 
-  it("reports sparsegpt.py's error, which equals 1/2 sum_o dW_o^T H dW_o for the damped H", () => {
+  it.skipIf(skip)("reports sparsegpt.py's error, which equals 1/2 sum_o dW_o^T H dW_o for the damped H", () => {
     // The OBS updates make the final change dW = -U^T E with H^-1 = U^T U, so dW^T H dW = |E|^2:
     // this checks the Cholesky factors and both the in-block and the lazy updates. The weights
     // come back as float32, so each output's quadratic is only known up to the rounding r
@@ -261,7 +271,7 @@ describe("sparseGptPrune", () => {
     );
   });
 
-  it("prunes per column block: floor(numel * s) + 1 entries (reference rule) or floor(numel * s) (exact)", () => {
+  it.skipIf(skip)("prunes per column block: floor(numel * s) + 1 entries (reference rule) or floor(numel * s) (exact)", () => {
     // sparsegpt.py thresholds the whole block (every output x the block's inputs) at the
     // value of rank floor(numel * s) and prunes everything <= it, so the ratio is met per
     // block overall, one entry above the floor, while single output neurons vary.
@@ -282,7 +292,7 @@ describe("sparseGptPrune", () => {
     );
   });
 
-  it("has a lower reconstruction error than Wanda at the same pruned count on realistic layers", () => {
+  it.skipIf(skip)("has a lower reconstruction error than Wanda at the same pruned count on realistic layers", () => {
     // Not a theorem: on random layers (tokens >= 4 x inputs, up to 70% sparsity) SparseGPT
     // lost to Wanda in about 0.15% of layers with equally scaled inputs, and in about 5%
     // when input scales spread over e^-2..e^2, where 1% damping over-regularises the small
@@ -321,7 +331,7 @@ describe("sparseGptPrune", () => {
     );
   });
 
-  it("retries with more damping when H + damp I is not positive definite, then fails clearly", () => {
+  it.skipIf(skip)("retries with more damping when H + damp I is not positive definite, then fails clearly", () => {
     // Indefinite: eigenvalues 6 and -4; positive definite once the damping exceeds 4.
     const indefinite = Float64Array.from([1, 5, 5, 1]);
     const result = sparseGptPrune(Float32Array.from([1, 2, 3, 4]), [2, 2], indefinite, { sparsity: 0.5 }, { threshold: "exact" });
@@ -334,7 +344,7 @@ describe("sparseGptPrune", () => {
     expect(() => sparseGptPrune(new Float32Array(4), [2, 2], Float64Array.from([1, NaN, NaN, 1]), { sparsity: 0.5 })).toThrow(DataError);
   });
 
-  it("rejects inconsistent arguments with RangeError", () => {
+  it.skipIf(skip)("rejects inconsistent arguments with RangeError", () => {
     const w = new Float32Array(8);
     const h = Float64Array.from({ length: 16 }, (_, e) => (e % 5 === 0 ? 1 : 0));
     expect(() => sparseGptPrune(w, [4, 2], h, { sparsity: 1 })).toThrow(RangeError);
@@ -343,5 +353,24 @@ describe("sparseGptPrune", () => {
     expect(() => sparseGptPrune(w, [4, 2], h, { n: 2, m: 4 }, { blocksize: 6 })).toThrow(/multiple of M/);
     expect(() => sparseGptPrune(w, [4, 2], h, { n: 1, m: 3 })).toThrow(/not divisible/);
     expect(() => sparseGptPrune(w, [4, 2], h, { sparsity: 0.5 }, { blocksize: 0 })).toThrow(RangeError);
+  });
+});
+
+describe.skipIf(skipNotice("SparseGPT on the native kernel", nativeCase.missing))("SparseGPT's native route", () => {
+  it("gives the JavaScript route's masks and weights on a layer of several 128-input blocks", () => {
+    const layer = randomLayer(31, 520, 40, 600, [7]);
+    for (const target of [{ sparsity: 0.6 }, { n: 2, m: 4 }] as const) {
+      const js = sparseGptPruneWith(layer.weight, layer.shape, layer.hessian, target, { linalg: "js" });
+      const native = sparseGptPruneWith(layer.weight, layer.shape, layer.hessian, target, { linalg: "native" });
+      expect(native.keep).toEqual(js.keep);
+      let scale = 0;
+      let worst = 0;
+      for (let e = 0; e < js.weight.length; e++) {
+        scale = Math.max(scale, Math.abs(js.weight[e]));
+        worst = Math.max(worst, Math.abs(js.weight[e] - native.weight[e]));
+      }
+      expect(worst).toBeLessThanOrEqual(1e-6 * scale);
+      expect(Math.abs(native.loss - js.loss)).toBeLessThanOrEqual(1e-9 * js.loss);
+    }
   });
 });

@@ -1,84 +1,133 @@
 import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
 import { BackendError } from "../errors.ts";
+import { NATIVE_BACKEND, registerNativeBackend } from "./native.ts";
+import { configureNativeThreads, nativeBlas, nativeBlasMissing } from "./native-blas.ts";
 
-export type BackendChoice = "auto" | "tensorflow" | "wasm" | "cpu";
-export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "tensorflow", "wasm", "cpu"];
+export type BackendChoice = "auto" | "tensorflow" | "native" | "wasm" | "cpu";
+export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "tensorflow", "native", "wasm", "cpu"];
 
 export interface BackendInfo {
-  /** tfjs backend name in use: "tensorflow", "wasm" or "cpu". */
+  /** tfjs backend name in use: "tensorflow", "native", "wasm" or "cpu". */
   readonly name: string;
-  /** Which package provides it (tfjs-node-gpu, tfjs-node, tfjs-backend-wasm, tfjs-backend-cpu). */
+  /** Which package provides it (tfjs-node-gpu, tfjs-node, OpenBLAS, tfjs-backend-wasm, tfjs-backend-cpu). */
   readonly provider: string;
+  /** What it runs on, where that is worth saying: OpenBLAS's kernel and threads. */
+  readonly detail?: string;
   /** Why preferred backends were passed over, for the "using ..." line. */
   readonly skipped: readonly string[];
 }
 
-// Optional native packages: not dependencies we can rely on, so imported by name at run time.
-const NATIVE_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;
+export interface BackendOptions {
+  /**
+   * How many processes or worker threads will compute at the same time on this machine
+   * (fitness or training workers); the native backend gives each its share of the cores.
+   */
+  readonly share?: number;
+}
 
-const tryNative = async (pkg: string): Promise<string | undefined> => {
+// Optional native packages: not dependencies we can rely on, so imported by name at run time.
+const TENSORFLOW_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;
+
+type Attempt = { readonly ok: true; readonly detail?: string } | { readonly ok: false; readonly why: string };
+
+const tryTensorflow = async (pkg: string): Promise<Attempt> => {
   try {
     await import(pkg);
   } catch (e) {
-    return `${pkg} not available (${firstLine(e)})`;
+    return { ok: false, why: `${pkg} not available (${firstLine(e)})` };
   }
-  return (await tf.setBackend("tensorflow")) ? undefined : `${pkg} loaded but the tensorflow backend failed to initialise`;
+  return (await tf.setBackend("tensorflow"))
+    ? { ok: true }
+    : { ok: false, why: `${pkg} loaded but the tensorflow backend failed to initialise` };
 };
 
-const tryWasm = async (): Promise<string | undefined> => {
+const tryNative = async (share: number): Promise<Attempt> => {
+  const why = nativeBlasMissing() ?? (await registerNativeBackend());
+  if (why) return { ok: false, why: `native (${why})` };
+  if (!(await tf.setBackend(NATIVE_BACKEND))) return { ok: false, why: "native (the backend failed to initialise)" };
+  const threads = configureNativeThreads(share);
+  return { ok: true, detail: `OpenBLAS ${nativeBlas()!.describe().core} kernel, ${threads} thread${threads === 1 ? "" : "s"}` };
+};
+
+const tryWasm = async (): Promise<Attempt> => {
   try {
     await import("@tensorflow/tfjs-backend-wasm");
   } catch (e) {
-    return `@tensorflow/tfjs-backend-wasm not available (${firstLine(e)})`;
+    return { ok: false, why: `@tensorflow/tfjs-backend-wasm not available (${firstLine(e)})` };
   }
-  return (await tf.setBackend("wasm")) ? undefined : "the wasm backend failed to initialise";
+  return (await tf.setBackend("wasm")) ? { ok: true } : { ok: false, why: "the wasm backend failed to initialise" };
 };
 
-const tryCpu = async (): Promise<string | undefined> =>
-  (await tf.setBackend("cpu")) ? undefined : "the cpu backend failed to initialise";
+const tryCpu = async (): Promise<Attempt> =>
+  (await tf.setBackend("cpu")) ? { ok: true } : { ok: false, why: "the cpu backend failed to initialise" };
 
 const firstLine = (e: unknown): string => String((e as Error)?.message ?? e).split("\n")[0]!.slice(0, 160);
 
 let current: BackendInfo | undefined;
 
+interface Candidate {
+  readonly name: string;
+  readonly provider: string;
+  readonly run: () => Promise<Attempt>;
+}
+
+/** What `choice` may use, best first. */
+const candidates = (choice: BackendChoice, share: number): Candidate[] => {
+  const list: Candidate[] = [];
+  const tensorflow = TENSORFLOW_PACKAGES.map((pkg) => ({
+    name: "tensorflow",
+    provider: pkg.replace("@tensorflow/", ""),
+    run: () => tryTensorflow(pkg),
+  }));
+  if (choice === "auto") list.push(tensorflow[0]!);
+  if (choice === "auto" || choice === "native") list.push({ name: NATIVE_BACKEND, provider: "OpenBLAS", run: () => tryNative(share) });
+  if (choice === "auto") list.push(tensorflow[1]!);
+  if (choice === "tensorflow") list.push(...tensorflow);
+  if (choice === "auto" || choice === "wasm") list.push({ name: "wasm", provider: "tfjs-backend-wasm", run: tryWasm });
+  if (choice === "auto" || choice === "cpu") list.push({ name: "cpu", provider: "tfjs-backend-cpu", run: tryCpu });
+  return list;
+};
+
 /**
- * Selects and initialises a tfjs backend. `auto` prefers native TensorFlow (GPU build,
- * then CPU build), then wasm, then the pure-JS cpu backend, and reports what it skipped.
- * tf.setBackend resolves to false rather than throwing on failure, so every step checks it.
+ * Selects and initialises a tfjs backend. `auto` prefers a hardware GPU (tfjs-node-gpu),
+ * then the native BLAS kernel, native TensorFlow's CPU build, wasm and last the pure-JS cpu
+ * backend, and reports what it passed over. tf.setBackend resolves to false rather than
+ * throwing on failure, so every step checks it.
  */
-export const initBackend = async (choice: BackendChoice): Promise<BackendInfo> => {
-  if (current && (choice === "auto" || choice === current.name)) return current;
+export const initBackend = async (choice: BackendChoice, options: BackendOptions = {}): Promise<BackendInfo> => {
+  const share = options.share ?? 1;
+  if (current && (choice === "auto" || choice === current.name)) {
+    if (current.name === NATIVE_BACKEND) configureNativeThreads(share);
+    if (tf.getBackend() !== current.name) await tf.setBackend(current.name);
+    return current;
+  }
   const skipped: string[] = [];
-  const attempt = async (provider: string, name: string, run: () => Promise<string | undefined>) => {
-    const why = await run();
-    if (why) {
-      skipped.push(why);
-      return undefined;
+  for (const candidate of candidates(choice, share)) {
+    const got = await candidate.run();
+    if (!got.ok) {
+      skipped.push(got.why);
+      continue;
     }
     await tf.ready();
-    current = { name, provider, skipped };
+    current = { name: candidate.name, provider: candidate.provider, detail: got.detail, skipped };
     return current;
-  };
-  const candidates: Array<[string, string, () => Promise<string | undefined>]> = [];
-  if (choice === "auto" || choice === "tensorflow") {
-    for (const pkg of NATIVE_PACKAGES) candidates.push([pkg.replace("@tensorflow/", ""), "tensorflow", () => tryNative(pkg)]);
-  }
-  if (choice === "auto" || choice === "wasm") candidates.push(["tfjs-backend-wasm", "wasm", tryWasm]);
-  if (choice === "auto" || choice === "cpu") candidates.push(["tfjs-backend-cpu", "cpu", tryCpu]);
-  for (const [provider, name, run] of candidates) {
-    const got = await attempt(provider, name, run);
-    if (got) return got;
   }
   throw new BackendError({ backend: choice, problem: skipped.join("; ") || "no backend could be initialised" });
 };
 
-export const initBackendEffect = (choice: BackendChoice) =>
+export const initBackendEffect = (choice: BackendChoice, options: BackendOptions = {}) =>
   Effect.tryPromise({
-    try: () => initBackend(choice),
+    try: () => initBackend(choice, options),
     catch: (e) => (e instanceof BackendError ? e : new BackendError({ backend: choice, problem: firstLine(e) })),
   });
 
 /** "wasm (tfjs-backend-wasm; passed over: ...)": what auto chose, and why not something faster. */
 export const describeBackend = (b: BackendInfo): string =>
-  `${b.name} (${b.provider}${b.skipped.length > 0 ? `; passed over: ${b.skipped.map((s) => s.replace(/ \(.*$/, "")).join(", ")}` : ""})`;
+  `${b.name} (${b.provider}${b.detail ? `: ${b.detail}` : ""}${
+    b.skipped.length > 0 ? `; passed over: ${b.skipped.map((s) => s.replace(/ \(.*$/, "")).join(", ")}` : ""
+  })`;
+
+/** One line saying what would make this machine faster, when the native kernel is missing. */
+export const fasterBackendHint = (b: BackendInfo): string | undefined =>
+  b.name === "wasm" || b.name === "cpu" ? nativeBlasMissing() : undefined;

@@ -1,10 +1,12 @@
 /**
  * Tensor primitives of the decoder, written for the wasm backend: every product is a plain
  * 2-D matMul without transpose flags (the only fast one there), and gradients are given
- * explicitly so that backward passes keep to the same fast path.
+ * explicitly so that backward passes keep to the same fast path. Backends whose products
+ * take transpose flags at full speed (backend-traits.ts) use the flags instead of copies.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { ModelSpec } from "./spec.ts";
+import { backendTraits } from "./backend-traits.ts";
 import { copyRange, copyRows } from "./copy-kernels.ts";
 
 export interface NormTensors {
@@ -33,6 +35,14 @@ const withGradient = <A extends tf.Tensor[], R extends tf.Tensor>(
   return wrapped as unknown as (...inputs: A) => R;
 };
 
+/** dy · bᵀ: by the transpose flag where it is fast, else by an explicit transpose. */
+const timesTransposed = (dy: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D =>
+  backendTraits().transposeFlags ? tf.matMul(dy, b, false, true) : tf.matMul(dy, tf.transpose(b));
+
+/** aᵀ · dy, likewise. */
+const transposedTimes = (a: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D =>
+  backendTraits().transposeFlags ? tf.matMul(a, dy, true, false) : tf.matMul(tf.transpose(a), dy);
+
 /**
  * a · b for 2-D tensors. tf.matMul's own gradient uses transpose flags, which are ~10x
  * slower on wasm than taking the transpose explicitly.
@@ -43,7 +53,7 @@ export const matMul2d = withGradient(([a, b]: [tf.Tensor2D, tf.Tensor2D], save) 
     value: tf.matMul(a, b) as tf.Tensor2D,
     gradFunc: (dy: tf.Tensor2D, saved) => {
       const [sa, sb] = saved as [tf.Tensor2D, tf.Tensor2D];
-      return [tf.matMul(dy, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy)];
+      return [timesTransposed(dy, sb), transposedTimes(sa, dy)];
     },
   };
 });
@@ -54,7 +64,7 @@ const affine = withGradient(([x, w, b]: [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D],
     value: tf.add(tf.matMul(x, w), b) as tf.Tensor2D,
     gradFunc: (dy: tf.Tensor2D, saved) => {
       const [sx, sw] = saved as [tf.Tensor2D, tf.Tensor2D];
-      return [tf.matMul(dy, tf.transpose(sw)), tf.matMul(tf.transpose(sx), dy), tf.sum(dy, 0)];
+      return [timesTransposed(dy, sw), transposedTimes(sx, dy), tf.sum(dy, 0)];
     },
   };
 });

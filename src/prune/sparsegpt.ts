@@ -9,6 +9,7 @@
  * reference's per-row (per output neuron) quantities are per column o here.
  */
 import { DataError } from "../errors.ts";
+import { nativeBlas, type NativeBlas } from "../backend/native-blas.ts";
 import { checkNM, lowestPositions, type Shape2 } from "./masks.ts";
 
 /** Unstructured at a ratio, or N:M (the reference's prunen/prunem, which then ignores the ratio). */
@@ -31,6 +32,12 @@ export interface SparseGptOptions {
   readonly threshold?: "reference" | "exact";
   /** Names the layer in error messages. */
   readonly source?: string;
+  /**
+   * Float64 linear algebra: "native" (LAPACK's factorisations and BLAS's dgemm for the
+   * lazy updates; the default when the native kernel is built) or "js" (this file's own
+   * loops, the reference the native route is tested against).
+   */
+  readonly linalg?: "native" | "js";
 }
 
 export interface SparseGptResult {
@@ -109,12 +116,28 @@ const choleskyInverse = (l: Float64Array, n: number): Float64Array => {
 };
 
 /**
- * Upper Cholesky factor U of (H + damp I)^-1 (H^-1 = U^T U), by the reference's route:
- * Cholesky of H, inverse, Cholesky again. Null when a factorisation fails.
+ * The same route through LAPACK (dpotrf, dpotri, dpotrf). LAPACK is column-major: our
+ * row-major symmetric matrix reads as itself, and LAPACK's lower triangle ("L") is our
+ * upper one. dpotrf("L") gives L with A = L L^T in that triangle; dpotri("L") overwrites it
+ * with the inverse's triangle; dpotrf("L") of the inverse leaves L' with A^-1 = L' L'^T,
+ * whose transpose U = L'^T (A^-1 = U^T U) is exactly what our upper triangle then holds.
  */
-const inverseUpperCholesky = (h: Float64Array, n: number, damp: number): Float64Array | null => {
+const inverseUpperCholeskyLapack = (blas: NativeBlas, a: Float64Array, n: number): Float64Array | null => {
+  if (blas.dpotrf("L", n, a) !== 0 || blas.dpotri("L", n, a) !== 0 || blas.dpotrf("L", n, a) !== 0) return null;
+  for (let i = 0; i < n; i++) a.fill(0, i * n, i * n + i);
+  for (const v of a) if (!Number.isFinite(v)) return null;
+  return a;
+};
+
+/**
+ * Upper Cholesky factor U of (H + damp I)^-1 (H^-1 = U^T U), by the reference's route:
+ * Cholesky of H, inverse, Cholesky again. Null when a factorisation fails. With the native
+ * kernel, LAPACK does it (the JavaScript route below is the reference it is tested against).
+ */
+const inverseUpperCholesky = (h: Float64Array, n: number, damp: number, blas: NativeBlas | undefined): Float64Array | null => {
   const a = h.slice();
   for (let i = 0; i < n; i++) a[i * n + i] += damp;
+  if (blas) return inverseUpperCholeskyLapack(blas, a, n);
   if (!choleskyLower(a, n)) return null;
   const inv = choleskyInverse(a, n);
   if (!choleskyLower(inv, n)) return null;
@@ -231,6 +254,8 @@ export const sparseGptPrune = (
   const percdamp = options.percdamp ?? DEFAULT_PERCDAMP;
   const threshold = options.threshold ?? "reference";
   const source = options.source ?? "SparseGPT layer";
+  const blas = options.linalg === "js" ? undefined : nativeBlas();
+  if (options.linalg === "native" && !blas) throw new RangeError("sparseGptPrune: the native kernel is not built");
   checkInputs(weight, shape, hessian, target, blocksize, percdamp);
   const [inFeatures, outFeatures] = shape;
   for (let e = 0; e < hessian.length; e++) {
@@ -258,12 +283,12 @@ export const sparseGptPrune = (
   }
   const meanDiag = diagSum / inFeatures;
   let damping = percdamp * meanDiag;
-  let upper = inverseUpperCholesky(h, inFeatures, damping);
+  let upper = inverseUpperCholesky(h, inFeatures, damping, blas);
   // A Gram matrix has a positive mean diagonal here (dead entries became 1); anything else
   // is not a Hessian of this kind, and more damping would only hide that.
   for (let retry = 0; upper === null && meanDiag > 0 && retry < DAMPING_RETRIES; retry++) {
     damping = Math.max(damping, DEFAULT_PERCDAMP * meanDiag) * 10;
-    upper = inverseUpperCholesky(h, inFeatures, damping);
+    upper = inverseUpperCholesky(h, inFeatures, damping, blas);
   }
   if (upper === null) {
     throw new DataError({
@@ -300,7 +325,15 @@ export const sparseGptPrune = (
         for (let o = 0; o < outFeatures; o++) w[nextRow + o] -= err[errRow + o] * u;
       }
     }
-    // Lazy batch update of every later row: W[:, i2:] -= Err1 Hinv[i1:i2, i2:].
+    // Lazy batch update of every later row: W[:, i2:] -= Err1 Hinv[i1:i2, i2:]; in our layout
+    // rows i2.. of w (n - i2 x out) -= U[i1:i2, i2:]^T (n - i2 x bs) times err (bs x out).
+    if (blas) {
+      if (i2 < inFeatures) {
+        blas.dgemm(true, false, inFeatures - i2, outFeatures, i2 - i1, -1, upper.subarray(i1 * inFeatures + i2), inFeatures,
+          err, outFeatures, 1, w.subarray(i2 * outFeatures), outFeatures);
+      }
+      continue;
+    }
     for (let i = i1; i < i2; i++) {
       const errRow = (i - i1) * outFeatures;
       for (let k = i2; k < inFeatures; k++) {

@@ -33,8 +33,8 @@ export const embeddedLayout = (): Layout => {
 export const bin = resolve(import.meta.dirname, "..", "..", "bin", "evosparse.mjs");
 
 const childEnv = (): NodeJS.ProcessEnv => ({ ...process.env, CI: "true" });
-/** Every command runs on the wasm backend, the one every clone has. */
-const withBackend = (args: readonly string[]): string[] => [bin, ...args, "--backend", "wasm"];
+/** Every command runs on the wasm backend, the one every clone has, unless a test names another. */
+const withBackend = (args: readonly string[], backend = "wasm"): string[] => [bin, ...args, "--backend", backend];
 
 export interface CliResult {
   readonly code: number | null;
@@ -46,6 +46,12 @@ export interface CliResult {
 /** Runs `evosparse ARGS --backend wasm` to its end. */
 export const evosparse = (...args: string[]): CliResult => {
   const r = spawnSync(process.execPath, withBackend(args), { encoding: "utf8", env: childEnv() });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr, pid: r.pid ?? -1 };
+};
+
+/** Runs `evosparse ARGS --backend BACKEND` to its end. */
+export const evosparseOn = (backend: string, ...args: string[]): CliResult => {
+  const r = spawnSync(process.execPath, withBackend(args, backend), { encoding: "utf8", env: childEnv() });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr, pid: r.pid ?? -1 };
 };
 
