@@ -18,13 +18,14 @@ import {
   type RandomModel,
 } from "./helpers/random-model.ts";
 import { referenceLogits, referenceNll, referenceWeights, type ReferenceWeights } from "./helpers/reference.ts";
+import { BACKEND_CASES, skipNotice, type TestBackend } from "./helpers/backends.ts";
+import { initBackend } from "../src/backend/backend.ts";
+import { backendTraits, setBackendTraits } from "../src/model/backend-traits.ts";
 
-type BackendName = "wasm" | "cpu";
+type BackendName = TestBackend;
 
 const useBackend = async (name: BackendName): Promise<void> => {
-  const ok = await tf.setBackend(name);
-  if (!ok) throw new Error(`the ${name} backend could not be initialised`);
-  await tf.ready();
+  await initBackend(name);
 };
 
 const decoderOf = (m: RandomModel, options: Parameters<typeof Decoder.create>[3] = {}): Decoder =>
@@ -80,7 +81,11 @@ beforeAll(async () => {
   await useBackend("wasm");
 });
 
-describe.each(["wasm", "cpu"] as const)("on the %s backend", (backend: BackendName) => {
+describe.each(BACKEND_CASES)("on the $name backend", ({ name: backend, missing }) => {
+  if (skipNotice(`the ${backend} backend`, missing)) {
+    it.skip(`needs the ${backend} backend: ${missing}`, () => {});
+    return;
+  }
   beforeAll(async () => {
     await useBackend(backend);
   });
@@ -154,6 +159,39 @@ describe.each(["wasm", "cpu"] as const)("on the %s backend", (backend: BackendNa
       expect(maxAbs(got.subarray(400 * 23).map((v, i) => v - gotChanged[400 * 23 + i]))).toBeGreaterThan(1e-3);
     },
   );
+});
+
+describe("the two attention paths", () => {
+  // Batched attention is the GPU backends' path; here the wasm backend is sent down it.
+  it.each(["llama-gqa", "gpt2", "opt-post-projected"] as const)("%s: batched heads give the head-by-head logits and gradients", async (family) => {
+    await useBackend("wasm");
+    // Long enough for two query chunks; small enough to differentiate quickly on cpu.
+    const model = randomModel(family, 91, { vocabSize: 23, hiddenSize: 16, numLayers: 2, numHeads: 4, headDim: 4, intermediateSize: 24, maxPositions: 600 });
+    if (family === "llama-gqa") expect(model.spec.numKvHeads).toBeLessThan(model.spec.numHeads);
+    const seqlen = 530;
+    const ids = randomIds(2 * seqlen, model.spec.vocabSize, 3);
+    const targets = nextTokenTargets(ids, 2, seqlen);
+    const run = async (batched: boolean) => {
+      const before = setBackendTraits("wasm", { ...backendTraits("wasm"), batchedAttention: batched });
+      try {
+        return await withDecoder(decoderOf(model, { trainable: true }), async (d) => {
+          const nll = await d.nll(ids, targets, 2, seqlen);
+          const variables = [...d.parameters().values()] as tf.Variable[];
+          const { value, grads } = tf.variableGrads(() => d.lossTensor(ids, targets, 2, seqlen), variables);
+          const gradient = await tf.concat(Object.values(grads).map((g) => g.flatten())).data();
+          tf.dispose([value, ...Object.values(grads)]);
+          return { nll, gradient };
+        });
+      } finally {
+        setBackendTraits("wasm", before);
+      }
+    };
+    const [perHead, batched] = [await run(false), await run(true)];
+    expect(Math.abs(batched.nll.nll - perHead.nll.nll)).toBeLessThan(1e-5 * perHead.nll.nll);
+    expect(batched.gradient.length).toBe(perHead.gradient.length);
+    const scale = Math.max(...perHead.gradient.map(Math.abs));
+    expect(maxAbs(batched.gradient.map((g, i) => g - perHead.gradient[i]))).toBeLessThan(1e-4 * scale);
+  });
 });
 
 describe("decoder invariants", () => {
@@ -284,7 +322,11 @@ const referenceArray = (ref: ReferenceWeights, name: string): Float64Array => {
   return kind === "weight" ? l.weight : l.bias!;
 };
 
-describe.each(["wasm", "cpu"] as const)("gradients on the %s backend", (backend: BackendName) => {
+describe.each(BACKEND_CASES)("gradients on the $name backend", ({ name: backend, missing }) => {
+  if (skipNotice(`the ${backend} backend`, missing)) {
+    it.skip(`needs the ${backend} backend: ${missing}`, () => {});
+    return;
+  }
   beforeAll(async () => {
     await useBackend(backend);
   });

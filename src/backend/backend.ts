@@ -3,17 +3,20 @@ import { Effect } from "effect";
 import { BackendError } from "../errors.ts";
 import { NATIVE_BACKEND, registerNativeBackend } from "./native.ts";
 import { configureNativeThreads, nativeBlas, nativeBlasMissing } from "./native-blas.ts";
+import { gpuDeviceNode, probeWebgpu, startWebgpu } from "./webgpu.ts";
 
-export type BackendChoice = "auto" | "tensorflow" | "native" | "wasm" | "cpu";
-export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "tensorflow", "native", "wasm", "cpu"];
+export type BackendChoice = "auto" | "tensorflow" | "webgpu" | "native" | "wasm" | "cpu";
+export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "tensorflow", "webgpu", "native", "wasm", "cpu"];
 
 export interface BackendInfo {
-  /** tfjs backend name in use: "tensorflow", "native", "wasm" or "cpu". */
+  /** tfjs backend name in use: "tensorflow", "webgpu", "native", "wasm" or "cpu". */
   readonly name: string;
-  /** Which package provides it (tfjs-node-gpu, tfjs-node, OpenBLAS, tfjs-backend-wasm, tfjs-backend-cpu). */
+  /** Which package provides it (tfjs-node-gpu, tfjs-node, Dawn, OpenBLAS, tfjs-backend-wasm, tfjs-backend-cpu). */
   readonly provider: string;
-  /** What it runs on, where that is worth saying: OpenBLAS's kernel and threads. */
+  /** What it runs on, where that is worth saying: the GPU adapter, OpenBLAS's kernel and threads. */
   readonly detail?: string;
+  /** Said once when it starts: a software GPU adapter is correct but slow. */
+  readonly warning?: string;
   /** Why preferred backends were passed over, for the "using ..." line. */
   readonly skipped: readonly string[];
 }
@@ -29,7 +32,9 @@ export interface BackendOptions {
 // Optional native packages: not dependencies we can rely on, so imported by name at run time.
 const TENSORFLOW_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;
 
-type Attempt = { readonly ok: true; readonly detail?: string } | { readonly ok: false; readonly why: string };
+type Attempt =
+  | { readonly ok: true; readonly detail?: string; readonly warning?: string }
+  | { readonly ok: false; readonly why: string };
 
 const tryTensorflow = async (pkg: string): Promise<Attempt> => {
   try {
@@ -47,7 +52,26 @@ const tryNative = async (share: number): Promise<Attempt> => {
   if (why) return { ok: false, why: `native (${why})` };
   if (!(await tf.setBackend(NATIVE_BACKEND))) return { ok: false, why: "native (the backend failed to initialise)" };
   const threads = configureNativeThreads(share);
-  return { ok: true, detail: `OpenBLAS ${nativeBlas()!.describe().core} kernel, ${threads} thread${threads === 1 ? "" : "s"}` };
+  return { ok: true, detail: `${nativeBlas()!.describe().core} kernel, ${threads} thread${threads === 1 ? "" : "s"}` };
+};
+
+/**
+ * WebGPU through Dawn. Asked for by name it runs on any adapter, with a warning when that is
+ * a software one; auto takes it only on a hardware GPU.
+ */
+const tryWebgpu = async (hardwareOnly: boolean): Promise<Attempt> => {
+  // Loading Dawn costs time and its drivers print to stderr: auto does not, without a GPU.
+  if (hardwareOnly && !gpuDeviceNode()) return { ok: false, why: "webgpu (no GPU device on this machine)" };
+  const probe = await probeWebgpu();
+  if (!probe.ok) return { ok: false, why: `webgpu (${probe.why})` };
+  if (hardwareOnly && probe.fallback) return { ok: false, why: `webgpu (a software adapter: ${probe.adapter})` };
+  const started = await startWebgpu();
+  if (!started.ok) return { ok: false, why: `webgpu (${started.why})` };
+  return {
+    ok: true,
+    detail: started.adapter,
+    ...(started.fallback ? { warning: "a software or fallback adapter: correct, but far slower than a GPU or the native backend" } : {}),
+  };
 };
 
 const tryWasm = async (): Promise<Attempt> => {
@@ -81,6 +105,7 @@ const candidates = (choice: BackendChoice, share: number): Candidate[] => {
     run: () => tryTensorflow(pkg),
   }));
   if (choice === "auto") list.push(tensorflow[0]!);
+  if (choice === "auto" || choice === "webgpu") list.push({ name: "webgpu", provider: "Dawn", run: () => tryWebgpu(choice === "auto") });
   if (choice === "auto" || choice === "native") list.push({ name: NATIVE_BACKEND, provider: "OpenBLAS", run: () => tryNative(share) });
   if (choice === "auto") list.push(tensorflow[1]!);
   if (choice === "tensorflow") list.push(...tensorflow);
@@ -90,9 +115,9 @@ const candidates = (choice: BackendChoice, share: number): Candidate[] => {
 };
 
 /**
- * Selects and initialises a tfjs backend. `auto` prefers a hardware GPU (tfjs-node-gpu),
- * then the native BLAS kernel, native TensorFlow's CPU build, wasm and last the pure-JS cpu
- * backend, and reports what it passed over. tf.setBackend resolves to false rather than
+ * Selects and initialises a tfjs backend. `auto` prefers a hardware GPU (tfjs-node-gpu, then
+ * WebGPU on a hardware adapter), then the native BLAS kernel, native TensorFlow's CPU build,
+ * wasm and last the pure-JS cpu backend, and reports what it passed over. tf.setBackend resolves to false rather than
  * throwing on failure, so every step checks it.
  */
 export const initBackend = async (choice: BackendChoice, options: BackendOptions = {}): Promise<BackendInfo> => {
@@ -110,7 +135,13 @@ export const initBackend = async (choice: BackendChoice, options: BackendOptions
       continue;
     }
     await tf.ready();
-    current = { name: candidate.name, provider: candidate.provider, detail: got.detail, skipped };
+    current = {
+      name: candidate.name,
+      provider: candidate.provider,
+      skipped,
+      ...(got.detail ? { detail: got.detail } : {}),
+      ...(got.warning ? { warning: got.warning } : {}),
+    };
     return current;
   }
   throw new BackendError({ backend: choice, problem: skipped.join("; ") || "no backend could be initialised" });
@@ -122,12 +153,17 @@ export const initBackendEffect = (choice: BackendChoice, options: BackendOptions
     catch: (e) => (e instanceof BackendError ? e : new BackendError({ backend: choice, problem: firstLine(e) })),
   });
 
-/** "wasm (tfjs-backend-wasm; passed over: ...)": what auto chose, and why not something faster. */
-export const describeBackend = (b: BackendInfo): string =>
-  `${b.name} (${b.provider}${b.detail ? `: ${b.detail}` : ""}${
-    b.skipped.length > 0 ? `; passed over: ${b.skipped.map((s) => s.replace(/ \(.*$/, "")).join(", ")}` : ""
-  })`;
-
-/** One line saying what would make this machine faster, when the native kernel is missing. */
+/** What would make this machine faster, when a plain backend runs for want of the native kernel. */
 export const fasterBackendHint = (b: BackendInfo): string | undefined =>
   b.name === "wasm" || b.name === "cpu" ? nativeBlasMissing() : undefined;
+
+/**
+ * "wasm (tfjs-backend-wasm; passed over: ...; faster: ...)": what was chosen, why not
+ * something faster, and what would enable the native kernel when it is missing.
+ */
+export const describeBackend = (b: BackendInfo): string => {
+  const passed = b.skipped.length > 0 ? `; passed over: ${b.skipped.map((s) => s.replace(/ \(.*$/, "")).join(", ")}` : "";
+  const hint = fasterBackendHint(b);
+  const warning = b.warning ? `; warning: ${b.warning}` : "";
+  return `${b.name} (${b.provider}${b.detail ? `: ${b.detail}` : ""}${passed}${hint ? `; faster: ${hint}` : ""}${warning})`;
+};

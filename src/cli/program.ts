@@ -26,7 +26,7 @@ export const program = (args: readonly string[], options: ProgramOptions = {}): 
   let cli = yargs([...args])
     .scriptName("evosparse")
     .usage("$0 <command> [options]\n\nDecide how sparse each layer of a language model should be, and prove it by perplexity.")
-    .option("backend", { choices: BACKEND_CHOICES, default: "auto" as const, describe: "tfjs backend (auto: tensorflow-gpu, tensorflow, wasm, then cpu)", global: true })
+    .option("backend", { choices: BACKEND_CHOICES, default: "auto" as const, describe: "tfjs backend (auto: a hardware GPU through tensorflow-gpu or webgpu, then native, tensorflow, wasm, cpu)", global: true })
     .option("verbose", { type: "boolean", default: false, describe: "show stack traces on errors", global: true })
     // Numbers are parsed by each option (src/cli/flags.ts), so a refused value is shown as typed.
     .parserConfiguration({ "parse-numbers": false })

@@ -369,7 +369,8 @@ export const searchJob = (request: SearchRequest) =>
         fitnessData: s.fitnessData,
         fitnessWindows: s.fitnessWindows,
         batch: s.batch,
-        backend: request.backend,
+        // The backend the main thread got, so that workers never resolve "auto" differently.
+        backend: backend.name as BackendChoice,
       });
       const setup = setupOf(settings);
       const model = yield* Effect.acquireRelease(

@@ -217,6 +217,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
           blocks: init.blocks,
           adamw: { ...DEFAULT_ADAMW, weightDecay: o.weightDecay },
           backend: o.backend,
+          share: workerCount,
           ...(resumed ? { parameters: resumed.parameters, optimizer: resumed.optimizer } : {}),
         }),
       ),

@@ -26,13 +26,24 @@ export interface BackendTraits {
 /** Backends whose tensors are views of a wasm heap. */
 export const HEAP_BACKENDS: readonly string[] = ["wasm", "native"];
 
-const TRAITS: Readonly<Record<string, BackendTraits>> = {
+const TRAITS: Record<string, BackendTraits> = {
   wasm: { heapViews: true, transposeFlags: false, batchedAttention: false },
   native: { heapViews: true, transposeFlags: true, batchedAttention: false },
   cpu: { heapViews: false, transposeFlags: false, batchedAttention: false },
   webgpu: { heapViews: false, transposeFlags: true, batchedAttention: true },
   webgl: { heapViews: false, transposeFlags: true, batchedAttention: true },
   tensorflow: { heapViews: false, transposeFlags: true, batchedAttention: true },
+};
+
+/**
+ * Sets the traits of a backend: for a tfjs backend evosparse does not know, or to run a
+ * backend down the other path (the tests compare the two paths this way). Returns the
+ * traits it had, to restore them.
+ */
+export const setBackendTraits = (name: string, traits: BackendTraits): BackendTraits => {
+  const before = backendTraits(name);
+  TRAITS[name] = traits;
+  return before;
 };
 
 /** Traits of the backend in use (or the one named); an unknown backend gets the cautious defaults of cpu. */

@@ -9,7 +9,8 @@ import type { HostBlock, HostLinear, HostNorm, HostTensor, ModelSpec } from "./s
 import { blockShape, kvDim, linearShapes } from "./spec.ts";
 import { activate, linear as linearOp, matMul2d, normalize, takeRange, type LinearTensors, type NormTensors } from "./ops.ts";
 import { applyRope } from "./rope.ts";
-import type { ForwardTables } from "./tables.ts";
+import type { ForwardTables, LengthTables } from "./tables.ts";
+import { backendTraits } from "./backend-traits.ts";
 
 export type { LinearTensors, NormTensors } from "./ops.ts";
 
@@ -132,9 +133,8 @@ export const disposeBlock = (b: BlockTensors): void => {
 };
 
 /**
- * Causal self-attention. q, k and v are put head-major by one transpose each (k already
- * transposed to [headDim, seqlen] per head); then every (window, head) pair is two plain
- * 2-D matMuls, the fast path on wasm.
+ * Causal self-attention: the projections, positions, and then the heads, by the path the
+ * backend suits (backend-traits.ts): batched over all heads, or head by head.
  */
 const attention = (
   spec: ModelSpec,
@@ -171,6 +171,52 @@ const attention = (
   } else {
     q = tf.mul(q, 1 / Math.sqrt(headDim));
   }
+  const shape = { batch, seqlen, numHeads, numKvHeads, headDim };
+  const merged = backendTraits().batchedAttention ? batchedHeads(q, k, v, shape, t) : headByHead(q, k, v, shape, t);
+  return linear(merged, roles.o);
+};
+
+interface HeadShape {
+  readonly batch: number;
+  readonly seqlen: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+}
+
+/**
+ * Attention outputs [batch·seqlen, heads·headDim] by batched products over every (window,
+ * key/value head) at once, the query heads that share a key/value head stacked as rows: a
+ * few large dispatches, which is what a GPU needs. Tensors stay within 4 dimensions (what
+ * the WebGPU backend differentiates correctly). Query chunks as in headByHead.
+ */
+const batchedHeads = (q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: HeadShape, t: LengthTables): tf.Tensor2D => {
+  const { batch, seqlen, numHeads, numKvHeads, headDim } = s;
+  const groups = batch * numKvHeads;
+  const perKv = numHeads / numKvHeads;
+  // [batch·kvHeads, perKv, seqlen, headDim]: head h = g·perKv + j of window b at [b·kvHeads + g, j].
+  const queries = tf.reshape(tf.transpose(tf.reshape(q, [batch, seqlen, numHeads, headDim]), [0, 2, 1, 3]), [groups, perKv, seqlen, headDim]);
+  const keys = tf.reshape(tf.transpose(tf.reshape(k, [batch, seqlen, numKvHeads, headDim]), [0, 2, 1, 3]), [groups, seqlen, headDim]);
+  const values = tf.reshape(tf.transpose(tf.reshape(v, [batch, seqlen, numKvHeads, headDim]), [0, 2, 1, 3]), [groups, seqlen, headDim]);
+  const outputs = t.chunks.map((c) => {
+    const rows = c.end - c.start;
+    const chunkQueries = tf.reshape(rows === seqlen ? queries : takeRange(queries, 2, c.start, rows), [groups, perKv * rows, headDim]);
+    const visibleKeys = c.end === seqlen ? keys : takeRange(keys, 1, 0, c.end);
+    const visibleValues = c.end === seqlen ? values : takeRange(values, 1, 0, c.end);
+    const scores = tf.add(tf.reshape(tf.matMul(chunkQueries, visibleKeys, false, true), [groups, perKv, rows, c.end]), c.mask);
+    const weights = tf.reshape(tf.softmax(scores), [groups, perKv * rows, c.end]);
+    return tf.reshape(tf.matMul(weights, visibleValues), [groups, perKv, rows, headDim]);
+  });
+  const all = outputs.length === 1 ? outputs[0]! : tf.concat(outputs, 2);
+  return tf.reshape(tf.transpose(tf.reshape(all, [batch, numHeads, seqlen, headDim]), [0, 2, 1, 3]), [batch * seqlen, numHeads * headDim]) as tf.Tensor2D;
+};
+
+/**
+ * Attention outputs [batch·seqlen, heads·headDim] one (window, head, query chunk) at a time:
+ * two plain 2-D products each, wasm's fast path, with only one head's scores alive at a time.
+ */
+const headByHead = (q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: HeadShape, t: LengthTables): tf.Tensor2D => {
+  const { batch, seqlen, numHeads, numKvHeads, headDim } = s;
   // [batch·heads·seqlen, headDim]: rows of one (window, head) are contiguous.
   const queryHeads = tf.reshape(
     tf.transpose(tf.reshape(q, [batch, seqlen, numHeads, headDim]), [0, 2, 1, 3]),
@@ -211,11 +257,10 @@ const attention = (
       }
     }
   }
-  const merged = tf.reshape(
+  return tf.reshape(
     tf.transpose(tf.reshape(tf.concat(outputs, 0), [batch, numHeads, seqlen, headDim]), [0, 2, 1, 3]),
-    [batch * seqlen, qWidth],
+    [batch * seqlen, numHeads * headDim],
   ) as tf.Tensor2D;
-  return linear(merged, roles.o);
 };
 
 const mlp = (spec: ModelSpec, w: BlockTensors, x: tf.Tensor2D, observe?: LinearInputObserver): tf.Tensor2D => {

@@ -8,7 +8,7 @@ import type { Fitness } from "../engine/genome.ts";
 import { WorkerError } from "../errors.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
 import { allocationFitness } from "./fitness.ts";
-import type { FitnessModel, FitnessSetup } from "./fitness-setup.ts";
+import type { FitnessModel, FitnessSetup, FitnessWorkerData } from "./fitness-setup.ts";
 import type { BlockAllocation } from "./plugin.ts";
 
 export interface FitnessEvaluator {
@@ -45,7 +45,7 @@ export const workerPoolEvaluator = (
   entry: URL = new URL("./fitness-worker.ts", import.meta.url),
 ) =>
   Effect.acquireRelease(
-    Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(entry, setup)))),
+    Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(entry, { ...setup, share: workers } satisfies FitnessWorkerData)))),
     (channels) => Effect.promise(() => Promise.all(channels.map((c) => c.terminate()))),
   ).pipe(
     // Every worker has built its model before the search starts, so a failing setup stops

@@ -24,6 +24,12 @@ export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
   readonly backend: BackendChoice;
 }
 
+/** What a fitness worker thread is started with: the setup, and how many workers compute at once. */
+export interface FitnessWorkerData extends FitnessSetup {
+  /** Workers computing at the same time: the native backend gives each its share of the cores. */
+  readonly share: number;
+}
+
 export interface FitnessModel {
   readonly checkpoint: Checkpoint;
   readonly tokenizer: Tokenizer;

@@ -6,11 +6,11 @@ import { parentPort, workerData } from "node:worker_threads";
 import { initBackend } from "../backend/backend.ts";
 import { serve } from "../workers/spawn.ts";
 import { allocationFitness } from "./fitness.ts";
-import { openFitnessModel, type FitnessSetup } from "./fitness-setup.ts";
+import { openFitnessModel, type FitnessWorkerData } from "./fitness-setup.ts";
 import type { BlockAllocation } from "./plugin.ts";
 
-const setup = workerData.data as FitnessSetup;
-await initBackend(setup.backend);
+const setup = workerData.data as FitnessWorkerData;
+await initBackend(setup.backend, { share: setup.share });
 const model = openFitnessModel(setup);
 const score = allocationFitness(model.pruner, model.windows, setup.pattern);
 

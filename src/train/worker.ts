@@ -17,6 +17,8 @@ export interface WorkerInit {
   readonly blocks: HostBlock[];
   readonly adamw: AdamWOptions;
   readonly backend: BackendChoice;
+  /** Workers computing at the same time: the native backend gives each its share of the cores. */
+  readonly share: number;
   readonly parameters?: Float32Array[];
   readonly optimizer?: { step: number; m: Float32Array[]; v: Float32Array[] };
 }
@@ -28,7 +30,7 @@ export type WorkerRequest =
   | { kind: "state" };
 
 const init = workerData.data as WorkerInit;
-const backend = await initBackend(init.backend);
+const backend = await initBackend(init.backend, { share: init.share });
 const spec = init.spec;
 const decoder = Decoder.create(spec, init.globals, { numBlocks: spec.numLayers, load: (i) => init.blocks[i]! }, { trainable: true });
 const names = [...decoder.parameters().keys()];
