@@ -1,18 +1,16 @@
 /**
  * The native backend: OpenBLAS products under tfjs. The addon's arguments are checked
  * (never a crash, whatever it is handed), its kernels agree with the cpu backend on every
- * shape tfjs can send them, and a whole prune + eval on the embedded model gives wasm's
- * perplexities. The float64 references of every architecture, the gradients and
- * stories260K's goldens run on native in model.test.ts and stories260k.test.ts.
+ * shape tfjs can send them. The float64 references of every architecture, the gradients,
+ * stories260K's goldens and a prune + eval round trip run on native in model.test.ts,
+ * stories260k.test.ts and backend-round-trip.test.ts.
  */
-import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initBackend } from "../src/backend/backend.ts";
 import { blasThreadsFor, nativeBlas } from "../src/backend/native-blas.ts";
 import { nativeCase, skipNotice } from "./helpers/backends.ts";
-import { embeddedModel, evosparseOn, jsonOf, tempRoot } from "./helpers/embedded.ts";
 
 const skip = skipNotice("the native backend", nativeCase.missing);
 
@@ -180,31 +178,5 @@ describe.skipIf(skip)("the native backend's kernels against the cpu backend", ()
       return tf.concat([ga!.flatten(), gb!.flatten()]);
     };
     close(await on("native", make), await on("cpu", make));
-  });
-});
-
-describe.skipIf(skip)("prune + eval on native and on wasm", () => {
-  const root = tempRoot("native-round-trip");
-  const common = [
-    "--model", embeddedModel, "--calib", "brown:calibration", "--nsamples", "2", "--seqlen", "128",
-    "--valid", "brown:validation", "--valid-windows", "1", "--eval", "brown:test", "--eval-windows", "2",
-    "--sparsity", "0.6", "--json",
-  ];
-
-  it.each(["wanda", "sparsegpt"])("%s: the same perplexities within 1e-5 relative, and eval of the written model repeats them", (metric) => {
-    const reports = Object.fromEntries(
-      (["wasm", "native"] as const).map((backend) => [
-        backend,
-        jsonOf(evosparseOn(backend, "prune", ...common, "--metric", metric, "--out", join(root, `${metric}-${backend}`))),
-      ]),
-    );
-    for (const key of ["dense", "pruned"] as const) {
-      const want = reports.wasm.evaluation[key];
-      expect(Math.abs(reports.native.evaluation[key] - want)).toBeLessThanOrEqual(1e-5 * want);
-    }
-    const back = jsonOf(
-      evosparseOn("native", "eval", "--model", join(root, `${metric}-native`), "--data", "brown:test", "--seqlen", "128", "--max-windows", "2", "--json"),
-    );
-    expect(back.ppl).toBe(reports.native.evaluation.pruned);
   });
 });

@@ -38,7 +38,7 @@ const maxAbs = (xs: ArrayLike<number>): number => {
 };
 
 /** All logits of a batch of windows, through the public block-by-block API. */
-const allLogits = (d: Decoder, ids: Int32Array, batch: number, seqlen: number): Float32Array => {
+const allLogits = async (d: Decoder, ids: Int32Array, batch: number, seqlen: number): Promise<Float32Array> => {
   let x = d.embed(ids, batch, seqlen);
   for (let i = 0; i < d.numBlocks; i++) {
     const next = d.runBlock(i, x, batch, seqlen);
@@ -47,7 +47,8 @@ const allLogits = (d: Decoder, ids: Int32Array, batch: number, seqlen: number): 
   }
   const logits = d.headLogits(x);
   x.dispose();
-  const values = Float32Array.from(logits.dataSync() as Float32Array);
+  // Asynchronous: GPU backends have no synchronous reads.
+  const values = Float32Array.from((await logits.data()) as Float32Array);
   logits.dispose();
   return values;
 };
@@ -148,9 +149,9 @@ describe.each(BACKEND_CASES)("on the $name backend", ({ name: backend, missing }
       const ids = randomIds(seqlen, 23, 11);
       const changed = Int32Array.from(ids);
       changed[400] = (ids[400] + 1) % 23;
-      const [got, gotChanged] = await withDecoder(decoderOf(model), (d) => [
-        allLogits(d, ids, 1, seqlen),
-        allLogits(d, changed, 1, seqlen),
+      const [got, gotChanged] = await withDecoder(decoderOf(model), async (d) => [
+        await allLogits(d, ids, 1, seqlen),
+        await allLogits(d, changed, 1, seqlen),
       ]);
       const { worst, scale } = logitsGap(model, got, ids, seqlen);
       expect(worst).toBeLessThan(2e-4 * Math.max(1, scale));
@@ -206,7 +207,7 @@ describe("decoder invariants", () => {
         const changed = Int32Array.from(ids);
         changed[t] = (ids[t] + 1 + (seed % (model.spec.vocabSize - 1))) % model.spec.vocabSize;
         const vocab = model.spec.vocabSize;
-        const [a, b] = await withDecoder(decoderOf(model), (d) => [allLogits(d, ids, 1, seqlen), allLogits(d, changed, 1, seqlen)]);
+        const [a, b] = await withDecoder(decoderOf(model), async (d) => [await allLogits(d, ids, 1, seqlen), await allLogits(d, changed, 1, seqlen)]);
         expect(maxAbs(a.subarray(0, t * vocab).map((v, i) => v - b[i]))).toBeLessThan(1e-6);
         expect(maxAbs(a.subarray(t * vocab, (t + 1) * vocab).map((v, i) => v - b[t * vocab + i]))).toBeGreaterThan(1e-4);
       }),
@@ -226,8 +227,8 @@ describe("decoder invariants", () => {
           const second = await d.nll(ids.subarray(seqlen), targets.subarray(seqlen), 1, seqlen);
           expect(both.count).toBe(first.count + second.count);
           expect(Math.abs(both.nll - (first.nll + second.nll))).toBeLessThan(1e-5 * both.nll);
-          const batched = allLogits(d, ids, 2, seqlen);
-          const alone = allLogits(d, ids.subarray(seqlen), 1, seqlen);
+          const batched = await allLogits(d, ids, 2, seqlen);
+          const alone = await allLogits(d, ids.subarray(seqlen), 1, seqlen);
           const offset = seqlen * model.spec.vocabSize;
           expect(maxAbs(alone.map((v, i) => v - batched[offset + i]))).toBeLessThan(1e-5 * Math.max(1, maxAbs(alone)));
         });
@@ -279,7 +280,7 @@ describe("decoder invariants", () => {
         const start = tf.memory().numTensors;
         await d.nll(ids, targets, 2, seqlen);
         await d.logitsAt(ids.subarray(0, seqlen));
-        allLogits(d, ids, 2, seqlen);
+        await allLogits(d, ids, 2, seqlen);
         expect(tf.memory().numTensors).toBe(start);
         if (!streamed) {
           d.lossTensor(ids, targets, 2, seqlen).dispose();
@@ -336,7 +337,7 @@ describe.each(BACKEND_CASES)("gradients on the $name backend", ({ name: backend,
 
   it.each(["llama-gqa", "qwen2", "gpt2", "opt-post-projected"] as const)(
     "%s: tf.variableGrads of the loss matches float64 finite differences of the reference",
-    (family) => {
+    async (family) => {
       const model = randomModel(family, 77);
       const { spec } = model;
       const batch = 2;
@@ -367,7 +368,7 @@ describe.each(BACKEND_CASES)("gradients on the $name backend", ({ name: backend,
           return v as tf.Variable;
         });
         const { value, grads } = tf.variableGrads(() => d.lossTensor(ids, targets, batch, seqlen), variables);
-        const loss = value.dataSync()[0];
+        const loss = (await value.data())[0];
         value.dispose();
         const ref = referenceWeights(model.globals, model.blocks);
         const meanNll = (): number => {
@@ -378,7 +379,7 @@ describe.each(BACKEND_CASES)("gradients on the $name backend", ({ name: backend,
         const random = mulberry32(79);
         const step = 1e-4;
         for (const [i, name] of names.entries()) {
-          const g = grads[variables[i].name].dataSync() as Float32Array;
+          const g = (await grads[variables[i].name].data()) as Float32Array;
           const scale = maxAbs(g);
           expect(scale).toBeGreaterThan(0);
           // The two steepest entries and one at random.
@@ -417,14 +418,18 @@ describe.each(BACKEND_CASES)("gradients on the $name backend", ({ name: backend,
     try {
       const f = (input: tf.Tensor2D): tf.Scalar => tf.sum(tf.square(blockForward(model.spec, 0, w, input, 1, seqlen, tables)));
       const g = tf.grad(f as (input: tf.Tensor) => tf.Tensor)(x);
-      const analytic = g.dataSync()[3];
+      const analytic = (await g.data())[3];
       g.dispose();
-      const at = (delta: number): number =>
-        tf.tidy(() => {
+      const at = async (delta: number): Promise<number> => {
+        const value = tf.tidy(() => {
           const shifted = tf.add(x, tf.oneHot(tf.tensor1d([3], "int32"), seqlen * model.spec.hiddenSize).reshape(x.shape).mul(delta));
-          return f(shifted as tf.Tensor2D).dataSync()[0];
+          return f(shifted as tf.Tensor2D);
         });
-      const numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
+        const [v] = await value.data();
+        value.dispose();
+        return v;
+      };
+      const numeric = ((await at(1e-2)) - (await at(-1e-2))) / 2e-2;
       expect(Math.abs(analytic - numeric)).toBeLessThan(2e-2 * Math.max(1, Math.abs(numeric)));
     } finally {
       tables.dispose();

@@ -9,6 +9,7 @@ import { tokenizerFor } from "../src/eval/inputs.ts";
 import { greedyText } from "../src/eval/generate.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { asset, haveAssets } from "./helpers/assets.ts";
+import { nativeCase, skipNotice, webgpuCase, type BackendCase } from "./helpers/backends.ts";
 
 /** The fenced code block that follows a heading of GOLDEN.md. */
 const goldenBlock = (markdown: string, heading: string): string => {
@@ -18,17 +19,24 @@ const goldenBlock = (markdown: string, heading: string): string => {
   return markdown.slice(open, markdown.indexOf("```", open));
 };
 
-describe.skipIf(!haveAssets)("stories260K, a real pretrained llama2.c model", () => {
+const CASES: readonly BackendCase[] = [{ name: "wasm" }, nativeCase, webgpuCase];
+
+describe.skipIf(!haveAssets).each(CASES)("stories260K, a real pretrained llama2.c model, on $name", ({ name: backend, missing }) => {
+  if (skipNotice(`the ${backend} backend`, missing)) {
+    it.skip(`needs the ${backend} backend: ${missing}`, () => {});
+    return;
+  }
   let ckpt: Checkpoint;
   let decoder: Decoder;
   beforeAll(async () => {
-    await initBackend("wasm");
+    await initBackend(backend);
     ckpt = openCheckpointSync(asset("models", "stories260K", "stories260K.bin"));
     decoder = Decoder.create(ckpt.spec, ckpt.readGlobals(), { numBlocks: ckpt.spec.numLayers, load: (i) => ckpt.readBlock(i) });
   });
-  afterAll(() => {
+  afterAll(async () => {
     decoder?.dispose();
     ckpt?.close();
+    await initBackend("wasm");
   });
 
   const golden = haveAssets ? readFileSync(asset("models", "stories260K", "GOLDEN.md"), "utf8") : "";
@@ -52,7 +60,7 @@ describe.skipIf(!haveAssets)("stories260K, a real pretrained llama2.c model", ()
         model: asset("models", "stories260K"),
         data: asset("data", "tinystories", "valid.head46.txt"),
         format: "stories",
-        backend: "wasm",
+        backend,
       }),
     );
     expect(report.windows).toBe(46);
@@ -68,7 +76,7 @@ describe.skipIf(!haveAssets)("stories260K, a real pretrained llama2.c model", ()
           format: "text",
           seqlen: 256,
           maxWindows: 6,
-          backend: "wasm",
+          backend,
           streamed,
         }),
       );

@@ -1,11 +1,13 @@
 /**
  * The backends the tests cover: wasm and cpu always, the native BLAS backend where its
- * kernel is built. An absent optional backend is still listed, with why it is absent, so
+ * kernel is built, WebGPU where Dawn finds an adapter (without a GPU, the software Vulkan
+ * driver of `bash .ci/vulkan.sh`). An absent optional backend is still listed, with why it is absent, so
  * that its tests show as skipped with that message rather than silently vanish.
  */
 import { nativeBlasMissing } from "../../src/backend/native-blas.ts";
+import { probeWebgpu } from "../../src/backend/webgpu.ts";
 
-export type TestBackend = "wasm" | "cpu" | "native";
+export type TestBackend = "wasm" | "cpu" | "native" | "webgpu";
 
 export interface BackendCase {
   readonly name: TestBackend;
@@ -27,5 +29,8 @@ export const skipNotice = (what: string, missing: string | undefined): boolean =
 
 export const nativeCase: BackendCase = { name: "native", missing: nativeBlasMissing() };
 
+const webgpuProbe = await probeWebgpu();
+export const webgpuCase: BackendCase = { name: "webgpu", missing: webgpuProbe.ok ? undefined : webgpuProbe.why };
+
 /** Every backend the reference tests run on. */
-export const BACKEND_CASES: readonly BackendCase[] = [{ name: "wasm" }, { name: "cpu" }, nativeCase];
+export const BACKEND_CASES: readonly BackendCase[] = [{ name: "wasm" }, { name: "cpu" }, nativeCase, webgpuCase];
