@@ -6,7 +6,10 @@
  * per pruning stage on the GPT-2-small-shaped checkpoint; about 25 minutes, most of it
  * SparseGPT's solve), search (every allocation method through the search pipeline on both
  * models), search-rate (fitness evaluations per minute: 1 and 2 workers, dense and
- * sequential fitness; run it alone, it measures the cores).
+ * sequential fitness; run it alone, it measures the cores), native (the native BLAS backend
+ * against wasm: matMul, forward, fitness, training and SparseGPT's masking, side by side;
+ * `--parts=matmul,forward,...` for some of them), gpu (the GPU check: one JSON summary).
+ * Sections that need something absent (the assets, the native kernel, a GPU) say so.
  */
 import { execFileSync } from "node:child_process";
 import { rmSync, writeFileSync } from "node:fs";
@@ -23,11 +26,16 @@ import { Effect } from "effect";
 import { evaluate } from "../src/jobs/eval.ts";
 import { qualitySection, stagesSection } from "./quality.ts";
 import { searchMethodsSection, searchRateSection } from "./search.ts";
+import { nativeSection } from "./backends.ts";
+import { gpuCheck } from "./gpu-check.ts";
 
 const args = process.argv.slice(2);
 const backendArg = (args.find((a) => a.startsWith("--backend="))?.split("=")[1] ?? "wasm") as BackendChoice;
 const sections = args.filter((a) => !a.startsWith("--"));
-const want = (s: string) => sections.length === 0 || sections.includes(s);
+// The GPU check is its own command (`npm run bench -- gpu`), never part of a full run.
+const want = (s: string) => (sections.length === 0 && s !== "gpu") || sections.includes(s);
+const partsArg = args.find((a) => a.startsWith("--parts="))?.split("=")[1]?.split(",");
+const wantPart = (p: string) => partsArg === undefined || partsArg.includes(p);
 const assets = join(projectRoot, "..", "shared", "assets");
 
 const time = (f: () => void): number => {
@@ -61,6 +69,12 @@ const matmulGflops = (m: number, k: number, n: number, repeats = 5): number => {
   tf.dispose([a, b]);
   return (2 * m * k * n) / best / 1e9;
 };
+
+if (want("gpu")) {
+  // Its own backend choice and output (one JSON document on stdout), so nothing else runs.
+  await gpuCheck(args.find((a) => a.startsWith("--backend="))?.split("=")[1] as BackendChoice | undefined, assets);
+  process.exit(0);
+}
 
 const backend = await initBackend(backendArg);
 console.log(`# evosparse runtime benchmark\n\nbackend: ${backend.name} (${backend.provider}); node ${process.version}\n`);
@@ -168,5 +182,7 @@ if (want("stages")) {
 if (want("search")) await searchMethodsSection(assets, backendArg, existsSync(assets));
 
 if (want("search-rate")) await searchRateSection(backendArg);
+
+if (want("native")) await nativeSection(gpt2Checkpoint, assets, existsSync(assets), wantPart);
 
 if (gpt2) rmSync(dirname(gpt2.dir), { recursive: true, force: true });

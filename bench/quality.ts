@@ -350,7 +350,7 @@ export const qualitySection = async (assets: string): Promise<void> => {
 };
 
 /** Random token windows: timings do not depend on what the tokens say. */
-const randomWindows = (rng: Rng, count: number, seqlen: number, vocab: number): Int32Array[] =>
+export const randomWindows = (rng: Rng, count: number, seqlen: number, vocab: number): Int32Array[] =>
   Array.from({ length: count }, () => Int32Array.from({ length: seqlen }, () => rng.int(vocab)));
 
 /** The `stages` section: where the time of a sequential prune goes, per metric. */

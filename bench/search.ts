@@ -96,6 +96,17 @@ const methodsTable = async (setup: ModelSetup, scratch: string, backend: Backend
   );
 };
 
+/**
+ * Fitness evaluations per minute of a short dense-mode DSA search (evaluation time alone,
+ * the part workers share) with the given backend and workers.
+ */
+export const fitnessRate = async (setup: ModelSetup, scratch: string, backend: BackendChoice, workers: number): Promise<number> => {
+  const label = `${backend}-${workers}`;
+  log(`${setup.name}: fitness rate, ${backend}, ${workers} worker${workers === 1 ? "" : "s"}`);
+  const s = await runOne(settingsFor(setup, "dsa", { mode: "dense", population: 16, generations: 3, evalWindows: 1 }), join(scratch, `rate-${setup.name}-${label}`), workers, backend);
+  return s.evaluations / (s.evaluationSeconds / 60);
+};
+
 /** Evaluations per minute of the same DSA search under different settings, side by side. */
 const throughput = async (setup: ModelSetup, scratch: string, backend: BackendChoice): Promise<void> => {
   const rate = async (label: string, workers: number, mode: CalibrationMode, population: number, generations: number) => {

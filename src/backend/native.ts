@@ -12,6 +12,12 @@ import { nativeBlas, type NativeBlas } from "./native-blas.ts";
 
 export const NATIVE_BACKEND = "native";
 
+/**
+ * Seconds spent inside sgemm, and the number of products, since the last reset: how a
+ * benchmark tells the products of a forward from everything else.
+ */
+export const productClock = { seconds: 0, calls: 0 };
+
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 type KernelConfig = ReturnType<typeof tf.getKernelsForBackend>[number];
 
@@ -61,7 +67,10 @@ const multiply = (
   const values = backend.typedArrayFromHeap(out) as Float32Array;
   const va = backend.typedArrayFromHeap(a) as Float32Array;
   const vb = backend.typedArrayFromHeap(b) as Float32Array;
+  const started = performance.now();
   blas.sgemm(transposeA, transposeB, o.m, o.n, o.k, va, vb, values, o.batch, o.strideA, o.strideB);
+  productClock.seconds += (performance.now() - started) / 1000;
+  productClock.calls++;
   return { out, values };
 };
 

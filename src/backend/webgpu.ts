@@ -52,6 +52,7 @@ interface DeviceErrorEvent {
 }
 
 interface Device {
+  readonly limits?: { readonly maxStorageBufferBindingSize?: number };
   readonly queue: { onSubmittedWorkDone(): Promise<unknown> };
   readonly lost?: Promise<{ readonly reason?: string; readonly message?: string }>;
   addEventListener?(type: "uncapturederror", listener: (event: DeviceErrorEvent) => void): void;
@@ -252,6 +253,12 @@ export const startWebgpu = async (): Promise<WebgpuStart> => {
   if (!first && result.ok && tf.getBackend() !== "webgpu") await tf.setBackend("webgpu");
   return result;
 };
+
+/**
+ * The largest buffer one shader may bind, in bytes, on the device in use (undefined before
+ * the backend started): a weight matrix larger than this cannot be used on this adapter.
+ */
+export const webgpuMaxBinding = (): number | undefined => device?.limits?.maxStorageBufferBindingSize;
 
 /** The first error the WebGPU device reported (one line, with a count of any later ones), if any. */
 export const webgpuDeviceError = (): string | undefined =>

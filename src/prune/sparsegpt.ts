@@ -51,6 +51,16 @@ export interface SparseGptResult {
   readonly damping: number;
 }
 
+let defaultLinalg: "native" | "js" = "native";
+
+/**
+ * The route every call without its own `linalg` takes ("native" falls back to "js" where
+ * the kernel is not built). For benchmarks that time both routes on the same pipeline.
+ */
+export const setSparseGptLinalg = (route: "native" | "js"): void => {
+  defaultLinalg = route;
+};
+
 /** Input features per block (sparsegpt.py's blocksize default). */
 export const SPARSEGPT_BLOCK = 128;
 const DEFAULT_BLOCKSIZE = SPARSEGPT_BLOCK;
@@ -254,7 +264,7 @@ export const sparseGptPrune = (
   const percdamp = options.percdamp ?? DEFAULT_PERCDAMP;
   const threshold = options.threshold ?? "reference";
   const source = options.source ?? "SparseGPT layer";
-  const blas = options.linalg === "js" ? undefined : nativeBlas();
+  const blas = (options.linalg ?? defaultLinalg) === "js" ? undefined : nativeBlas();
   if (options.linalg === "native" && !blas) throw new RangeError("sparseGptPrune: the native kernel is not built");
   checkInputs(weight, shape, hessian, target, blocksize, percdamp);
   const [inFeatures, outFeatures] = shape;
