@@ -38,8 +38,10 @@ if (run.status === 0) {
   const text = `${run.stdout ?? ""}${run.stderr ?? ""}`;
   const why = /cannot find -lopenblas/.test(text)
     ? "OpenBLAS is missing: install libopenblas-dev"
-    : /not found|No such file/.test(text) && /(gcc|cc|make|python)/.test(text)
-      ? "a C compiler, make or python3 is missing"
+    : /find any Python|python.*not found/i.test(text)
+      ? "python3, which node-gyp needs, is missing"
+      : /not found|No such file/.test(text) && /(gcc|cc|make)\b/.test(text)
+        ? "a C compiler or make is missing"
       : /network connectivity/.test(text)
         ? "Node's headers are not installed and could not be downloaded"
         : "the build failed";

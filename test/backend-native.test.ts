@@ -10,9 +10,34 @@ import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initBackend } from "../src/backend/backend.ts";
 import { blasThreadsFor, nativeBlas } from "../src/backend/native-blas.ts";
+import { spawnSync } from "node:child_process";
 import { nativeCase, skipNotice } from "./helpers/backends.ts";
+import { bin } from "./helpers/embedded.ts";
 
 const skip = skipNotice("the native backend", nativeCase.missing);
+
+describe("without the native kernel", () => {
+  const run = (...args: string[]) =>
+    spawnSync(process.execPath, [bin, "eval", "--data", "brown:test", "--max-windows", "1", "--seqlen", "64", ...args], {
+      encoding: "utf8",
+      env: { ...process.env, EVOSPARSE_SKIP_NATIVE: "1" },
+    });
+
+  it("auto runs on wasm and its backend line says what would enable the kernel", () => {
+    const r = run();
+    expect(r.status).toBe(0);
+    const line = r.stderr.split("\n").find((l) => l.startsWith("backend:"));
+    expect(line).toMatch(/^backend: wasm \(tfjs-backend-wasm; passed over: .*native.*; faster: the native BLAS kernel is switched off/);
+  });
+
+  it("--backend native fails in one clear line", () => {
+    const r = run("--backend", "native");
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"))).toEqual([
+      expect.stringMatching(/^evosparse: backend native: .*native BLAS kernel is switched off/),
+    ]);
+  });
+});
 
 describe("the thread policy", () => {
   it("gives one process every core and splits them among workers, at least one each", () => {

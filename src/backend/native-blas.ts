@@ -60,6 +60,11 @@ let loaded: { blas?: NativeBlas; missing?: string } | undefined;
 
 const load = (): { blas?: NativeBlas; missing?: string } => {
   if (loaded) return loaded;
+  // As at install (native/build.mjs): run as if the kernel were not built.
+  if (process.env.EVOSPARSE_SKIP_NATIVE === "1") {
+    loaded = { missing: "the native BLAS kernel is switched off (EVOSPARSE_SKIP_NATIVE=1)" };
+    return loaded;
+  }
   if (!existsSync(NATIVE_ADDON)) {
     loaded = {
       missing:
