@@ -107,6 +107,25 @@ static size_t span(int64_t rows, int64_t cols, int64_t ld) { return rows == 0 ? 
 #define MAX_DIM 2147483647LL
 
 /*
+ * Threads per product. OpenBLAS splits even tiny products among all its threads, and the
+ * hand-over costs more than the product below a few MFLOP (attention heads of small models
+ * are thousands of such products): those run on one thread, larger ones on `threads_wanted`
+ * (set by setThreads). The library's own count is changed only when the choice changes.
+ */
+#define SMALL_PRODUCT_FLOPS 4.0e6
+static int threads_wanted = 0; /* 0: the library's default, until setThreads */
+static int threads_set = 0;
+
+static void threads_for(double flops) {
+  if (threads_wanted == 0) threads_wanted = openblas_get_num_threads();
+  const int want = flops < SMALL_PRODUCT_FLOPS ? 1 : threads_wanted;
+  if (want != threads_set) {
+    openblas_set_num_threads(want);
+    threads_set = want;
+  }
+}
+
+/*
  * sgemm(transA, transB, m, n, k, a, b, c, batch, strideA, strideB): for each of `batch`
  * products, C_i = op(A_i) op(B_i), row-major and packed, with A_i at a + i*strideA,
  * B_i at b + i*strideB (a stride of 0 broadcasts one matrix) and C_i at c + i*m*n.
@@ -137,6 +156,7 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
   if ((size_t)((batch - 1) * sb + k * n) > lb) return fail(env, "evosparse_blas: b is too short for its shape");
   const int lda = ta ? (int)m : (int)k;
   const int ldb = tb ? (int)k : (int)n;
+  threads_for(2.0 * (double)m * (double)n * (double)k);
   for (int64_t i = 0; i < batch; i++) {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
                 (int)k, 1.0f, a + i * sa, lda, b + i * sb, ldb, 0.0f, c + i * m * n, (int)n);
@@ -172,6 +192,7 @@ static napi_value dgemm(napi_env env, napi_callback_info info) {
   if (k > 0 && (span(aRows, aCols, lda) > la || span(bRows, bCols, ldb) > lb))
     return fail(env, "evosparse_blas: a or b is too short for its shape");
   if (span(m, n, ldc) > lc) return fail(env, "evosparse_blas: c is too short for its shape");
+  threads_for(2.0 * (double)m * (double)n * (double)k);
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
               alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
   return NULL;
@@ -195,6 +216,7 @@ static napi_value lapack_call(napi_env env, napi_callback_info info, bool invers
     return NULL;
   if ((size_t)(n * n) > la) return fail(env, "evosparse_blas: a is too short for n x n");
   int result = 0;
+  threads_for(1.0e12); /* factorisations are large: every thread */
   if (n > 0) {
     const int order = (int)n;
     if (inverse) dpotri_(uplo, &order, a, &order, &result);
@@ -212,14 +234,17 @@ static napi_value set_threads(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int64_t n;
   if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], 1, 4096, "threads", &n)) return NULL;
+  threads_wanted = (int)n;
   openblas_set_num_threads((int)n);
+  threads_set = (int)n;
   return NULL;
 }
 
 static napi_value threads(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value out;
-  CALL(env, napi_create_int32(env, openblas_get_num_threads(), &out));
+  if (threads_wanted == 0) threads_wanted = openblas_get_num_threads();
+  CALL(env, napi_create_int32(env, threads_wanted, &out));
   return out;
 }
 

@@ -91,7 +91,10 @@ export const nativeBlasMissing = (): string | undefined => load().missing;
  * Thread policy: one process uses every core; `share` processes or worker threads that
  * compute at the same time (fitness or training workers) split the cores evenly, at least
  * one each, so that together they never run more BLAS threads than there are cores.
- * OPENBLAS_NUM_THREADS, when the user sets it, wins.
+ * OPENBLAS_NUM_THREADS, when the user sets it, wins. Worker threads share the process's
+ * one OpenBLAS, so the count is one setting for the process: every worker sets the same
+ * value, and the main thread takes all cores back when its workers end. Products under a
+ * few MFLOP always run on one thread (native/blas.c).
  */
 export const blasThreadsFor = (share: number, cores = availableParallelism()): number =>
   Math.max(1, Math.floor(cores / Math.max(1, share)));

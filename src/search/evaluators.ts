@@ -7,6 +7,7 @@ import { Effect, Queue } from "effect";
 import type { Fitness } from "../engine/genome.ts";
 import { WorkerError } from "../errors.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
+import { configureNativeThreads } from "../backend/native-blas.ts";
 import { allocationFitness } from "./fitness.ts";
 import type { FitnessModel, FitnessSetup, FitnessWorkerData } from "./fitness-setup.ts";
 import type { BlockAllocation } from "./plugin.ts";
@@ -46,7 +47,10 @@ export const workerPoolEvaluator = (
 ) =>
   Effect.acquireRelease(
     Effect.sync(() => Array.from({ length: workers }, () => new WorkerChannel(spawnTsWorker(entry, { ...setup, share: workers } satisfies FitnessWorkerData)))),
-    (channels) => Effect.promise(() => Promise.all(channels.map((c) => c.terminate()))),
+    // BLAS threads are one setting for the whole process: the workers' share of the cores
+    // would otherwise stay with the main thread for the work after the search.
+    (channels) =>
+      Effect.promise(() => Promise.all(channels.map((c) => c.terminate()))).pipe(Effect.tap(() => Effect.sync(() => configureNativeThreads(1)))),
   ).pipe(
     // Every worker has built its model before the search starts, so a failing setup stops
     // the run at once and search times count evaluations only.
