@@ -14,6 +14,10 @@ import { defaultData } from "../src/defaults.ts";
 import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { embeddedModel } from "./helpers/embedded.ts";
+import { train } from "../src/jobs/train.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { blockSourceOf, nextTokenTargets, randomIds, randomModel, type FamilyCase } from "./helpers/random-model.ts";
 
 const started = await startWebgpu();
@@ -127,6 +131,40 @@ describe.skipIf(!started.ok)("the WebGPU backend", () => {
   });
 
   // Last: a device error is kept, so every later check on this device would fail too.
+  it("trains the embedded model's architecture (75 parameter tensors) with the losses wasm gives", async () => {
+    const root = mkdtempSync(join(tmpdir(), "evosparse-webgpu-train-"));
+    try {
+      const losses = async (backend: BackendName) =>
+        (
+          await train({
+            data: defaultData("train"),
+            out: join(root, backend),
+            size: { hiddenSize: 32, numLayers: 8, numHeads: 4, numKvHeads: 2, intermediateSize: 48, contextLength: 64 },
+            steps: 3,
+            batch: 2,
+            seqlen: 32,
+            lr: 3e-3,
+            warmupSteps: 1,
+            weightDecay: 0.1,
+            seed: 0,
+            evalEvery: 0,
+            evalWindows: 0,
+            backend,
+            vocabSize: 258,
+            workers: 1,
+            checkpointEvery: 0,
+            resume: false,
+          })
+        ).log.map((step) => step.trainLoss);
+      const [wasm, webgpu] = [await losses("wasm"), await losses("webgpu")];
+      expect(webgpu).toHaveLength(3);
+      webgpu.forEach((loss, i) => expect(Math.abs(loss - wasm[i]!)).toBeLessThan(1e-3 * wasm[i]!));
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+      await useBackend("wasm");
+    }
+  });
+
   it("turns an error the device reports into a thrown error instead of wrong numbers", async () => {
     await useBackend("webgpu");
     await checkWebgpuDevice();

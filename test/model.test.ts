@@ -6,6 +6,7 @@ import { CheckpointError, DataError, UsageError } from "../src/errors.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { blockForward, blockToTensors } from "../src/model/block.ts";
 import { ForwardTables, queryChunkBounds } from "../src/model/tables.ts";
+import { sumAll } from "../src/model/ops.ts";
 import type { HostBlock, HostTensor } from "../src/model/spec.ts";
 import {
   FAMILY_CASES,
@@ -534,5 +535,22 @@ describe("bad input", () => {
     expect(() => d.parameters()).toThrow(UsageError);
     d.dispose();
     expect(() => d.nll(ids, nextTokenTargets(ids, 1, 4), 1, 4)).toThrow(/disposed/);
+  });
+});
+
+describe("sumAll", () => {
+  it("sums any number of tensors as addN does, in groups a WebGPU shader can bind", async () => {
+    await useBackend("wasm");
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 60 }), fc.integer({ min: 1, max: 1e6 }), async (count, seed) => {
+        const tensors = Array.from({ length: count }, (_, i) => tf.randomUniform([3, 2], -1, 1, "float32", seed + i));
+        const [got, want] = [sumAll(tensors), tf.addN(tensors)];
+        const [a, b] = [await got.data(), await want.data()];
+        a.forEach((v, i) => expect(Math.abs(v - b[i])).toBeLessThan(1e-5));
+        tf.dispose([...tensors, got, want]);
+      }),
+      { numRuns: 30 },
+    );
+    expect(() => sumAll([])).toThrow(RangeError);
   });
 });

@@ -17,7 +17,7 @@ import {
   type BlockTensors,
   type LinearInputObserver,
 } from "./block.ts";
-import { embeddingLookup, matMul2d, normalize, takeRange, weightedNllSum, type NormTensors } from "./ops.ts";
+import { embeddingLookup, matMul2d, normalize, sumAll, takeRange, weightedNllSum, type NormTensors } from "./ops.ts";
 import { copyRows } from "./copy-kernels.ts";
 import { ForwardTables } from "./tables.ts";
 
@@ -257,7 +257,7 @@ export class Decoder {
             ),
           );
         }
-        return tf.addN(parts);
+        return sumAll(parts);
       });
     } finally {
       x.dispose();
@@ -305,7 +305,7 @@ export class Decoder {
           ),
         );
       }
-      return tf.div(tf.addN(parts), scored.rows.length);
+      return tf.div(sumAll(parts), scored.rows.length);
     });
   }
 

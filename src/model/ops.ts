@@ -96,6 +96,24 @@ export const takeRange = <T extends tf.Tensor>(x: T, axis: number, start: number
     };
   })(x);
 
+/**
+ * Sum of same-shaped tensors. tf.addN binds every input at once, and a WebGPU shader may
+ * bind only 8 buffers: sums of more run as a tree of addN over at most 7 inputs each.
+ */
+export const sumAll = <T extends tf.Tensor>(tensors: readonly T[]): T => {
+  let level: T[] = [...tensors];
+  while (level.length > 1) {
+    const next: T[] = [];
+    for (let i = 0; i < level.length; i += 7) {
+      const group = level.slice(i, i + 7);
+      next.push(group.length === 1 ? group[0]! : (tf.addN(group) as T));
+    }
+    level = next;
+  }
+  if (level.length === 0) throw new RangeError("sumAll: no tensors to sum");
+  return level[0]!;
+};
+
 /** RMSNorm over the last axis: x / sqrt(mean(x²) + eps) · w. */
 export const rmsNorm = (x: tf.Tensor2D, n: NormTensors, eps: number): tf.Tensor2D => {
   const inverseRms = tf.rsqrt(tf.add(tf.mean(tf.square(x), 1, true), eps));

@@ -1,4 +1,5 @@
 import * as tf from "@tensorflow/tfjs";
+import { sumAll } from "../model/ops.ts";
 
 export interface AdamWOptions {
   readonly beta1: number;
@@ -40,7 +41,7 @@ export class AdamW {
   async apply(grads: readonly tf.Tensor[], lr: number): Promise<number> {
     const { beta1, beta2, eps, weightDecay, clipNorm } = this.options;
     this.step++;
-    const normTensor = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
+    const normTensor = tf.tidy(() => tf.sqrt(sumAll(grads.map((g) => tf.sum(tf.square(g))))));
     let norm: number;
     try {
       norm = (await normTensor.data())[0]!;
