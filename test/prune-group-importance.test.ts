@@ -1,0 +1,96 @@
+/**
+ * Group importances (src/prune/group-importance.ts) against an independent route: a
+ * group's weights are exactly what zeroing it (groups.ts) changes, so its l2 norm, Taylor
+ * sums and |Taylor sum| are computed here from that difference, on every architecture.
+ */
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import type { HostBlock, HostTensor } from "../src/model/spec.ts";
+import { blockShape } from "../src/model/spec.ts";
+import { groupImportance, removalAt, GROUP_IMPORTANCE_KINDS } from "../src/prune/group-importance.ts";
+import { NO_REMOVAL, zeroGroups, type GroupRemoval } from "../src/prune/groups.ts";
+import { FAMILY_CASES, mulberry32, randomModel } from "./helpers/random-model.ts";
+
+/** A block of the same shapes with random values: stands in for the loss gradient. */
+const randomLike = (b: HostBlock, seed: number): HostBlock => {
+  const random = mulberry32(seed);
+  const like = (t: HostTensor): HostTensor => ({ shape: t.shape, data: t.data.map(() => 2 * random() - 1) });
+  return {
+    ...b,
+    linears: Object.fromEntries(Object.entries(b.linears).map(([n, l]) => [n, { weight: like(l.weight), ...(l.bias ? { bias: like(l.bias) } : {}) }])),
+  };
+};
+
+/** Over every weight and bias the zeroing changed: sum |d·g|, sum d·g and sum d², with d the original value. */
+const changedBy = (before: HostBlock, after: HostBlock, gradient: HostBlock) => {
+  let abs = 0;
+  let signed = 0;
+  let squares = 0;
+  for (const [name, l] of Object.entries(before.linears)) {
+    const parts: Array<[HostTensor, HostTensor, HostTensor]> = [[l.weight, after.linears[name]!.weight, gradient.linears[name]!.weight]];
+    if (l.bias) parts.push([l.bias, after.linears[name]!.bias!, gradient.linears[name]!.bias!]);
+    for (const [w, z, g] of parts) {
+      for (let e = 0; e < w.data.length; e++) {
+        const d = w.data[e]! - z.data[e]!;
+        abs += Math.abs(d * g.data[e]!);
+        signed += d * g.data[e]!;
+        squares += d * d;
+      }
+    }
+  }
+  return { abs, signed: Math.abs(signed), squares: Math.sqrt(squares) };
+};
+
+describe("group importance", () => {
+  it.each(FAMILY_CASES)("%s: element, vector and l2 are the Taylor sums and norm of exactly the weights zeroing the group changes", (family) => {
+    const model = randomModel(family, 600 + FAMILY_CASES.indexOf(family));
+    const block = 1;
+    const weights = model.blocks[block]!;
+    const gradient = randomLike(weights, 9);
+    const shape = blockShape(model.spec, block);
+    const [element, vector, l2] = (["element", "vector", "l2"] as const).map((kind) => groupImportance(model.spec, block, weights, gradient, kind));
+    const check = (removal: GroupRemoval, at: number, kindOf: "kvHeads" | "channels") => {
+      const removals = model.blocks.map((_, i) => (i === block ? removal : NO_REMOVAL));
+      const zeroed = zeroGroups(model.spec, model.blocks, removals)[block]!;
+      const want = changedBy(weights, zeroed, gradient);
+      expect(element![kindOf][at]).toBeCloseTo(want.abs, 9);
+      expect(vector![kindOf][at]).toBeCloseTo(want.signed, 9);
+      expect(l2![kindOf][at]).toBeCloseTo(want.squares, 9);
+      expect(element![kindOf][at]).toBeGreaterThanOrEqual(vector![kindOf][at]! - 1e-12);
+    };
+    // A block's only key/value head cannot be removed (nor zeroed as a removal): nothing to compare then.
+    if (shape.numKvHeads > 1) for (let g = 0; g < shape.numKvHeads; g++) check({ kvHeads: [g], channels: [] }, g, "kvHeads");
+    for (const c of [0, 3, shape.intermediateSize - 1]) check({ kvHeads: [], channels: [c] }, c, "channels");
+  });
+
+  it("random is fixed by the seed; the Taylor kinds refuse to run without gradients", () => {
+    const model = randomModel("llama-gqa", 3);
+    const a = groupImportance(model.spec, 0, model.blocks[0]!, undefined, "random", 5);
+    expect(groupImportance(model.spec, 0, model.blocks[0]!, undefined, "random", 5)).toEqual(a);
+    expect(groupImportance(model.spec, 0, model.blocks[0]!, undefined, "random", 6)).not.toEqual(a);
+    expect(() => groupImportance(model.spec, 0, model.blocks[0]!, undefined, "element")).toThrow(/needs the gradients/);
+    expect(GROUP_IMPORTANCE_KINDS).toContain("vector");
+  });
+
+  it("removalAt takes the lowest-scoring floor(count x ratio) groups of each kind and always keeps one", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 12 }),
+        fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 40 }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        (heads, channels, ratio) => {
+          const scores = { kvHeads: Float64Array.from(heads), channels: Float64Array.from(channels) };
+          const removal = removalAt(scores, { heads: ratio, channels: ratio });
+          for (const [removed, all] of [[removal.kvHeads, heads], [removal.channels, channels]] as const) {
+            expect(removed.length).toBe(Math.min(Math.floor(all.length * ratio + 1e-9), all.length - 1));
+            const cut = Math.max(...removed.map((i) => all[i]!), -Infinity);
+            all.forEach((v, i) => {
+              if (!removed.includes(i)) expect(v).toBeGreaterThanOrEqual(cut);
+            });
+          }
+        },
+      ),
+    );
+    expect(() => removalAt({ kvHeads: new Float64Array(2), channels: new Float64Array(2) }, { heads: 1.5, channels: 0 })).toThrow(RangeError);
+  });
+});
