@@ -57,7 +57,7 @@ export const groupImportance = (
   spec: ModelSpec,
   block: number,
   weights: HostBlock,
-  gradients: HostBlock | undefined,
+  gradients: Pick<HostBlock, "linears"> | undefined,
   kind: GroupImportanceKind,
   seed = 0,
 ): BlockGroupScores => {
