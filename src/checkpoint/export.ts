@@ -34,18 +34,24 @@ export const exportHuggingFace = (
   checkpoint: Checkpoint,
   blocks: readonly HostBlock[],
   extraFiles: Readonly<Record<string, string | (() => string)>> = {},
-  policy: { readonly overwrite?: boolean; readonly command?: string } = {},
+  policy: {
+    readonly overwrite?: boolean;
+    readonly command?: string;
+    /** The spec of `blocks` when they are not the checkpoint's sizes (structured pruning). */
+    readonly spec?: ModelSpec;
+  } = {},
 ): void => {
-  const spec = checkpoint.spec;
+  const spec = policy.spec ?? checkpoint.spec;
   const tokenizer = checkpoint.tokenizerPath;
   const tokenizerOptions = !tokenizer
     ? {}
     : tokenizer.endsWith(".json")
       ? { tokenizerFile: tokenizer }
       : { tokenizerJson: llamaJsonFromLlama2c(readFileSync(tokenizer)) };
+  const writePolicy = { ...(policy.overwrite !== undefined ? { overwrite: policy.overwrite } : {}), ...(policy.command ? { command: policy.command } : {}) };
   if (spec.family === "llama2c") {
-    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), blocks.map((b) => renameLinears(spec, b)), { ...tokenizerOptions, extraFiles, ...policy });
+    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), blocks.map((b) => renameLinears(spec, b)), { ...tokenizerOptions, extraFiles, ...writePolicy });
   } else {
-    writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles, ...policy });
+    writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles, ...writePolicy });
   }
 };
