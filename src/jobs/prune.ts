@@ -89,6 +89,17 @@ export const PRUNE_FLAGS: FlagTable<PruneSettings> = {
   validWindows: { flag: "valid-windows", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "validation windows per candidate" },
 };
 
+/** Dense and pruned perplexity on the evaluation text, as every prune report gives them. */
+export interface PruneEvaluation {
+  readonly data: string;
+  readonly format: TextFormat;
+  readonly seqlen: number;
+  readonly windows: number;
+  readonly tokens: number;
+  readonly dense: number;
+  readonly pruned: number;
+}
+
 export interface PruneReport {
   readonly model: string;
   readonly metric: PruneMetric;
@@ -107,15 +118,7 @@ export interface PruneReport {
   /** Candidates a grid method compared on the validation windows (ATP's β values). */
   readonly trials?: readonly { readonly label: string; readonly ppl: number | null; readonly error?: string }[];
   readonly chosen?: string;
-  readonly evaluation?: {
-    readonly data: string;
-    readonly format: TextFormat;
-    readonly seqlen: number;
-    readonly windows: number;
-    readonly tokens: number;
-    readonly dense: number;
-    readonly pruned: number;
-  };
+  readonly evaluation?: PruneEvaluation;
   /** Seconds per stage. */
   readonly timings: StageTimings & { readonly calibrationSampling: number; readonly allocation: number; readonly export: number };
   readonly out: string;

@@ -18,6 +18,7 @@ import { checkOutputFolder } from "../output/folder.ts";
 import type { GroupImportanceKind } from "../prune/group-importance.ts";
 import { openCalibratedModel } from "../prune/setup.ts";
 import { structuredPrune } from "../prune/structured.ts";
+import type { PruneEvaluation } from "./prune.ts";
 
 export interface StructuredPruneRequest {
   readonly model: string;
@@ -57,15 +58,7 @@ export interface StructuredPruneReport {
     readonly numKvHeads: number;
     readonly intermediateSize: number;
   }[];
-  readonly evaluation?: {
-    readonly data: string;
-    readonly format: TextFormat;
-    readonly seqlen: number;
-    readonly windows: number;
-    readonly tokens: number;
-    readonly dense: number;
-    readonly pruned: number;
-  };
+  readonly evaluation?: PruneEvaluation;
   readonly out: string;
 }
 
