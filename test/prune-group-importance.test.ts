@@ -6,8 +6,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { HostBlock, HostTensor } from "../src/model/spec.ts";
-import { blockShape } from "../src/model/spec.ts";
-import { groupImportance, removalAt, GROUP_IMPORTANCE_KINDS } from "../src/prune/group-importance.ts";
+import { blockShape, linearShapes } from "../src/model/spec.ts";
+import { groupCounts, groupImportance, groupParameters, removalOf, GROUP_IMPORTANCE_KINDS } from "../src/prune/group-importance.ts";
 import { NO_REMOVAL, zeroGroups, type GroupRemoval } from "../src/prune/groups.ts";
 import { FAMILY_CASES, mulberry32, randomModel } from "./helpers/random-model.ts";
 
@@ -72,17 +72,18 @@ describe("group importance", () => {
     expect(GROUP_IMPORTANCE_KINDS).toContain("vector");
   });
 
-  it("removalAt takes the lowest-scoring floor(count x ratio) groups of each kind and always keeps one", () => {
+  it("removalOf takes the lowest-scoring groups of each kind, ties to the lower index, and never empties a kind", () => {
     fc.assert(
       fc.property(
         fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 12 }),
         fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 40 }),
         fc.double({ min: 0, max: 1, noNaN: true }),
-        (heads, channels, ratio) => {
+        (heads, channels, share) => {
           const scores = { kvHeads: Float64Array.from(heads), channels: Float64Array.from(channels) };
-          const removal = removalAt(scores, { heads: ratio, channels: ratio });
-          for (const [removed, all] of [[removal.kvHeads, heads], [removal.channels, channels]] as const) {
-            expect(removed.length).toBe(Math.min(Math.floor(all.length * ratio + 1e-9), all.length - 1));
+          const counts = { kvHeads: Math.floor(share * (heads.length - 1)), channels: Math.floor(share * (channels.length - 1)) };
+          const removal = removalOf(scores, counts);
+          for (const [removed, all, count] of [[removal.kvHeads, heads, counts.kvHeads], [removal.channels, channels, counts.channels]] as const) {
+            expect(removed.length).toBe(count);
             const cut = Math.max(...removed.map((i) => all[i]!), -Infinity);
             all.forEach((v, i) => {
               if (!removed.includes(i)) expect(v).toBeGreaterThanOrEqual(cut);
@@ -91,6 +92,27 @@ describe("group importance", () => {
         },
       ),
     );
-    expect(() => removalAt({ kvHeads: new Float64Array(2), channels: new Float64Array(2) }, { heads: 1.5, channels: 0 })).toThrow(RangeError);
+    expect(() => removalOf({ kvHeads: new Float64Array(2), channels: new Float64Array(2) }, { kvHeads: 2, channels: 0 })).toThrow(/leave a kind empty/);
+  });
+
+  it("groupCounts: floor(ratio x heads) head groups, then channels up to the block's share, within one channel of it (property)", () => {
+    const models = [randomModel("llama-gqa", 3), randomModel("gpt2", 3), randomModel("opt-pre", 3)];
+    fc.assert(
+      fc.property(fc.constantFrom(...models), fc.double({ min: 0, max: 0.999, noNaN: true }), (model, ratio) => {
+        const spec = model.spec;
+        const shape = blockShape(spec, 0);
+        const counts = groupCounts(spec, 0, ratio);
+        const size = groupParameters(spec, 0);
+        const blockWeights = Object.values(linearShapes(spec, 0)).reduce((n, [i, o]) => n + i * o, 0);
+        // The group sizes add up to the block's prunable weights.
+        expect(shape.numKvHeads * size.kvHead + shape.intermediateSize * size.channel).toBe(blockWeights);
+        expect(counts.kvHeads).toBe(Math.min(Math.floor(shape.numKvHeads * ratio + 1e-9), shape.numKvHeads - 1));
+        const removed = counts.kvHeads * size.kvHead + counts.channels * size.channel;
+        expect(removed).toBeLessThanOrEqual(ratio * blockWeights + 1e-6);
+        if (counts.channels < shape.intermediateSize - 1) expect(removed).toBeGreaterThan(ratio * blockWeights - size.channel - 1e-6);
+      }),
+    );
+    expect(() => groupCounts(models[0]!.spec, 0, 1)).toThrow(/outside \[0, 1\)/);
+    expect(() => groupCounts(models[0]!.spec, 0, -0.1)).toThrow(/outside \[0, 1\)/);
   });
 });

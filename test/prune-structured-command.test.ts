@@ -16,7 +16,7 @@ describe("evosparse prune --structured", () => {
   it("element importance at 50%: half the heads and channels of every block go, and eval of the folder gives the reported perplexity", () => {
     const out = join(root, "element");
     const report = jsonOf(evosparse("prune", ...common, "--structured", "element", "--sparsity", "0.5", "--out", out, "--json"));
-    expect(readdirSync(out).sort()).toEqual([".evosparse-output.json", "config.json", "model.safetensors", "report.json", "tokenizer.json"]);
+    expect(readdirSync(out).sort()).toEqual([".evosparse-output.json", "allocation.csv", "config.json", "model.safetensors", "report.json", "tokenizer.json"]);
     const before = JSON.parse(readFileSync(join(embeddedModel, "config.json"), "utf8"));
     const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
     expect(config.intermediate_size).toBe(before.intermediate_size / 2);
@@ -41,14 +41,55 @@ describe("evosparse prune --structured", () => {
     expect(back.ppl).toBe(report.evaluation.pruned);
   });
 
-  it("refuses an N:M pattern, a non-uniform allocation and a missing --sparsity, writing nothing", () => {
+  it("hywia with an OWL allocation over blocks 1-6 and LoRA recovery: learned fusion reported, per-block shapes, eval repeats the recovered perplexity", () => {
+    const out = join(root, "hywia");
+    const report = jsonOf(
+      evosparse(
+        "prune", ...common, "--structured", "hywia", "--sparsity", "0.3", "--allocation", "owl", "--structured-blocks", "1-6",
+        "--fusion-steps", "3", "--valid-windows", "2", "--recover-steps", "3", "--recover-lr", "0.001", "--recover-batch", "1", "--out", out, "--json",
+      ),
+    );
+    expect(report.prunedBlocks).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(report.ratios[0]).toBe(0);
+    expect(report.ratios[7]).toBe(0);
+    expect(report.blocks[0].intermediateSize).toBe(320);
+    // OWL's ratios differ from block to block, so do the shapes: config.json lists them.
+    expect(new Set(report.ratios.slice(1, 7)).size).toBeGreaterThan(1);
+    const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
+    expect(config.evosparse_block_shapes).toHaveLength(8);
+    expect(config.evosparse_block_shapes.map((b: { intermediate_size: number }) => b.intermediate_size)).toEqual(report.blocks.map((b: { intermediateSize: number }) => b.intermediateSize));
+    // Whole groups: within a channel per block of the target, never above it.
+    expect(report.parameters.removed).toBeLessThanOrEqual(0.3);
+    expect(report.parameters.removed).toBeGreaterThan(0.3 - (8 * 3 * 128) / report.parameters.before);
+    // The fusion: one pair of softmax weights per block and kind, and the grid it was checked against.
+    expect(report.fusion.weights).toHaveLength(8);
+    for (const w of report.fusion.learned) expect(w.channels.fine + w.channels.coarse).toBeCloseTo(1, 12);
+    expect(report.fusion.trials.map((t: { label: string }) => t.label)).toEqual(["learned", "fine=1", "fine=0.75", "fine=0.5", "fine=0.25", "fine=0"]);
+    expect(report.recovery.steps).toBe(3);
+    expect(report.recovery.before).toBeGreaterThan(0);
+    expect(report.evaluation.pruned).toBe(report.recovery.after);
+    const back = jsonOf(evosparse("eval", "--model", out, "--data", "brown:test", "--seqlen", "128", "--max-windows", "2", "--json"));
+    expect(back.ppl).toBe(report.evaluation.pruned);
+    // The written allocation repeats the cut: the same ratios, the same shapes.
+    const again = jsonOf(
+      evosparse("prune", ...common, "--structured", "hywia", "--sparsity", "0.3", "--allocation", join(out, "allocation.csv"), "--fusion-steps", "3", "--valid-windows", "2", "--out", join(root, "again"), "--json"),
+    );
+    again.ratios.forEach((r: number, i: number) => expect(r).toBeCloseTo(report.ratios[i], 12));
+  });
+
+  it("refuses an N:M pattern, an evolutionary allocation, a missing --sparsity, bad blocks and structured flags without --structured, writing nothing", () => {
     for (const [extra, message] of [
-      [["--sparsity", "0.5", "--pattern", "2:4"], /takes no --pattern/],
-      [["--sparsity", "0.5", "--allocation", "owl"], /takes --allocation uniform, not owl/],
-      [[], /needs --sparsity/],
+      [["--structured", "l2", "--sparsity", "0.5", "--pattern", "2:4"], /takes no --pattern/],
+      [["--structured", "l2", "--sparsity", "0.5", "--allocation", "dsa"], /dsa is evolutionary: run evosparse search --structured l2 --method dsa/],
+      [["--structured", "l2"], /needs --sparsity/],
+      [["--structured", "l2", "--sparsity", "0.5", "--structured-blocks", "3-9"], /--structured-blocks 3-9: block 9 does not exist: the model has blocks 0-7/],
+      [["--structured", "l2", "--sparsity", "0.5", "--structured-blocks", "x"], /--structured-blocks x: "x" is not a block number/],
+      [["--structured", "l2", "--sparsity", "0.9", "--structured-blocks", "0"], /cannot lose 0.9000 of all prunable weights/],
+      [["--sparsity", "0.5", "--recover-steps", "3"], /--recover-steps applies to structured pruning/],
+      [["--structured", "l2", "--sparsity", "0.5", "--recover-steps", "-1"], /--recover-steps -1 is not a whole number >= 0/],
     ] as const) {
       const out = join(root, "refused");
-      const r = evosparse("prune", ...common, "--structured", "l2", ...extra, "--out", out);
+      const r = evosparse("prune", ...common, ...extra, "--out", out);
       expect(r.code).toBe(2);
       expect(errorLines(r.stderr)).toEqual([expect.stringMatching(message)]);
       expect(() => readdirSync(out)).toThrow();

@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { initBackend } from "../src/backend/backend.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { blockShape } from "../src/model/spec.ts";
-import { groupImportance } from "../src/prune/group-importance.ts";
+import { groupCounts, groupImportance } from "../src/prune/group-importance.ts";
 import { prunableParameters, structuredPrune } from "../src/prune/structured.ts";
 import { nextTokenTargets, randomIds, randomModel } from "./helpers/random-model.ts";
 
@@ -25,8 +25,9 @@ describe("structuredPrune", () => {
     r.removals.forEach((removal, i) => {
       const shape = blockShape(model.spec, i);
       const scores = groupImportance(model.spec, i, model.blocks[i]!, undefined, "l2");
-      expect(removal.kvHeads).toHaveLength(Math.min(Math.floor(shape.numKvHeads * ratios[i]!), shape.numKvHeads - 1));
-      expect(removal.channels).toHaveLength(Math.floor(shape.intermediateSize * ratios[i]!));
+      const counts = groupCounts(model.spec, i, ratios[i]!);
+      expect(removal.kvHeads).toHaveLength(counts.kvHeads);
+      expect(removal.channels).toHaveLength(counts.channels);
       const cut = Math.max(...removal.channels.map((c) => scores.channels[c]!));
       scores.channels.forEach((s, c) => {
         if (!removal.channels.includes(c)) expect(s).toBeGreaterThanOrEqual(cut);

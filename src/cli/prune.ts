@@ -1,10 +1,11 @@
 import type { Argv } from "yargs";
 import type { BackendChoice } from "../backend/backend.ts";
 import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../jobs/prune.ts";
-import { structuredPruneJob, type StructuredPruneReport } from "../jobs/structured-prune.ts";
-import { GROUP_IMPORTANCE_KINDS, type GroupImportanceKind } from "../prune/group-importance.ts";
+import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
+import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
 import { settingsFromArgv, tableOptions } from "./flags.ts";
+import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
 
 /** The flags of PRUNE_FLAGS (by their camelCase names), and where and how the result goes. */
@@ -13,46 +14,44 @@ interface PruneArgs {
   overwrite: boolean;
   json: boolean;
   backend: BackendChoice;
-  structured?: GroupImportanceKind;
+  structured?: StructuredImportance;
+  resume: boolean;
 }
 
 const structuredSummary = (r: StructuredPruneReport): string => {
   const lines = [
-    `pruned ${r.model} structurally by ${r.structured} importance: ${r.parameters.before} -> ${r.parameters.after} prunable weights ` +
-      `(removed ${r.parameters.removed.toFixed(6)}, requested ${r.target})`,
+    `pruned ${r.model} structurally by ${r.structured} importance (allocation ${r.allocation}${r.chosen ? ` ${r.chosen}` : ""}): ` +
+      `${r.parameters.before} -> ${r.parameters.after} prunable weights (removed ${r.parameters.removed.toFixed(6)}, requested ${r.target})`,
     ...r.blocks.map((b) => `  block ${b.block}: ${b.numHeads} heads, ${b.numKvHeads} key/value heads, intermediate size ${b.intermediateSize}`),
   ];
+  if (r.fusion) {
+    lines.push(`fusion: ${r.fusion.chosen}; fine/coarse weights per block (heads | channels): ` + r.fusion.weights.map((w) => `${w.heads.fine.toFixed(2)}/${w.heads.coarse.toFixed(2)} | ${w.channels.fine.toFixed(2)}/${w.channels.coarse.toFixed(2)}`).join(", "));
+  }
+  if (r.recovery) {
+    const rc = r.recovery;
+    lines.push(
+      `LoRA recovery: ${rc.steps} steps (rank ${rc.rank}, alpha ${rc.alpha}, lr ${rc.lr}), loss ${rc.firstLoss.toFixed(4)} -> ${rc.lastLoss.toFixed(4)}` +
+        (rc.before !== undefined && rc.after !== undefined ? `; perplexity ${rc.before.toFixed(4)} -> ${rc.after.toFixed(4)}` : ""),
+    );
+  }
   if (r.evaluation) {
     lines.push(`perplexity at seqlen ${r.evaluation.seqlen} on ${r.evaluation.data}: dense ${r.evaluation.dense.toFixed(4)}, pruned ${r.evaluation.pruned.toFixed(4)}`);
   }
-  lines.push(`wrote ${r.out} (model, report.json)`);
+  lines.push(`wrote ${r.out} (model, allocation.csv, report.json)`);
   return lines.join("\n") + "\n";
 };
 
-/** Structured pruning: the settings it takes from the prune flags, refusing those it cannot honour. */
-const runStructured = async (importance: GroupImportanceKind, settings: PruneSettings, argv: PruneArgs, log?: (line: string) => void) => {
-  if (settings.pattern.kind !== "unstructured") return reportFailure(new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" }));
-  if (settings.allocation !== "uniform") {
-    return reportFailure(new UsageError({ problem: `--structured removes the same fraction from every block: it takes --allocation uniform, not ${settings.allocation}` }));
-  }
-  if (settings.sparsity === undefined) return reportFailure(new UsageError({ problem: "--structured needs --sparsity (the fraction of prunable weights to remove)" }));
+/** Structured pruning: the prune settings, and the structured ones. */
+const runStructured = async (importance: StructuredImportance, settings: PruneSettings, argv: PruneArgs, log?: (line: string) => void) => {
+  const structured = settingsFromArgv(STRUCTURED_FLAGS, argv as unknown as Record<string, unknown>) as StructuredSettings;
   const report = await runCommand(
     structuredPruneJob({
-      model: settings.model,
-      ...(settings.tokenizer ? { tokenizer: settings.tokenizer } : {}),
+      ...structured,
       importance,
-      sparsity: settings.sparsity,
-      calib: settings.calib,
-      field: settings.field,
-      nsamples: settings.nsamples,
-      seed: settings.seed,
-      ...(settings.seqlen ? { seqlen: settings.seqlen } : {}),
-      ...(settings.eval ? { eval: settings.eval } : {}),
-      ...(settings.evalFormat ? { evalFormat: settings.evalFormat } : {}),
-      ...(settings.evalWindows ? { evalWindows: settings.evalWindows } : {}),
-      ...(settings.batch ? { batch: settings.batch } : {}),
+      settings,
       out: argv.out,
       overwrite: argv.overwrite,
+      resume: argv.resume,
       backend: argv.backend,
       ...(log ? { log } : {}),
     }),
@@ -82,14 +81,15 @@ export const pruneCommand = {
   command: "prune",
   describe: "Prune a model with an allocation and write it as a Hugging Face folder",
   builder: (y: Argv) =>
-    tableOptions(y, PRUNE_FLAGS)
+    tableOptions(tableOptions(y, PRUNE_FLAGS), STRUCTURED_FLAGS)
       .option("out", { type: "string", demandOption: true, describe: "output folder (new or empty)" })
       .option("overwrite", { type: "boolean", default: false, describe: "replace an existing --out folder that evosparse wrote (never one holding an input)" })
       .option("json", { type: "boolean", default: false, describe: "print the report as JSON" })
       .option("structured", {
-        choices: GROUP_IMPORTANCE_KINDS,
+        choices: STRUCTURED_IMPORTANCES,
         describe: "remove whole key/value head groups and MLP channels, scored by this importance (--sparsity: the fraction of prunable weights)",
-      }),
+      })
+      .option("resume", { type: "boolean", default: false, describe: "--structured: continue the LoRA recovery from OUT.recovery" }),
   handler: async (argv: PruneArgs) => {
     const log = argv.json ? undefined : (line: string) => process.stderr.write(line + "\n");
     let settings: PruneSettings;
@@ -99,6 +99,9 @@ export const pruneCommand = {
       return reportFailure(error);
     }
     if (argv.structured) return runStructured(argv.structured, settings, argv, log);
+    const misplaced = Object.values(STRUCTURED_FLAGS).find((f) => (argv as unknown as Record<string, unknown>)[camelOf(f.flag)] !== undefined);
+    if (misplaced) return reportFailure(new UsageError({ problem: `--${misplaced.flag} applies to structured pruning: give --structured KIND with it` }));
+    if (argv.resume) return reportFailure(new UsageError({ problem: "--resume continues a structured prune's LoRA recovery: give --structured KIND with it" }));
     const report = await runCommand(
       pruneJob({ ...settings, out: argv.out, overwrite: argv.overwrite, backend: argv.backend, ...(log ? { log } : {}) }),
     );

@@ -31,6 +31,9 @@ export interface BlockSource {
   load(index: number): HostBlock;
 }
 
+/** Block i's tensors as the loss should see them, computed from the resident ones. */
+export type BlockTransform = (block: number, tensors: BlockTensors) => BlockTensors;
+
 export interface DecoderOptions {
   /** Load each block when it runs and dispose it right after (only one block resident). */
   readonly streamed?: boolean;
@@ -268,8 +271,11 @@ export class Decoder {
   /**
    * Mean next-token NLL over the scored positions as a differentiable scalar, for tf.grad or
    * tf.variableGrads (with `trainable`, every weight is a variable; see `parameters`).
+   * `transform` replaces a block's tensors inside the graph by ones computed from them
+   * (low-rank adapters added to the weights, soft masks multiplied in), so gradients reach
+   * whatever variables the transform uses while the model's own weights stay constant.
    */
-  lossTensor(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): tf.Scalar {
+  lossTensor(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number, transform?: BlockTransform): tf.Scalar {
     this.checkLive();
     if (this.streamed) {
       throw new UsageError({ problem: "a differentiable loss needs resident weights; create the model without streaming" });
@@ -289,7 +295,8 @@ export class Decoder {
     return tf.tidy(() => {
       let x = this.embedIds(ids, batch, seqlen);
       for (let i = 0; i < this.spec.numLayers; i++) {
-        x = blockForward(this.spec, i, this.blocks[i]!, x, batch, seqlen, this.tables);
+        const block = transform ? transform(i, this.blocks[i]!) : this.blocks[i]!;
+        x = blockForward(this.spec, i, block, x, batch, seqlen, this.tables);
       }
       const picked = this.headInput(x);
       const head = this.headWeight();

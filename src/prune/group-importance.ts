@@ -23,7 +23,7 @@ export interface BlockGroupScores {
 }
 
 /** Running sums over a group's weights. */
-interface Sums {
+export interface Sums {
   abs: number;
   signed: number;
   squares: number;
@@ -49,27 +49,18 @@ const visit = (
   }
 };
 
+/** Per group of a block: the sums over its weights that every importance is made of. */
+export interface BlockGroupSums {
+  readonly kvHeads: readonly Sums[];
+  readonly channels: readonly Sums[];
+}
+
 /**
- * Scores of block `block`'s groups. `gradients` holds dL/dw in the block's layout (needed by
- * element and vector); `seed` fixes the random baseline.
+ * The running sums (|t|, t and w²) of every group of block `block`. `gradients` holds dL/dw
+ * in the block's layout; without it the Taylor sums are zero.
  */
-export const groupImportance = (
-  spec: ModelSpec,
-  block: number,
-  weights: HostBlock,
-  gradients: Pick<HostBlock, "linears"> | undefined,
-  kind: GroupImportanceKind,
-  seed = 0,
-): BlockGroupScores => {
+export const groupSums = (spec: ModelSpec, block: number, weights: HostBlock, gradients: Pick<HostBlock, "linears"> | undefined): BlockGroupSums => {
   const shape = blockShape(spec, block);
-  if (kind === "random") {
-    const rng = new Rng(seed).split(`block ${block}`);
-    return {
-      kvHeads: Float64Array.from({ length: shape.numKvHeads }, () => rng.next()),
-      channels: Float64Array.from({ length: shape.intermediateSize }, () => rng.next()),
-    };
-  }
-  if ((kind === "element" || kind === "vector") && !gradients) throw new RangeError(`${kind} importance needs the gradients`);
   const fresh = (n: number): Sums[] => Array.from({ length: n }, () => ({ abs: 0, signed: 0, squares: 0 }));
   const heads = fresh(shape.numKvHeads);
   const channels = fresh(shape.intermediateSize);
@@ -105,25 +96,81 @@ export const groupImportance = (
   if (r.gate) both(r.gate, "columns", (c) => c, channels);
   both(r.up, "columns", (c) => c, channels);
   both(r.down, "rows", (c) => c, channels);
-  const score = (s: Sums): number => (kind === "element" ? s.abs : kind === "vector" ? Math.abs(s.signed) : Math.sqrt(s.squares));
-  return { kvHeads: Float64Array.from(heads, score), channels: Float64Array.from(channels, score) };
+  return { kvHeads: heads, channels };
 };
 
-/** The floor(count · ratio) lowest-scoring indices (ties: the lower index first), never all of them. */
-const lowest = (scores: Float64Array, ratio: number): number[] => {
-  const count = Math.min(Math.floor(scores.length * ratio + 1e-9), scores.length - 1);
-  return Array.from(scores.keys())
-    .sort((a, b) => scores[a]! - scores[b]! || a - b)
-    .slice(0, Math.max(0, count));
+/** One importance of every group, from the group's sums. */
+export const scoresFromSums = (sums: BlockGroupSums, kind: Exclude<GroupImportanceKind, "random">): BlockGroupScores => {
+  const score = (s: Sums): number => (kind === "element" ? s.abs : kind === "vector" ? Math.abs(s.signed) : Math.sqrt(s.squares));
+  return { kvHeads: Float64Array.from(sums.kvHeads, score), channels: Float64Array.from(sums.channels, score) };
 };
 
 /**
- * The groups a block loses at the given ratios of its key/value head groups and of its
- * channels: the lowest-scoring ones, rounded down to whole groups, at least one of each kind kept.
+ * Scores of block `block`'s groups. `gradients` holds dL/dw in the block's layout (needed by
+ * element and vector); `seed` fixes the random baseline.
  */
-export const removalAt = (scores: BlockGroupScores, ratios: { readonly heads: number; readonly channels: number }): GroupRemoval => {
-  for (const [what, ratio] of Object.entries(ratios)) {
-    if (!(ratio >= 0 && ratio <= 1)) throw new RangeError(`the ratio of ${what} removed, ${ratio}, is outside [0, 1]`);
+export const groupImportance = (
+  spec: ModelSpec,
+  block: number,
+  weights: HostBlock,
+  gradients: Pick<HostBlock, "linears"> | undefined,
+  kind: GroupImportanceKind,
+  seed = 0,
+): BlockGroupScores => {
+  if (kind === "random") {
+    const shape = blockShape(spec, block);
+    const rng = new Rng(seed).split(`block ${block}`);
+    return {
+      kvHeads: Float64Array.from({ length: shape.numKvHeads }, () => rng.next()),
+      channels: Float64Array.from({ length: shape.intermediateSize }, () => rng.next()),
+    };
   }
-  return { kvHeads: lowest(scores.kvHeads, ratios.heads), channels: lowest(scores.channels, ratios.channels) };
+  if ((kind === "element" || kind === "vector") && !gradients) throw new RangeError(`${kind} importance needs the gradients`);
+  return scoresFromSums(groupSums(spec, block, weights, gradients), kind);
+};
+
+/** How many of `count` groups a ratio removes: rounded down to whole groups, one always kept. */
+export const removedCount = (count: number, ratio: number): number => Math.max(0, Math.min(Math.floor(count * ratio + 1e-9), count - 1));
+
+/** The `count` lowest-scoring indices (ties: the lower index first). */
+const lowestCount = (scores: Float64Array, count: number): number[] =>
+  Array.from(scores.keys())
+    .sort((a, b) => scores[a]! - scores[b]! || a - b)
+    .slice(0, count);
+
+/** Prunable weights (biases aside) of one key/value head group and of one MLP channel of a block. */
+export const groupParameters = (spec: ModelSpec, block: number): { readonly kvHead: number; readonly channel: number } => {
+  const shape = blockShape(spec, block);
+  const perKv = shape.numHeads / shape.numKvHeads;
+  // Its query heads' columns of q and rows of o, and one head's columns of k and of v.
+  const kvHead = (2 * perKv + 2) * spec.headDim * spec.hiddenSize;
+  const channel = (spec.roles.gate ? 3 : 2) * spec.hiddenSize;
+  return { kvHead, channel };
+};
+
+/**
+ * How many groups block `block` loses at `ratio` of its prunable weights: floor(ratio · count)
+ * key/value head groups, then as many channels as keep the weights removed at most
+ * ratio · the block's weights. Whole heads are large (a model with 2 key/value heads can only
+ * lose half its attention or none), so the channels make up what the head count's rounding
+ * left, and the block's removed fraction comes within one channel of the ratio. At least one
+ * group of each kind is kept.
+ */
+export const groupCounts = (spec: ModelSpec, block: number, ratio: number): { readonly kvHeads: number; readonly channels: number } => {
+  if (!(ratio >= 0 && ratio < 1)) throw new RangeError(`block ${block}: the ratio ${ratio} is outside [0, 1)`);
+  const shape = blockShape(spec, block);
+  const size = groupParameters(spec, block);
+  const total = shape.numKvHeads * size.kvHead + shape.intermediateSize * size.channel;
+  const kvHeads = removedCount(shape.numKvHeads, ratio);
+  const left = ratio * total - kvHeads * size.kvHead;
+  const channels = Math.max(0, Math.min(Math.floor(left / size.channel + 1e-9), shape.intermediateSize - 1));
+  return { kvHeads, channels };
+};
+
+/** The groups a block loses: its `counts.kvHeads` and `counts.channels` lowest-scoring ones. */
+export const removalOf = (scores: BlockGroupScores, counts: { readonly kvHeads: number; readonly channels: number }): GroupRemoval => {
+  if (counts.kvHeads >= scores.kvHeads.length || counts.channels >= scores.channels.length) {
+    throw new RangeError(`removing ${counts.kvHeads} of ${scores.kvHeads.length} key/value heads and ${counts.channels} of ${scores.channels.length} channels would leave a kind empty`);
+  }
+  return { kvHeads: lowestCount(scores.kvHeads, counts.kvHeads), channels: lowestCount(scores.channels, counts.channels) };
 };

@@ -1,26 +1,65 @@
 /**
- * Structured pruning of a whole model: score every block's groups (group-importance.ts),
- * remove the lowest-scoring ones at each block's ratio, and return the smaller model.
- * A block's ratio is the fraction of its prunable parameters to remove; the same fraction
- * of its key/value head groups and of its MLP channels goes (LLM-Pruner prunes attention
- * and MLP at one ratio), rounded down to whole groups, so the fraction achieved is at most
- * the one asked for and is reported.
+ * Structured pruning of a whole model: score every block's groups (group-importance.ts,
+ * hywia.ts), remove the lowest-scoring ones at each block's ratio, and return the smaller
+ * model. A block's ratio is the fraction of its prunable parameters to remove: that fraction
+ * of its key/value head groups, rounded down (LLM-Pruner prunes attention and MLP at one
+ * ratio), and channels up to the block's share (group-importance.ts, groupCounts), so the
+ * fraction achieved is at most the one asked for, short by less than a channel per block,
+ * and is reported.
+ *
+ * The stages are separate so that a search scores many ratio vectors from one set of
+ * gradients: `groupEvidence` (the calibration gradient, once), `groupScores` (HyWIA learns
+ * its fusion at the given ratios), `removeAt` (the cut).
  */
+import type { Window } from "../data/windows.ts";
+import { perplexity } from "../eval/perplexity.ts";
 import type { HostBlock, HostGlobals, ModelSpec } from "../model/spec.ts";
 import { linearShapes } from "../model/spec.ts";
 import { Decoder } from "../model/decoder.ts";
-import { groupImportance, removalAt, type BlockGroupScores, type GroupImportanceKind } from "./group-importance.ts";
+import { GROUP_IMPORTANCE_KINDS, groupImportance, groupCounts, groupSums, removalOf, scoresFromSums, type BlockGroupScores, type BlockGroupSums, type GroupImportanceKind } from "./group-importance.ts";
 import { removeGroups, type GroupRemoval } from "./groups.ts";
+import { DEFAULT_FUSION_LEARNING, fuse, hybridScores, learnFusion, type FusionLearning, type FusionWeights, type HybridScores } from "./hywia.ts";
 import { lossGradients } from "./loss-gradients.ts";
 
+/** HyWIA's learned fusion of the fine and coarse views (hywia.ts), or one of LLM-Pruner's importances. */
+export type StructuredImportance = "hywia" | GroupImportanceKind;
+export const STRUCTURED_IMPORTANCES = ["hywia", ...GROUP_IMPORTANCE_KINDS] as const satisfies readonly StructuredImportance[];
+
 export interface StructuredRequest {
-  readonly importance: GroupImportanceKind;
+  readonly importance: StructuredImportance;
+  /** How HyWIA learns its fusion weights (its defaults when absent). */
+  readonly fusion?: FusionLearning;
+  /**
+   * Validation windows on which HyWIA's learned fusion is checked against a small grid of
+   * fixed weights (FUSION_GRID); the fusion with the lowest perplexity is kept. Without
+   * them the learned fusion is used as learned.
+   */
+  readonly validation?: readonly Window[];
   /** Per block, the fraction of its prunable parameters to remove, in [0, 1). */
   readonly ratios: readonly number[];
-  /** Calibration windows for the gradient (element and vector importances). */
+  /** Calibration windows for the gradient (element, vector, hywia) and HyWIA's fusion. */
   readonly calibration: readonly Int32Array[];
   /** Seed of the random baseline. */
   readonly seed?: number;
+}
+
+/** One fusion HyWIA compared on the validation windows. */
+export interface FusionTrial {
+  /** "learned", or "fine=0.25" for a grid point (the same weights in every block). */
+  readonly label: string;
+  readonly ppl: number;
+}
+
+/** What HyWIA learned and chose, for the report. */
+export interface FusionOutcome {
+  /** Per block, the weights the groups were removed by. */
+  readonly weights: readonly FusionWeights[];
+  /** Per block, the weights learned (equal to `weights` when the learned fusion won). */
+  readonly learned: readonly FusionWeights[];
+  /** Calibration loss of the softly masked model at each learning step. */
+  readonly losses: readonly number[];
+  readonly trials: readonly FusionTrial[];
+  readonly chosen: string;
 }
 
 export interface StructuredResult {
@@ -28,6 +67,7 @@ export interface StructuredResult {
   readonly blocks: HostBlock[];
   readonly removals: readonly GroupRemoval[];
   readonly scores: readonly BlockGroupScores[];
+  readonly fusion?: FusionOutcome;
   /** Prunable parameters before and after, and the fraction removed. */
   readonly parameters: { readonly before: number; readonly after: number; readonly removed: number };
 }
@@ -39,32 +79,138 @@ export const prunableParameters = (spec: ModelSpec): number => {
   return total;
 };
 
+/** Prunable weights of each block. */
+export const blockPrunableParameters = (spec: ModelSpec): number[] =>
+  Array.from({ length: spec.numLayers }, (_, b) => Object.values(linearShapes(spec, b)).reduce((n, [i, o]) => n + i * o, 0));
+
+/**
+ * Fixed fusions HyWIA's learned one is checked against: the fine view's weight, the same
+ * in every block and for both kinds (1 is LLM-Pruner's element importance, 0 its vector).
+ */
+export const FUSION_GRID = [1, 0.75, 0.5, 0.25, 0] as const;
+
+/** The model-dependent, ratio-independent part of a structured importance. */
+export type GroupEvidence =
+  | { readonly kind: "hywia"; readonly views: readonly HybridScores[] }
+  | { readonly kind: "element" | "vector"; readonly sums: readonly BlockGroupSums[] }
+  | { readonly kind: "l2" | "random"; readonly scores: readonly BlockGroupScores[] };
+
+/** What every ratio vector is scored from: one gradient pass over the calibration windows where the importance needs it. */
+export const groupEvidence = async (
+  spec: ModelSpec,
+  globals: HostGlobals,
+  blocks: readonly HostBlock[],
+  importance: StructuredImportance,
+  calibration: readonly Int32Array[],
+  seed = 0,
+): Promise<GroupEvidence> => {
+  if (importance === "l2" || importance === "random") {
+    return { kind: importance, scores: blocks.map((b, i) => groupImportance(spec, i, b, undefined, importance, seed)) };
+  }
+  const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! }, { trainable: true });
+  let gradients: Awaited<ReturnType<typeof lossGradients>>;
+  try {
+    gradients = await lossGradients(decoder, calibration);
+  } finally {
+    decoder.dispose();
+  }
+  const sums = blocks.map((b, i) => groupSums(spec, i, b, gradients[i]));
+  return importance === "hywia" ? { kind: "hywia", views: sums.map(hybridScores) } : { kind: importance, sums };
+};
+
+/** Fraction of the prunable weights removed, checked. */
+const checkRatios = (spec: ModelSpec, ratios: readonly number[]): void => {
+  if (ratios.length !== spec.numLayers) throw new RangeError(`${ratios.length} ratios for a model of ${spec.numLayers} blocks`);
+  ratios.forEach((r, i) => {
+    if (!(r >= 0 && r < 1)) throw new RangeError(`block ${i}: the ratio ${r} is outside [0, 1)`);
+  });
+};
+
+/** Each block's groups removed at its ratio: the smaller model and what it lost. */
+export const removeAt = (spec: ModelSpec, blocks: readonly HostBlock[], scores: readonly BlockGroupScores[], ratios: readonly number[]) => {
+  checkRatios(spec, ratios);
+  const removals = scores.map((s, i) => removalOf(s, groupCounts(spec, i, ratios[i]!)));
+  const smaller = removeGroups(spec, blocks, removals);
+  const before = prunableParameters(spec);
+  const after = prunableParameters(smaller.spec);
+  return { ...smaller, removals, parameters: { before, after, removed: 1 - after / before } };
+};
+
+/** Perplexity of a model on windows (a fresh decoder, disposed after). */
+export const modelPerplexity = async (spec: ModelSpec, globals: HostGlobals, blocks: readonly HostBlock[], windows: readonly Window[], batch = 4): Promise<number> => {
+  const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! });
+  try {
+    return (await perplexity(decoder, windows, { batch })).ppl;
+  } finally {
+    decoder.dispose();
+  }
+};
+
+/**
+ * The groups' scores at these ratios. HyWIA learns its fusion against the dense model at
+ * the ratios, then, with validation windows, keeps whichever of the learned fusion and
+ * FUSION_GRID prunes to the lowest validation perplexity (ties: the learned one).
+ */
+export const groupScores = async (
+  spec: ModelSpec,
+  globals: HostGlobals,
+  blocks: readonly HostBlock[],
+  evidence: GroupEvidence,
+  request: Pick<StructuredRequest, "ratios" | "calibration" | "fusion" | "validation">,
+  onFusionStep?: (step: number, loss: number) => void,
+): Promise<{ scores: BlockGroupScores[]; fusion?: FusionOutcome }> => {
+  if (evidence.kind !== "hywia") {
+    if ("scores" in evidence) return { scores: [...evidence.scores] };
+    const kind = evidence.kind;
+    return { scores: evidence.sums.map((s) => scoresFromSums(s, kind)) };
+  }
+  checkRatios(spec, request.ratios);
+  const views = evidence.views;
+  const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! });
+  let learned;
+  try {
+    learned = await learnFusion(decoder, views, request.ratios, request.calibration, request.fusion ?? DEFAULT_FUSION_LEARNING, onFusionStep);
+  } finally {
+    decoder.dispose();
+  }
+  const candidates: Array<{ label: string; weights: readonly FusionWeights[] }> = [{ label: "learned", weights: learned.weights }];
+  if (request.validation && request.validation.length > 0) {
+    for (const fine of FUSION_GRID) {
+      const w = { fine, coarse: 1 - fine };
+      candidates.push({ label: `fine=${fine}`, weights: Array.from({ length: spec.numLayers }, () => ({ heads: w, channels: w })) });
+    }
+  }
+  const scoresOf = (weights: readonly FusionWeights[]) => views.map((v, i) => fuse(v, weights[i]!));
+  const trials: FusionTrial[] = [];
+  let best = candidates[0]!;
+  if (candidates.length > 1) {
+    let bestPpl = Infinity;
+    for (const c of candidates) {
+      const cut = removeAt(spec, blocks, scoresOf(c.weights), request.ratios);
+      const ppl = await modelPerplexity(cut.spec, globals, cut.blocks, request.validation!);
+      trials.push({ label: c.label, ppl });
+      if (ppl < bestPpl) {
+        bestPpl = ppl;
+        best = c;
+      }
+    }
+  }
+  return {
+    scores: scoresOf(best.weights),
+    fusion: { weights: best.weights, learned: learned.weights, losses: learned.losses, trials, chosen: best.label },
+  };
+};
+
 export const structuredPrune = async (
   spec: ModelSpec,
   globals: HostGlobals,
   blocks: readonly HostBlock[],
   request: StructuredRequest,
+  onFusionStep?: (step: number, loss: number) => void,
 ): Promise<StructuredResult> => {
-  if (request.ratios.length !== spec.numLayers) {
-    throw new RangeError(`${request.ratios.length} ratios for a model of ${spec.numLayers} blocks`);
-  }
-  request.ratios.forEach((r, i) => {
-    if (!(r >= 0 && r < 1)) throw new RangeError(`block ${i}: the ratio ${r} is outside [0, 1)`);
-  });
-  const taylor = request.importance === "element" || request.importance === "vector";
-  let gradients: Awaited<ReturnType<typeof lossGradients>> | undefined;
-  if (taylor) {
-    const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! }, { trainable: true });
-    try {
-      gradients = await lossGradients(decoder, request.calibration);
-    } finally {
-      decoder.dispose();
-    }
-  }
-  const scores = blocks.map((b, i) => groupImportance(spec, i, b, gradients?.[i], request.importance, request.seed ?? 0));
-  const removals = scores.map((s, i) => removalAt(s, { heads: request.ratios[i]!, channels: request.ratios[i]! }));
-  const smaller = removeGroups(spec, blocks, removals);
-  const before = prunableParameters(spec);
-  const after = prunableParameters(smaller.spec);
-  return { ...smaller, removals, scores, parameters: { before, after, removed: 1 - after / before } };
+  checkRatios(spec, request.ratios);
+  const evidence = await groupEvidence(spec, globals, blocks, request.importance, request.calibration, request.seed ?? 0);
+  const { scores, fusion } = await groupScores(spec, globals, blocks, evidence, request, onFusionStep);
+  const cut = removeAt(spec, blocks, scores, request.ratios);
+  return { ...cut, scores, ...(fusion ? { fusion } : {}) };
 };

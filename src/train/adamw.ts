@@ -29,12 +29,15 @@ export class AdamW {
   private step = 0;
 
   constructor(params: readonly tf.Variable[], private readonly options: AdamWOptions = DEFAULT_ADAMW) {
-    this.slots = params.map((p) => ({
-      param: p,
-      m: tf.variable(tf.zerosLike(p), false),
-      v: tf.variable(tf.zerosLike(p), false),
-      decay: p.rank >= 2,
-    }));
+    // Within tidy, so the zero tensors the moments start from are freed.
+    this.slots = tf.tidy(() =>
+      params.map((p) => ({
+        param: p,
+        m: tf.variable(tf.zerosLike(p), false),
+        v: tf.variable(tf.zerosLike(p), false),
+        decay: p.rank >= 2,
+      })),
+    );
   }
 
   /** Applies one update; returns the gradient norm before clipping (read asynchronously). */
@@ -78,10 +81,12 @@ export class AdamW {
 
   setState(state: { step: number; m: readonly Float32Array[]; v: readonly Float32Array[] }): void {
     this.step = state.step;
-    this.slots.forEach((s, i) => {
-      s.m.assign(tf.tensor(state.m[i]!, s.m.shape));
-      s.v.assign(tf.tensor(state.v[i]!, s.v.shape));
-    });
+    tf.tidy(() =>
+      this.slots.forEach((s, i) => {
+        s.m.assign(tf.tensor(state.m[i]!, s.m.shape));
+        s.v.assign(tf.tensor(state.v[i]!, s.v.shape));
+      }),
+    );
   }
 
   dispose(): void {
