@@ -33,6 +33,8 @@ export const restrictToBlocks = (ratios: readonly number[], blockParams: readonl
   if (ratios.length !== blockParams.length) throw new RangeError(`${ratios.length} ratios for ${blockParams.length} blocks`);
   if (selected.length === 0) throw new RangeError("no block is selected");
   const chosen = new Set(selected);
+  // Every block selected: the ratios exactly as they are.
+  if (ratios.every((_, i) => chosen.has(i))) return [...ratios];
   const removed = ratios.reduce((n, r, i) => n + r * blockParams[i]!, 0);
   const inSelected = ratios.reduce((n, r, i) => n + (chosen.has(i) ? r * blockParams[i]! : 0), 0);
   const paramsSelected = blockParams.reduce((n, p, i) => n + (chosen.has(i) ? p : 0), 0);

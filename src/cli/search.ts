@@ -1,5 +1,6 @@
 import { resolve } from "node:path";
 import type { Argv } from "yargs";
+import type { StructuredImportance } from "../prune/structured.ts";
 import { hideBin } from "yargs/helpers";
 import type { BackendChoice } from "../backend/backend.ts";
 import type { TextFormat } from "../data/text-source.ts";
@@ -42,11 +43,20 @@ export interface SearchArgs {
   mode: CalibrationMode;
   finalMode: CalibrationMode;
   batch: number;
+  structured?: StructuredImportance;
+  fusionSteps?: number;
   out?: string;
   resume?: string;
   json: boolean;
   backend: BackendChoice;
 }
+
+/** The pruning the allocations were scored under, in words. */
+const whatWasPruned = (s: SearchSummary): string => {
+  const t = s.settings;
+  if (t.structured) return `structured by ${t.structured} importance, ${t.sparsity} of the prunable weights removed`;
+  return `${t.metric}, target sparsity ${t.pattern.kind === "nm" ? `${t.pattern.n}:${t.pattern.m}` : t.sparsity}, final pruning ${s.final.mode}`;
+};
 
 /** The comparison table printed at the end of a search. */
 export const comparisonTable = (s: SearchSummary): string => {
@@ -54,7 +64,7 @@ export const comparisonTable = (s: SearchSummary): string => {
   return [
     `best ${s.settings.method}: ${s.best.genome} (validation perplexity ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
     "",
-    `${s.settings.metric}, target sparsity ${s.settings.pattern.kind === "nm" ? `${s.settings.pattern.n}:${s.settings.pattern.m}` : s.settings.sparsity}, final pruning ${s.final.mode}; test perplexity on ${s.final.windows} windows of ${s.final.seqlen} from ${s.final.data} (dense ${s.final.dense.toFixed(3)})`,
+    `${whatWasPruned(s)}; test perplexity on ${s.final.windows} windows of ${s.final.seqlen} from ${s.final.data} (dense ${s.final.dense.toFixed(3)})`,
     "",
     "| allocation | validation ppl | test ppl |",
     "| --- | ---: | ---: |",

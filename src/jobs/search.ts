@@ -37,7 +37,9 @@ import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
+import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { PRUNE_FLAGS } from "./prune.ts";
+import { STRUCTURED_FLAGS } from "./structured-prune.ts";
 
 const PatternSchema = Schema.Union([
   Schema.Struct({ kind: Schema.Literal("unstructured") }),
@@ -73,6 +75,10 @@ export const SearchSettings = Schema.Struct({
   mode: Schema.Literals(CALIBRATION_MODES),
   finalMode: Schema.Literals(CALIBRATION_MODES),
   batch: Schema.Int,
+  /** Structured pruning: whole head groups and channels removed at each block's ratio, scored by this importance. */
+  structured: Schema.optional(Schema.Literals(STRUCTURED_IMPORTANCES)),
+  /** HyWIA: steps learning its fusion weights. */
+  fusionSteps: Schema.optional(Schema.Int),
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
@@ -104,6 +110,13 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   mode: { flag: "mode", kind: "choice", choices: CALIBRATION_MODES, default: "dense", describe: "calibration mode of fitness evaluations" },
   finalMode: { flag: "final-mode", kind: "choice", choices: CALIBRATION_MODES, default: "sequential", describe: "calibration mode of the final re-pruning" },
   batch: { flag: "batch", kind: "number", rule: WHOLE_POSITIVE, default: 4, describe: PRUNE_FLAGS.batch.describe },
+  structured: {
+    flag: "structured",
+    kind: "choice",
+    choices: STRUCTURED_IMPORTANCES,
+    describe: "search per-block ratios of whole key/value head groups and MLP channels removed, scored by this importance (--sparsity: the fraction of prunable weights)",
+  },
+  fusionSteps: STRUCTURED_FLAGS.fusionSteps,
 };
 
 /** Settings of a new run as given; seqlen may be left for the model's context. */
@@ -205,7 +218,31 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
   // npx finds the bin of the installed package, so the command runs as printed.
-  [
+  s.structured
+    ? [
+        `npx evosparse prune --structured ${s.structured}`,
+        ...flagWords(PRUNE_FLAGS, {
+          model: s.model,
+          tokenizer: s.tokenizer,
+          sparsity: s.sparsity,
+          allocation: allocationFile,
+          calib: s.calib,
+          field: s.field,
+          nsamples: s.nsamples,
+          seed: s.calibSeed,
+          seqlen: s.seqlen,
+          batch: s.batch,
+          eval: s.eval,
+          evalFormat: s.evalFormat,
+          evalWindows: s.evalWindows,
+          // HyWIA checks its fusion on validation windows: the search's fitness windows.
+          valid: s.fitnessData,
+          validWindows: s.fitnessWindows,
+        }),
+        ...flagWords(STRUCTURED_FLAGS, { fusionSteps: s.fusionSteps }),
+        "--out DIR",
+      ].join(" ")
+    : [
     "npx evosparse prune",
     ...flagWords(PRUNE_FLAGS, {
       model: s.model,
@@ -340,6 +377,12 @@ export const searchJob = (request: SearchRequest) =>
       if (!plugin.patterns.includes(pattern.kind)) {
         return yield* new UsageError({ problem: `method ${plugin.name} does not support pattern ${patternText(pattern)}` });
       }
+      if (settings.fusionSteps !== undefined && settings.structured !== "hywia") {
+        return yield* new UsageError({ problem: "--fusion-steps applies to --structured hywia" });
+      }
+      if (settings.structured && pattern.kind !== "unstructured") {
+        return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
+      }
       const space = yield* attempt(() => loadSearchSpace(plugin, settings.space));
 
       // 3. The model: its context and shapes decide whether the settings can run at all.
@@ -371,6 +414,7 @@ export const searchJob = (request: SearchRequest) =>
         batch: s.batch,
         // The backend the main thread got, so that workers never resolve "auto" differently.
         backend: backend.name as BackendChoice,
+        ...(s.structured ? { structured: { importance: s.structured as StructuredImportance, target: targetOf(pattern, s.sparsity), ...(s.fusionSteps !== undefined ? { fusionSteps: s.fusionSteps } : {}) } } : {}),
       });
       const setup = setupOf(settings);
       const model = yield* Effect.acquireRelease(
@@ -398,11 +442,11 @@ export const searchJob = (request: SearchRequest) =>
       const workers = excess === undefined ? request.workers : workerLimit(budget);
       if (excess !== undefined) log(`--workers ${request.workers} capped at ${workers}: ${excess} (the history does not depend on the worker count)`);
       log(
-        `${plugin.name}: target ${target}, ${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}, fitness ${settings.mode} on ${model.windows.length} windows of ${settings.fitnessData}; ` +
+        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.structured ? "" : `${settings.mode} `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${workers} worker${workers > 1 ? "s" : ""}; folder ${dir}`,
       );
 
-      const pool: FitnessEvaluator = workers > 1 ? yield* workerPoolEvaluator(setup, workers) : inProcessEvaluator(model, setup);
+      const pool: FitnessEvaluator = workers > 1 ? yield* workerPoolEvaluator(setup, workers) : inProcessEvaluator(model);
       let evaluationSeconds = 0;
       const evaluator: FitnessEvaluator = {
         workers: pool.workers,
@@ -426,22 +470,31 @@ export const searchJob = (request: SearchRequest) =>
       const bestAllocation = toAllocation(outcome.best.sparsities, model.pruner.layout, pattern);
       writeAllocationCsv(join(dir, "best-allocation.csv"), bestAllocation);
 
-      // Final numbers: the best allocation and the baselines, re-pruned in the final mode.
+      // Final numbers: the best allocation and the baselines, re-pruned in the final mode
+      // (structured runs: cut as the prune command cuts them).
+      const structured = model.structured;
       const finalModel: FitnessModel =
-        settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(attempt(() => openFitnessModel(setup, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
+        structured || settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(attempt(() => openFitnessModel(setup, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
       const testWindows = yield* attempt(() =>
         evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
       );
-      log(`final: re-pruning in ${settings.finalMode} mode, perplexity on ${testWindows.length} windows of ${settings.eval}`);
-      finalModel.pruner.restoreDense();
-      const denseResult = yield* attemptPromise(() => finalModel.pruner.perplexity(testWindows));
-      yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
-      const dense = denseResult.ppl;
+      log(`final: ${structured ? `cutting structurally by ${settings.structured}` : `re-pruning in ${settings.finalMode} mode`}, perplexity on ${testWindows.length} windows of ${settings.eval}`);
+      const testPerplexity = (sparsities: BlockAllocation) =>
+        structured ? attemptPromise(() => structured.final(sparsities, testWindows)) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities);
+      let dense: number;
+      if (structured) {
+        dense = yield* attemptPromise(() => structured.dense(testWindows));
+      } else {
+        finalModel.pruner.restoreDense();
+        const denseResult = yield* attemptPromise(() => finalModel.pruner.perplexity(testWindows));
+        yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
+        dense = denseResult.ppl;
+      }
       const results: FinalResult[] = [
         {
           method: plugin.name,
           validation: outcome.best.fitness,
-          test: yield* finalPerplexity(finalModel.pruner, testWindows, pattern, outcome.best.sparsities),
+          test: yield* testPerplexity(outcome.best.sparsities),
           sparsities: blockSparsities(bestAllocation),
         },
       ];
@@ -452,7 +505,7 @@ export const searchJob = (request: SearchRequest) =>
         results.push({
           method: other.name,
           validation: validation!.ok ? validation!.value : null,
-          test: yield* finalPerplexity(finalModel.pruner, testWindows, pattern, allocation),
+          test: yield* testPerplexity(allocation),
           sparsities: blockSparsities(toAllocation(allocation, model.pruner.layout, pattern)),
         });
       }
@@ -472,7 +525,7 @@ export const searchJob = (request: SearchRequest) =>
         final: { mode: settings.finalMode, data: settings.eval, seqlen: settings.seqlen, windows: testWindows.length, dense, results, reproduce: reproduceCommand(settings, join(dir, "best-allocation.csv")) },
         out: dir,
       };
-      const title = `${plugin.name}, ${settings.metric} at ${(globalSparsity(bestAllocation) * 100).toFixed(1)}%`;
+      const title = `${plugin.name}, ${settings.structured ? `structured (${settings.structured})` : settings.metric} at ${(globalSparsity(bestAllocation) * 100).toFixed(1)}%`;
       writeSearchFiles(dir, {
         history: outcome.history,
         summary,

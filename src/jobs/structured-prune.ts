@@ -151,6 +151,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       const s = request.settings;
       if (s.pattern.kind !== "unstructured") return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
       if (s.sparsity === undefined) return yield* new UsageError({ problem: "--structured needs --sparsity (the fraction of prunable weights to remove)" });
+      if (request.fusionSteps !== undefined && request.importance !== "hywia") return yield* new UsageError({ problem: "--fusion-steps applies to --structured hywia" });
       const target = s.sparsity;
       if (!(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
       const recover = {

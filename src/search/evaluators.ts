@@ -8,7 +8,6 @@ import type { Fitness } from "../engine/genome.ts";
 import { WorkerError } from "../errors.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
 import { configureNativeThreads } from "../backend/native-blas.ts";
-import { allocationFitness } from "./fitness.ts";
 import type { FitnessModel, FitnessSetup, FitnessWorkerData } from "./fitness-setup.ts";
 import type { BlockAllocation } from "./plugin.ts";
 
@@ -17,8 +16,8 @@ export interface FitnessEvaluator {
   evaluate(batch: readonly BlockAllocation[]): Effect.Effect<readonly Fitness[], Error>;
 }
 
-export const inProcessEvaluator = (model: FitnessModel, setup: FitnessSetup, onEach?: () => void): FitnessEvaluator => {
-  const score = allocationFitness(model.pruner, model.windows, setup.pattern);
+export const inProcessEvaluator = (model: FitnessModel, onEach?: () => void): FitnessEvaluator => {
+  const score = model.score;
   return {
     workers: 1,
     // One candidate after another: they share the one model.

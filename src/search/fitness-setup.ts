@@ -11,7 +11,11 @@ import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { Pruner } from "../prune/pruner.ts";
 import { createPruner, openCalibratedModel, type CalibrationSetup, type PrunerSetup } from "../prune/setup.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
-import type { Pattern } from "./plugin.ts";
+import type { StructuredImportance } from "../prune/structured.ts";
+import type { Fitness } from "../engine/genome.ts";
+import { allocationFitness } from "./fitness.ts";
+import type { BlockAllocation, Pattern } from "./plugin.ts";
+import { structuredFitness, type StructuredFitness } from "./structured-fitness.ts";
 
 /** A run's calibration and pruner, plus the validation windows fitness is measured on. */
 export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
@@ -22,6 +26,8 @@ export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
   readonly fitnessData: string;
   readonly fitnessWindows: number;
   readonly backend: BackendChoice;
+  /** Structured pruning: whole groups removed at each block's ratio, scored by this importance. */
+  readonly structured?: { readonly importance: StructuredImportance; readonly target: number; readonly fusionSteps?: number };
 }
 
 /** What a fitness worker thread is started with: the setup, and how many workers compute at once. */
@@ -36,6 +42,10 @@ export interface FitnessModel {
   readonly calibration: Int32Array[];
   readonly pruner: Pruner;
   readonly windows: Window[];
+  /** Fitness of per-block sparsities on `windows`: pruned by the pruner, or cut structurally. */
+  score(sparsities: BlockAllocation): Promise<Fitness>;
+  /** Present for structured runs. */
+  readonly structured?: StructuredFitness;
   dispose(): void;
 }
 
@@ -44,7 +54,12 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
   try {
     const windows = evaluationWindows({ data: setup.fitnessData, format: "text", maxWindows: setup.fitnessWindows }, model.tokenizer, model.seqlen);
     const pruner = createPruner(model, { metric: setup.metric, mode, ...(setup.batch ? { batch: setup.batch } : {}) });
+    const structured = setup.structured
+      ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1 })
+      : undefined;
     return {
+      score: structured ? structured.score : allocationFitness(pruner, windows, setup.pattern),
+      ...(structured ? { structured } : {}),
       checkpoint: model.checkpoint,
       tokenizer: model.tokenizer,
       calibration: model.calibration,

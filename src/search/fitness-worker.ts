@@ -5,14 +5,13 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { initBackend } from "../backend/backend.ts";
 import { serve } from "../workers/spawn.ts";
-import { allocationFitness } from "./fitness.ts";
 import { openFitnessModel, type FitnessWorkerData } from "./fitness-setup.ts";
 import type { BlockAllocation } from "./plugin.ts";
 
 const setup = workerData.data as FitnessWorkerData;
 await initBackend(setup.backend, { share: setup.share });
 const model = openFitnessModel(setup);
-const score = allocationFitness(model.pruner, model.windows, setup.pattern);
+const score = model.score;
 
 // null asks whether the model is ready: answered once the setup above has finished.
 await serve(parentPort!, async (allocation: BlockAllocation | null) => {
