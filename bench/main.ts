@@ -8,7 +8,10 @@
  * models), search-rate (fitness evaluations per minute: 1 and 2 workers, dense and
  * sequential fitness; run it alone, it measures the cores), native (the native BLAS backend
  * against wasm: matMul, forward, fitness, training and SparseGPT's masking, side by side;
- * `--parts=matmul,forward,...` for some of them), gpu (the GPU check: one JSON summary).
+ * `--parts=matmul,forward,...` for some of them), structured (structured pruning of both
+ * models by every importance at 20% and 50%, with and without LoRA recovery, and the smaller
+ * model's parameters, file size and forward speed against dense; CSV in results/bench/),
+ * gpu (the GPU check: one JSON summary).
  * Sections that need something absent (the assets, the native kernel, a GPU) say so.
  */
 import { execFileSync } from "node:child_process";
@@ -27,6 +30,7 @@ import { evaluate } from "../src/jobs/eval.ts";
 import { qualitySection, stagesSection } from "./quality.ts";
 import { searchMethodsSection, searchRateSection } from "./search.ts";
 import { nativeSection } from "./backends.ts";
+import { structuredSection } from "./structured.ts";
 import { gpuCheck } from "./gpu-check.ts";
 
 const args = process.argv.slice(2);
@@ -184,5 +188,7 @@ if (want("search")) await searchMethodsSection(assets, backendArg, existsSync(as
 if (want("search-rate")) await searchRateSection(backendArg);
 
 if (want("native")) await nativeSection(gpt2Checkpoint, assets, existsSync(assets), wantPart);
+
+if (want("structured")) await structuredSection(assets, backend, existsSync(assets));
 
 if (gpt2) rmSync(dirname(gpt2.dir), { recursive: true, force: true });

@@ -7,11 +7,11 @@
  * The data splits are the quality section's (storiesSetup, brownSetup): calibration,
  * HyWIA's validation and recovery never see the evaluation text.
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "csv-stringify/sync";
-import { initBackend, type BackendChoice } from "../src/backend/backend.ts";
+import type { BackendInfo } from "../src/backend/backend.ts";
 import { exportHuggingFace } from "../src/checkpoint/export.ts";
 import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { readTextFile } from "../src/data/text-source.ts";
@@ -258,7 +258,7 @@ const writeCsv = (setup: ModelSetup, r: ModelResult): string => {
   const savingsOf = (ratio: number) => r.savings.find((s) => s.ratio === ratio);
   const rows = [
     [setup.name, "dense", 0, 0, setup.seqlen, r.densePpl, "", r.densePpl, "", "", "", d.prunable, d.total, d.fileBytes, d.tokensPerSecond],
-    ...r.rows.map((x, i) => {
+    ...r.rows.map((x) => {
       const s = x.importance === "hywia" ? savingsOf(x.ratio) : undefined;
       const k = RATIOS.indexOf(x.ratio as (typeof RATIOS)[number]);
       return [
@@ -276,7 +276,7 @@ const writeCsv = (setup: ModelSetup, r: ModelResult): string => {
         s?.prunable ?? "",
         s?.total ?? "",
         s?.fileBytes ?? "",
-        s?.tokensPerSecond ?? (i < 0 ? "" : ""),
+        s?.tokensPerSecond ?? "",
       ];
     }),
   ];
@@ -302,13 +302,12 @@ const writeCsv = (setup: ModelSetup, r: ModelResult): string => {
 };
 
 /** The `structured` section: skips stories260K with a message when the shared assets are absent. */
-export const structuredSection = async (assets: string, backend: BackendChoice, hasAssets: boolean): Promise<void> => {
+export const structuredSection = async (assets: string, backend: BackendInfo, hasAssets: boolean): Promise<void> => {
   const started = performance.now();
-  const info = await initBackend(backend);
   const scratch = mkdtempSync(join(tmpdir(), "evosparse-structured-"));
   try {
     const setups: ModelSetup[] = [];
-    if (hasAssets && existsSync(assets)) setups.push(storiesSetup(assets, scratch));
+    if (hasAssets) setups.push(storiesSetup(assets, scratch));
     else console.log(`(stories260K skipped: the shared assets are not at ${assets})\n`);
     setups.push(brownSetup());
     console.log("## Structured pruning: importance x ratio, LoRA recovery, and what the smaller model saves\n");
@@ -319,7 +318,7 @@ export const structuredSection = async (assets: string, backend: BackendChoice, 
         `and HyWIA's fusion learning; HyWIA checks its learned fusion against FUSION_GRID on ${VALID_WINDOWS} validation windows.`,
         `LoRA recovery, identical for every importance and ratio: rank ${RECOVERY.rank}, alpha ${RECOVERY.alpha}, ${RECOVERY.steps} steps of ${RECOVERY.batch} windows, lr ${RECOVERY.lr}`,
         `(constant, AdamW without weight decay), seed ${SEED}, trained on the calibration text (never the evaluation text).`,
-        `Speed: forward + loss over the first ${SPEED_WINDOWS} evaluation windows, ${BATCH} per pass, dense and smaller models in turn, best of ${SPEED_REPEATS}; backend ${info.name}.`,
+        `Speed: forward + loss over the first ${SPEED_WINDOWS} evaluation windows, ${BATCH} per pass, dense and smaller models in turn, best of ${SPEED_REPEATS}; backend ${backend.name}.`,
         "Size: model.safetensors of each model exported the same way (exportHuggingFace, float32).",
         "",
       ].join("\n"),

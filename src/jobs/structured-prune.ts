@@ -25,7 +25,7 @@ import { checkOutputFolder } from "../output/folder.ts";
 import type { FusionWeights } from "../prune/hywia.ts";
 import { DEFAULT_FUSION_LEARNING } from "../prune/hywia.ts";
 import { createPruner, openCalibratedModel } from "../prune/setup.ts";
-import { blockPrunableParameters, groupEvidence, groupScores, modelPerplexity, removeAt, type FusionTrial, type StructuredImportance } from "../prune/structured.ts";
+import { blockPrunableParameters, groupEvidence, groupScores, modelPerplexity, removeAt, type FusionTrial, type GroupEvidence, type StructuredImportance } from "../prune/structured.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
 import { methodContext } from "../search/fitness.ts";
 import { loadPlugin } from "../search/registry.ts";
@@ -193,14 +193,23 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       const validation = (): Window[] => evaluationWindows({ data: s.valid, format: "text", maxWindows: s.validWindows }, tokenizer, seqlen);
       let validationWindows: Window[] | undefined;
 
-      log(`group evidence: ${request.importance}${request.importance === "l2" || request.importance === "random" ? "" : ` (loss gradient over ${calibration.length} windows)`}`);
-      const evidence = yield* attemptPromise(() => groupEvidence(spec, globals, dense, request.importance, calibration, s.seed));
+      // Taken once, when first needed: after the allocation has been read and checked.
+      let evidence: GroupEvidence | undefined;
+      const evidenceOf = Effect.suspend(() =>
+        evidence
+          ? Effect.succeed(evidence)
+          : Effect.sync(() => log(`group evidence: ${request.importance}${request.importance === "l2" || request.importance === "random" ? "" : ` (loss gradient over ${calibration.length} windows)`}`)).pipe(
+              Effect.flatMap(() => attemptPromise(() => groupEvidence(spec, globals, dense, request.importance, calibration, s.seed))),
+              Effect.tap((e) => Effect.sync(() => (evidence = e))),
+            ),
+      );
       const fusion = { ...DEFAULT_FUSION_LEARNING, ...(request.fusionSteps !== undefined ? { steps: request.fusionSteps } : {}) };
       const scoresAt = (ratios: readonly number[], quiet = false) =>
         Effect.gen(function* () {
           if (request.importance === "hywia") validationWindows ??= yield* attempt(validation);
+          const e = yield* evidenceOf;
           return yield* attemptPromise(() =>
-            groupScores(spec, globals, dense, evidence, { ratios, calibration, fusion, ...(validationWindows ? { validation: validationWindows } : {}) }, (step, loss) => {
+            groupScores(spec, globals, dense, e, { ratios, calibration, fusion, ...(validationWindows ? { validation: validationWindows } : {}) }, (step, loss) => {
               if (!quiet && (step === 1 || step % 8 === 0 || step === fusion.steps)) log(`  fusion step ${step}/${fusion.steps}: calibration loss ${loss.toFixed(4)}`);
             }),
           );
@@ -218,8 +227,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       let ratios: number[];
       let chosen: string | undefined;
       if (allocationFile) {
-        const pruner = yield* Effect.acquireRelease(Effect.sync(() => createPruner(model, { metric: s.metric, mode: "dense" })), (p) => Effect.sync(() => p.dispose()));
-        const allocation = yield* attempt(() => readAllocationCsv(allocationFile, pruner.layout, { target }));
+        const allocation = yield* attempt(() => readAllocationCsv(allocationFile, layoutOf(spec), { target }));
         ratios = blockSparsities(allocation);
       } else if (s.allocation === "uniform") {
         ratios = dense.map(() => target);
