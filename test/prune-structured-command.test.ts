@@ -3,11 +3,11 @@
  * folder (plain config.json when every block has the same shape) whose `eval` repeats the
  * reported perplexity; settings it cannot honour are refused before any work.
  */
-import { readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
-import { embeddedModel, errorLines, evosparse, jsonOf, tempRoot } from "./helpers/embedded.ts";
+import { embeddedModel, ended, errorLines, evosparse, jsonOf, spawnEvosparse, tempRoot } from "./helpers/embedded.ts";
 
 const root = tempRoot("structured");
 const common = ["--model", embeddedModel, "--nsamples", "2", "--seqlen", "128", "--eval", "brown:test", "--eval-windows", "2"];
@@ -75,6 +75,33 @@ describe("evosparse prune --structured", () => {
       evosparse("prune", ...common, "--structured", "hywia", "--sparsity", "0.3", "--allocation", join(out, "allocation.csv"), "--fusion-steps", "3", "--valid-windows", "2", "--out", join(root, "again"), "--json"),
     );
     again.ratios.forEach((r: number, i: number) => expect(r).toBeCloseTo(report.ratios[i], 12));
+  });
+
+  it("a LoRA recovery killed after a checkpoint is refused without --resume and, resumed, ends exactly as an uninterrupted one", async () => {
+    const args = [...common, "--structured", "l2", "--sparsity", "0.4", "--recover-steps", "24", "--recover-checkpoint-every", "4", "--recover-batch", "1", "--recover-lr", "0.001"];
+    const whole = jsonOf(evosparse("prune", ...args, "--out", join(root, "whole"), "--json"));
+    const out = join(root, "killed");
+    const child = spawnEvosparse("prune", ...args, "--out", out);
+    const state = join(`${out}.recovery`, "state.json");
+    let killed = false;
+    const poll = setInterval(() => {
+      if (!killed && existsSync(state)) {
+        killed = true;
+        child.kill("SIGKILL");
+      }
+    }, 10);
+    const signal = await ended(child);
+    clearInterval(poll);
+    expect(signal).toBe("SIGKILL");
+    expect(existsSync(out)).toBe(false);
+    const refused = evosparse("prune", ...args, "--out", out);
+    expect(refused.code).toBe(2);
+    expect(errorLines(refused.stderr)).toEqual([expect.stringMatching(/holds a stopped LoRA recovery: continue it with --resume/)]);
+    const resumed = jsonOf(evosparse("prune", ...args, "--out", out, "--resume", "--json"));
+    expect(resumed.recovery).toEqual(whole.recovery);
+    expect(resumed.evaluation).toEqual(whole.evaluation);
+    expect(readFileSync(join(out, "model.safetensors")).equals(readFileSync(join(root, "whole", "model.safetensors")))).toBe(true);
+    expect(existsSync(`${out}.recovery`)).toBe(false);
   });
 
   it("refuses an N:M pattern, an evolutionary allocation, a missing --sparsity, bad blocks and structured flags without --structured, writing nothing", () => {

@@ -35,6 +35,7 @@ import type { BlockAllocation } from "../search/plugin.ts";
 import type { FlagTable } from "../settings/flag-table.ts";
 import { WHOLE_NON_NEGATIVE, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { LLM_PRUNER_LORA, loraRecover } from "../train/lora.ts";
+import { hasLoraCheckpoint } from "../train/lora-state.ts";
 import type { PruneEvaluation, PruneSettings } from "./prune.ts";
 
 /** Settings of a structured prune beyond the prune command's own. Absent ones take the defaults below. */
@@ -171,6 +172,10 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
           inputs: [s.model, s.tokenizer, s.calib, s.eval, s.valid, s.space, allocationFile, request.recoverData],
         }),
       );
+      const recoveryDir = `${request.out}.recovery`;
+      if (recover.steps > 0 && recover.checkpointEvery > 0 && hasLoraCheckpoint(recoveryDir) && !request.resume) {
+        return yield* new UsageError({ problem: `${recoveryDir} holds a stopped LoRA recovery: continue it with --resume, or remove that folder to start afresh` });
+      }
       const backend = yield* initBackendEffect(request.backend);
       const model = yield* Effect.acquireRelease(
         attempt(() => openCalibratedModel({ ...s, field: s.field ?? "text" })),
@@ -306,7 +311,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
             seqlen,
             tokens,
             seed: s.seed,
-            ...(recover.checkpointEvery > 0 ? { checkpoint: { dir: `${request.out}.recovery`, every: recover.checkpointEvery } } : {}),
+            ...(recover.checkpointEvery > 0 ? { checkpoint: { dir: recoveryDir, every: recover.checkpointEvery } } : {}),
             resume: request.resume ?? false,
             onStep: (l) => {
               if (l.step === 1 || l.step % 25 === 0 || l.step === recover.steps) log(`  recovery step ${l.step}/${recover.steps}: loss ${l.loss.toFixed(4)}`);
