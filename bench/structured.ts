@@ -22,6 +22,7 @@ import { perplexity } from "../src/eval/perplexity.ts";
 import { writeFileAtomically } from "../src/files.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import type { HostBlock, HostGlobals, ModelSpec } from "../src/model/spec.ts";
+import type { GroupRemoval } from "../src/prune/groups.ts";
 import { hybridScores } from "../src/prune/hywia.ts";
 import { openCalibratedModel } from "../src/prune/setup.ts";
 import {
@@ -53,12 +54,13 @@ const BATCH = 4;
 /**
  * LoRA recovery, the same for every importance and ratio, trained on the calibration text.
  * Rank and alpha are LLM-Pruner's; its rate of 1e-4 is meant for two epochs of Alpaca and
- * barely moves these models in a budget this short, so the rate is 1e-3 (measured here at
- * 50 steps on 50% HyWIA: stories260K 365 -> 144 at 1e-4, -> 43 at 1e-3). 100 steps of 4
- * windows is about one pass over each model's calibration text and, at 0.3 s (native) to
- * 0.55 s (wasm) a step, most of the section's time: 20 recoveries.
+ * barely moves these models in a budget this short, so the rate is 1e-3 (measured here on
+ * 50% HyWIA, stories260K: 365 -> 144 after 50 steps at 1e-4, -> 43 at 1e-3, -> 30 after 100
+ * steps at 1e-3). The 20 recoveries are most of the section's time: a step of 4 windows
+ * costs 0.5-1.1 s on wasm (0.2-0.7 s native), so 100 steps would take the section to some
+ * 32 minutes on wasm; 64 keep it near 22 (about 11 native).
  */
-const RECOVERY = { rank: 8, alpha: 16, steps: 100, lr: 1e-3, batch: 4 } as const;
+const RECOVERY = { rank: 8, alpha: 16, steps: 64, lr: 1e-3, batch: 4 } as const;
 /** Speed: the first windows of the evaluation text, every model once per repetition, best of the repetitions. */
 const SPEED_WINDOWS = 16;
 const SPEED_REPEATS = 5;
@@ -128,7 +130,7 @@ const forwardSpeeds = async (globals: HostGlobals, cuts: readonly Cut[], windows
 };
 
 /** Mean learned weight of the fine view over the blocks that lose groups of that kind ("-" when none do). */
-const meanFine = (fusion: FusionOutcome, removals: readonly { kvHeads: readonly number[]; channels: readonly number[] }[], kind: "heads" | "channels"): string => {
+const meanFine = (fusion: FusionOutcome, removals: readonly GroupRemoval[], kind: "heads" | "channels"): string => {
   const values = fusion.learned.filter((_, i) => (kind === "heads" ? removals[i]!.kvHeads : removals[i]!.channels).length > 0).map((w) => w[kind].fine);
   return values.length === 0 ? "-" : (values.reduce((a, b) => a + b, 0) / values.length).toFixed(2);
 };
@@ -161,7 +163,7 @@ const structuredOfModel = async (setup: ModelSetup, scratch: string) => {
     log(`${setup.name}: group evidence [${((performance.now() - t0) / 1000).toFixed(1)} s]`);
 
     const rows: Row[] = [];
-    const hywiaCuts: Array<Cut & { removals: ReturnType<typeof removeAt>["removals"] }> = [];
+    const hywiaCuts: Array<Cut & { removals: readonly GroupRemoval[] }> = [];
     for (const ratio of RATIOS) {
       const ratios = dense.map(() => ratio);
       for (const importance of IMPORTANCES) {
@@ -317,7 +319,8 @@ export const structuredSection = async (assets: string, backend: BackendInfo, ha
         `rounded down to whole groups), seed ${SEED}, ${NSAMPLES} calibration windows for the gradient (element, vector, hywia; one pass shared by the three)`,
         `and HyWIA's fusion learning; HyWIA checks its learned fusion against FUSION_GRID on ${VALID_WINDOWS} validation windows.`,
         `LoRA recovery, identical for every importance and ratio: rank ${RECOVERY.rank}, alpha ${RECOVERY.alpha}, ${RECOVERY.steps} steps of ${RECOVERY.batch} windows, lr ${RECOVERY.lr}`,
-        `(constant, AdamW without weight decay), seed ${SEED}, trained on the calibration text (never the evaluation text).`,
+        `(constant, AdamW without weight decay), seed ${SEED}, trained on the calibration text (never the evaluation text);`,
+        "64 steps, not 100 or more: 100 would take the section to some 32 minutes on wasm, 64 keep it near 22.",
         `Speed: forward + loss over the first ${SPEED_WINDOWS} evaluation windows, ${BATCH} per pass, dense and smaller models in turn, best of ${SPEED_REPEATS}; backend ${backend.name}.`,
         "Size: model.safetensors of each model exported the same way (exportHuggingFace, float32).",
         "",

@@ -41,7 +41,7 @@ const allocate = (context: MethodContext, space: MrpSpace): BlockAllocation => {
   const sparsity = new Array<number>(blocks).fill(bounds.lo);
   // A non-finite ratio says nothing about redundancy, so such a block is raised last.
   const ratio = (block: number): number => {
-    const nor = context.statistics.nonOutlierRatio(block, sparsity[block], space.pruned ?? "excluded");
+    const nor = context.statistics.nonOutlierRatio(block, sparsity[block], space.pruned ?? "zero");
     return Number.isNaN(nor) ? -Infinity : nor;
   };
   // Only the raised block's ratio changes, so each step asks the host for one ratio.

@@ -205,7 +205,7 @@ export class DenseStatistics {
   }
 
   /** MRP's non-outlier ratio of block l's scores when it alone is pruned at `sparsity`. */
-  nonOutlierRatio(block: number, sparsity: number, pruned: PrunedWeights = "excluded"): number {
+  nonOutlierRatio(block: number, sparsity: number, pruned: PrunedWeights = "zero"): number {
     const names = this.spec.linears;
     return nonOutlierRatio(
       names.map((n) => this.elementScores(block, n)),

@@ -29,7 +29,7 @@ export const outlierShare = (scores: readonly ArrayLike<number>[], m = OWL_M): n
  * - "excluded" (an option; see docs/methods.md, "MRP"): only the kept weights count, against the mean of the kept
  *   scores. Pruning removes low scores and raises that mean, so a block's ratio rises as
  *   it is pruned, and MRP keeps choosing the block it just pruned.
- * - "zero": every weight counts, a pruned one with score 0. Pruning lowers the mean, more
+ * - "zero" (the default): every weight counts, a pruned one with score 0. Pruning lowers the mean, more
  *   survivors stand out as outliers and the ratio falls: the feedback that spreads MRP's
  *   steps over the blocks. The rule as the paper means it (docs/methods.md, "MRP").
  */
@@ -44,7 +44,7 @@ export const nonOutlierRatio = (
   scores: readonly ArrayLike<number>[],
   keep: readonly ArrayLike<number>[],
   m = OWL_M,
-  pruned: PrunedWeights = "excluded",
+  pruned: PrunedWeights = "zero",
 ): number => {
   let sum = 0;
   let kept = 0;

@@ -27,8 +27,8 @@ export interface BlockStatistics {
   elementScores(block: number): Float32Array;
   /**
    * MRP's non-outlier ratio of block l when the block alone is pruned at `sparsity` with the
-   * run's metric: over its surviving weights ("excluded", today's default) or over all its
-   * weights with pruned ones scored 0 ("zero", the rule as the paper means it; see
+   * run's metric: over all its weights with pruned ones scored 0 ("zero", the default: the rule as the
+   * paper means it) or over its surviving weights ("excluded", an option; see
    * docs/methods.md, "MRP"). Deterministic.
    */
   nonOutlierRatio(block: number, sparsity: number, pruned?: "excluded" | "zero"): number;
