@@ -236,36 +236,49 @@ export class Decoder {
    * synchronous reads).
    */
   nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): Promise<{ nll: number; count: number }> {
+    const { parts, count } = this.headChunks(ids, targets, batch, seqlen, (logits, scoredTargets) => weightedNllSum(logits, tf.tensor1d(scoredTargets, "int32"), tf.ones([scoredTargets.length])));
+    if (count === 0) return Promise.resolve({ nll: 0, count: 0 });
+    const total = tf.tidy(() => sumAll(parts));
+    // A single part is its own sum.
+    tf.dispose(parts.filter((t) => t !== total));
+    return readAndDispose(total).then((values) => ({ nll: values[0]!, count }));
+  }
+
+  /**
+   * `f` applied to the head logits of the scored positions (targets[i] >= 0), at most
+   * HEAD_ROWS rows at a time, in order: f gets the chunk's logits [n, vocab], its targets and
+   * the index of its first row among the scored positions. The tensors f returns are kept
+   * (the caller disposes them); everything else is freed. For per-token scores beyond the
+   * NLL (the KL divergence from a reference distribution), without pulling logits back.
+   */
+  headChunks<T extends tf.Tensor>(
+    ids: Int32Array,
+    targets: Int32Array,
+    batch: number,
+    seqlen: number,
+    f: (logits: tf.Tensor2D, targets: Int32Array, first: number) => T,
+  ): { parts: T[]; count: number } {
     this.checkLive();
     this.checkWindow(ids, batch, seqlen);
     const scored = this.scoredPositions(targets, ids.length);
-    if (scored.rows.length === 0) return Promise.resolve({ nll: 0, count: 0 });
+    if (scored.rows.length === 0) return { parts: [], count: 0 };
     const x = this.hiddenStates(ids, batch, seqlen);
-    let total: tf.Tensor;
     try {
-      total = tf.tidy(() => {
+      const parts = tf.tidy(() => {
         const rows = scored.rows.length === ids.length ? x : copyRows(x, scored.rows);
         const head = this.headWeight();
         const picked = this.headInput(rows);
-        const parts: tf.Scalar[] = [];
+        const out: T[] = [];
         for (let start = 0; start < scored.rows.length; start += HEAD_ROWS) {
           const n = Math.min(HEAD_ROWS, scored.rows.length - start);
-          parts.push(
-            tf.tidy(() =>
-              weightedNllSum(
-                tf.matMul(takeRange(picked, 0, start, n), head),
-                tf.tensor1d(scored.targets.subarray(start, start + n), "int32"),
-                tf.ones([n]),
-              ),
-            ),
-          );
+          out.push(tf.tidy(() => f(tf.matMul(takeRange(picked, 0, start, n), head), scored.targets.subarray(start, start + n), start)));
         }
-        return sumAll(parts);
+        return out;
       });
+      return { parts, count: scored.rows.length };
     } finally {
       x.dispose();
     }
-    return readAndDispose(total).then((values) => ({ nll: values[0]!, count: scored.rows.length }));
   }
 
   /**
