@@ -1,6 +1,7 @@
 import { resolve } from "node:path";
 import type { Argv } from "yargs";
 import type { StructuredImportance } from "../prune/structured.ts";
+import type { FitnessMeasure } from "../search/fitness.ts";
 import { hideBin } from "yargs/helpers";
 import type { BackendChoice } from "../backend/backend.ts";
 import type { TextFormat } from "../data/text-source.ts";
@@ -45,6 +46,7 @@ export interface SearchArgs {
   batch: number;
   structured?: StructuredImportance;
   fusionSteps?: number;
+  fitness?: FitnessMeasure;
   out?: string;
   resume?: string;
   json: boolean;
@@ -62,11 +64,11 @@ const whatWasPruned = (s: SearchSummary): string => {
 export const comparisonTable = (s: SearchSummary): string => {
   const rows = s.final.results.map((r) => `| ${r.method} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} |`);
   return [
-    `best ${s.settings.method}: ${s.best.genome} (validation perplexity ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
+    `best ${s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : "perplexity"} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
     "",
     `${whatWasPruned(s)}; test perplexity on ${s.final.windows} windows of ${s.final.seqlen} from ${s.final.data} (dense ${s.final.dense.toFixed(3)})`,
     "",
-    "| allocation | validation ppl | test ppl |",
+    `| allocation | validation ${s.settings.fitness ?? "ppl"} | test ppl |`,
     "| --- | ---: | ---: |",
     ...rows,
     "",
@@ -132,7 +134,7 @@ const RESUME_CHANGES = `${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --wor
 
 export const searchCommand = {
   command: "search",
-  describe: "Search a per-block allocation with a method plugin, scored by validation perplexity",
+  describe: "Search a per-block allocation with a method plugin, scored by validation perplexity or KL from the dense model",
   builder: (y: Argv) =>
     tableOptions(y, SEARCH_FLAGS)
       .option("workers", numberOption("workers", { ...WHOLE_POSITIVE, default: 1, describe: "fitness evaluations in parallel (worker threads, each with its own model; capped at the cores and memory)" }))

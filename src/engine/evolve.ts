@@ -7,6 +7,13 @@
  * then saves the state and reports. It knows nothing of what a phenotype is. Without a
  * `strategy` option it runs the generational GA (generational.ts).
  *
+ * The run's best: the lowest default-fidelity score seen (only those are comparable
+ * across generations), and patience counts generations without a lower one. A strategy
+ * that defines `leader` (it scores on fresh minibatches, as EvoPress does) names the best
+ * itself: after every generation the best is its leader, with the score it chose it on,
+ * and patience counts generations in which the leader's phenotype key did not change;
+ * while it names none (no finite score yet), the best stays what it was.
+ *
  * Reproducibility: generation g draws only from `new Rng(seed).split(g)`, so no RNG state
  * is stored and nothing depends on how the host batches or parallelises evaluations. The
  * state saved after every generation is enough to resume into exactly the history an
@@ -51,7 +58,10 @@ export interface EvolveOptions<G, P, E = never, R = never> extends Partial<Gener
   readonly budgetEvals?: number;
   /** Wall-clock limit, checked between generations. */
   readonly timeBudgetSeconds?: number;
-  /** Stop after this many generations without a better best fitness. */
+  /**
+   * Stop after this many generations without a better best fitness (with a strategy that
+   * has a leader: without a change of leader).
+   */
   readonly patience?: number;
   readonly checkpoint?: EngineCheckpoint;
   readonly onGeneration?: (record: GenerationRecord) => void;
@@ -95,6 +105,7 @@ export const evolve = <G, P, E = never, R = never>(
     const limits = yield* checkEngineLimits(options);
     const { population, elitism, tournament, crossoverRate, mutationRate } = options;
     const strategy: Strategy<G, P> = options.strategy ?? generational<G, P>({ population: population!, elitism, tournament, crossoverRate, mutationRate });
+    const leads = strategy.leader !== undefined;
     const { genome } = options;
     const saved = options.checkpoint?.load();
     if (saved !== undefined && saved.seed !== options.seed) {
@@ -208,6 +219,8 @@ export const evolve = <G, P, E = never, R = never>(
           // Only default-fidelity scores are comparable across the run.
           if (tokens !== undefined) continue;
           values.push(fitness.value);
+          // A strategy with a leader names the best itself, once the generation ends.
+          if (leads) continue;
           if (best === undefined || fitness.value < best.fitness) {
             best = { genome: genomes[i]!, key: keys[i]!, fitness: fitness.value };
             improved = true;
@@ -221,6 +234,14 @@ export const evolve = <G, P, E = never, R = never>(
         if (!complete) break;
       }
 
+      const leader = strategy.leader?.(state);
+      if (leader !== undefined) {
+        if (!Number.isFinite(leader.fitness)) {
+          return yield* Effect.die(new Error(`strategy ${strategy.name} leads with a non-finite fitness ${leader.fitness}`));
+        }
+        improved = best === undefined || leader.key !== best.key;
+        best = { genome: leader.genome, key: leader.key, fitness: leader.fitness };
+      }
       stale = improved ? 0 : stale + 1;
       generation += 1;
       const secondsNow = yield* elapsed;

@@ -58,7 +58,10 @@ export interface GenerationRecord {
   readonly size: number;
   /** Real evaluations so far, this generation included. */
   readonly evaluations: number;
-  /** Best fitness so far; undefined while every evaluation has failed. */
+  /**
+   * Best fitness so far; undefined while every evaluation has failed. With a strategy that
+   * has a leader: the leader's fitness, the score it was chosen on.
+   */
   readonly best: number | undefined;
   /** Median of the generation's successful fitness values on the host's default fidelity. */
   readonly median: number | undefined;
@@ -79,12 +82,12 @@ export const EngineState = Schema.Struct({
   evaluations: Count,
   /** Wall-clock seconds spent by the runs before this state was saved. */
   seconds: Schema.Finite,
-  /** Generations since the best fitness last improved. */
+  /** Generations since the best fitness last improved (with a leader: since the leader last changed). */
   stale: Count,
   /** Fitness by phenotype key, on the host's default fidelity (the only fidelity cached across generations). */
   cache: Schema.Array(Schema.Tuple([Schema.String, StoredFitness])),
   history: Schema.Array(HistoryRecord),
-  /** The best so far, genome as `genome.encode` gives it. */
+  /** The best so far (with a leader: the latest leader), genome as `genome.encode` gives it. */
   best: Best,
   /** The strategy's own state, as its `encode` gives it; `name` must match the resuming strategy's. */
   strategy: Schema.Struct({ name: Schema.String, state: Schema.Unknown }),

@@ -60,6 +60,16 @@ export interface Told<G> {
 }
 
 /**
+ * The candidate a strategy stands behind, with the score it chose it on: `key` is its
+ * phenotype key and `fitness` a finite value (see `Strategy.leader`).
+ */
+export interface Leader<G> {
+  readonly genome: G;
+  readonly key: string;
+  readonly fitness: number;
+}
+
+/**
  * The methods are declared as methods, not function properties, so that any
  * `Strategy<G, P, S>` is a `Strategy<G, P>`: the driver treats the state as opaque.
  */
@@ -71,6 +81,15 @@ export interface Strategy<G, P, S = unknown> {
   /** Candidates of `context.stage`; undefined (or none) after stage 0 ends the generation. */
   ask(state: S, context: StageContext<G, P>): Proposal<G> | undefined;
   tell(state: S, told: Told<G>, context: StageContext<G, P>): S;
+  /**
+   * Optional: the candidate the strategy currently stands behind (EvoPress: its parent,
+   * with its last-stage score), undefined while it has none with a finite score. A
+   * strategy that scores on minibatches drawn afresh per generation defines it, because
+   * such scores are not comparable across generations: the driver then reports the leader
+   * as the run's best and counts patience by whether the leader changed, instead of
+   * taking the lowest default-fidelity score it has seen (see evolve.ts).
+   */
+  leader?(state: S): Leader<G> | undefined;
   /** JSON-safe form of the state, genomes through `genome.encode`. */
   encode(state: S, genome: Genome<G, P>): unknown;
   /** The state from `encode`'s JSON; throws on JSON it cannot read. */

@@ -5,8 +5,10 @@
  * window is first used, and kept on the backend as its top-k entries: k token ids and
  * probabilities per position. With K the top-k set of a position, p the dense and q the
  * pruned distribution and z the pruned logits,
- *   KL_K = sum_{v in K} p_v (log p_v - log q_v) = sum_K p log p + (sum_K p) lse(z) - sum_K p z_v,
- * the first term a constant of the window. When k is the vocabulary this is the exact KL;
+ *   KL_K = sum_{v in K} p_v (log p_v - log q_v),  log q_v = z_v - lse(z),
+ * the difference taken per entry before any sum: for a model close to the dense one both
+ * logs are large and nearly equal, and summing them apart would cancel in float32. When k
+ * is the vocabulary this is the exact KL;
  * a smaller k drops the dense tail (EvoPress offers the same for large vocabularies).
  * Positions are those perplexity scores (targets >= 0), so both fitnesses count the same
  * tokens.
@@ -22,14 +24,12 @@ interface ReferenceChunk {
   readonly flat: tf.Tensor1D;
   /** Their dense probabilities, [n, k]. */
   readonly p: tf.Tensor2D;
-  /** Sum of p per row, [n]. */
-  readonly mass: tf.Tensor1D;
+  /** Their dense log-probabilities, [n, k]. */
+  readonly logp: tf.Tensor2D;
 }
 
 interface WindowReference {
   readonly chunks: ReferenceChunk[];
-  /** sum_K p log p over the window's positions. */
-  readonly selfTerm: number;
 }
 
 /** log-sum-exp of each row of z [n, vocab], [n]. */
@@ -52,28 +52,18 @@ export class DenseReference {
     for (const w of windows) {
       if (this.windows.has(w)) continue;
       const k = Math.min(this.topK, dense.spec.vocabSize);
-      const selfTerms: tf.Scalar[] = [];
-      const chunkParts: Array<{ flat: tf.Tensor1D; mass: tf.Tensor1D }> = [];
+      const chunkParts: Array<{ flat: tf.Tensor1D; logp: tf.Tensor2D }> = [];
       const { parts } = dense.headChunks(w.ids, w.targets, 1, w.ids.length, (z) => {
         const [n, vocab] = z.shape;
         const { values, indices } = tf.topk(z, k);
-        const logp = tf.sub(values, tf.reshape(logSumExp(z), [n, 1]));
-        const p = tf.exp(logp) as tf.Tensor2D;
+        const logp = tf.sub(values, tf.reshape(logSumExp(z), [n, 1])) as tf.Tensor2D;
         const rows = tf.mul(tf.reshape(tf.range(0, n, 1, "int32"), [n, 1]), tf.scalar(vocab, "int32"));
         const flat = tf.reshape(tf.add(indices, rows), [-1]) as tf.Tensor1D;
-        const mass = tf.sum(p, 1) as tf.Tensor1D;
-        selfTerms.push(tf.keep(tf.sum(tf.mul(p, logp)) as tf.Scalar));
-        tf.keep(flat);
-        tf.keep(mass);
         // headChunks keeps what f returns (p); the chunk's other tensors are kept here.
-        chunkParts.push({ flat, mass });
-        return p;
+        chunkParts.push({ flat: tf.keep(flat), logp: tf.keep(logp) });
+        return tf.exp(logp) as tf.Tensor2D;
       });
-      const chunks = parts.map((p, i) => ({ ...chunkParts[i]!, p }));
-      const total = tf.tidy(() => sumAll(selfTerms));
-      const selfTerm = (await total.data())[0]!;
-      tf.dispose([total, ...selfTerms.filter((t) => t !== total)]);
-      this.windows.set(w, { chunks, selfTerm });
+      this.windows.set(w, { chunks: parts.map((p, i) => ({ ...chunkParts[i]!, p })) });
     }
   }
 
@@ -91,7 +81,7 @@ export class DenseReference {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const r of this.windows.values()) for (const c of r.chunks) tf.dispose([c.flat, c.p, c.mass]);
+    for (const r of this.windows.values()) for (const c of r.chunks) tf.dispose([c.flat, c.p, c.logp]);
     this.windows.clear();
   }
 }
@@ -112,13 +102,13 @@ export const klDivergence = async (model: Decoder, windows: readonly Window[], r
       // Every chunk but the last has the first one's rows, so `first` names the chunk.
       const chunk = ref.chunks[first / ref.chunks[0]!.p.shape[0]]!;
       const [n, k] = chunk.p.shape;
-      const zK = tf.reshape(tf.gather(tf.reshape(z, [-1]), chunk.flat), [n, k]);
-      return tf.sub(tf.sum(tf.mul(chunk.mass, logSumExp(z))), tf.sum(tf.mul(chunk.p, zK))) as tf.Scalar;
+      const logq = tf.sub(tf.reshape(tf.gather(tf.reshape(z, [-1]), chunk.flat), [n, k]), tf.reshape(logSumExp(z), [n, 1]));
+      return tf.sum(tf.mul(chunk.p, tf.sub(chunk.logp, logq))) as tf.Scalar;
     });
     const sum = tf.tidy(() => sumAll(parts));
     const value = (await sum.data())[0]!;
     tf.dispose([sum, ...parts.filter((t) => t !== sum)]);
-    total += value + ref.selfTerm;
+    total += value;
     tokens += count;
   }
   return { kl: total / tokens, tokens };

@@ -27,7 +27,7 @@ import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
 import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
 import type { Pruner } from "../prune/pruner.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
-import { methodContext } from "../search/fitness.ts";
+import { FITNESS_MEASURES, methodContext } from "../search/fitness.ts";
 import { openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin } from "../search/registry.ts";
@@ -79,6 +79,8 @@ export const SearchSettings = Schema.Struct({
   structured: Schema.optional(Schema.Literals(STRUCTURED_IMPORTANCES)),
   /** HyWIA: steps learning its fusion weights. */
   fusionSteps: Schema.optional(Schema.Int),
+  /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
+  fitness: Schema.optional(Schema.Literals(FITNESS_MEASURES)),
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
@@ -117,6 +119,12 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
     describe: "search per-block ratios of whole key/value head groups and MLP channels removed, scored by this importance (--sparsity: the fraction of prunable weights)",
   },
   fusionSteps: STRUCTURED_FLAGS.fusionSteps,
+  fitness: {
+    flag: "fitness",
+    kind: "choice",
+    choices: FITNESS_MEASURES,
+    describe: "fitness: perplexity of the pruned model (ppl, the default) or its KL divergence per token from the dense model (kl)",
+  },
 };
 
 /** Settings of a new run as given; seqlen may be left for the model's context. */
@@ -380,6 +388,12 @@ export const searchJob = (request: SearchRequest) =>
       if (settings.fusionSteps !== undefined && settings.structured !== "hywia") {
         return yield* new UsageError({ problem: "--fusion-steps applies to --structured hywia" });
       }
+      if (settings.structured && settings.fitness === "kl") {
+        return yield* new UsageError({ problem: "--fitness kl is for unstructured pruning: a structured search scores perplexity" });
+      }
+      if (settings.structured && plugin.method.kind === "evolve" && plugin.method.strategy) {
+        return yield* new UsageError({ problem: `method ${plugin.name} searches per linear on token minibatches; a structured search takes a per-block method (${["dsa", "msp"].join(", ")}, ...)` });
+      }
       if (settings.structured && pattern.kind !== "unstructured") {
         return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
       }
@@ -414,6 +428,8 @@ export const searchJob = (request: SearchRequest) =>
         batch: s.batch,
         // The backend the main thread got, so that workers never resolve "auto" differently.
         backend: backend.name as BackendChoice,
+        fitness: s.fitness ?? "ppl",
+        searchSeed: s.seed,
         ...(s.structured ? { structured: { importance: s.structured as StructuredImportance, target: targetOf(pattern, s.sparsity), ...(s.fusionSteps !== undefined ? { fusionSteps: s.fusionSteps } : {}) } } : {}),
       });
       const setup = setupOf(settings);
@@ -442,7 +458,7 @@ export const searchJob = (request: SearchRequest) =>
       const workers = excess === undefined ? request.workers : workerLimit(budget);
       if (excess !== undefined) log(`--workers ${request.workers} capped at ${workers}: ${excess} (the history does not depend on the worker count)`);
       log(
-        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.structured ? "" : `${settings.mode} `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
+        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${workers} worker${workers > 1 ? "s" : ""}; folder ${dir}`,
       );
 
@@ -450,10 +466,10 @@ export const searchJob = (request: SearchRequest) =>
       let evaluationSeconds = 0;
       const evaluator: FitnessEvaluator = {
         workers: pool.workers,
-        evaluate: (batch) =>
+        evaluate: (batch, fidelity) =>
           Effect.suspend(() => {
             const start = performance.now();
-            return pool.evaluate(batch).pipe(Effect.ensuring(Effect.sync(() => (evaluationSeconds += (performance.now() - start) / 1000))));
+            return pool.evaluate(batch, fidelity).pipe(Effect.ensuring(Effect.sync(() => (evaluationSeconds += (performance.now() - start) / 1000))));
           }),
       };
       const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));

@@ -11,6 +11,7 @@
 import type { Allocation, Layout } from "../allocation/allocation.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
 import type { Window } from "../data/windows.ts";
+import { klDivergence, type DenseReference, type KlResult } from "../eval/kl.ts";
 import { perplexity, type PerplexityResult } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
 import type { HostBlock } from "../model/spec.ts";
@@ -113,6 +114,27 @@ export class Pruner {
     const start = performance.now();
     try {
       return await perplexity(this.decoder, windows, options);
+    } finally {
+      this.timings.evaluation += (performance.now() - start) / 1000;
+    }
+  }
+
+  /**
+   * Adds the dense distributions of windows `reference` does not hold yet, with the dense
+   * blocks installed for it (call before `apply`: it may restore the dense model).
+   */
+  async addDenseReference(windows: readonly Window[], reference: DenseReference): Promise<void> {
+    const missing = windows.filter((w) => !reference.has(w));
+    if (missing.length === 0) return;
+    this.restoreDense();
+    await reference.add(this.decoder, missing);
+  }
+
+  /** KL(dense || model as installed) per token; the windows' dense reference added first. */
+  async kl(windows: readonly Window[], reference: DenseReference): Promise<KlResult> {
+    const start = performance.now();
+    try {
+      return await klDivergence(this.decoder, windows, reference);
     } finally {
       this.timings.evaluation += (performance.now() - start) / 1000;
     }

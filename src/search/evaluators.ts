@@ -4,16 +4,17 @@
  * given, so the search's history does not depend on the number of workers.
  */
 import { Effect, Queue } from "effect";
-import type { Fitness } from "../engine/genome.ts";
+import type { Fidelity, Fitness } from "../engine/genome.ts";
 import { WorkerError } from "../errors.ts";
 import { spawnTsWorker, WorkerChannel } from "../workers/spawn.ts";
 import { configureNativeThreads } from "../backend/native-blas.ts";
-import type { FitnessModel, FitnessSetup, FitnessWorkerData } from "./fitness-setup.ts";
+import type { FitnessModel, FitnessRequest, FitnessSetup, FitnessWorkerData } from "./fitness-setup.ts";
 import type { BlockAllocation } from "./plugin.ts";
 
 export interface FitnessEvaluator {
   readonly workers: number;
-  evaluate(batch: readonly BlockAllocation[]): Effect.Effect<readonly Fitness[], Error>;
+  /** Scores a batch on the default fitness windows, or for a fidelity with tokens on its stage's minibatch. */
+  evaluate(batch: readonly BlockAllocation[], fidelity?: Fidelity): Effect.Effect<readonly Fitness[], Error>;
 }
 
 export const inProcessEvaluator = (model: FitnessModel, onEach?: () => void): FitnessEvaluator => {
@@ -21,11 +22,11 @@ export const inProcessEvaluator = (model: FitnessModel, onEach?: () => void): Fi
   return {
     workers: 1,
     // One candidate after another: they share the one model.
-    evaluate: (batch) =>
+    evaluate: (batch, fidelity) =>
       Effect.forEach(batch, (allocation) =>
         Effect.promise(async () => {
           const start = performance.now();
-          const fitness = await score(allocation);
+          const fitness = await score(allocation, fidelity);
           onEach?.();
           return { ...fitness, seconds: (performance.now() - start) / 1000 };
         }),
@@ -65,7 +66,7 @@ export const workerPoolEvaluator = (
         // Each candidate borrows a free worker and gives it back; Effect runs as many at
         // once as there are workers, keeps the batch order, and interrupts the lot if the
         // search is interrupted (the scope then terminates the threads).
-        evaluate: (batch) =>
+        evaluate: (batch, fidelity) =>
           Effect.gen(function* () {
             const free = yield* Queue.unbounded<WorkerChannel>();
             for (const channel of channels) yield* Queue.offer(free, channel);
@@ -79,7 +80,7 @@ export const workerPoolEvaluator = (
                     // the worker itself broke, which says nothing of the candidate: the search
                     // stops with it, and nothing of it is cached.
                     Effect.tryPromise({
-                      try: () => channel.request<Fitness>(allocation),
+                      try: () => channel.request<Fitness>({ allocation, ...(fidelity ? { fidelity } : {}) } satisfies FitnessRequest),
                       catch: (e) => new WorkerError({ problem: (e as Error)?.message ?? String(e) }),
                     }).pipe(
                       Effect.tap(() => Effect.sync(() => onEach?.())),

@@ -12,8 +12,11 @@ import type { Pruner } from "../prune/pruner.ts";
 import { createPruner, openCalibratedModel, type CalibrationSetup, type PrunerSetup } from "../prune/setup.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { StructuredImportance } from "../prune/structured.ts";
-import type { Fitness } from "../engine/genome.ts";
-import { allocationFitness } from "./fitness.ts";
+import { fitnessFailed, type Fidelity, type Fitness } from "../engine/genome.ts";
+import { UsageError } from "../errors.ts";
+import { DenseReference } from "../eval/kl.ts";
+import { stageWindows } from "./minibatch.ts";
+import { allocationFitness, type FitnessMeasure } from "./fitness.ts";
 import type { BlockAllocation, Pattern } from "./plugin.ts";
 import { structuredFitness, type StructuredFitness } from "./structured-fitness.ts";
 
@@ -26,8 +29,18 @@ export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
   readonly fitnessData: string;
   readonly fitnessWindows: number;
   readonly backend: BackendChoice;
+  /** What fitness measures (default ppl). */
+  readonly fitness?: FitnessMeasure;
+  /** Seed of the stage minibatches (the search's seed). */
+  readonly searchSeed?: number;
   /** Structured pruning: whole groups removed at each block's ratio, scored by this importance. */
   readonly structured?: { readonly importance: StructuredImportance; readonly target: number; readonly fusionSteps?: number };
+}
+
+/** What a fitness worker is asked: one candidate, at a fidelity (the default windows when absent). */
+export interface FitnessRequest {
+  readonly allocation: BlockAllocation;
+  readonly fidelity?: Fidelity;
 }
 
 /** What a fitness worker thread is started with: the setup, and how many workers compute at once. */
@@ -42,8 +55,11 @@ export interface FitnessModel {
   readonly calibration: Int32Array[];
   readonly pruner: Pruner;
   readonly windows: Window[];
-  /** Fitness of per-block sparsities on `windows`: pruned by the pruner, or cut structurally. */
-  score(sparsities: BlockAllocation): Promise<Fitness>;
+  /**
+   * Fitness of per-block sparsities: pruned by the pruner, or cut structurally; on
+   * `windows`, or for a fidelity with tokens on that stage's minibatch of the fitness text.
+   */
+  score(sparsities: BlockAllocation, fidelity?: Fidelity): Promise<Fitness>;
   /** Present for structured runs. */
   readonly structured?: StructuredFitness;
   dispose(): void;
@@ -57,8 +73,23 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
     const structured = setup.structured
       ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1 })
       : undefined;
+    if (structured && setup.fitness === "kl") throw new UsageError({ problem: "--fitness kl is for unstructured pruning; structured searches score perplexity" });
+    const reference = setup.fitness === "kl" ? new DenseReference() : undefined;
+    // Every window of the fitness text, drawn from for stage minibatches; read when first needed.
+    let pool: Window[] | undefined;
+    const windowsFor = (fidelity?: Fidelity): readonly Window[] => {
+      if (fidelity?.tokens === undefined) return windows;
+      pool ??= evaluationWindows({ data: setup.fitnessData, format: "text" }, model.tokenizer, model.seqlen);
+      return stageWindows(pool, fidelity.tokens, setup.searchSeed ?? 0, fidelity.generation, fidelity.stage);
+    };
     return {
-      score: structured ? structured.score : allocationFitness(pruner, windows, setup.pattern),
+      score: (sparsities, fidelity) => {
+        if (structured) {
+          if (fidelity?.tokens !== undefined) return Promise.resolve(fitnessFailed("structured fitness has no stage minibatches"));
+          return structured.score(sparsities);
+        }
+        return allocationFitness(pruner, windowsFor(fidelity), setup.pattern, reference)(sparsities);
+      },
       ...(structured ? { structured } : {}),
       checkpoint: model.checkpoint,
       tokenizer: model.tokenizer,
@@ -66,6 +97,7 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
       pruner,
       windows,
       dispose: () => {
+        reference?.dispose();
         pruner.dispose();
         model.close();
       },

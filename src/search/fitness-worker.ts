@@ -5,8 +5,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { initBackend } from "../backend/backend.ts";
 import { serve } from "../workers/spawn.ts";
-import { openFitnessModel, type FitnessWorkerData } from "./fitness-setup.ts";
-import type { BlockAllocation } from "./plugin.ts";
+import { openFitnessModel, type FitnessRequest, type FitnessWorkerData } from "./fitness-setup.ts";
 
 const setup = workerData.data as FitnessWorkerData;
 await initBackend(setup.backend, { share: setup.share });
@@ -14,9 +13,9 @@ const model = openFitnessModel(setup);
 const score = model.score;
 
 // null asks whether the model is ready: answered once the setup above has finished.
-await serve(parentPort!, async (allocation: BlockAllocation | null) => {
-  if (allocation === null) return { value: "ready" };
+await serve(parentPort!, async (request: FitnessRequest | null) => {
+  if (request === null) return { value: "ready" };
   const start = performance.now();
-  const fitness = await score(allocation);
+  const fitness = await score(request.allocation, request.fidelity);
   return { value: { ...fitness, seconds: (performance.now() - start) / 1000 } };
 });

@@ -6,6 +6,7 @@ import { blockParams } from "../allocation/allocation.ts";
 import { toAllocation, type BlockAllocation, type Pattern } from "../allocation/pattern.ts";
 import { defaultBounds, type Bounds } from "../allocation/project.ts";
 import type { Window } from "../data/windows.ts";
+import type { DenseReference } from "../eval/kl.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
 import type { Pruner } from "../prune/pruner.ts";
 import type { DenseStatistics } from "../prune/dense-statistics.ts";
@@ -44,14 +45,26 @@ export const methodContext = async (
   };
 };
 
+/** What a fitness measures: the pruned model's perplexity, or its KL divergence from the dense model per token. */
+export type FitnessMeasure = "ppl" | "kl";
+export const FITNESS_MEASURES = ["ppl", "kl"] as const satisfies readonly FitnessMeasure[];
+
 /**
- * Perplexity of the model pruned at an allocation. Failures of one candidate (a singular
- * Hessian, a non-finite loss) become a failed Fitness, so a search records them and goes on.
+ * Perplexity of the model pruned at an allocation, or with a dense reference its
+ * KL(dense || pruned) per token. Failures of one candidate (a singular Hessian, a
+ * non-finite loss) become a failed Fitness, so a search records them and goes on.
  */
 export const allocationFitness =
-  (pruner: Pruner, windows: readonly Window[], pattern: Pattern) =>
+  (pruner: Pruner, windows: readonly Window[], pattern: Pattern, reference?: DenseReference) =>
   async (sparsities: BlockAllocation): Promise<Fitness> => {
     try {
+      if (reference) {
+        // Before apply: adding a window's reference installs the dense model.
+        await pruner.addDenseReference(windows, reference);
+        await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
+        const result = await pruner.kl(windows, reference);
+        return { ...fitnessOk(result.kl), tokens: result.tokens };
+      }
       await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
       const result = await pruner.perplexity(windows);
       // Tokens scored: what the evaluation cost, recorded in the search's history.

@@ -7,11 +7,13 @@
  * Three kinds of method share this interface, so every method is run and reported alike:
  *  - direct:  one allocation computed from statistics (uniform, owl, mrp);
  *  - grid:    a finite list of candidates, the best by fitness wins (atp);
- *  - evolve:  a genome handed to the evolutionary engine (dsa, msp, msp-nm).
+ *  - evolve:  a genome handed to the evolutionary engine (dsa, msp, msp-nm, evopress), and
+ *             optionally the engine strategy to run it with (evopress: staged (1+λ)).
  */
 import type { Schema } from "effect";
 import type { Bounds } from "../allocation/project.ts";
 import type { Genome } from "../engine/genome.ts";
+import type { Strategy } from "../engine/strategy.ts";
 import type { BlockAllocation, Pattern } from "../allocation/pattern.ts";
 
 // A plugin's whole interface is this module, so it re-exports the allocation types it uses.
@@ -62,7 +64,15 @@ export interface GridCandidate {
 export type Method<Space> =
   | { readonly kind: "direct"; allocate(context: MethodContext, space: Space): BlockAllocation }
   | { readonly kind: "grid"; candidates(context: MethodContext, space: Space): readonly GridCandidate[] }
-  | { readonly kind: "evolve"; genome(context: MethodContext, space: Space): Genome<any, BlockAllocation> };
+  | {
+      readonly kind: "evolve";
+      genome(context: MethodContext, space: Space): Genome<any, BlockAllocation>;
+      /**
+       * The engine strategy to search with, over genomes of `genome`; without it the
+       * engine's generational GA, sized by the run's population.
+       */
+      strategy?(context: MethodContext, space: Space): Strategy<any, BlockAllocation>;
+    };
 
 export interface MethodPlugin<Space = unknown> {
   /** The name used on the command line: `--method <name>`. */

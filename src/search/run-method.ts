@@ -9,7 +9,7 @@ import { Effect } from "effect";
 import type { Bounds } from "../allocation/project.ts";
 import { effectiveBounds } from "../allocation/space-schema.ts";
 import { Rng } from "../rng.ts";
-import type { Fitness } from "../engine/genome.ts";
+import type { Fidelity, Fitness } from "../engine/genome.ts";
 import { evolve, type EngineCheckpoint } from "../engine/evolve.ts";
 import type { GenerationRecord, HistoryRecord, StopReason } from "../engine/state.ts";
 import type { BlockAllocation, MethodContext, MethodPlugin } from "./plugin.ts";
@@ -93,7 +93,7 @@ export const runMethod = <Space>(
   space: Space,
   context: MethodContext,
   settings: EngineRun,
-  evaluator: { evaluate(batch: readonly BlockAllocation[]): Effect.Effect<readonly Fitness[], Error> },
+  evaluator: { evaluate(batch: readonly BlockAllocation[], fidelity?: Fidelity): Effect.Effect<readonly Fitness[], Error> },
   phenotypeKey: (s: BlockAllocation) => string,
   checkpoint: EngineCheckpoint,
   onGeneration: (record: GenerationRecord) => void,
@@ -103,10 +103,11 @@ export const runMethod = <Space>(
     if (method.kind === "evolve") {
       const result = yield* evolve({
         genome: method.genome(context, space),
+        ...(method.strategy !== undefined ? { strategy: method.strategy(context, space) } : {}),
         phenotypeKey,
-        // This host scores on its fixed fitness windows only: the host's default fidelity.
-        evaluate: (batch, fidelity) =>
-          fidelity.tokens === undefined ? evaluator.evaluate(batch) : Effect.die(new Error(`fitness on ${fidelity.tokens} tokens is not supported by the search host`)),
+        // The default fidelity is the host's fixed fitness windows; a stage with tokens, a
+        // minibatch the host draws from (seed, generation, stage).
+        evaluate: (batch, fidelity) => evaluator.evaluate(batch, fidelity),
         seed: settings.seed,
         population: settings.population,
         generations: settings.generations,

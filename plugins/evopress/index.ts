@@ -1,0 +1,208 @@
+/**
+ * EvoPress (IST-DASLab): per-linear sparsity levels searched by staged (1+λ) selection.
+ *
+ * The genome holds one whole level per prunable linear (MethodContext.linears, in that
+ * order). A level is a fixed count of weights, `levelWeights`, so linear j prunes
+ * target x params_j + level_j x levelWeights weights: its sparsity is
+ * target + level_j x levelWeights / params_j. The levels always sum to 0, so the count of
+ * pruned weights, hence the global sparsity, never moves; level 0 everywhere is the
+ * uniform allocation, the first parent. A mutation makes min(U{1,3}, U{1,3}) switches,
+ * each taking one linear down a level and another up one.
+ *
+ * `levelWeights` is the space's `levelSize` times the mean linear's weights (rounded, at
+ * least one weight): EvoPress fixes it as a share of a hidden x hidden matrix, which the
+ * project generalises to any family through the mean linear. Each linear's levels stop
+ * where its sparsity would leave the bounds (the run's, narrowed by the space's) and,
+ * with `maxLevels`, at ±maxLevels, as EvoPress's database of pruned levels stops.
+ */
+import { Schema } from "effect";
+import { projectToTarget } from "../../src/allocation/project.ts";
+import { BoundsSchema, effectiveBounds } from "../../src/allocation/space-schema.ts";
+import type { Genome } from "../../src/engine/genome.ts";
+import { staged, stageSizes, survivorsProblem } from "../../src/engine/staged.ts";
+import { UsageError } from "../../src/errors.ts";
+import type { Rng } from "../../src/rng.ts";
+import type { BlockAllocation, MethodContext, MethodPlugin } from "../../src/search/plugin.ts";
+
+/** More children than this per generation would take longer than any search is run for. */
+const maxOffspring = 10_000;
+
+const atLeastOne = Schema.Int.check(Schema.makeFilter((v: number) => v >= 1 || `${v} is below 1`));
+
+const StageSchema = Schema.Struct({
+  /** Candidates kept for the next stage; 1 in the last stage (the next parent). */
+  survivors: atLeastOne,
+  /** Fitness tokens of the stage's fresh minibatch; absent: the run's fitness windows. */
+  tokens: Schema.optional(atLeastOne),
+});
+
+export const EvoPressSpaceSchema = Schema.Struct({
+  /** Weights per level, as a share of the mean prunable linear's weights. */
+  levelSize: Schema.Finite.check(Schema.makeFilter((v: number) => (v > 0 && v <= 1) || `${v} is outside (0, 1]`)),
+  /** Most levels a linear may move away from the target, either way; absent: only the bounds limit it. */
+  maxLevels: Schema.optional(atLeastOne),
+  /** Children per generation (λ). */
+  offspring: atLeastOne.check(Schema.makeFilter((v: number) => v <= maxOffspring || `${v} is above ${maxOffspring}`)),
+  stages: Schema.Array(StageSchema).check(
+    Schema.makeFilter((stages: readonly unknown[]) => stages.length > 0 || "empty: list at least one stage"),
+  ),
+  bounds: Schema.optional(BoundsSchema),
+}).check(
+  Schema.makeFilter(({ offspring, stages }: { readonly offspring: number; readonly stages: readonly { readonly survivors: number }[] }) => {
+    const sizes = stageSizes(offspring, stages);
+    return stages.flatMap((stage, s) => {
+      const problem = survivorsProblem(stage.survivors, sizes[s]!, s === stages.length - 1);
+      return problem === undefined ? [] : [{ path: ["stages", s, "survivors"], issue: problem }];
+    });
+  }),
+);
+
+export type EvoPressSpace = typeof EvoPressSpaceSchema.Type;
+
+/** A level per prunable linear, in MethodContext.linears order; they sum to 0. */
+export type Levels = readonly number[];
+
+/** The arithmetic of levels for one context: sizes, per-linear ranges and sparsities. */
+export interface LevelGrid {
+  /** Weights one level moves. */
+  readonly levelWeights: number;
+  /** Lowest and highest level of each linear; lowest <= 0 <= highest. */
+  readonly lowest: readonly number[];
+  readonly highest: readonly number[];
+  readonly sparsityAt: (linear: number, level: number) => number;
+}
+
+const sum = (values: readonly number[]): number => values.reduce((a, b) => a + b, 0);
+
+export const levelGrid = (context: MethodContext, space: EvoPressSpace): LevelGrid => {
+  const bounds = effectiveBounds(context.bounds, space.bounds, context.target);
+  const params = context.linears.map((l) => l.params);
+  if (params.length === 0) throw new UsageError({ problem: "evopress needs at least one prunable linear" });
+  const levelWeights = Math.max(1, Math.round((space.levelSize * sum(params)) / params.length));
+  const sparsityAt = (j: number, level: number): number => (level === 0 ? context.target : context.target + (level * levelWeights) / params[j]!);
+  const inside = (j: number, level: number): boolean => {
+    const s = sparsityAt(j, level);
+    return s >= bounds.lo && s <= bounds.hi && (space.maxLevels === undefined || Math.abs(level) <= space.maxLevels);
+  };
+  // Start from the closed form, then step to the exact edge so rounding can never leave a bound.
+  const edge = (j: number, direction: 1 | -1): number => {
+    if (!(params[j]! > 0)) return 0;
+    const room = direction > 0 ? bounds.hi - context.target : context.target - bounds.lo;
+    const steps = Math.min(Math.floor((room * params[j]!) / levelWeights), space.maxLevels ?? Infinity);
+    let level = steps === 0 ? 0 : direction * steps;
+    while (level !== 0 && !inside(j, level)) level -= direction;
+    while (inside(j, level + direction)) level += direction;
+    return level;
+  };
+  const lowest = params.map((_, j) => edge(j, -1));
+  const highest = params.map((_, j) => edge(j, 1));
+  const downs = lowest.filter((l) => l < 0).length;
+  const ups = highest.filter((h) => h > 0).length;
+  // A switch needs a linear that can go down and another that can go up.
+  const oneSwitch = downs > 0 && ups > 0 && !(downs === 1 && ups === 1 && lowest.findIndex((l) => l < 0) === highest.findIndex((h) => h > 0));
+  if (!oneSwitch) {
+    throw new UsageError({
+      problem:
+        `evopress: a level of ${levelWeights} weights (levelSize ${space.levelSize} of the mean linear) leaves no switch within the bounds ` +
+        `[${bounds.lo}, ${bounds.hi}] at sparsity ${context.target}: ${downs} of ${params.length} linears can go down a level, ${ups} up; use a smaller levelSize`,
+    });
+  }
+  return { levelWeights, lowest, highest, sparsityAt };
+};
+
+/**
+ * One switch: a linear that can go down a level, drawn uniformly, and another that can go
+ * up, drawn uniformly (EvoPress's redraw-until-valid, with the two kept distinct); none
+ * when no such pair exists.
+ */
+const switchLevels = (levels: number[], grid: LevelGrid, rng: Rng): void => {
+  const ups: number[] = [];
+  for (let j = 0; j < levels.length; j++) if (levels[j]! < grid.highest[j]!) ups.push(j);
+  // A linear may go down only if some other linear can go up.
+  const downs: number[] = [];
+  for (let j = 0; j < levels.length; j++) {
+    if (levels[j]! > grid.lowest[j]! && (ups.length > 1 || (ups.length === 1 && ups[0] !== j))) downs.push(j);
+  }
+  if (downs.length === 0) return;
+  const down = downs[rng.int(downs.length)]!;
+  const others = ups.filter((j) => j !== down);
+  const up = others[rng.int(others.length)]!;
+  levels[down] -= 1;
+  levels[up] += 1;
+};
+
+/** EvoPress's mutation: min(U{1,3}, U{1,3}) switches, biased towards few. */
+export const mutateLevels = (levels: Levels, grid: LevelGrid, rng: Rng): number[] => {
+  const next = [...levels];
+  const switches = Math.min(1 + rng.int(3), 1 + rng.int(3));
+  for (let k = 0; k < switches; k++) switchLevels(next, grid, rng);
+  return next;
+};
+
+/**
+ * Uniform crossover, then a repair back to a zero sum that moves linears only towards
+ * the other parent's level: the sum of the smaller levels is <= 0 <= the sum of the
+ * larger ones, so the repair always ends, inside both parents' ranges.
+ */
+const crossLevels = (a: Levels, b: Levels, rng: Rng): number[] => {
+  const child = a.map((v, j) => (rng.next() < 0.5 ? v : b[j]!));
+  for (let excess = sum(child); excess !== 0; excess = sum(child)) {
+    const step = excess > 0 ? -1 : 1;
+    const movable: number[] = [];
+    for (let j = 0; j < child.length; j++) {
+      const limit = step < 0 ? Math.min(a[j]!, b[j]!) : Math.max(a[j]!, b[j]!);
+      if (child[j] !== limit) movable.push(j);
+    }
+    child[movable[rng.int(movable.length)]] += step;
+  }
+  return child;
+};
+
+const checkLevels = (json: unknown, grid: LevelGrid): number[] => {
+  const count = grid.lowest.length;
+  if (!Array.isArray(json) || json.length !== count) throw new RangeError(`invalid EvoPress genome: expected a list of ${count} levels`);
+  json.forEach((level: unknown, j) => {
+    if (!(Number.isInteger(level) && (level as number) >= grid.lowest[j]! && (level as number) <= grid.highest[j]!)) {
+      throw new RangeError(`invalid EvoPress genome: level ${JSON.stringify(level)} of linear ${j} is not a whole number in ${grid.lowest[j]}..${grid.highest[j]}`);
+    }
+  });
+  if (sum(json as number[]) !== 0) throw new RangeError(`invalid EvoPress genome: the levels sum to ${sum(json as number[])}, not 0`);
+  return [...(json as number[])];
+};
+
+const evoPressGenome = (context: MethodContext, space: EvoPressSpace): Genome<Levels, BlockAllocation> => {
+  const grid = levelGrid(context, space);
+  const bounds = effectiveBounds(context.bounds, space.bounds, context.target);
+  const params = context.linears.map((l) => l.params);
+  const uniform = params.map(() => 0);
+  return {
+    // Index 0, the parent the staged search starts from, is uniform; the generational GA
+    // would ask more, each a mutation of it.
+    create: (rng, index) => (index === 0 ? [...uniform] : mutateLevels(uniform, grid, rng)),
+    mutate: (levels, rng) => mutateLevels(levels, grid, rng),
+    crossover: (a, b, rng) => crossLevels(a, b, rng),
+    key: (levels) => levels.join(","),
+    // The levels sum to 0, so the mean is the target up to rounding, which the projection
+    // (a no-op on a valid vector) absorbs.
+    decode: (levels) => projectToTarget(levels.map((level, j) => grid.sparsityAt(j, level)), params, context.target, bounds),
+    describe: (levels) => {
+      const moved = levels.flatMap((level, j) => (level === 0 ? [] : [`${context.linears[j]!.block}.${context.linears[j]!.linear}${level > 0 ? "+" : ""}${level}`]));
+      return moved.length === 0 ? "uniform" : moved.join(" ");
+    },
+    encode: (levels) => [...levels],
+    restore: (json) => checkLevels(json, grid),
+  };
+};
+
+export const plugin: MethodPlugin<EvoPressSpace> = {
+  name: "evopress",
+  describe: "EvoPress: per-linear sparsity levels of a fixed weight count, searched by staged (1+λ) selection",
+  spaceSchema: EvoPressSpaceSchema,
+  defaultSpace: "evopress.json",
+  patterns: ["unstructured"],
+  method: {
+    kind: "evolve",
+    genome: evoPressGenome,
+    strategy: (_, space) => staged({ offspring: space.offspring, stages: space.stages }),
+  },
+};
