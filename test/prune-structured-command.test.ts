@@ -64,7 +64,11 @@ describe("evosparse prune --structured", () => {
     // The fusion: one pair of softmax weights per block and kind, and the grid it was checked against.
     expect(report.fusion.weights).toHaveLength(8);
     for (const w of report.fusion.learned) expect(w.channels.fine + w.channels.coarse).toBeCloseTo(1, 12);
-    expect(report.fusion.trials.map((t: { label: string }) => t.label)).toEqual(["learned", "fine=1", "fine=0.75", "fine=0.5", "fine=0.25", "fine=0"]);
+    const grid = [1, 0.75, 0.5, 0.25, 0];
+    expect(report.fusion.trials.map((t: { label: string }) => t.label)).toEqual(["learned", ...grid.flatMap((h) => grid.map((c) => `heads ${h}, channels ${c}`))]);
+    // The fusion kept is the one with the lowest validation perplexity.
+    const best = Math.min(...report.fusion.trials.map((t: { ppl: number }) => t.ppl));
+    expect(report.fusion.trials.find((t: { label: string }) => t.label === report.fusion.chosen).ppl).toBe(best);
     expect(report.recovery.steps).toBe(3);
     expect(report.recovery.before).toBeGreaterThan(0);
     expect(report.evaluation.pruned).toBe(report.recovery.after);

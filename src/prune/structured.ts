@@ -45,7 +45,7 @@ export interface StructuredRequest {
 
 /** One fusion HyWIA compared on the validation windows. */
 export interface FusionTrial {
-  /** "learned", or "fine=0.25" for a grid point (the same weights in every block). */
+  /** "learned", or "heads 1, channels 0.25" for a grid point: the fine view's weights (the same in every block). */
   readonly label: string;
   readonly ppl: number;
 }
@@ -84,8 +84,9 @@ export const blockPrunableParameters = (spec: ModelSpec): number[] =>
   Array.from({ length: spec.numLayers }, (_, b) => Object.values(linearShapes(spec, b)).reduce((n, [i, o]) => n + i * o, 0));
 
 /**
- * Fixed fusions HyWIA's learned one is checked against: the fine view's weight, the same
- * in every block and for both kinds (1 is LLM-Pruner's element importance, 0 its vector).
+ * Fixed fusions HyWIA's learned one is checked against: the fine view's weight for head
+ * groups and for channels, each from this list (25 pairs), the same in every block (1 and
+ * 1 is LLM-Pruner's element importance, 0 and 0 its vector).
  */
 export const FUSION_GRID = [1, 0.75, 0.5, 0.25, 0] as const;
 
@@ -175,9 +176,11 @@ export const groupScores = async (
   }
   const candidates: Array<{ label: string; weights: readonly FusionWeights[] }> = [{ label: "learned", weights: learned.weights }];
   if (request.validation && request.validation.length > 0) {
-    for (const fine of FUSION_GRID) {
-      const w = { fine, coarse: 1 - fine };
-      candidates.push({ label: `fine=${fine}`, weights: Array.from({ length: spec.numLayers }, () => ({ heads: w, channels: w })) });
+    for (const heads of FUSION_GRID) {
+      for (const channels of FUSION_GRID) {
+        const w = { heads: { fine: heads, coarse: 1 - heads }, channels: { fine: channels, coarse: 1 - channels } };
+        candidates.push({ label: `heads ${heads}, channels ${channels}`, weights: Array.from({ length: spec.numLayers }, () => w) });
+      }
     }
   }
   const scoresOf = (weights: readonly FusionWeights[]) => views.map((v, i) => fuse(v, weights[i]!));
