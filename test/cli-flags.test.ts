@@ -15,7 +15,7 @@ const NUMERIC_FLAGS: Record<string, readonly string[]> = {
   eval: ["seqlen", "max-windows", "batch"],
   stats: ["nsamples", "seqlen", "seed"],
   prune: ["sparsity", "nsamples", "seqlen", "seed", "eval-windows", "valid-windows", "batch", "fusion-steps", "recover-steps", "recover-rank", "recover-alpha", "recover-lr", "recover-batch", "recover-checkpoint-every"],
-  search: ["sparsity", "nsamples", "calib-seed", "seqlen", "fitness-windows", "eval-windows", "population", "generations", "budget-evals", "time-budget", "patience", "seed", "workers", "batch", "fusion-steps"],
+  search: ["sparsity", "nsamples", "calib-seed", "seqlen", "fitness-windows", "eval-windows", "population", "generations", "budget-evals", "budget-tokens", "time-budget", "patience", "seed", "workers", "batch", "fusion-steps"],
   train: ["dim", "layers", "heads", "kv-heads", "ffn", "context", "steps", "batch", "seqlen", "lr", "warmup", "weight-decay", "seed", "eval-every", "eval-windows", "vocab", "workers", "checkpoint-every"],
 };
 /** Flags a command needs to run at all, left out when they are the flag under test. */

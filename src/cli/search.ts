@@ -37,6 +37,7 @@ export interface SearchArgs {
   population: number;
   generations: number;
   budgetEvals?: number;
+  budgetTokens?: number;
   timeBudget?: number;
   patience?: number;
   seed: number;

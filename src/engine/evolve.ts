@@ -56,6 +56,13 @@ export interface EvolveOptions<G, P, E = never, R = never> extends Partial<Gener
   readonly generations: number;
   /** Maximum real (uncached) evaluations; the last generation is cut short to respect it. */
   readonly budgetEvals?: number;
+  /**
+   * Maximum fitness tokens over the run (every evaluation's reported tokens, stages
+   * included); no stage starts an evaluation that would pass it. Needs `tokensOf`.
+   */
+  readonly budgetTokens?: number;
+  /** The tokens one evaluation at a fidelity costs, known before it runs (the host's windows). */
+  readonly tokensOf?: (fidelity: Fidelity) => number;
   /** Wall-clock limit, checked between generations. */
   readonly timeBudgetSeconds?: number;
   /**
@@ -89,6 +96,7 @@ export interface EvolveResult<G, P> {
 interface Limits {
   readonly generations: number;
   readonly budgetEvals: number;
+  readonly budgetTokens: number;
   readonly timeBudgetSeconds: number;
   readonly patience: number;
 }
@@ -103,6 +111,9 @@ export const evolve = <G, P, E = never, R = never>(
 ): Effect.Effect<EvolveResult<G, P>, E | UsageError, R> =>
   Effect.gen(function* () {
     const limits = yield* checkEngineLimits(options);
+    if (options.budgetTokens !== undefined && options.tokensOf === undefined) {
+      return yield* new UsageError({ problem: "a token budget needs the host's token count per evaluation (tokensOf)" });
+    }
     const { population, elitism, tournament, crossoverRate, mutationRate } = options;
     const strategy: Strategy<G, P> = options.strategy ?? generational<G, P>({ population: population!, elitism, tournament, crossoverRate, mutationRate });
     const leads = strategy.leader !== undefined;
@@ -122,6 +133,10 @@ export const evolve = <G, P, E = never, R = never>(
     let generation = saved?.generation ?? 0;
     let evaluations = saved?.evaluations ?? 0;
     let stale = saved?.stale ?? 0;
+    // Every evaluation's tokens are in the history, so a resumed run knows what it spent.
+    let spentTokens = (saved?.history ?? []).reduce((n, r) => n + r.tokens, 0);
+    /** Set when the token budget cannot pay for the next evaluation. */
+    let tokensExhausted = false;
     /** Scores on the host's default fidelity, for the whole run. */
     const cache = new Map<string, StoredFitness>(saved?.cache ?? []);
     const history: HistoryRecord[] = [...(saved?.history ?? [])];
@@ -132,7 +147,7 @@ export const evolve = <G, P, E = never, R = never>(
     for (;;) {
       const seconds = yield* elapsed;
       const stoppedBy: StopReason | undefined =
-        evaluations >= limits.budgetEvals ? "budget"
+        evaluations >= limits.budgetEvals || spentTokens >= limits.budgetTokens || tokensExhausted ? "budget"
         : generation >= limits.generations ? "generations"
         : stale >= limits.patience ? "patience"
         : seconds >= limits.timeBudgetSeconds ? "time"
@@ -166,9 +181,12 @@ export const evolve = <G, P, E = never, R = never>(
         const fresh: number[] = [];
         const pending = new Set<string>();
         let told = genomes.length;
+        const cost = options.tokensOf?.(fidelity) ?? 0;
         for (let i = 0; i < genomes.length; i++) {
           if (known.has(keys[i]!) || pending.has(keys[i]!)) continue;
-          if (evaluations + fresh.length >= limits.budgetEvals) {
+          const overTokens = spentTokens + (fresh.length + 1) * cost > limits.budgetTokens;
+          if (evaluations + fresh.length >= limits.budgetEvals || overTokens) {
+            if (overTokens) tokensExhausted = true;
             told = i;
             break;
           }
@@ -195,6 +213,7 @@ export const evolve = <G, P, E = never, R = never>(
           });
         }
         evaluations += fresh.length;
+        for (const { tokens: t } of spent.values()) spentTokens += t;
 
         for (let i = 0; i < told; i++) {
           const fitness = known.get(keys[i]!)!;
@@ -281,7 +300,7 @@ const stored = (fitness: Fitness): StoredFitness =>
 
 export type EngineLimits = Pick<
   EvolveOptions<unknown, unknown>,
-  "seed" | "population" | "generations" | "elitism" | "tournament" | "crossoverRate" | "mutationRate" | "budgetEvals" | "timeBudgetSeconds" | "patience"
+  "seed" | "population" | "generations" | "elitism" | "tournament" | "crossoverRate" | "mutationRate" | "budgetEvals" | "budgetTokens" | "timeBudgetSeconds" | "patience"
 > & { readonly strategy?: unknown };
 
 /**
@@ -302,6 +321,7 @@ export const checkEngineLimits = (options: EngineLimits): Effect.Effect<Limits, 
   }
   whole("generations", options.generations, 1);
   whole("evaluation budget", options.budgetEvals, 1);
+  whole("token budget", options.budgetTokens, 1);
   whole("patience", options.patience, 1);
   if (options.timeBudgetSeconds !== undefined && !(options.timeBudgetSeconds > 0)) {
     problems.push(`time budget must be a positive number of seconds, got ${options.timeBudgetSeconds}`);
@@ -310,6 +330,7 @@ export const checkEngineLimits = (options: EngineLimits): Effect.Effect<Limits, 
   return Effect.succeed({
     generations: options.generations,
     budgetEvals: options.budgetEvals ?? Infinity,
+    budgetTokens: options.budgetTokens ?? Infinity,
     timeBudgetSeconds: options.timeBudgetSeconds ?? Infinity,
     patience: options.patience ?? Infinity,
   });

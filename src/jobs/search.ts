@@ -18,6 +18,7 @@ import { openCheckpointSync } from "../checkpoint/open.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
 import { defaultData, resultsDir } from "../defaults.ts";
 import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
+import type { Fidelity } from "../engine/genome.ts";
 import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
 import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
@@ -69,6 +70,8 @@ export const SearchSettings = Schema.Struct({
   population: Schema.Int,
   generations: Schema.Int,
   budgetEvals: Schema.optional(Schema.Int),
+  /** Fitness tokens the search may spend, every stage's included. */
+  budgetTokens: Schema.optional(Schema.Int),
   timeBudgetSeconds: Schema.optional(Schema.Number),
   patience: Schema.optional(Schema.Int),
   seed: Schema.Int,
@@ -106,6 +109,7 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   population: { flag: "population", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "individuals per generation" },
   generations: { flag: "generations", kind: "number", rule: WHOLE_POSITIVE, default: 10, describe: "generations at most" },
   budgetEvals: { flag: "budget-evals", kind: "number", rule: WHOLE_POSITIVE, describe: "stop after this many fitness evaluations" },
+  budgetTokens: { flag: "budget-tokens", kind: "number", rule: WHOLE_POSITIVE, describe: "stop before the fitness tokens spent (every stage's) would pass this many" },
   timeBudgetSeconds: { flag: "time-budget", kind: "number", rule: { min: 0, minExclusive: true }, describe: "stop after the generation that passes this many seconds" },
   patience: { flag: "patience", kind: "number", rule: WHOLE_POSITIVE, describe: "stop after this many generations without improvement" },
   seed: { flag: "seed", kind: "number", rule: SEED, default: 0, describe: "seed of the search" },
@@ -134,7 +138,7 @@ export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonl
  * Settings a resumed run may change: when it stops. Every other setting decides the run's
  * result and must equal the saved one; the worker count and the backend are not settings.
  */
-export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "timeBudgetSeconds", "patience"] as const;
+export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "budgetTokens", "timeBudgetSeconds", "patience"] as const;
 
 /** The command-line flag of a setting, for messages. */
 export const settingFlag = (key: keyof SearchSettings): string => `--${SEARCH_FLAGS[key].flag}`;
@@ -464,8 +468,10 @@ export const searchJob = (request: SearchRequest) =>
 
       const pool: FitnessEvaluator = workers > 1 ? yield* workerPoolEvaluator(setup, workers) : inProcessEvaluator(model);
       let evaluationSeconds = 0;
-      const evaluator: FitnessEvaluator = {
+      const evaluator: FitnessEvaluator & { tokensOf(fidelity: Fidelity): number } = {
         workers: pool.workers,
+        // The main thread's copy draws the same windows as every worker.
+        tokensOf: (fidelity) => model.tokensOf(fidelity),
         evaluate: (batch, fidelity) =>
           Effect.suspend(() => {
             const start = performance.now();

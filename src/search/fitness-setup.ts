@@ -5,7 +5,7 @@
  */
 import type { BackendChoice } from "../backend/backend.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
-import type { Window } from "../data/windows.ts";
+import { scoredTokens, type Window } from "../data/windows.ts";
 import { evaluationWindows } from "../eval/inputs.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { Pruner } from "../prune/pruner.ts";
@@ -60,6 +60,8 @@ export interface FitnessModel {
    * `windows`, or for a fidelity with tokens on that stage's minibatch of the fitness text.
    */
   score(sparsities: BlockAllocation, fidelity?: Fidelity): Promise<Fitness>;
+  /** The fitness tokens one evaluation at a fidelity costs (its windows' scored tokens). */
+  tokensOf(fidelity?: Fidelity): number;
   /** Present for structured runs. */
   readonly structured?: StructuredFitness;
   dispose(): void;
@@ -83,6 +85,7 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
       return stageWindows(pool, fidelity.tokens, setup.searchSeed ?? 0, fidelity.generation, fidelity.stage);
     };
     return {
+      tokensOf: (fidelity) => scoredTokens(structured ? windows : windowsFor(fidelity)),
       score: (sparsities, fidelity) => {
         if (structured) {
           if (fidelity?.tokens !== undefined) return Promise.resolve(fitnessFailed("structured fitness has no stage minibatches"));

@@ -8,13 +8,17 @@ import type { GenerationRecord, HistoryRecord } from "../engine/state.ts";
 import { writeFileAtomically } from "../files.ts";
 import { lineChart } from "../report/svg.ts";
 
-const HISTORY_COLUMNS = ["generation", "index", "evaluation", "genome", "fitness", "error", "cached", "seconds"];
+const HISTORY_COLUMNS = ["generation", "index", "evaluation", "genome", "fitness", "error", "cached", "stage", "tokens", "seconds"];
 
-/** One row per individual; `evaluation` counts real (uncached) evaluations, blank for cached ones. */
+/**
+ * One row per individual and stage; `evaluation` counts real (uncached) evaluations, blank
+ * for cached ones; `stage` is the stage of staged selection (0 for one-stage strategies),
+ * `tokens` the fitness tokens the evaluation spent (0 when cached).
+ */
 export const historyCsv = (history: readonly HistoryRecord[]): string => {
   let evaluations = 0;
   return stringify(
-    history.map((r) => [r.generation, r.index, r.cached ? "" : ++evaluations, r.genome, r.fitness ?? "", r.error ?? "", r.cached ? "true" : "false", r.seconds]),
+    history.map((r) => [r.generation, r.index, r.cached ? "" : ++evaluations, r.genome, r.fitness ?? "", r.error ?? "", r.cached ? "true" : "false", r.stage ?? 0, r.tokens, r.seconds]),
     { header: true, columns: HISTORY_COLUMNS },
   );
 };

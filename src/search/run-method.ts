@@ -73,6 +73,7 @@ export interface EngineRun {
   readonly population: number;
   readonly generations: number;
   readonly budgetEvals?: number;
+  readonly budgetTokens?: number;
   readonly timeBudgetSeconds?: number;
   readonly patience?: number;
 }
@@ -93,7 +94,11 @@ export const runMethod = <Space>(
   space: Space,
   context: MethodContext,
   settings: EngineRun,
-  evaluator: { evaluate(batch: readonly BlockAllocation[], fidelity?: Fidelity): Effect.Effect<readonly Fitness[], Error> },
+  evaluator: {
+    evaluate(batch: readonly BlockAllocation[], fidelity?: Fidelity): Effect.Effect<readonly Fitness[], Error>;
+    /** What one evaluation at a fidelity costs in fitness tokens, for the token budget. */
+    tokensOf?(fidelity: Fidelity): number;
+  },
   phenotypeKey: (s: BlockAllocation) => string,
   checkpoint: EngineCheckpoint,
   onGeneration: (record: GenerationRecord) => void,
@@ -112,6 +117,8 @@ export const runMethod = <Space>(
         population: settings.population,
         generations: settings.generations,
         ...(settings.budgetEvals !== undefined ? { budgetEvals: settings.budgetEvals } : {}),
+        ...(settings.budgetTokens !== undefined ? { budgetTokens: settings.budgetTokens } : {}),
+        ...(evaluator.tokensOf ? { tokensOf: (f: Fidelity) => evaluator.tokensOf!(f) } : {}),
         ...(settings.timeBudgetSeconds !== undefined ? { timeBudgetSeconds: settings.timeBudgetSeconds } : {}),
         ...(settings.patience !== undefined ? { patience: settings.patience } : {}),
         checkpoint,
