@@ -170,15 +170,41 @@ const checkLevels = (json: unknown, grid: LevelGrid): number[] => {
   return [...(json as number[])];
 };
 
+/**
+ * The levels nearest to a starting allocation (per block or per linear): each linear's
+ * level rounded from its sparsity, kept in its range, then moved one level at a time
+ * (the linear whose rounding went furthest the wrong way first, ties to the lowest index)
+ * until the levels sum to 0, so the pruned count is the target's exactly.
+ */
+export const startLevels = (context: MethodContext, grid: LevelGrid, start: BlockAllocation): number[] => {
+  const linears = context.linears;
+  const perLinear = start.length === linears.length ? start : start.length === context.blocks ? linears.map((l) => start[l.block]!) : undefined;
+  if (!perLinear) throw new RangeError(`a start of ${start.length} sparsities fits neither the ${context.blocks} blocks nor the ${linears.length} linears`);
+  const wanted = perLinear.map((s, j) => ((s - context.target) * linears[j]!.params) / grid.levelWeights);
+  const levels = wanted.map((w, j) => Math.min(grid.highest[j]!, Math.max(grid.lowest[j]!, Math.round(w))));
+  for (let excess = sum(levels); excess !== 0; excess = sum(levels)) {
+    const step = excess > 0 ? -1 : 1;
+    let pick = -1;
+    for (let j = 0; j < levels.length; j++) {
+      const next = levels[j]! + step;
+      if (next < grid.lowest[j]! || next > grid.highest[j]!) continue;
+      if (pick < 0 || step * (wanted[j]! - levels[j]!) > step * (wanted[pick]! - levels[pick]!)) pick = j;
+    }
+    // The ranges hold 0 for every linear, so a zero sum is always reachable.
+    levels[pick]! += step;
+  }
+  return levels;
+};
+
 const evoPressGenome = (context: MethodContext, space: EvoPressSpace): Genome<Levels, BlockAllocation> => {
   const grid = levelGrid(context, space);
   const bounds = effectiveBounds(context.bounds, space.bounds, context.target);
   const params = context.linears.map((l) => l.params);
-  const uniform = params.map(() => 0);
+  // The parent the staged search starts from: uniform, or the run's start allocation.
+  const first = context.start ? startLevels(context, grid, context.start.sparsities) : params.map(() => 0);
   return {
-    // Index 0, the parent the staged search starts from, is uniform; the generational GA
-    // would ask more, each a mutation of it.
-    create: (rng, index) => (index === 0 ? [...uniform] : mutateLevels(uniform, grid, rng)),
+    // The generational GA would ask more than index 0: each a mutation of it.
+    create: (rng, index) => (index === 0 ? [...first] : mutateLevels(first, grid, rng)),
     mutate: (levels, rng) => mutateLevels(levels, grid, rng),
     crossover: (a, b, rng) => crossLevels(a, b, rng),
     key: (levels) => levels.join(","),
@@ -196,6 +222,7 @@ const evoPressGenome = (context: MethodContext, space: EvoPressSpace): Genome<Le
 
 export const plugin: MethodPlugin<EvoPressSpace> = {
   name: "evopress",
+  startable: true,
   describe: "EvoPress: per-linear sparsity levels of a fixed weight count, searched by staged (1+λ) selection",
   spaceSchema: EvoPressSpaceSchema,
   defaultSpace: "evopress.json",

@@ -12,6 +12,18 @@ import { BetweenSchema, BoundsSchema, effectiveBounds } from "../../src/allocati
 import type { Genome } from "../../src/engine/genome.ts";
 import type { BlockAllocation, MethodContext, MethodPlugin } from "../../src/search/plugin.ts";
 
+/** A start allocation per block: as given, or a per-linear one as each block's weighted mean. */
+const perBlockStart = (context: MethodContext, sparsities: BlockAllocation): number[] => {
+  if (sparsities.length === context.blocks) return [...sparsities];
+  const pruned = new Array<number>(context.blocks).fill(0);
+  const weights = new Array<number>(context.blocks).fill(0);
+  context.linears.forEach((l, j) => {
+    pruned[l.block]! += sparsities[j]! * l.params;
+    weights[l.block]! += l.params;
+  });
+  return pruned.map((p, b) => (weights[b]! > 0 ? p / weights[b]! : 0));
+};
+
 export const MspSpaceSchema = Schema.Struct({
   /** One seeded individual per λ; later individuals cycle through them with jitter. */
   lambdas: Schema.Array(BetweenSchema(0, 1)).check(
@@ -53,6 +65,12 @@ const mspGenome = (context: MethodContext, space: MspSpace): Genome<readonly num
 
   return {
     create: (rng, index) => {
+      // A start allocation (`--start`) is the first individual; the Fisher seeds follow.
+      const start = context.start ? perBlockStart(context, context.start.sparsities) : undefined;
+      if (start) {
+        if (index === 0) return project([...start]);
+        index -= 1;
+      }
       const seed = fisherSeed(normalised(), context.target, space.lambdas[index % space.lambdas.length]);
       if (index < space.lambdas.length) return project(seed);
       return project(seed.map((v) => v + space.jitter * rng.normal()));
@@ -92,6 +110,7 @@ const mspGenome = (context: MethodContext, space: MspSpace): Genome<readonly num
 
 export const plugin: MethodPlugin<MspSpace> = {
   name: "msp",
+  startable: true,
   describe: "MSP: evolved per-block sparsity vectors, seeded from Fisher sensitivity",
   spaceSchema: MspSpaceSchema,
   defaultSpace: "msp.json",

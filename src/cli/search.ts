@@ -48,6 +48,7 @@ export interface SearchArgs {
   structured?: StructuredImportance;
   fusionSteps?: number;
   fitness?: FitnessMeasure;
+  start?: string;
   out?: string;
   resume?: string;
   json: boolean;

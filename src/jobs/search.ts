@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity } from "../allocation/allocation.ts";
-import { writeAllocationCsv } from "../allocation/csv.ts";
+import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
 import { nmMismatch } from "../allocation/nm.ts";
 import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
@@ -82,6 +82,8 @@ export const SearchSettings = Schema.Struct({
   structured: Schema.optional(Schema.Literals(STRUCTURED_IMPORTANCES)),
   /** HyWIA: steps learning its fusion weights. */
   fusionSteps: Schema.optional(Schema.Int),
+  /** An allocation the method starts from instead of uniform: a direct method's name or an allocation CSV. */
+  start: Schema.optional(Schema.String),
   /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
   fitness: Schema.optional(Schema.Literals(FITNESS_MEASURES)),
 });
@@ -123,6 +125,7 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
     describe: "search per-block ratios of whole key/value head groups and MLP channels removed, scored by this importance (--sparsity: the fraction of prunable weights)",
   },
   fusionSteps: STRUCTURED_FLAGS.fusionSteps,
+  start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method (owl, mrp, ...) or an allocation CSV (evopress: the first parent; msp: the first individual)" },
   fitness: {
     flag: "fitness",
     kind: "choice",
@@ -447,7 +450,27 @@ export const searchJob = (request: SearchRequest) =>
         ["uniform", "owl"].filter((name) => name !== plugin.name),
         (name) => attemptPromise(() => loadPlugin(name)),
       );
-      const context_ = yield* attemptPromise(() => methodContext(model.pruner, target, pattern, [plugin, ...baselines]));
+      // A start allocation: a direct method's (its statistics measured with the others') or a file's.
+      const startFile = settings.start !== undefined && (settings.start.endsWith(".csv") || settings.start.includes("/") || existsSync(settings.start));
+      const startPlugin = settings.start !== undefined && !startFile ? yield* attemptPromise(() => loadPlugin(settings.start!)) : undefined;
+      if (settings.start !== undefined && !plugin.startable) {
+        return yield* new UsageError({ problem: `--start: method ${plugin.name} does not start from an allocation (evopress and msp do)` });
+      }
+      if (startPlugin && startPlugin.method.kind !== "direct") {
+        return yield* new UsageError({
+          problem: `--start ${settings.start}: a start is a direct method (${["uniform", "owl", "mrp"].join(", ")}) or an allocation CSV; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
+        });
+      }
+      const measured = yield* attemptPromise(() => methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : [])]));
+      let context_ = measured;
+      if (startPlugin && startPlugin.method.kind === "direct") {
+        const method = startPlugin.method;
+        const startSpace = yield* attempt(() => loadSearchSpace(startPlugin));
+        context_ = { ...measured, start: { label: startPlugin.name, sparsities: yield* attempt(() => method.allocate(measured, startSpace)) } };
+      } else if (startFile) {
+        const allocation = yield* attempt(() => readAllocationCsv(settings.start!, model.pruner.layout, { target }));
+        context_ = { ...measured, start: { label: settings.start!, sparsities: allocation.map((e) => e.sparsity) } };
+      }
       yield* attempt(() => checkMethod(plugin, context_, space)).pipe(
         // Bounds and ranges come from the space file: name it.
         Effect.mapError((e) => (e._tag === "UsageError" ? new DataError({ file: settings.space, problem: e.problem }) : e)),

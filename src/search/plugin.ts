@@ -52,6 +52,12 @@ export interface MethodContext {
   readonly bounds: Bounds;
   readonly pattern: Pattern;
   readonly statistics: BlockStatistics;
+  /**
+   * An allocation to start the search from instead of uniform (`--start`: a cheap method's
+   * result or an allocation file), per block or per linear (its length says which).
+   * Methods that can use it seed their first parent or individual with it.
+   */
+  readonly start?: { readonly label: string; readonly sparsities: BlockAllocation };
 }
 
 
@@ -96,4 +102,6 @@ export interface MethodPlugin<Space = unknown> {
    * Fisher traces.
    */
   readonly needs?: readonly StatisticsNeed[];
+  /** The method starts from MethodContext.start when the run gives one (`--start`). */
+  readonly startable?: boolean;
 }
