@@ -1,10 +1,10 @@
 /**
  * Search benchmark: every allocation method run through the search command's pipeline on
- * stories260K and the embedded model at 70% unstructured Wanda, with a fixed seed and
- * budget; then evaluations per minute with one and two workers, and dense against
- * sequential fitness.
+ * stories260K and the embedded model at 70% unstructured (Wanda and SparseGPT), the
+ * searches at one fitness-token budget over three seeds; then evaluations per minute with
+ * one and two workers, and dense against sequential fitness.
  */
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "csv-stringify/sync";
@@ -14,10 +14,15 @@ import { resultsDir } from "../src/defaults.ts";
 import { writeFileAtomically } from "../src/files.ts";
 import type { CalibrationMode } from "../src/prune/pipeline.ts";
 import { searchJob, type SearchSettings, type SearchSummary } from "../src/jobs/search.ts";
+import { plugin as evopressPlugin } from "../plugins/evopress/index.ts";
+import { Rng } from "../src/rng.ts";
+import { methodContext } from "../src/search/fitness.ts";
+import { openFitnessModel } from "../src/search/fitness-setup.ts";
 import { brownSetup, storiesSetup, type ModelSetup } from "./quality.ts";
 
-const METHODS = ["uniform", "owl", "atp", "mrp", "dsa", "msp"] as const;
 const SPARSITY = 0.7;
+/** `--metrics=wanda,sparsegpt` (both by default). */
+const SEARCH_METRICS = (process.argv.find((a) => a.startsWith("--metrics="))?.split("=")[1]?.split(",") ?? ["wanda", "sparsegpt"]) as Array<"wanda" | "sparsegpt">;
 const SEED = 0;
 const POPULATION = 12;
 const GENERATIONS = 8;
@@ -57,41 +62,88 @@ const runOne = (settings: ReturnType<typeof settingsFor>, out: string, workers: 
 
 const fmt = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : x.toFixed(2));
 
-const methodsTable = async (setup: ModelSetup, scratch: string, backend: BackendChoice): Promise<void> => {
-  const rows: Array<{ method: string; validation: number | null; test: number; evaluations: number; seconds: number; genome: string }> = [];
+/**
+ * The comparison at equal cost: every method's search spends at most BUDGET_TOKENS fitness
+ * tokens (`--budget-tokens`, every stage's counted), three seeds each; the deterministic
+ * methods (uniform, owl, atp, mrp) once. EvoPress runs a stage plan scaled to the budget
+ * (EVOPRESS_SPACE): the published one, (8, 2048) -> (2, 16384) -> (1, 65536) with 64
+ * offspring, costs about 460k tokens a generation, more than the whole budget.
+ */
+const BUDGET_TOKENS = 200_000;
+const SEEDS = [0, 1, 2] as const;
+const EVOPRESS_SPACE = { levelSize: 0.05, maxLevels: 8, offspring: 16, stages: [{ survivors: 4, tokens: 512 }, { survivors: 2, tokens: 2048 }, { survivors: 1, tokens: 8192 }] };
+
+interface Variant {
+  readonly label: string;
+  readonly method: string;
+  readonly seeded: boolean;
+  readonly overrides: Partial<SearchSettings>;
+}
+
+const variants = (space: string): Variant[] => [
+  { label: "uniform", method: "uniform", seeded: false, overrides: {} },
+  { label: "owl", method: "owl", seeded: false, overrides: {} },
+  { label: "atp", method: "atp", seeded: false, overrides: {} },
+  { label: "mrp", method: "mrp", seeded: false, overrides: {} },
+  { label: "dsa (ppl)", method: "dsa", seeded: true, overrides: {} },
+  { label: "msp (ppl)", method: "msp", seeded: true, overrides: {} },
+  { label: "evopress (kl)", method: "evopress", seeded: true, overrides: { space, fitness: "kl" } },
+  { label: "evopress (kl, start owl)", method: "evopress", seeded: true, overrides: { space, fitness: "kl", start: "owl" } },
+  { label: "msp (kl, start owl)", method: "msp", seeded: true, overrides: { fitness: "kl", start: "owl" } },
+];
+
+const meanAndSpread = (xs: readonly number[]): string => {
+  const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
+  if (xs.length === 1) return fmt(mean);
+  return `${fmt(mean)} (${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))})`;
+};
+
+const methodsTable = async (setup: ModelSetup, scratch: string, backend: BackendChoice, metric: "wanda" | "sparsegpt"): Promise<void> => {
+  const space = join(scratch, "evopress-bench.json");
+  writeFileAtomically(space, JSON.stringify(EVOPRESS_SPACE));
+  const rows: Array<{ label: string; seed: number; test: number; validation: number | null; evaluations: number; tokens: number; seconds: number }> = [];
   let dense = NaN;
   let testWindows = 0;
-  for (const method of METHODS) {
-    log(`${setup.name}: ${method}`);
-    const summary = await runOne(settingsFor(setup, method), join(scratch, `${setup.name}-${method}`), 1, backend);
-    const own = summary.final.results[0]!;
-    dense = summary.final.dense;
-    testWindows = summary.final.windows;
-    rows.push({ method, validation: own.validation, test: own.test, evaluations: summary.evaluations, seconds: summary.searchSeconds, genome: summary.best.genome });
-  }
-  console.log(`\n### ${setup.name}: allocation methods at ${SPARSITY * 100}% unstructured, Wanda\n`);
-  for (const note of setup.notes) console.log(`- ${note}`);
-  console.log(
-    `- seed ${SEED}; dsa and msp: population ${POPULATION}, ${GENERATIONS} generations (at most ${POPULATION * GENERATIONS} evaluations); ` +
-      `fitness: validation perplexity on ${FITNESS_WINDOWS} windows of ${setup.seqlen}, dense calibration mode; ${NSAMPLES} calibration windows`,
-  );
-  console.log(`- test: every allocation re-pruned sequentially (the standard protocol), perplexity on the first ${testWindows} windows of ${setup.seqlen} (dense ${fmt(dense)})\n`);
-  console.log("| method | validation ppl | test ppl | evaluations | search s | best |");
-  console.log("| --- | ---: | ---: | ---: | ---: | --- |");
-  for (const r of rows) console.log(`| ${r.method} | ${fmt(r.validation)} | ${fmt(r.test)} | ${r.evaluations} | ${r.seconds.toFixed(1)} | ${r.genome} |`);
-  const test = (m: string) => rows.find((r) => r.method === m)!.test;
-  for (const searched of ["dsa", "msp"]) {
-    for (const baseline of ["uniform", "owl"]) {
-      console.log(`- ${searched} < ${baseline} on test: ${test(searched) < test(baseline) ? "yes" : "no"} (${fmt(test(searched))} vs ${fmt(test(baseline))})`);
+  for (const v of variants(space)) {
+    for (const seed of v.seeded ? SEEDS : [0]) {
+      log(`${setup.name}, ${metric}: ${v.label}, seed ${seed}`);
+      const out = join(scratch, `${setup.name}-${metric}-${v.label.replace(/[^a-z0-9]+/g, "-")}-${seed}`);
+      const summary = await runOne(settingsFor(setup, v.method, { metric, seed, budgetTokens: BUDGET_TOKENS, generations: 1000, population: POPULATION, ...v.overrides }), out, 1, backend);
+      const own = summary.final.results[0]!;
+      dense = summary.final.dense;
+      testWindows = summary.final.windows;
+      const history = readFileSync(join(out, "history.csv"), "utf8").trim().split("\n").slice(1);
+      const tokens = history.reduce((n, line) => n + Number(line.split(",").at(-2)), 0);
+      rows.push({ label: v.label, seed, test: own.test, validation: own.validation, evaluations: summary.evaluations, tokens, seconds: summary.searchSeconds });
     }
   }
+  console.log(`\n### ${setup.name}: allocation methods at ${SPARSITY * 100}% unstructured, ${metric}, at most ${BUDGET_TOKENS} fitness tokens\n`);
+  for (const note of setup.notes) console.log(`- ${note}`);
+  console.log(
+    `- searches (dsa, msp, evopress): seeds ${SEEDS.join(", ")}, each stopped before ${BUDGET_TOKENS} fitness tokens; dsa and msp population ${POPULATION}, ` +
+      `fitness on ${FITNESS_WINDOWS} validation windows of ${setup.seqlen} (dense calibration mode); evopress: ${JSON.stringify(EVOPRESS_SPACE)}, stages on fresh minibatches of the validation text; ${NSAMPLES} calibration windows`,
+  );
+  console.log(`- test: every allocation re-pruned sequentially (the standard protocol), perplexity on the first ${testWindows} windows of ${setup.seqlen} (dense ${fmt(dense)}); mean (min-max) over seeds\n`);
+  console.log("| method | test ppl | fitness tokens | evaluations | search s |");
+  console.log("| --- | ---: | ---: | ---: | ---: |");
+  const labels = [...new Set(rows.map((r) => r.label))];
+  const testOf = (label: string) => rows.filter((r) => r.label === label).map((r) => r.test);
+  for (const label of labels) {
+    const of = rows.filter((r) => r.label === label);
+    const avg = (f: (r: (typeof rows)[number]) => number) => of.reduce((n, r) => n + f(r), 0) / of.length;
+    console.log(`| ${label} | ${meanAndSpread(of.map((r) => r.test))} | ${avg((r) => r.tokens).toFixed(0)} | ${avg((r) => r.evaluations).toFixed(0)} | ${avg((r) => r.seconds).toFixed(1)} |`);
+  }
+  const mean = (label: string) => testOf(label).reduce((a, b) => a + b, 0) / testOf(label).length;
+  const best = labels.filter((l) => l !== "evopress (kl)").reduce((b, l) => (mean(l) < mean(b) ? l : b));
+  console.log(`\n- evopress beats owl: ${mean("evopress (kl)") < mean("owl") ? "yes" : "no"} (${fmt(mean("evopress (kl)"))} vs ${fmt(mean("owl"))})`);
+  console.log(`- best other method, ${best}, beats evopress at equal tokens: ${mean(best) < mean("evopress (kl)") ? "yes" : "no"} (${fmt(mean(best))} vs ${fmt(mean("evopress (kl)"))})`);
   const dir = join(resultsDir(), "bench");
   mkdirSync(dir, { recursive: true });
   writeFileAtomically(
-    join(dir, `search-${setup.name}.csv`),
+    join(dir, `search-${setup.name}-${metric}.csv`),
     stringify(
-      rows.map((r) => [setup.name, r.method, SPARSITY, setup.seqlen, r.validation ?? "", r.test, dense, r.evaluations, r.seconds, r.genome]),
-      { header: true, columns: ["model", "method", "sparsity", "seqlen", "validation_ppl", "test_ppl", "dense_ppl", "evaluations", "search_seconds", "best"] },
+      rows.map((r) => [setup.name, metric, r.label, r.seed, SPARSITY, setup.seqlen, r.validation ?? "", r.test, dense, r.evaluations, r.tokens, r.seconds]),
+      { header: true, columns: ["model", "metric", "method", "seed", "sparsity", "seqlen", "fitness", "test_ppl", "dense_ppl", "evaluations", "fitness_tokens", "search_seconds"] },
     ),
   );
 };
@@ -130,6 +182,90 @@ const throughput = async (setup: ModelSetup, scratch: string, backend: BackendCh
   console.log(`- dense / sequential fitness: **${(dense.evalRate / sequential.evalRate).toFixed(2)}x** (evaluations alone), ${(dense.perMinute / sequential.perMinute).toFixed(2)}x (whole search)`);
 };
 
+/** Spearman's rank correlation (ties take their mean rank). */
+const spearman = (a: readonly number[], b: readonly number[]): number => {
+  const ranks = (xs: readonly number[]): number[] => {
+    const order = xs.map((x, i) => [x, i] as const).sort((p, q) => p[0] - q[0]);
+    const r = new Array<number>(xs.length);
+    for (let i = 0; i < order.length; ) {
+      let j = i;
+      while (j + 1 < order.length && order[j + 1]![0] === order[i]![0]) j++;
+      for (let k = i; k <= j; k++) r[order[k]![1]] = (i + j) / 2;
+      i = j + 1;
+    }
+    return r;
+  };
+  const ra = ranks(a);
+  const rb = ranks(b);
+  const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
+  const ma = mean(ra);
+  const mb = mean(rb);
+  let num = 0;
+  let da = 0;
+  let db = 0;
+  ra.forEach((x, i) => {
+    num += (x - ma) * (rb[i]! - mb);
+    da += (x - ma) ** 2;
+    db += (rb[i]! - mb) ** 2;
+  });
+  return num / Math.sqrt(da * db);
+};
+
+/** Candidates and minibatch of the fidelity measurement. */
+const FIDELITY_CANDIDATES = 16;
+const FIDELITY_TOKENS = 2048;
+
+/**
+ * How well a search's cheap fitness ranks allocations as the protocol does: 16 per-linear
+ * allocations, random walks of 1 to 64 EvoPress level switches from uniform (the spread a
+ * search's history covers), scored by dense-mode fitness on one minibatch of 2048 tokens
+ * (KL and perplexity) and by sequential-mode validation perplexity on the fitness windows;
+ * Spearman's rank correlation between each cheap fitness and the sequential one.
+ */
+const fidelityTable = async (setup: ModelSetup, metric: "wanda" | "sparsegpt", backend: BackendChoice): Promise<void> => {
+  const base = {
+    model: setup.model, metric, pattern: { kind: "unstructured" as const }, calib: setup.calibration, field: "text", nsamples: NSAMPLES, seqlen: setup.seqlen, seed: 0,
+    fitnessData: setup.validation, fitnessWindows: FITNESS_WINDOWS, backend, batch: 4, searchSeed: 0,
+  };
+  const dense = openFitnessModel({ ...base, mode: "dense", fitness: "ppl" });
+  const denseKl = openFitnessModel({ ...base, mode: "dense", fitness: "kl" });
+  const sequential = openFitnessModel({ ...base, mode: "sequential", fitness: "ppl" });
+  try {
+    const context = await methodContext(dense.pruner, SPARSITY, { kind: "unstructured" }, []);
+    const plugin = evopressPlugin;
+    if (plugin.method.kind !== "evolve") throw new Error("evopress is an evolve method");
+    const genome = plugin.method.genome(context, EVOPRESS_SPACE as never);
+    const rng = new Rng(11);
+    const candidates = Array.from({ length: FIDELITY_CANDIDATES }, (_, i) => {
+      let g = genome.create(rng, 0);
+      const walk = 1 + Math.round((63 * i) / (FIDELITY_CANDIDATES - 1));
+      for (let k = 0; k < walk; k++) g = genome.mutate(g, rng.split(`${i}-${k}`));
+      return genome.decode(g);
+    });
+    const minibatch = { generation: 0, stage: 0, tokens: FIDELITY_TOKENS };
+    const value = (f: { ok: boolean; value?: number }) => (f.ok ? f.value! : Infinity);
+    const ppl: number[] = [];
+    const kl: number[] = [];
+    const truth: number[] = [];
+    for (const [i, c] of candidates.entries()) {
+      log(`${setup.name}, ${metric}: fidelity candidate ${i + 1}/${candidates.length}`);
+      ppl.push(value(await dense.score(c, minibatch)));
+      kl.push(value(await denseKl.score(c, minibatch)));
+      truth.push(value(await sequential.score(c)));
+    }
+    console.log(`\n### ${setup.name}: fidelity of the search's fitness, ${metric} at ${SPARSITY * 100}%\n`);
+    console.log(`${FIDELITY_CANDIDATES} per-linear allocations (random walks of 1 to 64 level switches); cheap fitness: dense calibration mode, one minibatch of ${FIDELITY_TOKENS} validation tokens; reference: sequential mode, perplexity on ${FITNESS_WINDOWS} validation windows.\n`);
+    console.log("| cheap fitness | Spearman vs sequential validation ppl |");
+    console.log("| --- | ---: |");
+    console.log(`| dense, KL | ${spearman(kl, truth).toFixed(3)} |`);
+    console.log(`| dense, perplexity | ${spearman(ppl, truth).toFixed(3)} |`);
+  } finally {
+    dense.dispose();
+    denseKl.dispose();
+    sequential.dispose();
+  }
+};
+
 /** Section `search`: the methods table on stories260K (when the assets are there) and the embedded model. */
 export const searchMethodsSection = async (assets: string, backend: BackendChoice, haveAssets: boolean): Promise<void> => {
   const scratch = mkdtempSync(join(tmpdir(), "evosparse-bench-search-"));
@@ -137,7 +273,12 @@ export const searchMethodsSection = async (assets: string, backend: BackendChoic
     console.log("\n## Search: allocation methods compared by test perplexity\n");
     if (!haveAssets) console.log(`(stories260K skipped: ${assets} is absent)`);
     const setups = [...(haveAssets ? [storiesSetup(assets, scratch)] : []), brownSetup()];
-    for (const setup of setups) await methodsTable(setup, scratch, backend);
+    for (const metric of SEARCH_METRICS) {
+      for (const setup of setups) {
+        await fidelityTable(setup, metric, backend);
+        await methodsTable(setup, scratch, backend, metric);
+      }
+    }
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
