@@ -47,14 +47,24 @@ export const EvoPressSpaceSchema = Schema.Struct({
     Schema.makeFilter((stages: readonly unknown[]) => stages.length > 0 || "empty: list at least one stage"),
   ),
   bounds: Schema.optional(BoundsSchema),
+  /**
+   * Ours, off by default: draw `pool` children and score only the `offspring` a linear
+   * surrogate of fitness in the level changes predicts best, once `warmup` stage-0 scores
+   * are known (src/engine/staged.ts).
+   */
+  prescreen: Schema.optional(Schema.Struct({ pool: atLeastOne, warmup: atLeastOne, memory: Schema.optional(atLeastOne) })),
 }).check(
-  Schema.makeFilter(({ offspring, stages }: { readonly offspring: number; readonly stages: readonly { readonly survivors: number }[] }) => {
-    const sizes = stageSizes(offspring, stages);
-    return stages.flatMap((stage, s) => {
-      const problem = survivorsProblem(stage.survivors, sizes[s]!, s === stages.length - 1);
-      return problem === undefined ? [] : [{ path: ["stages", s, "survivors"], issue: problem }];
-    });
-  }),
+  Schema.makeFilter(
+    ({ offspring, stages, prescreen }: { readonly offspring: number; readonly stages: readonly { readonly survivors: number }[]; readonly prescreen?: { readonly pool: number } }) => {
+      const sizes = stageSizes(offspring, stages);
+      const problems = stages.flatMap((stage, s) => {
+        const problem = survivorsProblem(stage.survivors, sizes[s]!, s === stages.length - 1);
+        return problem === undefined ? [] : [{ path: ["stages", s, "survivors"], issue: problem }];
+      });
+      if (prescreen && prescreen.pool < offspring) problems.push({ path: ["prescreen", "pool"], issue: `${prescreen.pool} is below the ${offspring} offspring it screens for` });
+      return problems;
+    },
+  ),
 );
 
 export type EvoPressSpace = typeof EvoPressSpaceSchema.Type;
@@ -217,6 +227,8 @@ const evoPressGenome = (context: MethodContext, space: EvoPressSpace): Genome<Le
     },
     encode: (levels) => [...levels],
     restore: (json) => checkLevels(json, grid),
+    // The surrogate's inputs: the levels themselves.
+    features: (levels) => levels,
   };
 };
 
@@ -230,6 +242,6 @@ export const plugin: MethodPlugin<EvoPressSpace> = {
   method: {
     kind: "evolve",
     genome: evoPressGenome,
-    strategy: (_, space) => staged({ offspring: space.offspring, stages: space.stages }),
+    strategy: (_, space) => staged({ offspring: space.offspring, stages: space.stages, ...(space.prescreen ? { prescreen: space.prescreen } : {}) }),
   },
 };

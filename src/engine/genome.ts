@@ -21,6 +21,8 @@ export interface Genome<G, P> {
   /** JSON-safe form for checkpoints; `restore(encode(g))` must equal g. */
   encode(genome: G): unknown;
   restore(json: unknown): G;
+  /** Numbers describing a genome, for surrogate models of fitness (optional). */
+  features?(genome: G): readonly number[];
 }
 
 /**

@@ -27,7 +27,8 @@ import type { Rng } from "../rng.ts";
 import type { Genome } from "./genome.ts";
 import { ranking, score } from "./selection.ts";
 import { StoredFitness } from "./state.ts";
-import type { Leader, Strategy } from "./strategy.ts";
+import type { Leader, Strategy, Told } from "./strategy.ts";
+import { fitRidge, predict, type Observation } from "./surrogate.ts";
 
 export interface Stage {
   /** Candidates kept for the next stage; the last stage keeps one, the next parent. */
@@ -43,7 +44,20 @@ export interface StagedOptions {
   readonly stages: readonly Stage[];
   /** Draws per child before a child that keeps duplicating is left out; default 100. */
   readonly tries?: number;
+  /**
+   * Pre-screening (ours, not EvoPress's): draw `pool` children and, once `warmup` stage-0
+   * scores have been seen, score only the `offspring` a linear surrogate of fitness
+   * (surrogate.ts, fitted on every stage-0 score so far) predicts best; before that, the
+   * first `offspring` drawn. Needs `genome.features`.
+   */
+  readonly prescreen?: { readonly pool: number; readonly warmup: number; readonly memory?: number };
 }
+
+/**
+ * Stage-0 scores the surrogate keeps by default: the most recent few generations' (the
+ * landscape around the parent changes as the parent moves).
+ */
+const surrogateMemory = (options: StagedOptions): number => options.prescreen?.memory ?? 3 * options.offspring;
 
 /** The parent's score on the stage that chose it. */
 interface ParentScore {
@@ -59,6 +73,8 @@ export interface StagedState<G> {
   readonly parentScore: ParentScore | null;
   /** Candidates waiting for the next stage of the running generation; empty between generations. */
   readonly survivors: readonly G[];
+  /** Stage-0 scores the pre-screening surrogate is fitted on (empty without pre-screening). */
+  readonly observations: readonly Observation[];
 }
 
 /** The saved form: genomes through `genome.encode`. */
@@ -66,6 +82,7 @@ const StagedJson = Schema.Struct({
   parent: Schema.NullOr(Schema.Struct({ genome: Schema.Unknown })),
   parentScore: Schema.NullOr(Schema.Struct({ key: Schema.String, fitness: StoredFitness })),
   survivors: Schema.Array(Schema.Unknown),
+  observations: Schema.optional(Schema.Array(Schema.Struct({ x: Schema.Array(Schema.Number), y: Schema.Number }))),
 });
 type StagedJson = typeof StagedJson.Type;
 
@@ -94,6 +111,11 @@ export const stagedProblems = (options: StagedOptions): string[] => {
   };
   whole("offspring", options.offspring, 1);
   whole("tries", options.tries, 1);
+  if (options.prescreen) {
+    whole("prescreen.pool", options.prescreen.pool, options.offspring);
+    whole("prescreen.warmup", options.prescreen.warmup, 1);
+    whole("prescreen.memory", options.prescreen.memory, 1);
+  }
   if (options.stages.length === 0) problems.push("stages: list at least one stage");
   const sizes = stageSizes(options.offspring, options.stages);
   options.stages.forEach((stage, s) => {
@@ -105,12 +127,12 @@ export const stagedProblems = (options: StagedOptions): string[] => {
   return problems;
 };
 
-/** Up to `offspring` mutants of the parent, none with the parent's or an earlier child's key. */
-export const drawChildren = <G, P>(genome: Genome<G, P>, parent: G, options: StagedOptions, rng: Rng): G[] => {
+/** Up to `count` (default `offspring`) mutants of the parent, none with the parent's or an earlier child's key. */
+export const drawChildren = <G, P>(genome: Genome<G, P>, parent: G, options: StagedOptions, rng: Rng, count = options.offspring): G[] => {
   const tries = options.tries ?? defaultTries;
   const seen = new Set([genome.key(parent)]);
   const children: G[] = [];
-  for (let i = 0; i < options.offspring; i++) {
+  for (let i = 0; i < count; i++) {
     const childRng = rng.split(i + 1);
     for (let t = 0; t < tries; t++) {
       const child = genome.mutate(parent, childRng.split(t));
@@ -132,15 +154,42 @@ export const staged = <G, P>(options: StagedOptions): Strategy<G, P, StagedState
   const last = stages.length - 1;
   const parentOf = (state: StagedState<G>, genome: Genome<G, P>, rng: Rng): G => state.parent ?? genome.create(rng.split(0), 0);
   const tokensOf = (s: number) => (stages[s]!.tokens !== undefined ? { tokens: stages[s]!.tokens } : {});
+  const relative = (genome: Genome<G, P>, g: G, parent: G): number[] => {
+    const p = genome.features!(parent);
+    return genome.features!(g).map((v, i) => v - p[i]!);
+  };
+  /** The children stage 0 scores: all drawn, or the `offspring` the surrogate predicts best. */
+  const screened = (state: StagedState<G>, genome: Genome<G, P>, parent: G, rng: Rng): G[] => {
+    const screen = options.prescreen;
+    if (!screen) return drawChildren(genome, parent, options, rng);
+    const pool = drawChildren(genome, parent, options, rng, screen.pool);
+    const weights = state.observations.length >= screen.warmup ? fitRidge(state.observations) : undefined;
+    if (!weights) return pool.slice(0, options.offspring);
+    const predicted = pool.map((g) => predict(weights, relative(genome, g, parent)));
+    // Lowest predicted first; ties keep the draw order.
+    const order = pool.map((_, i) => i).sort((a, b) => predicted[a]! - predicted[b]! || a - b);
+    return order.slice(0, options.offspring).sort((a, b) => a - b).map((i) => pool[i]!);
+  };
+  const observe = (state: StagedState<G>, genome: Genome<G, P>, parent: G, scored: Told<G>["scored"]): readonly Observation[] => {
+    if (!options.prescreen) return state.observations;
+    const ok = scored.filter((s) => s.fitness.ok);
+    if (ok.length === 0) return state.observations;
+    const mean = ok.reduce((n, s) => n + (s.fitness.ok ? s.fitness.value : 0), 0) / ok.length;
+    const fresh = ok.map((s) => ({ x: relative(genome, s.genome, parent), y: (s.fitness.ok ? s.fitness.value : 0) - mean }));
+    return [...state.observations, ...fresh].slice(-surrogateMemory(options));
+  };
 
   return {
     name: "staged",
-    init: () => ({ parent: null, parentScore: null, survivors: [] }),
+    init: (genome) => {
+      if (options.prescreen && !genome.features) throw new UsageError({ problem: "pre-screening needs a genome with features" });
+      return { parent: null, parentScore: null, survivors: [], observations: [] };
+    },
 
     ask: (state, { genome, stage, rng }) => {
       const parent = parentOf(state, genome, rng);
       if (stage === 0) {
-        const children = drawChildren(genome, parent, options, rng);
+        const children = screened(state, genome, parent, rng);
         if (children.length === 0) return { genomes: [parent], ...tokensOf(last) };
         return { genomes: last === 0 ? [...children, parent] : children, ...tokensOf(0) };
       }
@@ -151,17 +200,18 @@ export const staged = <G, P>(options: StagedOptions): Strategy<G, P, StagedState
     tell: (state, { scored, complete }, { genome, stage, rng }) => {
       const parent = parentOf(state, genome, rng);
       // A generation cut short by the budget leaves the parent as it was.
-      if (!complete) return { parent, parentScore: state.parentScore, survivors: [] };
+      if (!complete) return { parent, parentScore: state.parentScore, survivors: [], observations: state.observations };
+      const observations = stage === 0 ? observe(state, genome, parent, scored) : state.observations;
       const order = ranking(scored.map((s) => score(s.fitness)));
       // The parent is proposed at the final stage only: scoring it ends the generation.
       const parentKey = genome.key(parent);
       const final = scored.findIndex((s) => genome.key(s.genome) === parentKey);
       if (final === -1) {
-        return { parent, parentScore: state.parentScore, survivors: order.slice(0, stages[stage]!.survivors).map((i) => scored[i]!.genome) };
+        return { parent, parentScore: state.parentScore, survivors: order.slice(0, stages[stage]!.survivors).map((i) => scored[i]!.genome), observations };
       }
       // Should every candidate fail, the parent stays, with its failed score.
       const winner = scored[order[0]!]!.fitness.ok ? scored[order[0]!]! : scored[final]!;
-      return { parent: winner.genome, parentScore: { key: winner.key, fitness: winner.fitness }, survivors: [] };
+      return { parent: winner.genome, parentScore: { key: winner.key, fitness: winner.fitness }, survivors: [], observations };
     },
 
     leader: (state): Leader<G> | undefined =>
@@ -173,6 +223,7 @@ export const staged = <G, P>(options: StagedOptions): Strategy<G, P, StagedState
       parent: state.parent === null ? null : { genome: genome.encode(state.parent) },
       parentScore: state.parentScore,
       survivors: state.survivors.map((g) => genome.encode(g)),
+      ...(state.observations.length > 0 ? { observations: state.observations } : {}),
     }),
 
     restore: (json, genome) => {
@@ -181,6 +232,7 @@ export const staged = <G, P>(options: StagedOptions): Strategy<G, P, StagedState
         parent: saved.parent === null ? null : genome.restore(saved.parent.genome),
         parentScore: saved.parentScore,
         survivors: saved.survivors.map((g) => genome.restore(g)),
+        observations: saved.observations ?? [],
       };
     },
   };
