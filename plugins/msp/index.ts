@@ -12,8 +12,9 @@ import { BetweenSchema, BoundsSchema, effectiveBounds } from "../../src/allocati
 import type { Genome } from "../../src/engine/genome.ts";
 import type { BlockAllocation, MethodContext, MethodPlugin } from "../../src/search/plugin.ts";
 
-/** A start allocation per block: as given, or a per-linear one as each block's weighted mean. */
-const perBlockStart = (context: MethodContext, sparsities: BlockAllocation): number[] => {
+/** A start allocation per unit: per block (a per-linear one as each block's weighted mean) or per linear (a per-block one spread over its linears). */
+const startOf = (context: MethodContext, sparsities: BlockAllocation, perLinear: boolean): number[] => {
+  if (perLinear) return sparsities.length === context.linears.length ? [...sparsities] : context.linears.map((l) => sparsities[l.block]!);
   if (sparsities.length === context.blocks) return [...sparsities];
   const pruned = new Array<number>(context.blocks).fill(0);
   const weights = new Array<number>(context.blocks).fill(0);
@@ -35,6 +36,11 @@ export const MspSpaceSchema = Schema.Struct({
   delta: BetweenSchema(0, 0.5).check(Schema.makeFilter((v: number) => v > 0 || "must be positive")),
   normalisation: Schema.Literals(["log", "minmax"]),
   bounds: Schema.optional(BoundsSchema),
+  /**
+   * One sparsity per block (the paper's, the default) or per prunable linear, each linear
+   * seeded from its block's Fisher trace (the host measures traces per block).
+   */
+  granularity: Schema.optional(Schema.Literals(["block", "linear"])),
 });
 
 export type MspSpace = typeof MspSpaceSchema.Type;
@@ -42,9 +48,9 @@ export type MspSpace = typeof MspSpaceSchema.Type;
 /** Keys round to 1e-6: closer vectors prune the same weights in any real model. */
 const keyOf = (sparsities: readonly number[]): string => sparsities.map((v) => v.toFixed(6)).join(",");
 
-const checkVector = (json: unknown, blocks: number, { lo, hi }: Bounds): number[] => {
-  if (!Array.isArray(json) || json.length !== blocks) {
-    throw new RangeError(`invalid MSP genome: expected a list of ${blocks} sparsities`);
+const checkVector = (json: unknown, units: number, { lo, hi }: Bounds): number[] => {
+  if (!Array.isArray(json) || json.length !== units) {
+    throw new RangeError(`invalid MSP genome: expected a list of ${units} sparsities`);
   }
   for (const v of json) {
     if (typeof v !== "number" || !(v >= lo && v <= hi)) {
@@ -56,17 +62,23 @@ const checkVector = (json: unknown, blocks: number, { lo, hi }: Bounds): number[
 
 const mspGenome = (context: MethodContext, space: MspSpace): Genome<readonly number[], BlockAllocation> => {
   const bounds = effectiveBounds(context.bounds, space.bounds, context.target);
-  const weights = context.blockParams;
+  const perLinear = space.granularity === "linear";
+  // The units a genome holds one sparsity for, and their weights.
+  const weights = perLinear ? context.linears.map((l) => l.params) : context.blockParams;
+  const units = weights.length;
   const project = (x: readonly number[]): number[] => projectToTarget(x, weights, context.target, bounds);
   // The traces are a host statistic; ask for them only once a population is made.
   let sensitivity: number[] | undefined;
-  const normalised = (): number[] =>
-    (sensitivity ??= normaliseTraces(context.statistics.fisherTraces(), space.normalisation));
+  const normalised = (): number[] => {
+    if (sensitivity) return sensitivity;
+    const blocks = normaliseTraces(context.statistics.fisherTraces(), space.normalisation);
+    return (sensitivity = perLinear ? context.linears.map((l) => blocks[l.block]!) : blocks);
+  };
 
   return {
     create: (rng, index) => {
       // A start allocation (`--start`) is the first individual; the Fisher seeds follow.
-      const start = context.start ? perBlockStart(context, context.start.sparsities) : undefined;
+      const start = context.start ? startOf(context, context.start.sparsities, perLinear) : undefined;
       if (start) {
         if (index === 0) return project([...start]);
         index -= 1;
@@ -76,15 +88,15 @@ const mspGenome = (context: MethodContext, space: MspSpace): Genome<readonly num
       return project(seed.map((v) => v + space.jitter * rng.normal()));
     },
 
-    // Raises block j by `delta` and lowers block i by as many pruned weights, so the
+    // Raises unit j (a block, or a linear) by `delta` and lowers unit i by as many pruned weights, so the
     // pruned weight count, hence the global sparsity, is unchanged whatever the sizes.
     // The amount shrinks where a bound would be crossed; a few random pairs are tried.
     mutate: (s, rng) => {
       const next = [...s];
-      if (context.blocks < 2) return next;
+      if (units < 2) return next;
       for (let attempt = 0; attempt < 8; attempt++) {
-        const i = rng.int(context.blocks);
-        let j = rng.int(context.blocks - 1);
+        const i = rng.int(units);
+        let j = rng.int(units - 1);
         if (j >= i) j++;
         if (!(weights[i] > 0 && weights[j] > 0)) continue;
         const amount = Math.min(space.delta, bounds.hi - next[j], ((next[i] - bounds.lo) * weights[i]) / weights[j]);
@@ -104,7 +116,7 @@ const mspGenome = (context: MethodContext, space: MspSpace): Genome<readonly num
     decode: (s) => s,
     describe: (s) => `[${s.map((v) => v.toFixed(3)).join(" ")}]`,
     encode: (s) => [...s],
-    restore: (json) => checkVector(json, context.blocks, bounds),
+    restore: (json) => checkVector(json, units, bounds),
   };
 };
 
