@@ -227,7 +227,7 @@ const printModel = (setup: ModelSetup, r: ModelResult): void => {
   for (const [k, ratio] of RATIOS.entries()) {
     const fusion = rowOf(r, "hywia", ratio).fusion!;
     console.log(
-      `HyWIA at ${pct(ratio)}: chosen fusion ${fusion.chosen} (validation perplexity ${fusion.trials.map((t) => `${t.label} ${fmt(t.ppl)}`).join(", ")}); learned mean fine weight: heads ${meanFine(fusion, r.removals[k]!, "heads")}, channels ${meanFine(fusion, r.removals[k]!, "channels")} (over the blocks losing groups of that kind)`,
+      `HyWIA at ${pct(ratio)}: chosen fusion ${fusion.chosen} (validation perplexity: ${[...fusion.trials].sort((a, b) => a.ppl - b.ppl).slice(0, 3).map((t) => `${t.label} ${fmt(t.ppl)}`).join(", ")}, ...; learned ${fmt(fusion.trials.find((t) => t.label === "learned")?.ppl ?? NaN)}); learned mean fine weight: heads ${meanFine(fusion, r.removals[k]!, "heads")}, channels ${meanFine(fusion, r.removals[k]!, "channels")} (over the blocks losing groups of that kind)`,
     );
   }
   console.log("\nThe smaller model (HyWIA's; any importance gives the same shapes at a uniform ratio) against dense:\n");
