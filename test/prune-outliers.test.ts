@@ -45,10 +45,10 @@ describe("outlier statistics", () => {
     const sorted = Float32Array.from(scores[0]!).sort();
     const keepAbove = (q: number) => [Uint8Array.from(scores[0]!, (v) => (v > sorted[Math.floor(q * sorted.length)]! ? 1 : 0))];
     const all = [new Uint8Array(20_000).fill(1)];
-    const dense = nonOutlierRatio(scores, all);
+    const dense = nonOutlierRatio(scores, all, 5, "excluded");
     expect(nonOutlierRatio(scores, all, 5, "zero")).toBe(dense);
     for (const q of [0.3, 0.5, 0.7]) {
-      expect(nonOutlierRatio(scores, keepAbove(q))).toBeGreaterThan(dense);
+      expect(nonOutlierRatio(scores, keepAbove(q), 5, "excluded")).toBeGreaterThan(dense);
       expect(nonOutlierRatio(scores, keepAbove(q), 5, "zero")).toBeLessThan(dense);
     }
   });

@@ -130,7 +130,7 @@ describe("fitness chart", () => {
 
   it("keeps history.csv's 0-based generation column", () => {
     const csv = historyCsv([record(0, 0, 100), record(1, 0, 90)]).trim().split("\n");
-    expect(csv[0]).toBe("generation,index,evaluation,genome,fitness,error,cached,seconds");
+    expect(csv[0]).toBe("generation,index,evaluation,genome,fitness,error,cached,stage,tokens,seconds");
     expect(csv.slice(1).map((l) => l.split(",")[0])).toEqual(["0", "1"]);
   });
 

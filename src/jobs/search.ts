@@ -231,53 +231,40 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
 };
 
 /** The prune command that re-prunes an allocation of the run as the final report did. */
-const reproduceCommand = (s: SearchSettings, allocationFile: string): string =>
+const reproduceCommand = (s: SearchSettings, allocationFile: string): string => {
+  const shared = {
+    model: s.model,
+    tokenizer: s.tokenizer,
+    allocation: allocationFile,
+    calib: s.calib,
+    field: s.field,
+    nsamples: s.nsamples,
+    seed: s.calibSeed,
+    seqlen: s.seqlen,
+    batch: s.batch,
+    eval: s.eval,
+    evalFormat: s.evalFormat,
+    evalWindows: s.evalWindows,
+  };
   // npx finds the bin of the installed package, so the command runs as printed.
-  s.structured
+  const words = s.structured
     ? [
         `npx evosparse prune --structured ${s.structured}`,
-        ...flagWords(PRUNE_FLAGS, {
-          model: s.model,
-          tokenizer: s.tokenizer,
-          sparsity: s.sparsity,
-          allocation: allocationFile,
-          calib: s.calib,
-          field: s.field,
-          nsamples: s.nsamples,
-          seed: s.calibSeed,
-          seqlen: s.seqlen,
-          batch: s.batch,
-          eval: s.eval,
-          evalFormat: s.evalFormat,
-          evalWindows: s.evalWindows,
-          // HyWIA checks its fusion on validation windows: the search's fitness windows.
-          valid: s.fitnessData,
-          validWindows: s.fitnessWindows,
-        }),
+        // HyWIA checks its fusion on validation windows: the search's fitness windows.
+        ...flagWords(PRUNE_FLAGS, { ...shared, sparsity: s.sparsity, valid: s.fitnessData, validWindows: s.fitnessWindows }),
         ...flagWords(STRUCTURED_FLAGS, { fusionSteps: s.fusionSteps }),
-        "--out DIR",
-      ].join(" ")
+      ]
     : [
-    "npx evosparse prune",
-    ...flagWords(PRUNE_FLAGS, {
-      model: s.model,
-      tokenizer: s.tokenizer,
-      metric: s.metric,
-      ...(s.pattern.kind === "nm" ? { pattern: s.pattern as Pattern } : { sparsity: s.sparsity }),
-      allocation: allocationFile,
-      calib: s.calib,
-      field: s.field,
-      nsamples: s.nsamples,
-      seed: s.calibSeed,
-      seqlen: s.seqlen,
-      mode: s.finalMode,
-      batch: s.batch,
-      eval: s.eval,
-      evalFormat: s.evalFormat,
-      evalWindows: s.evalWindows,
-    }),
-    "--out DIR",
-  ].join(" ");
+        "npx evosparse prune",
+        ...flagWords(PRUNE_FLAGS, {
+          ...shared,
+          metric: s.metric,
+          ...(s.pattern.kind === "nm" ? { pattern: s.pattern as Pattern } : { sparsity: s.sparsity }),
+          mode: s.finalMode,
+        }),
+      ];
+  return [...words, "--out DIR"].join(" ");
+};
 
 /** The same model pruned in the final mode, measured on the test windows. */
 const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation) =>
