@@ -65,5 +65,9 @@ describe("restrictToBlocks", () => {
   it("every block selected leaves the ratios as they are", () => {
     expect(restrictToBlocks([0.1, 0.5, 0.3], [10, 20, 30], [0, 1, 2])).toEqual([0.1, 0.5, 0.3]);
     expect(restrictToBlocks([0.5, 0, 0], [10, 10, 10], [1, 2])).toEqual([0, 0.25, 0.25]);
+    // A selected ratio too small to scale (a subnormal) shares like a zero one.
+    const tiny = restrictToBlocks([5.555555555555555e-8, 5e-324], [9, 1], [1]);
+    expect(tiny[0]).toBe(0);
+    expect(tiny[1]).toBeCloseTo(5e-7, 15);
   });
 });

@@ -26,8 +26,8 @@ export const parseBlockList = (text: string, numBlocks: number): number[] => {
 
 /**
  * The ratios with every block outside `selected` at 0 and the selected ones scaled so that
- * sum(ratio · params) is unchanged. When every selected ratio is 0 they share the removal
- * evenly. Throws when the selected blocks cannot hold the removal (a ratio would reach 1).
+ * sum(ratio · params) is unchanged. When the selected ratios are all 0 (or vanishingly
+ * small beside the removal) they share it evenly. Throws when the selected blocks cannot hold the removal (a ratio would reach 1).
  */
 export const restrictToBlocks = (ratios: readonly number[], blockParams: readonly number[], selected: readonly number[]): number[] => {
   if (ratios.length !== blockParams.length) throw new RangeError(`${ratios.length} ratios for ${blockParams.length} blocks`);
@@ -38,9 +38,12 @@ export const restrictToBlocks = (ratios: readonly number[], blockParams: readonl
   const removed = ratios.reduce((n, r, i) => n + r * blockParams[i]!, 0);
   const inSelected = ratios.reduce((n, r, i) => n + (chosen.has(i) ? r * blockParams[i]! : 0), 0);
   const paramsSelected = blockParams.reduce((n, p, i) => n + (chosen.has(i) ? p : 0), 0);
+  // Selected ratios that are (nearly) all zero carry nothing to scale: they share evenly.
+  const proportional = inSelected > 0 && inSelected >= removed * 1e-12;
+  const scale = removed / inSelected;
   const out = ratios.map((r, i) => {
     if (!chosen.has(i)) return 0;
-    return inSelected > 0 ? (r * removed) / inSelected : removed / paramsSelected;
+    return proportional ? r * scale : removed / paramsSelected;
   });
   const over = out.findIndex((r) => r >= 1);
   if (over >= 0) {
