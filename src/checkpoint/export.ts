@@ -6,6 +6,8 @@
  * same ids.
  */
 import { readFileSync } from "node:fs";
+import { Effect } from "effect";
+import { DataError, isEvosparseError } from "../errors.ts";
 import type { HostBlock, ModelSpec } from "../model/spec.ts";
 import { llamaJsonFromLlama2c } from "../tokenizer/llama2c-json.ts";
 import type { Checkpoint } from "./types.ts";
@@ -55,3 +57,10 @@ export const exportHuggingFace = (
     writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles, ...writePolicy });
   }
 };
+
+/** exportHuggingFace as an Effect for the jobs: a failure that is not already one of ours names the folder. */
+export const exportHuggingFaceEffect = (...args: Parameters<typeof exportHuggingFace>) =>
+  Effect.try({
+    try: () => exportHuggingFace(...args),
+    catch: (e) => (isEvosparseError(e) ? e : new DataError({ file: args[0], problem: `cannot be written: ${(e as Error).message}` })),
+  });

@@ -7,10 +7,10 @@ import { Effect } from "effect";
 import { globalSparsity, type Allocation } from "../allocation/allocation.ts";
 import { formatAllocationCsv, readAllocationCsv } from "../allocation/csv.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
-import { exportHuggingFace } from "../checkpoint/export.ts";
+import { exportHuggingFaceEffect } from "../checkpoint/export.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { Window } from "../data/windows.ts";
-import { attempt, attemptPromise, DataError, isEvosparseError, UsageError } from "../errors.ts";
+import { attempt, attemptPromise, DataError, UsageError } from "../errors.ts";
 import { checkOutputFolder } from "../output/folder.ts";
 import { CALIBRATION_MODES } from "../prune/pipeline.ts";
 import { PRUNE_METRICS } from "../prune/prune-linear.ts";
@@ -252,21 +252,17 @@ export const pruneJob = (request: PruneJobRequest) =>
         timings: { ...pruner.timings, calibrationSampling, allocation: allocationSeconds, export: exportSeconds },
         out: request.out,
       });
-      yield* Effect.try({
-        try: () =>
-          exportHuggingFace(
-            request.out,
-            checkpoint,
-            blocks,
-            {
-              "allocation.csv": formatAllocationCsv(allocation),
-              // Written last, with the seconds the export took until then.
-              "report.json": () => JSON.stringify((written = report((performance.now() - t2) / 1000)), null, 2) + "\n",
-            },
-            { overwrite: request.overwrite ?? false, command: "prune" },
-          ),
-        catch: (e) => (isEvosparseError(e) ? e : new DataError({ file: request.out, problem: `cannot be written: ${(e as Error).message}` })),
-      });
+      yield* exportHuggingFaceEffect(
+        request.out,
+        checkpoint,
+        blocks,
+        {
+          "allocation.csv": formatAllocationCsv(allocation),
+          // Written last, with the seconds the export took until then.
+          "report.json": () => JSON.stringify((written = report((performance.now() - t2) / 1000)), null, 2) + "\n",
+        },
+        { overwrite: request.overwrite ?? false, command: "prune" },
+      );
       // The report printed is the one written.
       return written!;
     }),

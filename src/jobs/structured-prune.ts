@@ -12,10 +12,10 @@ import { blockSparsities, layoutOf, perBlock } from "../allocation/allocation.ts
 import { parseBlockList, restrictToBlocks } from "../allocation/block-selection.ts";
 import { formatAllocationCsv, readAllocationCsv } from "../allocation/csv.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
-import { exportHuggingFace } from "../checkpoint/export.ts";
+import { exportHuggingFaceEffect } from "../checkpoint/export.ts";
 import { readJsonlDocuments, readTextFile, type TextFormat } from "../data/text-source.ts";
-import type { Window } from "../data/windows.ts";
-import { attempt, attemptPromise, DataError, isEvosparseError, UsageError } from "../errors.ts";
+import { scoredTokens, type Window } from "../data/windows.ts";
+import { attempt, attemptPromise, UsageError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { perplexity } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
@@ -343,7 +343,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
           (d) => Effect.sync(() => d.dispose()),
         );
         const final = recovery?.after ?? prunedPpl!;
-        const tokens = evalWindows.reduce((n, w) => n + w.targets.filter((t) => t >= 0).length, 0);
+        const tokens = scoredTokens(evalWindows);
         evaluation = { data: s.eval, format: s.evalFormat ?? "text", seqlen, windows: evalWindows.length, tokens, dense: denseResult.ppl, pruned: final };
         log(`perplexity: dense ${denseResult.ppl.toFixed(4)}, pruned ${final.toFixed(4)}`);
       }
@@ -383,17 +383,13 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       };
       // The ratios as an allocation file: the same cut again with --allocation FILE.
       const layoutAllocation = perBlock(ratios, layoutOf(spec));
-      yield* Effect.try({
-        try: () =>
-          exportHuggingFace(
-            request.out,
-            checkpoint,
-            blocks,
-            { "allocation.csv": formatAllocationCsv(layoutAllocation), "report.json": JSON.stringify(report, null, 2) + "\n" },
-            { overwrite: request.overwrite ?? false, command: "prune", spec: cut.spec },
-          ),
-        catch: (e) => (isEvosparseError(e) ? e : new DataError({ file: request.out, problem: `cannot be written: ${(e as Error).message}` })),
-      });
+      yield* exportHuggingFaceEffect(
+        request.out,
+        checkpoint,
+        blocks,
+        { "allocation.csv": formatAllocationCsv(layoutAllocation), "report.json": JSON.stringify(report, null, 2) + "\n" },
+        { overwrite: request.overwrite ?? false, command: "prune", spec: cut.spec },
+      );
       return report;
     }),
   );

@@ -8,7 +8,7 @@
  * allocation's ratios), so the printed prune command repeats its numbers.
  */
 import type { Checkpoint } from "../checkpoint/types.ts";
-import type { Window } from "../data/windows.ts";
+import { scoredTokens, type Window } from "../data/windows.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
 import type { HostBlock, HostGlobals } from "../model/spec.ts";
 import { groupEvidence, groupScores, modelPerplexity, removeAt, type GroupEvidence, type StructuredImportance } from "../prune/structured.ts";
@@ -47,6 +47,7 @@ export const structuredFitness = (
   const scoresAt = async (ratios: readonly number[]) =>
     (await groupScores(spec, host().globals, host().dense, await evidenceOf(), { ratios, calibration: options.calibration, validation: options.windows, fusion })).scores;
   let base: Promise<BlockGroupScores[]> | undefined;
+  const windowTokens = scoredTokens(options.windows);
   const cutPerplexity = async (scores: readonly BlockGroupScores[], ratios: readonly number[], windows: readonly Window[]) => {
     const cut = removeAt(spec, host().dense, scores, ratios);
     return modelPerplexity(cut.spec, host().globals, cut.blocks, windows, options.batch);
@@ -56,7 +57,7 @@ export const structuredFitness = (
       try {
         base ??= scoresAt(host().dense.map(() => options.target));
         const ppl = await cutPerplexity(await base, ratios, options.windows);
-        return { ...fitnessOk(ppl), tokens: options.windows.reduce((n, w) => n + w.targets.filter((t) => t >= 0).length, 0) };
+        return { ...fitnessOk(ppl), tokens: windowTokens };
       } catch (error) {
         return fitnessFailed((error as Error)?.message ?? String(error));
       }
