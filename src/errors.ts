@@ -62,9 +62,21 @@ export class WorkerError extends Data.TaggedError("WorkerError")<{
   }
 }
 
-export type EvosparseError = CheckpointError | TokenizerError | DataError | BackendError | UsageError | WorkerError;
+/**
+ * The job queue failed: Redis unreachable at start or away for longer than the timeout, or
+ * a queue job that failed on every attempt. Like WorkerError, never a candidate's fitness.
+ */
+export class QueueError extends Data.TaggedError("QueueError")<{
+  readonly problem: string;
+}> {
+  override get message(): string {
+    return `queue: ${this.problem}`;
+  }
+}
 
-const TAGS: ReadonlySet<string> = new Set(["CheckpointError", "TokenizerError", "DataError", "BackendError", "UsageError", "WorkerError"]);
+export type EvosparseError = CheckpointError | TokenizerError | DataError | BackendError | UsageError | WorkerError | QueueError;
+
+const TAGS: ReadonlySet<string> = new Set(["CheckpointError", "TokenizerError", "DataError", "BackendError", "UsageError", "WorkerError", "QueueError"]);
 
 export const isEvosparseError = (e: unknown): e is EvosparseError =>
   typeof e === "object" && e !== null && "_tag" in e && TAGS.has((e as { _tag: string })._tag);

@@ -19,6 +19,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ["eval"],
   ["prune", "train"],
   ["search"],
+  ["queue"],
   ["jobs"],
   ["cli"],
 ];

@@ -2,11 +2,18 @@
  * The pattern of a pruning run, and the per-block sparsities that allocation methods
  * return, expanded to the per-linear allocation everything downstream works on.
  */
+import { Schema } from "effect";
 import { blockCount, perBlock, perBlockNM, perLinear, type Allocation, type Layout } from "./allocation.ts";
 import { nmFromSparsities } from "./nm.ts";
 
 /** Unstructured pruning at a sparsity, or an N:M pattern (N zeros in every M inputs). */
 export type Pattern = { readonly kind: "unstructured" } | { readonly kind: "nm"; readonly n: number; readonly m: number };
+
+/** A pattern as saved in settings files and sent to queue workers. */
+export const PatternSchema = Schema.Union([
+  Schema.Struct({ kind: Schema.Literal("unstructured") }),
+  Schema.Struct({ kind: Schema.Literal("nm"), n: Schema.Int, m: Schema.Int }),
+]);
 
 /**
  * The sparsities a method chooses: one per block (length = blocks; for N:M methods every

@@ -12,8 +12,9 @@ import { searchCommand } from "./search.ts";
 import { startCommand } from "./start.ts";
 import { statsCommand } from "./stats.ts";
 import { trainCommand } from "./train.ts";
+import { workerCommand } from "./worker.ts";
 
-export const COMMANDS = [evalCommand, startCommand, trainCommand, statsCommand, pruneCommand, searchCommand] as const;
+export const COMMANDS = [evalCommand, startCommand, trainCommand, statsCommand, pruneCommand, searchCommand, workerCommand] as const;
 
 export interface ProgramOptions {
   /** Replaces every command's handler (tests read the parsed flags without running a job). */

@@ -7,7 +7,7 @@ import type { BackendChoice } from "../backend/backend.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
-import { RESUMABLE_SETTINGS, SEARCH_FLAGS, searchJob, settingFlag, type GivenSettings, type SearchSettings, type SearchSummary } from "../jobs/search.ts";
+import { QUEUE_TIMEOUT_SECONDS, RESUMABLE_SETTINGS, SEARCH_FLAGS, searchJob, settingFlag, type GivenSettings, type SearchSettings, type SearchSummary } from "../jobs/search.ts";
 import { camelOf } from "../settings/flag-table.ts";
 import type { Pattern } from "../search/plugin.ts";
 import { UsageError } from "../errors.ts";
@@ -42,6 +42,8 @@ export interface SearchArgs {
   patience?: number;
   seed: number;
   workers: number;
+  queue?: string;
+  queueTimeout?: number;
   mode: CalibrationMode;
   finalMode: CalibrationMode;
   batch: number;
@@ -115,6 +117,8 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
         ? { resume: argv.resume, given: givenSettings(flags, given) }
         : { settings: flags, ...(argv.out ? { out: argv.out } : {}) }),
       workers: argv.workers,
+      ...(argv.queue !== undefined ? { queue: argv.queue } : {}),
+      ...(argv.queueTimeout !== undefined ? { queueTimeout: argv.queueTimeout } : {}),
       backend: argv.backend,
       ...(log ? { log } : {}),
       onGeneration: (record, total) => {
@@ -132,7 +136,7 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
 };
 
 /** What may change on --resume, for the help text. */
-const RESUME_CHANGES = `${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --workers and --backend`;
+const RESUME_CHANGES = `${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --workers, --queue and --backend`;
 
 export const searchCommand = {
   command: "search",
@@ -140,6 +144,8 @@ export const searchCommand = {
   builder: (y: Argv) =>
     tableOptions(y, SEARCH_FLAGS)
       .option("workers", numberOption("workers", { ...WHOLE_POSITIVE, default: 1, describe: "fitness evaluations in parallel (worker threads, each with its own model; capped at the cores and memory)" }))
+      .option("queue", { type: "string", requiresArg: true, describe: "score candidates on queue workers (evosparse worker) through this Redis: redis://[user:password@]host:port[/db], rediss:// for TLS" })
+      .option("queue-timeout", numberOption("queue-timeout", { ...WHOLE_POSITIVE, describe: `seconds Redis may be away before the search stops, resumable (default ${QUEUE_TIMEOUT_SECONDS})` }))
       .option("out", { type: "string", describe: "run folder (default: results/<method>-<timestamp>)" })
       .option("resume", { type: "string", describe: `continue the run in this folder with its saved settings; of the settings only ${RESUME_CHANGES} may change` })
       .option("json", { type: "boolean", default: false, describe: "print summary.json" })

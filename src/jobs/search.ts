@@ -12,7 +12,7 @@ import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity } from "../allocation/allocation.ts";
 import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
 import { nmMismatch } from "../allocation/nm.ts";
-import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
+import { PatternSchema, patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
@@ -27,6 +27,9 @@ import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../
 import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
 import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
 import type { Pruner } from "../prune/pruner.ts";
+import { parseQueueAddress, type QueueAddress } from "../queue/address.ts";
+import { queueEvaluator } from "../queue/queue-evaluator.ts";
+import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
 import { FITNESS_MEASURES, methodContext } from "../search/fitness.ts";
 import { openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
@@ -41,11 +44,6 @@ import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { PRUNE_FLAGS } from "./prune.ts";
 import { STRUCTURED_FLAGS } from "./structured-prune.ts";
-
-const PatternSchema = Schema.Union([
-  Schema.Struct({ kind: Schema.Literal("unstructured") }),
-  Schema.Struct({ kind: Schema.Literal("nm"), n: Schema.Int, m: Schema.Int }),
-]);
 
 /** Everything that decides a run's result; saved so a resumed run is the same run. */
 export const SearchSettings = Schema.Struct({
@@ -155,10 +153,21 @@ export interface SearchRequest {
   /** With `resume`: the settings given explicitly on the command line, checked against the saved ones. */
   readonly given?: Partial<GivenSettings>;
   readonly workers: number;
+  /** A Redis URL: fitness jobs go to queue workers there instead of this process. */
+  readonly queue?: string;
+  /** Seconds Redis may be away during the search before it stops (default QUEUE_TIMEOUT_SECONDS). */
+  readonly queueTimeout?: number;
   readonly backend: BackendChoice;
   readonly log?: (line: string) => void;
   readonly onGeneration?: (record: GenerationRecord, total: number) => void;
 }
+
+/**
+ * How long a search waits for Redis to come back before it stops (it resumes with
+ * --resume). Long enough for a restart or a failover; a search's saved state loses at most
+ * the generation in flight, whose finished jobs the resumed run reads back.
+ */
+export const QUEUE_TIMEOUT_SECONDS = 300;
 
 export interface FinalResult {
   readonly method: string;
@@ -323,11 +332,26 @@ const fitnessWorkerBytes = (model: FitnessModel): number => {
   return 24 * prunable + 8 * spec.vocabSize * spec.hiddenSize + 160 * 2 ** 20;
 };
 
+/**
+ * The queue as the run's evaluator: the run's setup record (model digests, settings,
+ * windows as tokens) is published under its fingerprint and every candidate becomes a job.
+ */
+const queueEvaluatorFor = (address: QueueAddress, setup: FitnessSetup, model: FitnessModel, settings: SearchSettings, request: SearchRequest, dir: string, log: (line: string) => void) =>
+  Effect.gen(function* () {
+    const record = yield* attempt(() => setupRecordOf(setup, model, modelIdentity(settings.model)));
+    const timeoutSeconds = request.queueTimeout ?? QUEUE_TIMEOUT_SECONDS;
+    const workerHint = `start one with: npx evosparse worker --queue ${address.shown} --model ${settings.model} --backend ${setup.backend}`;
+    log(`queue: run ${record.fingerprint.slice(0, 12)} on ${address.shown}; ${workerHint}`);
+    return yield* queueEvaluator({ address, record, timeoutSeconds, log, after: `the search stopped; every finished generation is saved: continue it with --resume ${dir}`, workerHint });
+  });
+
 export const searchJob = (request: SearchRequest) =>
   Effect.scoped(
     Effect.gen(function* () {
       const log = request.log ?? (() => {});
       if (!Number.isInteger(request.workers) || request.workers < 1) return yield* new UsageError({ problem: `--workers ${request.workers} must be a positive integer` });
+      if (request.queue !== undefined && request.workers > 1) return yield* new UsageError({ problem: "--queue and --workers: fitness goes either to queue workers or to worker threads here" });
+      const queueAddress = request.queue === undefined ? undefined : yield* attempt(() => parseQueueAddress(request.queue!));
 
       // 1. Everything that can be checked without the model, before anything is written.
       if (!request.resume && !request.settings) return yield* new UsageError({ problem: "a search needs settings or --resume" });
@@ -473,10 +497,14 @@ export const searchJob = (request: SearchRequest) =>
       if (excess !== undefined) log(`--workers ${request.workers} capped at ${workers}: ${excess} (the history does not depend on the worker count)`);
       log(
         `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
-          `${model.calibration.length} calibration windows of ${settings.seqlen}; ${workers} worker${workers > 1 ? "s" : ""}; folder ${dir}`,
+          `${model.calibration.length} calibration windows of ${settings.seqlen}; ${queueAddress ? `queue ${queueAddress.shown}` : `${workers} worker${workers > 1 ? "s" : ""}`}; folder ${dir}`,
       );
 
-      const pool: FitnessEvaluator = workers > 1 ? yield* workerPoolEvaluator(setup, workers) : inProcessEvaluator(model);
+      const pool: FitnessEvaluator = queueAddress
+        ? yield* queueEvaluatorFor(queueAddress, setup, model, settings, request, dir, log)
+        : workers > 1
+          ? yield* workerPoolEvaluator(setup, workers)
+          : inProcessEvaluator(model);
       let evaluationSeconds = 0;
       const evaluator: FitnessEvaluator & { tokensOf(fidelity: Fidelity): number } = {
         workers: pool.workers,

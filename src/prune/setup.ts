@@ -27,6 +27,11 @@ export interface CalibrationSetup {
   readonly seed: number;
   /** A pattern the model must fit, checked before any calibration work. */
   readonly pattern?: Pattern;
+  /**
+   * The calibration windows themselves, drawn elsewhere (a queue worker receives them as
+   * data): `calib` is then not read.
+   */
+  readonly calibrationTokens?: readonly Int32Array[];
 }
 
 export interface CalibratedModel {
@@ -51,7 +56,7 @@ export const openCalibratedModel = (setup: CalibrationSetup): CalibratedModel =>
     const mismatch = setup.pattern?.kind === "nm" ? nmMismatch(checkpoint.spec, setup.pattern.m) : undefined;
     if (mismatch) throw new UsageError({ problem: `--pattern ${patternText(setup.pattern!)} does not fit ${setup.model}: ${mismatch}` });
     const tokenizer = tokenizerFor(checkpoint);
-    const calibration = calibrationWindows({ source: setup.calib, field: setup.field ?? "text", samples: setup.nsamples, seqlen, seed: setup.seed }, tokenizer);
+    const calibration = setup.calibrationTokens ? [...setup.calibrationTokens] : calibrationWindows({ source: setup.calib, field: setup.field ?? "text", samples: setup.nsamples, seqlen, seed: setup.seed }, tokenizer);
     return { checkpoint, tokenizer, seqlen, calibration, close: () => checkpoint.close() };
   } catch (error) {
     checkpoint.close();

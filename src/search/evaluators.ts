@@ -60,17 +60,19 @@ export const workerPoolEvaluator = (
         catch: (e) => new WorkerError({ problem: `failed to start: ${(e as Error)?.message ?? String(e)}` }),
       }),
     ),
-    Effect.map(
-      (channels): FitnessEvaluator => ({
-        workers,
-        // Each candidate borrows a free worker and gives it back; Effect runs as many at
-        // once as there are workers, keeps the batch order, and interrupts the lot if the
-        // search is interrupted (the scope then terminates the threads).
-        evaluate: (batch, fidelity) =>
-          Effect.gen(function* () {
-            const free = yield* Queue.unbounded<WorkerChannel>();
-            for (const channel of channels) yield* Queue.offer(free, channel);
-            return yield* Effect.forEach(
+    Effect.flatMap((channels) =>
+      Effect.gen(function* () {
+        // Free workers, shared by every batch: batches evaluated at the same time (a queue
+        // worker's concurrent jobs) never put two candidates on one worker.
+        const free = yield* Queue.unbounded<WorkerChannel>();
+        for (const channel of channels) yield* Queue.offer(free, channel);
+        const evaluator: FitnessEvaluator = {
+          workers,
+          // Each candidate borrows a free worker and gives it back; Effect runs as many at
+          // once as there are workers, keeps the batch order, and interrupts the lot if the
+          // search is interrupted (the scope then terminates the threads).
+          evaluate: (batch, fidelity) =>
+            Effect.forEach(
               batch,
               (allocation) =>
                 Effect.acquireUseRelease(
@@ -82,14 +84,13 @@ export const workerPoolEvaluator = (
                     Effect.tryPromise({
                       try: () => channel.request<Fitness>({ allocation, ...(fidelity ? { fidelity } : {}) } satisfies FitnessRequest),
                       catch: (e) => new WorkerError({ problem: (e as Error)?.message ?? String(e) }),
-                    }).pipe(
-                      Effect.tap(() => Effect.sync(() => onEach?.())),
-                    ),
+                    }).pipe(Effect.tap(() => Effect.sync(() => onEach?.()))),
                   (channel) => Queue.offer(free, channel),
                 ),
               { concurrency: channels.length },
-            );
-          }),
+            ),
+        };
+        return evaluator;
       }),
     ),
   );

@@ -35,6 +35,12 @@ export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
   readonly searchSeed?: number;
   /** Structured pruning: whole groups removed at each block's ratio, scored by this importance. */
   readonly structured?: { readonly importance: StructuredImportance; readonly target: number; readonly fusionSteps?: number };
+  /**
+   * The fitness windows and the whole fitness text's windows (stage minibatches are drawn
+   * from them), tokenized elsewhere: `fitnessData` is then not read. With
+   * `calibrationTokens`, a setup that reads no text file (a queue worker's).
+   */
+  readonly fitnessTokens?: { readonly windows: readonly Window[]; readonly pool: readonly Window[] };
 }
 
 /** What a fitness worker is asked: one candidate, at a fidelity (the default windows when absent). */
@@ -62,6 +68,8 @@ export interface FitnessModel {
   score(sparsities: BlockAllocation, fidelity?: Fidelity): Promise<Fitness>;
   /** The fitness tokens one evaluation at a fidelity costs (its windows' scored tokens). */
   tokensOf(fidelity?: Fidelity): number;
+  /** Every window of the fitness text, the pool stage minibatches are drawn from. */
+  pool(): readonly Window[];
   /** Present for structured runs. */
   readonly structured?: StructuredFitness;
   dispose(): void;
@@ -70,7 +78,7 @@ export interface FitnessModel {
 export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = setup.mode): FitnessModel => {
   const model = openCalibratedModel(setup);
   try {
-    const windows = evaluationWindows({ data: setup.fitnessData, format: "text", maxWindows: setup.fitnessWindows }, model.tokenizer, model.seqlen);
+    const windows = setup.fitnessTokens ? [...setup.fitnessTokens.windows] : evaluationWindows({ data: setup.fitnessData, format: "text", maxWindows: setup.fitnessWindows }, model.tokenizer, model.seqlen);
     const pruner = createPruner(model, { metric: setup.metric, mode, ...(setup.batch ? { batch: setup.batch } : {}) });
     const structured = setup.structured
       ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1 })
@@ -78,13 +86,14 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
     if (structured && setup.fitness === "kl") throw new UsageError({ problem: "--fitness kl is for unstructured pruning; structured searches score perplexity" });
     const reference = setup.fitness === "kl" ? new DenseReference() : undefined;
     // Every window of the fitness text, drawn from for stage minibatches; read when first needed.
-    let pool: Window[] | undefined;
+    let pool: readonly Window[] | undefined;
+    const poolOf = (): readonly Window[] => (pool ??= setup.fitnessTokens?.pool ?? evaluationWindows({ data: setup.fitnessData, format: "text" }, model.tokenizer, model.seqlen));
     const windowsFor = (fidelity?: Fidelity): readonly Window[] => {
       if (fidelity?.tokens === undefined) return windows;
-      pool ??= evaluationWindows({ data: setup.fitnessData, format: "text" }, model.tokenizer, model.seqlen);
-      return stageWindows(pool, fidelity.tokens, setup.searchSeed ?? 0, fidelity.generation, fidelity.stage);
+      return stageWindows(poolOf(), fidelity.tokens, setup.searchSeed ?? 0, fidelity.generation, fidelity.stage);
     };
     return {
+      pool: poolOf,
       tokensOf: (fidelity) => scoredTokens(structured ? windows : windowsFor(fidelity)),
       score: (sparsities, fidelity) => {
         if (structured) {
