@@ -29,6 +29,7 @@ import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
 import type { Pruner } from "../prune/pruner.ts";
 import { parseQueueAddress, type QueueAddress } from "../queue/address.ts";
 import { queueEvaluator } from "../queue/queue-evaluator.ts";
+import { openRedis } from "../queue/redis.ts";
 import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
 import { FITNESS_MEASURES, methodContext } from "../search/fitness.ts";
@@ -352,6 +353,8 @@ export const searchJob = (request: SearchRequest) =>
       if (!Number.isInteger(request.workers) || request.workers < 1) return yield* new UsageError({ problem: `--workers ${request.workers} must be a positive integer` });
       if (request.queue !== undefined && request.workers > 1) return yield* new UsageError({ problem: "--queue and --workers: fitness goes either to queue workers or to worker threads here" });
       const queueAddress = request.queue === undefined ? undefined : yield* attempt(() => parseQueueAddress(request.queue!));
+      // An unreachable queue is found before the run folder is made.
+      if (queueAddress) yield* attemptPromise(() => openRedis(queueAddress, "evosparse-probe").then((r) => r.quit()));
 
       // 1. Everything that can be checked without the model, before anything is written.
       if (!request.resume && !request.settings) return yield* new UsageError({ problem: "a search needs settings or --resume" });

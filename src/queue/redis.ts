@@ -28,15 +28,17 @@ export const openRedis = async (address: QueueAddress, name: string): Promise<Re
     // Reconnect forever, at most every two seconds: an outage is judged by the watcher.
     retryStrategy: (times) => Math.min(200 * times, 2000),
   });
-  // ioredis reports every failed reconnection as an error event; the watcher reports outages.
-  redis.on("error", () => {});
+  // ioredis reports every failed reconnection as an error event; the watcher reports
+  // outages. The first one says why a connection failed ("Connection is closed" does not).
+  let first: unknown;
+  redis.on("error", (e) => (first ??= e));
   try {
     await redis.connect();
     await redis.ping();
     return redis;
   } catch (e) {
     redis.disconnect();
-    throw new QueueError({ problem: `Redis at ${address.shown} is unreachable (${reason(e)})` });
+    throw new QueueError({ problem: `Redis at ${address.shown} is unreachable (${reason(first ?? e)})` });
   }
 };
 
