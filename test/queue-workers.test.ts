@@ -68,7 +68,7 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
   const liveQueue = async (): Promise<Queue> => {
     const client = redis.client();
     let fingerprints: string[] = [];
-    await until("a search on the queue", async () => (fingerprints = await client.zrange(SEARCHES_KEY, 0, -1)).length > 0);
+    await until("a search on the queue", async () => (fingerprints = await client.zrange(SEARCHES_KEY, "0", "-1")).length > 0);
     return new Queue(queueName(fingerprints[0]!), { connection: client, prefix: PREFIX });
   };
 

@@ -52,6 +52,8 @@ interface Run {
   readonly bytes: number;
   lastUsed: number;
   busy: number;
+  /** Its scorer failed (a worker thread died): rebuilt once its jobs in hand are done. */
+  broken: boolean;
 }
 
 /**
@@ -104,7 +106,9 @@ export class FitnessServer {
       if (!this.runs.has(fingerprint) && !this.refused.has(fingerprint) && !this.stopping) await this.join(fingerprint);
     }
     for (const run of [...this.runs.values()]) {
-      if (!alive.has(run.fingerprint) && run.busy === 0) await this.leave(run, "its search is gone");
+      if (run.busy > 0) continue;
+      if (!alive.has(run.fingerprint)) await this.leave(run, "its search is gone");
+      else if (run.broken) await this.leave(run, "its fitness model broke; it is built again");
     }
   }
 
@@ -162,6 +166,7 @@ export class FitnessServer {
       bytes: need,
       lastUsed: Date.now(),
       busy: 0,
+      broken: false,
       worker: new Worker(queueName(fingerprint), (job) => this.process(run, job), {
         connection: this.redis,
         prefix: PREFIX,
@@ -205,6 +210,12 @@ export class FitnessServer {
       const at = data.fidelity ? ` generation ${data.fidelity.generation} stage ${data.fidelity.stage}${data.fidelity.tokens ? ` (${data.fidelity.tokens} tokens)` : ""}` : "";
       this.options.log(`job ${job.id} run ${short(run.fingerprint)}${at}: ${fitness.ok ? `fitness ${fitness.value.toFixed(6)}` : `failed candidate (${fitness.error})`} in ${seconds.toFixed(2)} s`);
       return { ...fitness, seconds };
+    } catch (e) {
+      // Not the candidate's failure (that is a result): the job is retried, by BullMQ,
+      // on a worker whose model works.
+      run.broken = true;
+      this.options.log(`job ${job.id} run ${short(run.fingerprint)}: the fitness model failed (${(e as Error)?.message ?? String(e)}); the job is given back`);
+      throw e;
     } finally {
       run.busy--;
       run.lastUsed = Date.now();

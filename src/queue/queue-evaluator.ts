@@ -37,6 +37,10 @@ const POLL_MS = 1000;
 /** Without a single result for this long, say how to start a worker. */
 const IDLE_HINT_MS = 15_000;
 
+/** Waits for a clean-up step at most two seconds, whatever its outcome. */
+const briefly = (step: Promise<unknown>): Promise<unknown> =>
+  Promise.race([step.catch(() => {}), new Promise((done) => setTimeout(done, 2000).unref())]);
+
 interface Pending {
   readonly data: FitnessJob;
   readonly waiters: Array<{ resolve: (f: Fitness) => void; reject: (e: unknown) => void }>;
@@ -165,8 +169,9 @@ class QueueClient {
   async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.watch.stop();
-    await this.redis.zrem(SEARCHES_KEY, this.options.record.fingerprint).catch(() => {});
-    await Promise.allSettled([this.events.close(), this.queue.close()]);
+    // Redis may be the reason the search stops: its commands would wait for it forever.
+    await briefly(this.redis.zrem(SEARCHES_KEY, this.options.record.fingerprint));
+    await briefly(Promise.allSettled([this.events.close(), this.queue.close()]));
     this.redis.disconnect();
   }
 }
