@@ -96,7 +96,7 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     writeSync(fd, byte, 0, 1, 8192);
     closeSync(fd);
     const a = startWorker("a");
-    const b = startWorker("b");
+    const b = startWorker("b", "--concurrency", "2");
     const stranger = startWorker("stranger", "--model", other);
     await Promise.all([serving(a), serving(b), serving(stranger)]);
     // Without --json, so that the search's log (and the refusal in it) is printed.
@@ -111,6 +111,28 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     expect(stranger.jobs()).toEqual([]);
     expect(a.jobs().length + b.jobs().length).toBeGreaterThanOrEqual(12);
     await Promise.all([a, b, stranger].map(stopWorker));
+  }, 180_000);
+
+  it("one worker serves two searches at once; another, whose --memory holds one run, makes the second wait", async () => {
+    const otherSeed = SEARCH.map((w, i) => (SEARCH[i - 1] === "--seed" ? "6" : w));
+    const otherReference = join(root, "in-process-seed-6");
+    jsonOf(evosparse(...otherSeed, "--out", otherReference, "--json"));
+    const both = startWorker("both");
+    const one = startWorker("one-at-a-time", "--memory", "300");
+    await Promise.all([serving(both), serving(one)]);
+    const first = spawnEvosparse(...SEARCH, "--out", join(root, "first"), "--queue", redis.url, "--json");
+    const second = spawnEvosparse(...otherSeed, "--out", join(root, "second"), "--queue", redis.url, "--json");
+    expect(await Promise.all([ended(first), ended(second)])).toEqual([null, null]);
+    expect([first.exitCode, second.exitCode]).toEqual([0, 0]);
+    expect(historyOf(join(root, "first"))).toEqual(historyOf(referenceDir));
+    expect(historyOf(join(root, "second"))).toEqual(historyOf(otherReference));
+    const lines = both.lines();
+    const served = lines.filter((l) => l.startsWith("serving run "));
+    expect(served.length).toBe(2);
+    const firstLeft = lines.findIndex((l) => l.startsWith("left run "));
+    expect(firstLeft === -1 || firstLeft > lines.indexOf(served[1]!)).toBe(true);
+    expect(one.lines().some((l) => /^run [0-9a-f]{12} waits: \d+ MiB of --memory 300 MiB is held by other runs$/.test(l))).toBe(true);
+    await Promise.all([both, one].map(stopWorker));
   }, 180_000);
 
   it("a worker killed mid-job (SIGKILL) loses nothing: its job goes to another worker, the result is unchanged", async () => {

@@ -3,8 +3,8 @@
  * watches Redis for searches looking for workers; for each run it checks the run's setup
  * record against itself (the model's bytes, the backend family) and either refuses the run
  * with a reason the search prints, or builds that run's fitness model once and takes the
- * run's jobs until the search is gone. Several runs can be served at once, within a memory
- * setting. Nothing from the queue is executed or used as a path: records and jobs are
+ * run's jobs until the search is gone. Several runs can be served at once, as many as the
+ * memory setting holds; the others wait for a search to end. Nothing from the queue is executed or used as a path: records and jobs are
  * decoded with Schema, and a job that does not decode fails alone.
  */
 import { UnrecoverableError, Worker, type Job } from "bullmq";
@@ -50,7 +50,6 @@ interface Run {
   readonly worker: Worker;
   readonly scorer: Scorer;
   readonly bytes: number;
-  lastUsed: number;
   busy: number;
   /** Its scorer failed (a worker thread died): rebuilt once its jobs in hand are done. */
   broken: boolean;
@@ -138,11 +137,10 @@ export class FitnessServer {
     }
     const need = runBytes(record, this.options.concurrency);
     if (need > this.options.memoryBytes) return this.refuse(fingerprint, `its model needs about ${mib(need)}, more than this worker's --memory ${mib(this.options.memoryBytes)}`);
-    // Make room: idle runs go, least recently used first; otherwise wait for one to finish.
-    const idle = [...this.runs.values()].filter((r) => r.busy === 0).sort((a, b) => a.lastUsed - b.lastUsed);
-    while (this.held() + need > this.options.memoryBytes && idle.length > 0) await this.leave(idle.shift()!, "memory for another run");
+    // Runs beyond the memory wait for a search to end (its run is then left), rather than
+    // evict a live run between two of its jobs and build it again for the next.
     if (this.held() + need > this.options.memoryBytes) {
-      if (!this.waitingForMemory.has(fingerprint)) this.options.log(`run ${short(fingerprint)} waits: ${mib(this.held())} of --memory ${mib(this.options.memoryBytes)} is held by busy runs`);
+      if (!this.waitingForMemory.has(fingerprint)) this.options.log(`run ${short(fingerprint)} waits: ${mib(this.held())} of --memory ${mib(this.options.memoryBytes)} is held by other runs`);
       this.waitingForMemory.add(fingerprint);
       return;
     }
@@ -164,7 +162,6 @@ export class FitnessServer {
       fingerprint,
       scorer,
       bytes: need,
-      lastUsed: Date.now(),
       busy: 0,
       broken: false,
       worker: new Worker(queueName(fingerprint), (job) => this.process(run, job), {
@@ -218,7 +215,6 @@ export class FitnessServer {
       throw e;
     } finally {
       run.busy--;
-      run.lastUsed = Date.now();
     }
   }
 
