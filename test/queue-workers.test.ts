@@ -13,9 +13,10 @@ import { Queue } from "bullmq";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { PREFIX, queueName, SEARCHES_KEY } from "../src/queue/keys.ts";
 import { bin, embeddedModel, ended, evosparse, historyOf, jsonOf, spawnEvosparse, tempRoot } from "./helpers/embedded.ts";
-import { redisMissing, startTestRedis, type TestRedis } from "./helpers/redis.ts";
+import { opensslMissing, redisMissing, startTestRedis, type TestRedis } from "./helpers/redis.ts";
 
 if (redisMissing) console.warn(`skipping the queue worker tests: ${redisMissing}`);
+else if (opensslMissing) console.warn(`skipping the rediss:// (TLS) test: ${opensslMissing}`);
 
 const root = tempRoot("queue-workers");
 const SEARCH = [
@@ -219,5 +220,28 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     expect(stderr).toMatch(/queue: Redis at redis:\/\/127\.0\.0\.1:\d+\/? is back; continuing/);
     expect(historyOf(out)).toEqual(historyOf(referenceDir));
     await stopWorker(w);
+  }, 180_000);
+
+  it.skipIf(opensslMissing !== undefined)("works over TLS: rediss:// with the server's CA trusted (NODE_EXTRA_CA_CERTS)", async () => {
+    const secure = await startTestRedis({ tls: true });
+    try {
+      const env = { ...process.env, CI: "true", NODE_EXTRA_CA_CERTS: secure.ca! };
+      const log = join(root, "tls-worker.log");
+      const fd = openSync(log, "w");
+      const worker = spawn(process.execPath, [bin, "worker", "--queue", secure.url, "--backend", "wasm"], { stdio: ["ignore", fd, fd], env });
+      closeSync(fd);
+      const workerExit = new Promise<number | null>((d) => worker.once("exit", (code) => d(code)));
+      const out = join(root, "tls");
+      const search = spawn(process.execPath, [bin, ...SEARCH, "--out", out, "--queue", secure.url, "--json", "--backend", "wasm"], { stdio: ["ignore", "ignore", "pipe"], env });
+      let stderr = "";
+      search.stderr!.on("data", (d) => (stderr += String(d)));
+      expect(await new Promise((d) => search.once("exit", d)), stderr).toBe(0);
+      expect(historyOf(out)).toEqual(historyOf(referenceDir));
+      worker.kill("SIGTERM");
+      expect(await workerExit).toBe(0);
+      expect(readFileSync(log, "utf8")).toMatch(/^job c[0-9a-f]{40} /m);
+    } finally {
+      await secure.dispose();
+    }
   }, 180_000);
 });
