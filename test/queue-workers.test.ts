@@ -50,7 +50,7 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
   const startWorker = (name: string, ...args: string[]): WorkerProcess => {
     const log = join(root, `${name}.log`);
     const fd = openSync(log, "w");
-    const child = spawn(process.execPath, [bin, "worker", "--queue", redis.url, "--backend", "wasm", ...args], { stdio: ["ignore", fd, fd], env: { ...process.env, CI: "true" } });
+    const child = spawn(process.execPath, [bin, "worker", "--queue", redis.url, ...(args.includes("--backend") ? [] : ["--backend", "wasm"]), ...args], { stdio: ["ignore", fd, fd], env: { ...process.env, CI: "true" } });
     closeSync(fd);
     const lines = () => readFileSync(log, "utf8").split("\n").filter((l) => l.length > 0);
     const w = { child, log, lines, jobs: () => lines().filter((l) => l.startsWith("job ") && !l.includes("rejected")) };
@@ -99,7 +99,9 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     const a = startWorker("a");
     const b = startWorker("b", "--concurrency", "2");
     const stranger = startWorker("stranger", "--model", other);
-    await Promise.all([serving(a), serving(b), serving(stranger)]);
+    // The backend is part of a run: float results differ in the last bits across backends.
+    const otherBackend = startWorker("cpu", "--backend", "cpu");
+    await Promise.all([serving(a), serving(b), serving(stranger), serving(otherBackend)]);
     // Without --json, so that the search's log (and the refusal in it) is printed.
     const r = evosparse(...SEARCH, "--out", join(root, "two"), "--queue", redis.url);
     expect(r.code, r.stderr).toBe(0);
@@ -110,8 +112,10 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     expect(r.stderr).toMatch(/queue: worker \S+ refused this run: not this worker's model \(.*model\.safetensors differs/);
     expect(stranger.lines().some((l) => /^refused run [0-9a-f]{12}: not this worker's model/.test(l))).toBe(true);
     expect(stranger.jobs()).toEqual([]);
+    expect(r.stderr).toMatch(/queue: worker \S+ refused this run: the search computes with the wasm backend, this worker with cpu .*start it with --backend wasm/);
+    expect(otherBackend.jobs()).toEqual([]);
     expect(a.jobs().length + b.jobs().length).toBeGreaterThanOrEqual(12);
-    await Promise.all([a, b, stranger].map(stopWorker));
+    await Promise.all([a, b, stranger, otherBackend].map(stopWorker));
   }, 180_000);
 
   it("one worker serves two searches at once; another, whose --memory holds one run, makes the second wait", async () => {

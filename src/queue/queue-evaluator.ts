@@ -99,7 +99,8 @@ class QueueClient {
   }
 
   private async poll(): Promise<void> {
-    for (const id of this.pending.keys()) await this.check(id);
+    // Pipelined by the client: one round trip's wait for the lot.
+    await Promise.all([...this.pending.keys()].map((id) => this.check(id)));
     if (!this.hinted && this.pending.size > 0 && Date.now() - this.lastResult > IDLE_HINT_MS) {
       this.hinted = true;
       this.options.log(`queue: no result for ${IDLE_HINT_MS / 1000} s; is a worker running? ${this.options.workerHint}`);
@@ -110,29 +111,29 @@ class QueueClient {
   private async check(id: string): Promise<void> {
     const pending = this.pending.get(id);
     if (!pending) return;
-    const job = await Job.fromId(this.queue, id);
-    if (!job) {
+    // The state first: once it is final the job's result is there to read (reading the
+    // job first could see it unfinished and then call it completed).
+    const state = await this.queue.getJobState(id);
+    if (state === "unknown") {
       await this.add([[id, pending.data]]);
       return;
     }
-    const state = await job.getState();
     if (state !== "completed" && state !== "failed") return;
-    if (!this.pending.delete(id)) return;
+    const job = await Job.fromId(this.queue, id);
+    // Another check settled it meanwhile (and the same candidate may be pending anew).
+    if (this.pending.get(id) !== pending) return;
+    this.pending.delete(id);
     this.lastResult = Date.now();
-    if (state === "failed") {
-      const error = new QueueError({ problem: `job ${id} failed on every attempt: ${job.failedReason}` });
-      for (const w of pending.waiters) w.reject(error);
-      return;
-    }
-    let fitness: Fitness;
+    const settle = (result: { fitness: Fitness } | { error: QueueError }) => {
+      for (const w of pending.waiters) "fitness" in result ? w.resolve(result.fitness) : w.reject(result.error);
+    };
+    if (!job) return settle({ error: new QueueError({ problem: `job ${id} finished but was removed before its result was read` }) });
+    if (state === "failed") return settle({ error: new QueueError({ problem: `job ${id} failed on every attempt: ${job.failedReason}` }) });
     try {
-      fitness = decodeJobResult(job.returnvalue);
+      settle({ fitness: decodeJobResult(job.returnvalue) });
     } catch (e) {
-      const error = new QueueError({ problem: `job ${id}: ${(e as Error).message}` });
-      for (const w of pending.waiters) w.reject(error);
-      return;
+      settle({ error: new QueueError({ problem: `job ${id}: ${(e as Error).message}` }) });
     }
-    for (const w of pending.waiters) w.resolve(fitness);
   }
 
   private add(jobs: ReadonlyArray<readonly [string, FitnessJob]>) {
