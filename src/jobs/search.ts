@@ -309,7 +309,7 @@ export const resumedSettings = (saved: SearchSettings, given: Partial<GivenSetti
     throw new UsageError({
       problem:
         `${settingFlag(key)} ${shown(key, value)} differs from the resumed run's ${before === undefined ? "default" : shown(key, before)} (${file}): ` +
-        `a resumed run keeps its settings; only ${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --workers and --backend may change`,
+        `a resumed run keeps its settings; only ${RESUMABLE_SETTINGS.map(settingFlag).join(", ")}, --workers, --queue and --backend may change`,
     });
   }
   return { ...saved, ...changed };
