@@ -114,8 +114,8 @@ export const evolve = <G, P, E = never, R = never>(
     if (options.budgetTokens !== undefined && options.tokensOf === undefined) {
       return yield* new UsageError({ problem: "a token budget needs the host's token count per evaluation (tokensOf)" });
     }
-    const { population, elitism, tournament, crossoverRate, mutationRate } = options;
-    const strategy: Strategy<G, P> = options.strategy ?? generational<G, P>({ population: population!, elitism, tournament, crossoverRate, mutationRate });
+    const { population, elitism, tournament, crossoverRate, mutationRate, screening } = options;
+    const strategy: Strategy<G, P> = options.strategy ?? generational<G, P>({ population: population!, elitism, tournament, crossoverRate, mutationRate, screening });
     const leads = strategy.leader !== undefined;
     const { genome } = options;
     const saved = options.checkpoint?.load();
@@ -300,7 +300,7 @@ const stored = (fitness: Fitness): StoredFitness =>
 
 export type EngineLimits = Pick<
   EvolveOptions<unknown, unknown>,
-  "seed" | "population" | "generations" | "elitism" | "tournament" | "crossoverRate" | "mutationRate" | "budgetEvals" | "budgetTokens" | "timeBudgetSeconds" | "patience"
+  "seed" | "population" | "generations" | "elitism" | "tournament" | "crossoverRate" | "mutationRate" | "screening" | "budgetEvals" | "budgetTokens" | "timeBudgetSeconds" | "patience"
 > & { readonly strategy?: unknown };
 
 /**

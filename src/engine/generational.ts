@@ -4,12 +4,21 @@
  * later generation is the elites (the best distinct phenotypes of the last generation that
  * did not fail), then children by tournament selection, crossover and mutation, child i
  * drawing only from `rng.split(i)`.
+ *
+ * With `screening` (multi-stage selection, for every method on this strategy), a
+ * generation first breeds `screening[0].candidates` children (generation 0 creates as
+ * many individuals) and scores them on a minibatch of `screening[0].tokens` fitness
+ * tokens; the best `screening[1].candidates` go on to the next minibatch, and so on; the
+ * best of the last screen, as many as the population has places after the elites, are
+ * then scored with the elites on the default fidelity, and those scores alone make the
+ * population (so they stay comparable across generations).
  */
 import { Schema } from "effect";
 import { UsageError } from "../errors.ts";
 import type { Rng } from "../rng.ts";
 import type { Genome } from "./genome.ts";
 import { ranking, score, tournament } from "./selection.ts";
+import type { StoredFitness } from "./state.ts";
 import type { Strategy } from "./strategy.ts";
 
 export interface GenerationalOptions {
@@ -23,9 +32,16 @@ export interface GenerationalOptions {
   readonly crossoverRate?: number;
   /** Probability that a child is mutated; default 1. */
   readonly mutationRate?: number;
+  /** Screening stages before the default fidelity: candidates scored at each, on how many tokens. */
+  readonly screening?: readonly ScreeningStage[];
 }
 
-export type GenerationalSettings = Required<GenerationalOptions>;
+export interface ScreeningStage {
+  readonly candidates: number;
+  readonly tokens: number;
+}
+
+export type GenerationalSettings = Required<Omit<GenerationalOptions, "screening">> & { readonly screening: readonly ScreeningStage[] };
 
 interface Member<G> {
   readonly genome: G;
@@ -37,6 +53,8 @@ interface Member<G> {
 /** The last generation, as told (a prefix of it when the budget cut it); empty before generation 0. */
 export interface GenerationalState<G> {
   readonly population: readonly Member<G>[];
+  /** Within a screened generation: the candidates that passed the last screen. */
+  readonly passed?: readonly G[];
 }
 
 /** The saved form: genomes through `genome.encode`, a failure's fitness as null. */
@@ -61,8 +79,23 @@ export const generationalProblems = (options: Partial<GenerationalOptions>): str
   whole("tournament", options.tournament, 1);
   fraction("crossover rate", options.crossoverRate);
   fraction("mutation rate", options.mutationRate);
+  (options.screening ?? []).forEach((stage, s, all) => {
+    whole(`screening stage ${s} candidates`, stage.candidates, options.population ?? 1, s > 0 ? all[s - 1]!.candidates : Infinity);
+    whole(`screening stage ${s} tokens`, stage.tokens, 1);
+  });
   return problems;
 };
+
+/**
+ * `--screen 64@1024,16@4096`: 64 candidates on 1024 tokens, the best 16 on 4096, then the
+ * best of those on the default fidelity. Throws a RangeError naming what is wrong.
+ */
+export const parseScreening = (text: string): ScreeningStage[] =>
+  text.split(",").map((part) => {
+    const m = part.trim().match(/^(\d+)@(\d+)$/);
+    if (!m) throw new RangeError(`"${part}" is not CANDIDATES@TOKENS (e.g. 64@1024,16@4096)`);
+    return { candidates: Number(m[1]), tokens: Number(m[2]) };
+  });
 
 export const generationalSettings = (options: GenerationalOptions): GenerationalSettings => ({
   population: options.population,
@@ -70,6 +103,7 @@ export const generationalSettings = (options: GenerationalOptions): Generational
   tournament: options.tournament ?? 2,
   crossoverRate: options.crossoverRate ?? 0.9,
   mutationRate: options.mutationRate ?? 1,
+  screening: options.screening ?? [],
 });
 
 /** The generational GA; settings that make no sense throw a UsageError. */
@@ -77,18 +111,43 @@ export const generational = <G, P>(options: GenerationalOptions): Strategy<G, P,
   const problems = generationalProblems(options);
   if (problems.length > 0) throw new UsageError({ problem: problems.join("; ") });
   const settings = generationalSettings(options);
+  const screens = settings.screening.length;
+  const member = (s: { genome: G; key: string; fitness: StoredFitness }): Member<G> => ({ genome: s.genome, key: s.key, score: score(s.fitness) });
   return {
     name: "generational",
     init: () => ({ population: [] }),
     ask: (state, { genome, stage, rng }) => {
-      if (stage > 0) return undefined;
-      const genomes =
-        state.population.length === 0
-          ? Array.from({ length: settings.population }, (_, i) => genome.create(rng.split(i), i))
-          : breed(genome, state.population, settings, rng);
-      return { genomes };
+      if (stage > screens) return undefined;
+      if (stage === 0) {
+        if (screens === 0) {
+          const genomes =
+            state.population.length === 0
+              ? Array.from({ length: settings.population }, (_, i) => genome.create(rng.split(i), i))
+              : breed(genome, state.population, settings, rng, settings.population);
+          return { genomes };
+        }
+        // Screened: `candidates` new individuals (children after the elites' places); the
+        // elites join at the last stage.
+        const count = settings.screening[0]!.candidates;
+        const elites = elitesOf(state.population, settings).length;
+        const genomes =
+          state.population.length === 0
+            ? Array.from({ length: count }, (_, i) => genome.create(rng.split(i), i))
+            : breed(genome, state.population, settings, rng, elites + count).slice(elites);
+        return { genomes, tokens: settings.screening[0]!.tokens };
+      }
+      if (stage < screens) return { genomes: state.passed ?? [], tokens: settings.screening[stage]!.tokens };
+      // The last stage: the elites (scored before, so cached) and the survivors of the screens.
+      return { genomes: [...elitesOf(state.population, settings).map((i) => state.population[i]!.genome), ...(state.passed ?? [])] };
     },
-    tell: (_, told) => ({ population: told.scored.map((s) => ({ genome: s.genome, key: s.key, score: score(s.fitness) })) }),
+    tell: (state, told, { stage }) => {
+      if (stage === screens) return { population: told.scored.map(member) };
+      // A budget that cut a screen ends the generation: the population stays.
+      if (!told.complete) return { population: state.population };
+      const places = stage + 1 < screens ? settings.screening[stage + 1]!.candidates : settings.population - elitesOf(state.population, settings).length;
+      const ranked = ranking(told.scored.map((s) => score(s.fitness)));
+      return { population: state.population, passed: ranked.slice(0, places).map((i) => told.scored[i]!.genome) };
+    },
     encode: (state, genome): GenerationalJson => ({
       population: state.population.map((m) => ({ genome: genome.encode(m.genome), key: m.key, fitness: Number.isFinite(m.score) ? m.score : null })),
     }),
@@ -102,18 +161,25 @@ export const generational = <G, P>(options: GenerationalOptions): Strategy<G, P,
   };
 };
 
-/** Elites first (best distinct phenotypes that did not fail), then tournament children. */
-const breed = <G>(genome: Genome<G, unknown>, parents: readonly Member<G>[], settings: GenerationalSettings, rng: Rng): G[] => {
-  const scores = parents.map((p) => p.score);
-  const children: G[] = [];
-  const eliteKeys = new Set<string>();
+/** Indices of the elites: the best distinct phenotypes of the population that did not fail. */
+const elitesOf = <G>(population: readonly Member<G>[], settings: GenerationalSettings): number[] => {
+  const scores = population.map((p) => p.score);
+  const elites: number[] = [];
+  const keys = new Set<string>();
   for (const i of ranking(scores)) {
-    if (children.length >= settings.elitism || scores[i] === Infinity) break;
-    if (eliteKeys.has(parents[i]!.key)) continue;
-    eliteKeys.add(parents[i]!.key);
-    children.push(parents[i]!.genome);
+    if (elites.length >= settings.elitism || scores[i] === Infinity) break;
+    if (keys.has(population[i]!.key)) continue;
+    keys.add(population[i]!.key);
+    elites.push(i);
   }
-  for (let i = children.length; i < settings.population; i++) {
+  return elites;
+};
+
+/** Elites first, then tournament children up to `size` in all. */
+const breed = <G>(genome: Genome<G, unknown>, parents: readonly Member<G>[], settings: GenerationalSettings, rng: Rng, size: number): G[] => {
+  const scores = parents.map((p) => p.score);
+  const children: G[] = elitesOf(parents, settings).map((i) => parents[i]!.genome);
+  for (let i = children.length; i < size; i++) {
     const childRng = rng.split(i);
     const first = parents[tournament(scores, settings.tournament, childRng)]!.genome;
     let child =

@@ -18,6 +18,7 @@ import { openCheckpointSync } from "../checkpoint/open.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
 import { defaultData, resultsDir } from "../defaults.ts";
 import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
+import { generationalProblems, parseScreening, type ScreeningStage } from "../engine/generational.ts";
 import type { Fidelity } from "../engine/genome.ts";
 import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
 import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
@@ -83,6 +84,8 @@ export const SearchSettings = Schema.Struct({
   fusionSteps: Schema.optional(Schema.Int),
   /** An allocation the method starts from instead of uniform: a direct method's name or an allocation CSV. */
   start: Schema.optional(Schema.String),
+  /** Screening stages of the generational strategy, as `--screen` writes them (64@1024,16@4096). */
+  screen: Schema.optional(Schema.String),
   /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
   fitness: Schema.optional(Schema.Literals(FITNESS_MEASURES)),
 });
@@ -125,6 +128,12 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   },
   fusionSteps: STRUCTURED_FLAGS.fusionSteps,
   start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method (owl, mrp, ...) or an allocation CSV (evopress: the first parent; msp: the first individual)" },
+  screen: {
+    flag: "screen",
+    kind: "text",
+    describe:
+      "multi-stage selection for dsa, msp and msp-nm: CANDIDATES@TOKENS,... (e.g. 64@1024,16@4096): breed that many children, score them on a minibatch of that many fitness tokens, keep the best for the next screen; the best of the last go to the fitness windows with the elites",
+  },
   fitness: {
     flag: "fitness",
     kind: "choice",
@@ -333,6 +342,19 @@ const fitnessWorkerBytes = (model: FitnessModel): number => {
   return 24 * prunable + 8 * spec.vocabSize * spec.hiddenSize + 160 * 2 ** 20;
 };
 
+/** `--screen` as screening stages, checked against the population. */
+const screeningOf = (text: string, population: number): ScreeningStage[] => {
+  let stages: ScreeningStage[];
+  try {
+    stages = parseScreening(text);
+  } catch (e) {
+    throw new UsageError({ problem: `--screen ${text}: ${(e as Error).message}` });
+  }
+  const problems = generationalProblems({ population, screening: stages });
+  if (problems.length > 0) throw new UsageError({ problem: `--screen ${text}: ${problems.join("; ")} (each screen keeps at least --population ${population} and no more than the one before)` });
+  return stages;
+};
+
 /**
  * The queue as the run's evaluator: the run's setup record (model digests, settings,
  * windows as tokens) is published under its fingerprint and every candidate becomes a job.
@@ -467,6 +489,11 @@ export const searchJob = (request: SearchRequest) =>
       // A start allocation: a direct method's (its statistics measured with the others') or a file's.
       const startFile = settings.start !== undefined && (settings.start.endsWith(".csv") || settings.start.includes("/") || existsSync(settings.start));
       const startPlugin = settings.start !== undefined && !startFile ? yield* attemptPromise(() => loadPlugin(settings.start!)) : undefined;
+      const screening = settings.screen === undefined ? undefined : yield* attempt(() => screeningOf(settings.screen!, settings.population));
+      if (screening && (plugin.method.kind !== "evolve" || plugin.method.strategy !== undefined)) {
+        return yield* new UsageError({ problem: `--screen: method ${plugin.name} ${plugin.method.kind === "evolve" ? "runs its own stages (its search space)" : "does not evolve"}; dsa, msp and msp-nm screen` });
+      }
+      if (screening && settings.structured) return yield* new UsageError({ problem: "--screen: structured fitness has no minibatches" });
       if (settings.start !== undefined && !plugin.startable) {
         return yield* new UsageError({ problem: `--start: method ${plugin.name} does not start from an allocation (evopress and msp do)` });
       }
@@ -521,7 +548,7 @@ export const searchJob = (request: SearchRequest) =>
       };
       const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
       const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-      const outcome = yield* runMethod(plugin, space, context_, settings, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
+      const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
         request.onGeneration?.(record, totalGenerations),
       ).pipe(
         Effect.mapError((e) =>

@@ -9,6 +9,7 @@ import { Effect } from "effect";
 import type { Bounds } from "../allocation/project.ts";
 import { effectiveBounds } from "../allocation/space-schema.ts";
 import { Rng } from "../rng.ts";
+import type { ScreeningStage } from "../engine/generational.ts";
 import type { Fidelity, Fitness } from "../engine/genome.ts";
 import { evolve, type EngineCheckpoint } from "../engine/evolve.ts";
 import type { GenerationRecord, HistoryRecord, StopReason } from "../engine/state.ts";
@@ -76,6 +77,8 @@ export interface EngineRun {
   readonly budgetTokens?: number;
   readonly timeBudgetSeconds?: number;
   readonly patience?: number;
+  /** Screening stages of the generational strategy (multi-stage selection). */
+  readonly screening?: readonly ScreeningStage[];
 }
 
 export interface MethodOutcome {
@@ -121,6 +124,7 @@ export const runMethod = <Space>(
         ...(evaluator.tokensOf ? { tokensOf: (f: Fidelity) => evaluator.tokensOf!(f) } : {}),
         ...(settings.timeBudgetSeconds !== undefined ? { timeBudgetSeconds: settings.timeBudgetSeconds } : {}),
         ...(settings.patience !== undefined ? { patience: settings.patience } : {}),
+        ...(settings.screening !== undefined ? { screening: settings.screening } : {}),
         checkpoint,
         onGeneration,
       });

@@ -1,0 +1,48 @@
+/**
+ * `evosparse search --screen` on the embedded model: msp's candidates screened on stage
+ * minibatches through the real host, the population scored on the fitness windows, the
+ * token budget kept, and the same history with 1 and 2 workers.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { embeddedModel, errorLines, evosparse, historyOf, jsonOf, tempRoot } from "./helpers/embedded.ts";
+
+const root = tempRoot("search-screen");
+
+describe("evosparse search --screen", () => {
+  const args = [
+    "search", "--method", "msp", "--fitness", "kl", "--model", embeddedModel, "--calib", "brown:calibration", "--fitness-data", "brown:validation", "--eval", "brown:test",
+    "--nsamples", "2", "--seqlen", "64", "--fitness-windows", "2", "--eval-windows", "2", "--sparsity", "0.6", "--seed", "3",
+    "--population", "3", "--generations", "20", "--screen", "8@200,4@400", "--budget-tokens", "8000",
+  ];
+
+  it("screens on minibatches, scores the population on the fitness windows, keeps the budget, and agrees across worker counts", () => {
+    const one = join(root, "one");
+    const a = jsonOf(evosparse(...args, "--out", one, "--json"));
+    const b = jsonOf(evosparse(...args, "--out", join(root, "two"), "--workers", "2", "--json"));
+    expect(historyOf(join(root, "two"))).toEqual(historyOf(one));
+    expect(b.best).toEqual(a.best);
+    expect(a.stoppedBy).toBe("budget");
+    const [header, ...lines] = readFileSync(join(one, "history.csv"), "utf8").trim().split("\n");
+    const names = header!.split(",");
+    const rows = lines.map((l) => Object.fromEntries(l.split(",").map((v, i) => [names[i]!, v])));
+    expect(rows.reduce((n, r) => n + Number(r.tokens), 0)).toBeLessThanOrEqual(8000);
+    const fresh = (stage: string) => rows.filter((r) => r.stage === stage && r.cached === "false").map((r) => Number(r.tokens));
+    expect(Math.min(...fresh("0"))).toBeGreaterThanOrEqual(200);
+    expect(Math.min(...fresh("1"))).toBeGreaterThanOrEqual(400);
+    // The population's scores: the two fitness windows of 64, every time.
+    expect(new Set(fresh("2"))).toEqual(new Set([126]));
+    expect(rows.filter((r) => r.stage === "0" && r.generation === "0").length).toBe(8);
+    expect(rows.filter((r) => r.stage === "2" && r.generation === "0").length).toBe(3);
+  });
+
+  it("is refused for a method with its own stages, and when screens are smaller than the population", () => {
+    const r = evosparse(...args.map((w) => (w === "msp" ? "evopress" : w)), "--out", join(root, "refused"));
+    expect(r.code).toBe(2);
+    expect(errorLines(r.stderr)).toEqual(["evosparse: --screen: method evopress runs its own stages (its search space); dsa, msp and msp-nm screen"]);
+    const small = evosparse(...args.map((w) => (w === "8@200,4@400" ? "2@200" : w)), "--out", join(root, "small"));
+    expect(small.code).toBe(2);
+    expect(errorLines(small.stderr)[0]).toMatch(/^evosparse: --screen 2@200: screening stage 0 candidates must be a whole number in \[3, Infinity\], got 2/);
+  });
+});
