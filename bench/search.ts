@@ -106,6 +106,9 @@ const variants = (space: string, prescreen: string): Variant[] => [
   { label: "evopress (kl, prescreen)", method: "evopress", seeded: true, overrides: { space: prescreen, fitness: "kl" } },
   { label: "evopress (kl, 3x tokens)", method: "evopress", seeded: true, overrides: { space, fitness: "kl", budgetTokens: 3 * BUDGET_TOKENS } },
   { label: "msp (kl, start owl)", method: "msp", seeded: true, overrides: { fitness: "kl", start: "owl" } },
+  // Multi-stage selection for a generational method: half the population, each generation
+  // screening 24 children on 1024 tokens (two windows) before the best 5 reach the fitness windows.
+  { label: "msp (kl, start owl, screened)", method: "msp", seeded: true, overrides: { fitness: "kl", start: "owl", population: 6, screen: "24@1024" } },
 ];
 
 const meanAndSpread = (xs: readonly number[]): string => {
