@@ -11,6 +11,9 @@
  * `--parts=matmul,forward,...` for some of them), structured (structured pruning of both
  * models by every importance at 20% and 50%, with and without LoRA recovery, and the smaller
  * model's parameters, file size and forward speed against dense; CSV in results/bench/),
+ * queue (the fitness job queue: its overhead per job with 1, 4 and 16 instant-fitness worker
+ * processes, and a short search's evaluations per minute in process, on two threads and on two
+ * queue workers; needs redis-server, which it starts and stops itself),
  * gpu (the GPU check: one JSON summary).
  * Sections that need something absent (the assets, the native kernel, a GPU) say so.
  */
@@ -32,6 +35,7 @@ import { searchMethodsSection, searchRateSection } from "./search.ts";
 import { nativeSection } from "./backends.ts";
 import { structuredSection } from "./structured.ts";
 import { gpuCheck } from "./gpu-check.ts";
+import { queueSection } from "./queue.ts";
 
 const args = process.argv.slice(2);
 const backendArg = (args.find((a) => a.startsWith("--backend="))?.split("=")[1] ?? "wasm") as BackendChoice;
@@ -190,5 +194,7 @@ if (want("search-rate")) await searchRateSection(backendArg);
 if (want("native")) await nativeSection(gpt2Checkpoint, assets, existsSync(assets), wantPart);
 
 if (want("structured")) await structuredSection(assets, backend, existsSync(assets));
+
+if (want("queue")) await queueSection(backend.name as BackendChoice);
 
 if (gpt2) rmSync(dirname(gpt2.dir), { recursive: true, force: true });
