@@ -34,7 +34,7 @@ import { openRedis } from "../queue/redis.ts";
 import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
 import { FITNESS_MEASURES, methodContext } from "../search/fitness.ts";
-import { openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
+import { fitnessWorkerBytes, openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
@@ -335,13 +335,6 @@ const finishedSummary = (dir: string): SearchSummary | undefined => {
   }
 };
 
-/** Memory one fitness worker holds: its backend, and a model copy with scores and sort orders. */
-const fitnessWorkerBytes = (model: FitnessModel): number => {
-  const prunable = model.pruner.layout.reduce((n, e) => n + e.params, 0);
-  const spec = model.checkpoint.spec;
-  return 24 * prunable + 8 * spec.vocabSize * spec.hiddenSize + 160 * 2 ** 20;
-};
-
 /** `--screen` as screening stages, checked against the population. */
 const screeningOf = (text: string, population: number): ScreeningStage[] => {
   let stages: ScreeningStage[];
@@ -521,7 +514,7 @@ export const searchJob = (request: SearchRequest) =>
       if (!request.resume || settingsChanged) writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
       used = true;
 
-      const budget = machineBudget(fitnessWorkerBytes(model));
+      const budget = machineBudget(fitnessWorkerBytes(model.checkpoint.spec));
       const excess = workerExcess(request.workers, budget);
       const workers = excess === undefined ? request.workers : workerLimit(budget);
       if (excess !== undefined) log(`--workers ${request.workers} capped at ${workers}: ${excess} (the history does not depend on the worker count)`);

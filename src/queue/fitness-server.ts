@@ -11,7 +11,7 @@ import { UnrecoverableError, Worker, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import type { Fidelity, Fitness } from "../engine/genome.ts";
-import type { FitnessSetup } from "../search/fitness-setup.ts";
+import { fitnessWorkerBytes, type FitnessSetup } from "../search/fitness-setup.ts";
 import type { QueueAddress } from "./address.ts";
 import { KEEP_SECONDS, PREFIX, queueName, refusalsKey, SEARCH_GONE_MS, SEARCHES_KEY, setupKey } from "./keys.ts";
 import { checkTokens, decodeFitnessJob, decodeSetupRecord, modelDifference, modelIdentity, setupFromRecord, type ModelIdentity, type SetupRecord } from "./records.ts";
@@ -55,13 +55,13 @@ interface Run {
   broken: boolean;
 }
 
-/**
- * Memory one run holds, before it is built: per thread about 24 bytes per parameter (the
- * weights, their scores and sort orders) plus the backend; parameters taken as the weight
- * files' bytes over 2 (half-precision files; float32 ones are over-counted, on the safe side).
- */
-const runBytes = (record: SetupRecord, concurrency: number): number =>
-  concurrency * (12 * record.model.files.reduce((n, f) => n + f.bytes, 0) + 160 * 2 ** 20);
+/** A run that passed a worker's checks: its record, the model copy serving it, its setup and memory. */
+interface Accepted {
+  readonly record: SetupRecord;
+  readonly path: string;
+  readonly setup: FitnessSetup;
+  readonly bytes: number;
+}
 
 const short = (fingerprint: string) => fingerprint.slice(0, 12);
 
@@ -69,7 +69,8 @@ export class FitnessServer {
   private readonly runs = new Map<string, Run>();
   /** Runs refused or failed to build, with why (never retried: the record cannot change). */
   private readonly refused = new Set<string>();
-  private readonly waitingForMemory = new Set<string>();
+  /** Runs accepted but waiting for memory, with what their checks found. */
+  private readonly waiting = new Map<string, Accepted>();
   private timer: NodeJS.Timeout | undefined;
   private stopping = false;
   private discovering: Promise<void> = Promise.resolve();
@@ -104,6 +105,7 @@ export class FitnessServer {
     for (const fingerprint of alive) {
       if (!this.runs.has(fingerprint) && !this.refused.has(fingerprint) && !this.stopping) await this.join(fingerprint);
     }
+    for (const fingerprint of [...this.waiting.keys()]) if (!alive.has(fingerprint)) this.waiting.delete(fingerprint);
     for (const run of [...this.runs.values()]) {
       if (run.busy > 0) continue;
       if (!alive.has(run.fingerprint)) await this.leave(run, "its search is gone");
@@ -118,42 +120,61 @@ export class FitnessServer {
     await this.redis.expire(refusalsKey(fingerprint), KEEP_SECONDS);
   }
 
-  private async join(fingerprint: string): Promise<void> {
+  /**
+   * The checks of a run's setup against this worker, made once: its record, the model copy
+   * that serves it and the memory it needs; a refusal says why.
+   */
+  private async accepted(fingerprint: string): Promise<Accepted | undefined> {
+    const known = this.waiting.get(fingerprint);
+    if (known) return known;
     const text = await this.redis.get(setupKey(fingerprint));
-    if (text === null) return;
+    if (text === null) return undefined;
     let record: SetupRecord;
     try {
       record = decodeSetupRecord(text, fingerprint);
     } catch (e) {
-      return this.refuse(fingerprint, (e as Error).message);
+      return void (await this.refuse(fingerprint, (e as Error).message));
     }
     if (record.backend !== this.options.backend) {
-      return this.refuse(fingerprint, `the search computes with the ${record.backend} backend, this worker with ${this.options.backend} (results would differ in the last bits); start it with --backend ${record.backend}`);
+      return void (await this.refuse(fingerprint, `the search computes with the ${record.backend} backend, this worker with ${this.options.backend} (results would differ in the last bits); start it with --backend ${record.backend}`));
     }
     const own = this.identities.find((m) => modelDifference(m.identity, record.model) === undefined);
     if (!own) {
       const why = this.identities.map((m) => `${m.path}: ${modelDifference(m.identity, record.model)}`).join("; ");
-      return this.refuse(fingerprint, `not this worker's model (${why})`);
+      return void (await this.refuse(fingerprint, `not this worker's model (${why})`));
     }
-    const need = runBytes(record, this.options.concurrency);
-    if (need > this.options.memoryBytes) return this.refuse(fingerprint, `its model needs about ${mib(need)}, more than this worker's --memory ${mib(this.options.memoryBytes)}`);
-    // Runs beyond the memory wait for a search to end (its run is then left), rather than
-    // evict a live run between two of its jobs and build it again for the next.
-    if (this.held() + need > this.options.memoryBytes) {
-      if (!this.waitingForMemory.has(fingerprint)) this.options.log(`run ${short(fingerprint)} waits: ${mib(this.held())} of --memory ${mib(this.options.memoryBytes)} is held by other runs`);
-      this.waitingForMemory.add(fingerprint);
-      return;
-    }
-    this.waitingForMemory.delete(fingerprint);
-    let scorer: Scorer;
+    let setup: FitnessSetup;
+    let need: number;
     try {
-      const setup = setupFromRecord(record, own.path);
+      setup = setupFromRecord(record, own.path);
       const checkpoint = openCheckpointSync(own.path);
       try {
         checkTokens(setup, checkpoint.spec.vocabSize, checkpoint.spec.maxPositions);
+        need = this.options.concurrency * fitnessWorkerBytes(checkpoint.spec);
       } finally {
         checkpoint.close();
       }
+    } catch (e) {
+      return void (await this.refuse(fingerprint, `could not build its fitness model: ${(e as Error)?.message ?? String(e)}`));
+    }
+    if (need > this.options.memoryBytes) return void (await this.refuse(fingerprint, `its model needs about ${mib(need)}, more than this worker's --memory ${mib(this.options.memoryBytes)}`));
+    return { record, path: own.path, setup, bytes: need };
+  }
+
+  private async join(fingerprint: string): Promise<void> {
+    const accepted = await this.accepted(fingerprint);
+    if (!accepted) return;
+    const { record, path, setup, bytes: need } = accepted;
+    // Runs beyond the memory wait for a search to end (its run is then left), rather than
+    // evict a live run between two of its jobs and build it again for the next.
+    if (this.held() + need > this.options.memoryBytes) {
+      if (!this.waiting.has(fingerprint)) this.options.log(`run ${short(fingerprint)} waits: ${mib(this.held())} of --memory ${mib(this.options.memoryBytes)} is held by other runs`);
+      this.waiting.set(fingerprint, accepted);
+      return;
+    }
+    this.waiting.delete(fingerprint);
+    let scorer: Scorer;
+    try {
       scorer = await this.options.openScorer(setup, this.options.concurrency);
     } catch (e) {
       return this.refuse(fingerprint, `could not build its fitness model: ${(e as Error)?.message ?? String(e)}`);
@@ -179,7 +200,7 @@ export class FitnessServer {
     run.worker.on("error", () => {});
     this.runs.set(fingerprint, run);
     const mode = record.structured ? `structured by ${record.structured.importance}` : `${record.metric} ${record.mode}, fitness ${record.fitness}`;
-    this.options.log(`serving run ${short(fingerprint)}: ${own.path}, ${mode}, ${this.options.concurrency} at a time`);
+    this.options.log(`serving run ${short(fingerprint)}: ${path}, ${mode}, ${this.options.concurrency} at a time`);
   }
 
   private held(): number {

@@ -3,7 +3,9 @@
  * every worker from one serialisable description, so all copies score a candidate alike:
  * the same checkpoint, the same seeded calibration windows, the same fitness windows.
  */
+import { layoutOf } from "../allocation/allocation.ts";
 import type { BackendChoice } from "../backend/backend.ts";
+import type { ModelSpec } from "../model/spec.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
 import { scoredTokens, type Window } from "../data/windows.ts";
 import { evaluationWindows } from "../eval/inputs.ts";
@@ -74,6 +76,15 @@ export interface FitnessModel {
   readonly structured?: StructuredFitness;
   dispose(): void;
 }
+
+/**
+ * Memory one fitness worker (thread or queue worker's thread) holds: its backend, and a
+ * model copy with scores and sort orders. Known from the checkpoint's headers alone.
+ */
+export const fitnessWorkerBytes = (spec: ModelSpec): number => {
+  const prunable = layoutOf(spec).reduce((n, e) => n + e.params, 0);
+  return 24 * prunable + 8 * spec.vocabSize * spec.hiddenSize + 160 * 2 ** 20;
+};
 
 export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = setup.mode): FitnessModel => {
   const model = openCalibratedModel(setup);
