@@ -103,7 +103,12 @@ export const decodeSetupRecord = (text: string, fingerprint: string): SetupRecor
 
 export const fingerprintOf = (text: string): string => createHash("sha256").update(text).digest("hex");
 
-const encodeTokens = (tokens: Int32Array): string => Buffer.from(tokens.buffer, tokens.byteOffset, tokens.byteLength).toString("base64");
+/** Little-endian whatever the machine, so a record (and its fingerprint) is the same everywhere. */
+const encodeTokens = (tokens: Int32Array): string => {
+  const bytes = Buffer.allocUnsafe(4 * tokens.length);
+  tokens.forEach((t, i) => bytes.writeInt32LE(t, 4 * i));
+  return bytes.toString("base64");
+};
 
 const decodeTokens = (text: string): Int32Array => {
   const bytes = Buffer.from(text, "base64");
