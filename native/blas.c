@@ -6,6 +6,7 @@
  * that building needs only the shared library (Debian: libopenblas-dev).
  */
 #include <node_api.h>
+#include "convert.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -270,6 +271,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_default, NULL},
       {"threads", NULL, threads, NULL, NULL, NULL, napi_default, NULL},
       {"describe", NULL, describe, NULL, NULL, NULL, napi_default, NULL},
+      {"convert", NULL, evosparse_convert, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof methods / sizeof methods[0], methods) != napi_ok) return NULL;
   return exports;

@@ -74,9 +74,23 @@ export class QueueError extends Data.TaggedError("QueueError")<{
   }
 }
 
-export type EvosparseError = CheckpointError | TokenizerError | DataError | BackendError | UsageError | WorkerError | QueueError;
+/**
+ * The backend could not allocate a tensor: a run the memory plan did not foresee. It names
+ * the tensor; on a wasm heap (wasm, native) the backend is unusable afterwards.
+ */
+export class BackendMemoryError extends Data.TaggedError("BackendMemoryError")<{
+  readonly what: string;
+  readonly bytes: number;
+  readonly detail: string;
+}> {
+  override get message(): string {
+    return `the backend ran out of memory allocating ${this.what} (${(this.bytes / 2 ** 20).toFixed(0)} MiB): ${this.detail}; give a smaller --memory, --nsamples or --seqlen so that the run is planned to stream`;
+  }
+}
 
-const TAGS: ReadonlySet<string> = new Set(["CheckpointError", "TokenizerError", "DataError", "BackendError", "UsageError", "WorkerError", "QueueError"]);
+export type EvosparseError = CheckpointError | TokenizerError | DataError | BackendError | UsageError | WorkerError | QueueError | BackendMemoryError;
+
+const TAGS: ReadonlySet<string> = new Set(["CheckpointError", "TokenizerError", "DataError", "BackendError", "UsageError", "WorkerError", "QueueError", "BackendMemoryError"]);
 
 export const isEvosparseError = (e: unknown): e is EvosparseError =>
   typeof e === "object" && e !== null && "_tag" in e && TAGS.has((e as { _tag: string })._tag);

@@ -17,14 +17,15 @@ beforeAll(async () => {
 
 /** Every scored position's logits, as float64 rows. */
 const logitsOf = async (d: Decoder, w: Window): Promise<Float64Array[]> => {
-  const { parts } = d.headChunks(w.ids, w.targets, 1, w.ids.length, (z) => z.clone());
+  const [x] = await d.hiddenStatesAll([{ ids: w.ids, batch: 1, seqlen: w.ids.length }]);
+  const scored = d.scored(w.targets, w.ids.length);
+  const z = tf.tidy(() => d.headLogits(tf.gather(x!, tf.tensor1d(scored.rows, "int32"))));
+  x!.dispose();
+  const [n, vocab] = z.shape;
+  const data = await z.data();
+  z.dispose();
   const rows: Float64Array[] = [];
-  for (const part of parts) {
-    const [n, vocab] = part.shape;
-    const data = await part.data();
-    for (let r = 0; r < n; r++) rows.push(Float64Array.from(data.subarray(r * vocab, (r + 1) * vocab)));
-  }
-  tf.dispose(parts);
+  for (let r = 0; r < n; r++) rows.push(Float64Array.from(data.subarray(r * vocab, (r + 1) * vocab)));
   return rows;
 };
 
@@ -47,7 +48,8 @@ describe("klDivergence", () => {
     ...b,
     linears: Object.fromEntries(Object.entries(b.linears).map(([n, l]) => [n, { ...l, weight: { shape: l.weight.shape, data: l.weight.data.map((v, i) => v * (i % 3 === 0 ? 0 : 1.3)) } }])),
   }));
-  const decoderOf = (blocks: readonly HostBlock[]) => Decoder.create(spec, model.globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! });
+  const decoderOf = (blocks: readonly HostBlock[], headColumns?: number) =>
+    Decoder.create(spec, model.globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! }, headColumns ? { headColumns } : {});
 
   it("equals sum p log(p/q) per scored token (whole vocabulary), and 0 for the dense model", async () => {
     const dense = decoderOf(model.blocks);
@@ -101,6 +103,33 @@ describe("klDivergence", () => {
     } finally {
       dense.dispose();
       other.dispose();
+    }
+  });
+
+  it("a head cut into vocabulary chunks gives the same references and divergences as one product", async () => {
+    const one = [decoderOf(model.blocks), decoderOf(perturbed)] as const;
+    // Chunks of 7 tokens: the top-k of several chunks merged, log-sum-exps log-added.
+    const chunked = [decoderOf(model.blocks, 7), decoderOf(perturbed, 7)] as const;
+    expect(chunked[0].vocabChunks.length).toBeGreaterThan(2);
+    try {
+      for (const k of [3, spec.vocabSize]) {
+        const values: number[] = [];
+        for (const [dense, other] of [one, chunked]) {
+          const reference = new DenseReference(k);
+          await reference.add(dense, windows);
+          values.push((await klDivergence(other, windows, reference)).kl);
+          reference.dispose();
+        }
+        expect(values[1]!).toBeCloseTo(values[0]!, 5);
+      }
+      for (const w of windows) {
+        const a = await one[1].nll(w.ids, w.targets, 1, seqlen);
+        const b = await chunked[1].nll(w.ids, w.targets, 1, seqlen);
+        expect(b.count).toBe(a.count);
+        expect(b.nll).toBeCloseTo(a.nll, 4);
+      }
+    } finally {
+      for (const d of [...one, ...chunked]) d.dispose();
     }
   });
 });

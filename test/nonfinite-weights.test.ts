@@ -262,7 +262,7 @@ describe("eval with non-finite weights or a non-finite loss", () => {
   });
 
   it("checkFiniteLoss passes a finite perplexity and refuses NaN, infinity and an empty score", async () => {
-    const scorer = (nll: number, count: number) => ({ nll: async () => ({ nll, count }) });
+    const scorer = (nll: number, count: number) => ({ passTokens: 1024, nllGroups: async () => [{ nll, count }] });
     const window = { ids: Int32Array.of(1, 2), targets: Int32Array.of(2, -1) };
     const results = new Map<string, Awaited<ReturnType<typeof perplexity>>>();
     for (const [nll, count] of [[2.5, 1], [NaN, 1], [Infinity, 1], [1000, 1], [0, 0]] as const) results.set(`${nll}/${count}`, await perplexity(scorer(nll, count), [window]));

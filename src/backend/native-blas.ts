@@ -48,6 +48,12 @@ export interface NativeBlas {
   dpotrf(uplo: "L" | "U", n: number, a: Float64Array): number;
   /** LAPACK's inverse from a Cholesky factor (dpotrf's output), in place; returns info. */
   dpotri(uplo: "L" | "U", n: number, a: Float64Array): number;
+  /**
+   * A tensor's file bytes (dtype 0 F32, 1 F16, 2 BF16; rows x cols in file order) to float32
+   * in `dst`, transposed when asked (dst[c * rows + r] = src[r][c]). Returns the index, in
+   * file order, of the first NaN or infinity (and then writes nothing), or -1.
+   */
+  convert(src: Uint8Array, dtype: 0 | 1 | 2, rows: number, cols: number, transpose: boolean, dst: Float32Array): number;
   setThreads(threads: number): void;
   threads(): number;
   /** OpenBLAS's chosen kernel (e.g. "SkylakeX", "Haswell") and build configuration. */

@@ -1,13 +1,27 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CheckpointError } from "../errors.ts";
-import { blockShape, type HostBlock, type HostGlobals, type HostNorm, type HostTensor, type ModelSpec } from "../model/spec.ts";
+import {
+  blockShape,
+  type BlockOf,
+  type GlobalSource,
+  type HostBlock,
+  type HostGlobals,
+  type HostNorm,
+  type HostTensor,
+  type ModelSpec,
+  type NormOf,
+  type SourceBlock,
+  type WeightSource,
+} from "../model/spec.ts";
 import { BLOCK_SHAPES_KEY, type Architecture } from "./architectures/architecture.ts";
 import { architectureFor, supportedModelTypes } from "./architectures/index.ts";
-import { checkFiniteWeights, formatShape, sameShape, transpose2d } from "./host.ts";
+import { convertInto, convertToHost, type StoredTensor } from "./convert.ts";
+import { formatShape, sameShape } from "./host.ts";
 import { allSlots, blockSlots, fileShape, globalSlots, type BlockSlots, type GlobalSlots, type NormSlots, type Slot } from "./layout.ts";
 import { openSafetensorsFolder, type SafetensorsFile } from "./safetensors.ts";
-import type { Checkpoint } from "./types.ts";
+import { BlockPrefetch } from "./prefetch.ts";
+import type { Checkpoint, StorageDtype } from "./types.ts";
 
 /**
  * Reads config.json. `blockShapes` says whether it gives per-block sizes under
@@ -50,17 +64,26 @@ export const openHuggingFace = (dir: string): Checkpoint => {
     if (blockShapes) checkBlockShapes(st, spec, blocks, configFile);
     validate(st, arch, globals, blocks);
     const tokenizer = join(dir, "tokenizer.json");
+    const slotsOf = (i: number): BlockSlots => {
+      const slots = blocks[i];
+      if (!slots) throw new RangeError(`block ${i} out of range 0..${spec.numLayers - 1}`);
+      return slots;
+    };
+    const prefetch = new BlockPrefetch((i) => blockSlotList(slotsOf(i)).map((slot) => slot.name), (name) => st.readBytesAsync(name));
     return {
       path: dir,
       format: "huggingface",
       spec,
       ...(existsSync(tokenizer) ? { tokenizerPath: tokenizer } : {}),
       readGlobals: () => readGlobals(st, globals),
-      readBlock: (i) => {
-        const slots = blocks[i];
-        if (!slots) throw new RangeError(`block ${i} out of range 0..${spec.numLayers - 1}`);
-        return readBlock(st, slots);
+      readBlock: (i) => readBlock(st, slotsOf(i)),
+      readBlockSource: (i) => {
+        const slots = slotsOf(i);
+        return blockSource(st, slots, prefetch.take(i));
       },
+      prefetchBlock: (i) => prefetch.start(i),
+      globalSource: () => globalSource(st, spec, globals),
+      bytesPerWeight: Math.max(...blockSlotList(slotsOf(0)).map((slot) => bytesOf(st.tensors.get(slot.name)!.dtype))),
       close: () => st.close(),
     };
   } catch (e) {
@@ -122,23 +145,54 @@ const validate = (st: SafetensorsFile, arch: Architecture, globals: GlobalSlots,
   }
 };
 
-/**
- * Every model weight of a Hugging Face checkpoint is read here (globals and blocks, resident
- * or streamed), so this is where a non-finite weight is refused, naming the shard and the
- * tensor. The generic safetensors reader stays faithful to the file: it also reads training
- * state, where it is not its business to judge values.
- */
-const readSlot = (st: SafetensorsFile, slot: Slot): HostTensor => {
+const bytesOf = (dtype: string): number => (dtype === "F32" ? 4 : 2);
+
+/** How a slot's bytes are stored: what convertInto needs to decode them. */
+const storedOf = (st: SafetensorsFile, slot: Slot): StoredTensor => {
   const info = st.tensors.get(slot.name)!;
-  const t: HostTensor = { shape: info.shape, data: st.read(slot.name) };
-  checkFiniteWeights(fileOf(st, slot.name), slot.name, t.data);
-  return slot.transposed ? transpose2d(t) : t;
+  const [rows, cols] = info.shape.length === 1 ? [1, info.shape[0]!] : [info.shape[0]!, info.shape.slice(1).reduce((a, b) => a * b, 1)];
+  return { file: fileOf(st, slot.name), name: slot.name, dtype: info.dtype as StorageDtype, rows, cols, transposed: slot.transposed };
 };
 
-const readNorm = (st: SafetensorsFile, n: NormSlots): HostNorm => ({
-  weight: readSlot(st, n.weight),
-  ...(n.bias ? { bias: readSlot(st, n.bias) } : {}),
+/**
+ * Every model weight of a Hugging Face checkpoint is read here (globals and blocks, resident
+ * or streamed) and decoded by convertInto, which refuses a non-finite weight naming the
+ * shard and the tensor. The generic safetensors reader stays faithful to the file: it also
+ * reads training state, where it is not its business to judge values.
+ */
+const readSlot = (st: SafetensorsFile, slot: Slot): HostTensor => ({ shape: slot.shape, data: convertToHost(storedOf(st, slot), st.readBytes(slot.name)) });
+
+/** A slot as a WeightSource: read (or taken from the prefetched bytes) and decoded when the decoder fills it. */
+const slotSource = (st: SafetensorsFile, slot: Slot, prefetched?: Map<string, Uint8Array>): WeightSource => ({
+  shape: slot.shape,
+  fill: (into) => {
+    const bytes = prefetched?.get(slot.name);
+    // Prefetched bytes serve one fill; a block filled again reads the file again.
+    prefetched?.delete(slot.name);
+    convertInto(storedOf(st, slot), bytes ?? st.readBytes(slot.name), into);
+  },
 });
+
+const mapNorm = <T>(n: NormSlots, f: (slot: Slot) => T): NormOf<T> => ({ weight: f(n.weight), ...(n.bias ? { bias: f(n.bias) } : {}) });
+
+const mapBlock = <T>(b: BlockSlots, f: (slot: Slot) => T): BlockOf<T> => ({
+  attnNorm: mapNorm(b.attnNorm, f),
+  mlpNorm: mapNorm(b.mlpNorm, f),
+  linears: Object.fromEntries(Object.entries(b.linears).map(([name, l]) => [name, { weight: f(l.weight), ...(l.bias ? { bias: f(l.bias) } : {}) }])),
+});
+
+/** Every slot of a block, in a fixed order. */
+const blockSlotList = (b: BlockSlots): Slot[] => {
+  const out: Slot[] = [];
+  mapBlock(b, (slot) => out.push(slot));
+  return out;
+};
+
+const readBlock = (st: SafetensorsFile, b: BlockSlots): HostBlock => mapBlock(b, (slot) => readSlot(st, slot));
+
+const blockSource = (st: SafetensorsFile, b: BlockSlots, prefetched?: Map<string, Uint8Array>): SourceBlock => mapBlock(b, (slot) => slotSource(st, slot, prefetched));
+
+const readNorm = (st: SafetensorsFile, n: NormSlots): HostNorm => mapNorm(n, (slot) => readSlot(st, slot));
 
 const readGlobals = (st: SafetensorsFile, g: GlobalSlots): HostGlobals => ({
   embed: readSlot(st, g.embed),
@@ -149,13 +203,54 @@ const readGlobals = (st: SafetensorsFile, g: GlobalSlots): HostGlobals => ({
   ...(g.projectOut ? { projectOut: readSlot(st, g.projectOut) } : {}),
 });
 
-const readBlock = (st: SafetensorsFile, b: BlockSlots): HostBlock => ({
-  attnNorm: readNorm(st, b.attnNorm),
-  mlpNorm: readNorm(st, b.mlpNorm),
-  linears: Object.fromEntries(
-    Object.entries(b.linears).map(([name, l]) => [
-      name,
-      { weight: readSlot(st, l.weight), ...(l.bias ? { bias: readSlot(st, l.bias) } : {}) },
-    ]),
-  ),
-});
+/**
+ * The globals without reading the embedding or the head whole: embedding rows are read as
+ * runs of consecutive token ids, head columns as the rows [start, start + count) of the
+ * [vocab, embedDim] tensor the file holds (lm_head, or the tied embedding), transposed.
+ */
+const globalSource = (st: SafetensorsFile, spec: ModelSpec, g: GlobalSlots): GlobalSource => {
+  const d = spec.embedDim;
+  const embed = storedOf(st, g.embed);
+  const width = bytesOf(embed.dtype);
+  const headSlot = g.lmHead ?? g.embed;
+  const head = storedOf(st, headSlot);
+  // lm_head as torch stores it is [vocab, embedDim]: a vocabulary range is a byte range.
+  const headByRows = headSlot === g.embed || headSlot.transposed;
+  let wholeHead: HostTensor | undefined;
+  return {
+    embedRows: (ids) => {
+      const out = new Float32Array(ids.length * d);
+      const order = Array.from(ids.keys()).sort((a, b) => ids[a]! - ids[b]!);
+      for (let k = 0; k < order.length; ) {
+        // A run of consecutive ids (repeats included) is one read.
+        let end = k + 1;
+        while (end < order.length && ids[order[end]!]! - ids[order[end - 1]!]! <= 1) end++;
+        const first = ids[order[k]!]!;
+        const last = ids[order[end - 1]!]!;
+        const rows = last - first + 1;
+        const values = convertToHost({ ...embed, name: `${embed.name} (rows ${first}..${last})`, rows: 1, cols: rows * d, transposed: false }, st.readBytes(g.embed.name, first * d * width, rows * d * width));
+        for (let j = k; j < end; j++) out.set(values.subarray((ids[order[j]!]! - first) * d, (ids[order[j]!]! - first + 1) * d), order[j]! * d);
+        k = end;
+      }
+      return out;
+    },
+    headColumns: (start, count) => {
+      if (!headByRows) {
+        wholeHead ??= readSlot(st, headSlot);
+        const v = spec.vocabSize;
+        const out = new Float32Array(d * count);
+        for (let j = 0; j < d; j++) out.set(wholeHead.data.subarray(j * v + start, j * v + start + count), j * count);
+        return { shape: [d, count], data: out };
+      }
+      return {
+        shape: [d, count],
+        fill: (into) =>
+          convertInto({ ...head, name: `${head.name} (rows ${start}..${start + count - 1})`, rows: count, cols: d, transposed: true }, st.readBytes(headSlot.name, start * d * width, count * d * width), into),
+      };
+    },
+    ...(g.positions ? { positions: slotSource(st, g.positions) } : {}),
+    ...(g.finalNorm ? { finalNorm: mapNorm(g.finalNorm, (slot) => slotSource(st, slot)) } : {}),
+    ...(g.projectIn ? { projectIn: slotSource(st, g.projectIn) } : {}),
+    ...(g.projectOut ? { projectOut: slotSource(st, g.projectOut) } : {}),
+  };
+};

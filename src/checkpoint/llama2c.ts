@@ -1,7 +1,7 @@
 import { closeSync, fstatSync, openSync, readdirSync, readSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { CheckpointError } from "../errors.ts";
-import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
+import { hostGlobalSource, type GlobalSource, type HostBlock, type HostGlobals, type HostTensor, type ModelSpec } from "../model/spec.ts";
 import { checkFiniteWeights, transpose2d } from "./host.ts";
 import type { Checkpoint } from "./types.ts";
 
@@ -172,17 +172,12 @@ export const openLlama2c = (file: string, tokenizerPath?: string): Checkpoint =>
     const { dim, hiddenDim: hid } = h;
     const tokenizer = tokenizerPath ?? findLlama2cTokenizer(file);
 
-    return {
-      path: file,
-      format: "llama2c",
-      spec,
-      ...(tokenizer ? { tokenizerPath: tokenizer } : {}),
-      readGlobals: (): HostGlobals => ({
+    const readGlobals = (): HostGlobals => ({
         embed: read("embed", 0, [h.vocabSize, dim], "token_embedding_table"),
         finalNorm: { weight: read("rms_final", 0, [dim], "rms_final_weight") },
         ...(h.sharedClassifier ? {} : { lmHead: transpose2d(read("wcls", 0, [h.vocabSize, dim], "wcls")) }),
-      }),
-      readBlock: (i: number): HostBlock => {
+      });
+    const readBlock = (i: number): HostBlock => {
         if (!(i >= 0 && i < h.nLayers)) throw new RangeError(`block ${i} out of range 0..${h.nLayers - 1}`);
         return {
           attnNorm: { weight: read("rms_att", i * dim, [dim], `layers.${i}.rms_att_weight`) },
@@ -197,7 +192,20 @@ export const openLlama2c = (file: string, tokenizerPath?: string): Checkpoint =>
             w3: { weight: transpose2d(layerMatrix("w3", i, hid, dim)) },
           },
         };
-      },
+      };
+    // llama2.c models are small (F32 files of at most a few hundred MB, their q/k rows
+    // permuted on load): their blocks and globals are read whole, as host arrays.
+    let globals: GlobalSource | undefined;
+    return {
+      path: file,
+      format: "llama2c",
+      spec,
+      ...(tokenizer ? { tokenizerPath: tokenizer } : {}),
+      readGlobals,
+      readBlock,
+      readBlockSource: readBlock,
+      globalSource: () => (globals ??= hostGlobalSource(spec, readGlobals())),
+      bytesPerWeight: 4,
       close: () => closeSync(fd),
     };
   } catch (e) {

@@ -4,6 +4,7 @@ import { Effect } from "effect";
 import { CheckpointError } from "../errors.ts";
 import { openHuggingFace } from "./huggingface.ts";
 import { openLlama2c } from "./llama2c.ts";
+import type { BlockSource } from "../model/decoder.ts";
 import type { Checkpoint } from "./types.ts";
 
 export interface OpenOptions {
@@ -41,3 +42,10 @@ export const openCheckpoint = (path: string, options: OpenOptions = {}) =>
     }),
     (c) => Effect.sync(() => c.close()),
   );
+
+/** The checkpoint's blocks as the decoder streams them: read when uploaded, the next one read ahead. */
+export const blockSourceOf = (c: Checkpoint): BlockSource => ({
+  numBlocks: c.spec.numLayers,
+  load: (i) => c.readBlockSource(i),
+  ...(c.prefetchBlock ? { prefetch: (i: number) => c.prefetchBlock!(i) } : {}),
+});

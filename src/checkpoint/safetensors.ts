@@ -32,6 +32,13 @@ export interface SafetensorsFile {
   readonly tensors: ReadonlyMap<string, SafetensorsEntry>;
   /** Reads exactly this tensor's bytes and converts them to float32. */
   read(name: string): Float32Array;
+  /**
+   * The tensor's bytes as stored (its dtype, little-endian), or `length` bytes of them from
+   * byte `offset`: what streamed weights are kept as until they are converted.
+   */
+  readBytes(name: string, offset?: number, length?: number): Uint8Array;
+  /** readBytes without blocking: the read runs on a thread while the caller computes. */
+  readBytesAsync(name: string, offset?: number, length?: number): Promise<Uint8Array>;
   close(): void;
 }
 
@@ -200,6 +207,40 @@ function readTensor(fd: number, name: string, entry: SafetensorsEntry): Float32A
   return f32 !== undefined && isHostLittleEndian ? f32 : decodeStorage(dtype, bytes);
 }
 
+/** The byte range [begin, begin + length) of a tensor, checked against it. */
+function byteRange(file: string, name: string, entry: SafetensorsEntry, offset = 0, length = entry.end - entry.begin - offset): { position: number; length: number } {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || entry.begin + offset + length > entry.end) {
+    throw new CheckpointError({ file, problem: `cannot read bytes ${offset}..${offset + length} of tensor ${name}, which has ${entry.end - entry.begin}` });
+  }
+  return { position: entry.begin + offset, length };
+}
+
+function readBytesSync(fd: number, name: string, entry: SafetensorsEntry, offset?: number, length?: number): Uint8Array {
+  const range = byteRange(entry.file, name, entry, offset, length);
+  const bytes = Buffer.allocUnsafeSlow(range.length);
+  readExactly(fd, entry.file, bytes, range.position, `tensor ${name}`);
+  return bytes;
+}
+
+/** The same read on libuv's thread pool, in chunks of at most 1 GiB as readExactly does. */
+async function readBytesAsync(fd: number, name: string, entry: SafetensorsEntry, offset?: number, length?: number): Promise<Uint8Array> {
+  const range = byteRange(entry.file, name, entry, offset, length);
+  const bytes = Buffer.allocUnsafeSlow(range.length);
+  let done = 0;
+  while (done < bytes.byteLength) {
+    const got = await new Promise<number>((resolve, reject) =>
+      fs.read(fd, bytes, done, Math.min(ioChunkBytes, bytes.byteLength - done), range.position + done, (e, n) => (e ? reject(e) : resolve(n))),
+    ).catch((e: unknown) => {
+      throw new CheckpointError({ file: entry.file, problem: `cannot read tensor ${name}: ${describeIoError(e)}` });
+    });
+    if (got === 0) {
+      throw new CheckpointError({ file: entry.file, problem: `truncated file: tensor ${name} needs bytes ${range.position}..${range.position + range.length} but the file ends at ${range.position + done}` });
+    }
+    done += got;
+  }
+  return bytes;
+}
+
 function openFd(file: string): { fd: number; size: number } {
   let fd: number;
   try {
@@ -238,6 +279,18 @@ export function openSafetensors(file: string): SafetensorsFile {
       if (entry === undefined) throw new CheckpointError({ file, problem: `no tensor named ${name}` });
       if (!open) throw new CheckpointError({ file, problem: `cannot read tensor ${name}: the file was closed` });
       return readTensor(fd, name, entry);
+    },
+    readBytes(name: string, offset?: number, length?: number): Uint8Array {
+      const entry = parsed.tensors.get(name);
+      if (entry === undefined) throw new CheckpointError({ file, problem: `no tensor named ${name}` });
+      if (!open) throw new CheckpointError({ file, problem: `cannot read tensor ${name}: the file was closed` });
+      return readBytesSync(fd, name, entry, offset, length);
+    },
+    readBytesAsync(name: string, offset?: number, length?: number): Promise<Uint8Array> {
+      const entry = parsed.tensors.get(name);
+      if (entry === undefined) return Promise.reject(new CheckpointError({ file, problem: `no tensor named ${name}` }));
+      if (!open) return Promise.reject(new CheckpointError({ file, problem: `cannot read tensor ${name}: the file was closed` }));
+      return readBytesAsync(fd, name, entry, offset, length);
     },
     close(): void {
       if (open) {
@@ -385,14 +438,25 @@ export function openShardedSafetensors(indexPath: string): SafetensorsFile {
     closeAll();
     throw e;
   }
+  const shardFor = (name: string): SafetensorsFile => {
+    const shard = shardOf.get(name);
+    if (shard === undefined) throw new CheckpointError({ file: indexPath, problem: `no tensor named ${name}` });
+    return shard;
+  };
   return {
     path: indexPath,
     metadata,
     tensors,
     read(name: string): Float32Array {
+      return shardFor(name).read(name);
+    },
+    readBytes(name: string, offset?: number, length?: number): Uint8Array {
+      return shardFor(name).readBytes(name, offset, length);
+    },
+    readBytesAsync(name: string, offset?: number, length?: number): Promise<Uint8Array> {
       const shard = shardOf.get(name);
-      if (shard === undefined) throw new CheckpointError({ file: indexPath, problem: `no tensor named ${name}` });
-      return shard.read(name);
+      if (shard === undefined) return Promise.reject(new CheckpointError({ file: indexPath, problem: `no tensor named ${name}` }));
+      return shard.readBytesAsync(name, offset, length);
     },
     close: closeAll,
   };

@@ -15,13 +15,15 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Window } from "../data/windows.ts";
-import type { Decoder } from "../model/decoder.ts";
+import { HEAD_ROWS, type Decoder, type HeadRows, type VocabRange } from "../model/decoder.ts";
+import { logAddExp, rowLogSumExp } from "../model/head.ts";
 import { sumAll } from "../model/ops.ts";
+import { passesOf } from "./passes.ts";
 
-/** One head chunk of a window's dense distribution. */
-interface ReferenceChunk {
-  /** Row-major flat indices (row · vocab + token) of the top-k tokens, [n · k]. */
-  readonly flat: tf.Tensor1D;
+/** One block of scored rows of a window's dense distribution (the head's row blocks). */
+interface ReferenceRows {
+  /** The top-k token ids of each row, [n, k]. */
+  readonly tokens: tf.Tensor2D;
   /** Their dense probabilities, [n, k]. */
   readonly p: tf.Tensor2D;
   /** Their dense log-probabilities, [n, k]. */
@@ -29,14 +31,40 @@ interface ReferenceChunk {
 }
 
 interface WindowReference {
-  readonly chunks: ReferenceChunk[];
+  readonly rows: ReferenceRows[];
 }
-
-/** log-sum-exp of each row of z [n, vocab], [n]. */
-const logSumExp = (z: tf.Tensor2D): tf.Tensor1D => tf.sub(tf.max(z, 1), tf.log(tf.max(tf.softmax(z), 1))) as tf.Tensor1D;
 
 /** The default top-k: every token of vocabularies up to this size, exact KL. */
 export const DEFAULT_TOP_K = 1024;
+
+/** Row indices r·width, [n, 1], to turn per-row columns into flat indices of an [n, width] tensor. */
+const rowBases = (n: number, width: number): tf.Tensor2D => tf.mul(tf.reshape(tf.range(0, n, 1, "int32"), [n, 1]), tf.scalar(width, "int32")) as tf.Tensor2D;
+
+/**
+ * The top-k entries of each row over every chunk: each chunk's own top-k (token ids made
+ * global) and log-sum-exp, then the top-k of their union and the log-add-exp of the lses.
+ */
+const topKSteps = (k: number, chunks: number) => {
+  const perChunk = (z: tf.Tensor2D, range: VocabRange): tf.Tensor[] => {
+    const { values, indices } = tf.topk(z, Math.min(k, range.count));
+    return [values, tf.add(indices, tf.scalar(range.start, "int32")), rowLogSumExp(z)];
+  };
+  const combine = (parts: tf.Tensor[][]): tf.Tensor[] => {
+    if (chunks === 1) {
+      const [values, tokens, lse] = parts[0]! as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D];
+      const logp = tf.sub(values, tf.reshape(lse, [-1, 1]));
+      return [tokens.clone(), tf.exp(logp), logp];
+    }
+    const values = tf.concat(parts.map((p) => p[0] as tf.Tensor2D), 1);
+    const tokens = tf.concat(parts.map((p) => p[1] as tf.Tensor2D), 1);
+    const [n, width] = values.shape;
+    const top = tf.topk(values, k);
+    const picked = tf.reshape(tf.gather(tf.reshape(tokens, [-1]), tf.reshape(tf.add(top.indices, rowBases(n, width)), [-1])), [n, k]);
+    const logp = tf.sub(top.values, tf.reshape(logAddExp(parts.map((p) => p[2] as tf.Tensor1D)), [-1, 1]));
+    return [picked, tf.exp(logp), logp];
+  };
+  return { perChunk, combine };
+};
 
 export class DenseReference {
   private readonly windows = new Map<Window, WindowReference>();
@@ -49,21 +77,21 @@ export class DenseReference {
 
   /** Windows not yet known are scored with `dense`, which must hold the dense model. */
   async add(dense: Decoder, windows: readonly Window[]): Promise<void> {
-    for (const w of windows) {
-      if (this.windows.has(w)) continue;
-      const k = Math.min(this.topK, dense.spec.vocabSize);
-      const chunkParts: Array<{ flat: tf.Tensor1D; logp: tf.Tensor2D }> = [];
-      const { parts } = dense.headChunks(w.ids, w.targets, 1, w.ids.length, (z) => {
-        const [n, vocab] = z.shape;
-        const { values, indices } = tf.topk(z, k);
-        const logp = tf.sub(values, tf.reshape(logSumExp(z), [n, 1])) as tf.Tensor2D;
-        const rows = tf.mul(tf.reshape(tf.range(0, n, 1, "int32"), [n, 1]), tf.scalar(vocab, "int32"));
-        const flat = tf.reshape(tf.add(indices, rows), [-1]) as tf.Tensor1D;
-        // headChunks keeps what f returns (p); the chunk's other tensors are kept here.
-        chunkParts.push({ flat: tf.keep(flat), logp: tf.keep(logp) });
-        return tf.exp(logp) as tf.Tensor2D;
-      });
-      this.windows.set(w, { chunks: parts.map((p, i) => ({ ...chunkParts[i]!, p })) });
+    const missing = [...new Set(windows.filter((w) => !this.windows.has(w)))];
+    const k = Math.min(this.topK, dense.spec.vocabSize);
+    const steps = topKSteps(k, dense.vocabChunks.length);
+    for (const pass of passesOf(missing, dense.passTokens)) {
+      const groups = pass.map((w) => ({ ids: w.ids, targets: w.targets, batch: 1, seqlen: w.ids.length }));
+      const scored = groups.map((g) => dense.scored(g.targets, g.ids.length));
+      const finals = await dense.hiddenStatesAll(groups);
+      try {
+        const results = dense.headScan(finals, scored, steps.perChunk, steps.combine);
+        pass.forEach((w, g) => {
+          this.windows.set(w, { rows: results[g]!.map(([tokens, p, logp]) => ({ tokens: tokens as tf.Tensor2D, p: p as tf.Tensor2D, logp: logp as tf.Tensor2D })) });
+        });
+      } finally {
+        tf.dispose(finals);
+      }
     }
   }
 
@@ -81,7 +109,7 @@ export class DenseReference {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const r of this.windows.values()) for (const c of r.chunks) tf.dispose([c.flat, c.p, c.logp]);
+    for (const r of this.windows.values()) for (const c of r.rows) tf.dispose([c.tokens, c.p, c.logp]);
     this.windows.clear();
   }
 }
@@ -92,24 +120,61 @@ export interface KlResult {
   readonly tokens: number;
 }
 
+/**
+ * log q of the model at the reference's tokens, per chunk: over one chunk the logits there
+ * minus the chunk's log-sum-exp; over several, each chunk's logits at the tokens it holds
+ * (0 elsewhere) and its log-sum-exp, summed and log-added.
+ */
+const divergenceSteps = (chunks: number, referenceOf: (rows: HeadRows) => ReferenceRows) => {
+  const perChunk = (z: tf.Tensor2D, range: VocabRange, rows: HeadRows): tf.Tensor[] => {
+    const ref = referenceOf(rows);
+    const [n, k] = ref.tokens.shape;
+    const [, width] = z.shape;
+    if (chunks === 1) {
+      const flat = tf.reshape(tf.add(ref.tokens, rowBases(n, width)), [-1]);
+      const logq = tf.sub(tf.reshape(tf.gather(tf.reshape(z, [-1]), flat), [n, k]), tf.reshape(rowLogSumExp(z), [n, 1]));
+      return [tf.sum(tf.mul(ref.p, tf.sub(ref.logp, logq)))];
+    }
+    const local = tf.sub(ref.tokens, tf.scalar(range.start, "int32"));
+    const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, range.count));
+    const flat = tf.reshape(tf.add(tf.where(inside, local, tf.zerosLike(local)), rowBases(n, width)), [-1]);
+    const picked = tf.mul(tf.reshape(tf.gather(tf.reshape(z, [-1]), flat), [n, k]), tf.cast(inside, "float32"));
+    return [picked, rowLogSumExp(z)];
+  };
+  const combine = (parts: tf.Tensor[][], rows: HeadRows): tf.Scalar => {
+    if (chunks === 1) return parts[0]![0]!.clone() as tf.Scalar;
+    const ref = referenceOf(rows);
+    const logq = tf.sub(sumAll(parts.map((p) => p[0] as tf.Tensor2D)), tf.reshape(logAddExp(parts.map((p) => p[1] as tf.Tensor1D)), [-1, 1]));
+    return tf.sum(tf.mul(ref.p, tf.sub(ref.logp, logq))) as tf.Scalar;
+  };
+  return { perChunk, combine };
+};
+
 /** KL(dense || model) per token over the windows, every window's reference added before. */
 export const klDivergence = async (model: Decoder, windows: readonly Window[], reference: DenseReference): Promise<KlResult> => {
   let total = 0;
   let tokens = 0;
-  for (const w of windows) {
-    const ref = reference.of(w);
-    const { parts, count } = model.headChunks(w.ids, w.targets, 1, w.ids.length, (z, _targets, first) => {
-      // Every chunk but the last has the first one's rows, so `first` names the chunk.
-      const chunk = ref.chunks[first / ref.chunks[0]!.p.shape[0]]!;
-      const [n, k] = chunk.p.shape;
-      const logq = tf.sub(tf.reshape(tf.gather(tf.reshape(z, [-1]), chunk.flat), [n, k]), tf.reshape(logSumExp(z), [n, 1]));
-      return tf.sum(tf.mul(chunk.p, tf.sub(chunk.logp, logq))) as tf.Scalar;
-    });
-    const sum = tf.tidy(() => sumAll(parts));
-    const value = (await sum.data())[0]!;
-    tf.dispose([sum, ...parts.filter((t) => t !== sum)]);
-    total += value;
-    tokens += count;
+  for (const pass of passesOf(windows, model.passTokens)) {
+    const groups = pass.map((w) => ({ ids: w.ids, targets: w.targets, batch: 1, seqlen: w.ids.length }));
+    const scored = groups.map((g) => model.scored(g.targets, g.ids.length));
+    const refs = pass.map((w) => reference.of(w));
+    const steps = divergenceSteps(model.vocabChunks.length, (rows) => refs[rows.group]!.rows[rows.first / HEAD_ROWS]!);
+    const finals = await model.hiddenStatesAll(groups);
+    let sums: tf.Scalar[];
+    try {
+      const results = model.headScan(finals, scored, steps.perChunk, steps.combine);
+      sums = results.map((parts) => (parts.length === 0 ? tf.scalar(0) : tf.tidy(() => sumAll(parts))));
+      for (const parts of results) tf.dispose(parts.filter((t) => !sums.includes(t)));
+    } finally {
+      tf.dispose(finals);
+    }
+    // Added window by window in order, as the windows' own sums.
+    for (const [g, sum] of sums.entries()) {
+      const value = (await sum.data())[0]!;
+      sum.dispose();
+      total += value;
+      tokens += scored[g]!.rows.length;
+    }
   }
   return { kl: total / tokens, tokens };
 };

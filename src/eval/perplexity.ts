@@ -1,8 +1,12 @@
 import type { Window } from "../data/windows.ts";
+import type { WindowGroup } from "../model/decoder.ts";
+import { passesOf } from "./passes.ts";
 
-/** What the perplexity loop needs of a model: summed next-token NLL of same-length windows. */
+/** What the perplexity loop needs of a model: summed next-token NLL of groups of same-length windows, in passes. */
 export interface NllScorer {
-  nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): Promise<{ nll: number; count: number }>;
+  /** Tokens one pass may hold (activations of every window of the pass are alive at once). */
+  readonly passTokens: number;
+  nllGroups(groups: readonly WindowGroup[]): Promise<{ nll: number; count: number }[]>;
 }
 
 export interface PerplexityResult {
@@ -25,9 +29,7 @@ export interface PerplexityOptions {
 export const perplexity = async (model: NllScorer, windows: readonly Window[], options: PerplexityOptions = {}): Promise<PerplexityResult> => {
   const start = performance.now();
   const maxBatch = Math.max(1, options.batch ?? 1);
-  let total = 0;
-  let count = 0;
-  let done = 0;
+  const groups: WindowGroup[] = [];
   for (let i = 0; i < windows.length; ) {
     const len = windows[i]!.ids.length;
     let j = i + 1;
@@ -39,12 +41,20 @@ export const perplexity = async (model: NllScorer, windows: readonly Window[], o
       ids.set(w.ids, k * len);
       targets.set(w.targets, k * len);
     });
-    const r = await model.nll(ids, targets, group.length, len);
-    total += r.nll;
-    count += r.count;
-    done += group.length;
-    options.onProgress?.(done, windows.length);
+    groups.push({ ids, targets, batch: group.length, seqlen: len });
     i = j;
+  }
+  let total = 0;
+  let count = 0;
+  let done = 0;
+  for (const pass of passesOf(groups, model.passTokens)) {
+    // Summed group by group in window order, as one group at a time would.
+    for (const r of await model.nllGroups(pass)) {
+      total += r.nll;
+      count += r.count;
+    }
+    done += pass.reduce((n, g) => n + g.batch, 0);
+    options.onProgress?.(done, windows.length);
   }
   const seconds = (performance.now() - start) / 1000;
   const nll = count > 0 ? total / count : NaN;

@@ -1,7 +1,7 @@
 /** The eval command's job: checkpoint -> tokenizer -> windows -> model -> perplexity. */
 import { Effect } from "effect";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
-import { openCheckpoint } from "../checkpoint/open.ts";
+import { blockSourceOf, openCheckpoint } from "../checkpoint/open.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import { attempt, attemptPromise, UsageError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows, scoredBytes, tokenizerFor } from "../eval/inputs.ts";
@@ -51,16 +51,9 @@ export const evaluate = (request: EvalRequest) =>
       }
       const tokenizer = yield* attempt(() => tokenizerFor(checkpoint));
       const windows = yield* attempt(() => evaluationWindows(request, tokenizer, seqlen));
-      // Weights are read (and checked) here, and again block by block when streamed.
+      // Weights are read (and checked) as they are uploaded: here, or block by block when streamed.
       const decoder = yield* Effect.acquireRelease(
-        attempt(() =>
-          Decoder.create(
-            checkpoint.spec,
-            checkpoint.readGlobals(),
-            { numBlocks: checkpoint.spec.numLayers, load: (i) => checkpoint.readBlock(i) },
-            { streamed: request.streamed ?? false },
-          ),
-        ),
+        attempt(() => Decoder.create(checkpoint.spec, checkpoint.globalSource(), blockSourceOf(checkpoint), { streamed: request.streamed ?? false, source: request.model })),
         (d) => Effect.sync(() => d.dispose()),
       );
       request.onStart?.({ windows: windows.length, seqlen, backend: backend.name, backendDescription: describeBackend(backend) });

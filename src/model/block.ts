@@ -5,8 +5,9 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointError } from "../errors.ts";
-import type { HostBlock, HostLinear, HostNorm, HostTensor, ModelSpec } from "./spec.ts";
-import { blockShape, kvDim, linearShapes } from "./spec.ts";
+import type { LinearOf, ModelSpec, NormOf, SourceBlock, TensorLike } from "./spec.ts";
+import { blockShape, isHostTensor, kvDim, linearShapes } from "./spec.ts";
+import { uploadTensor } from "./upload.ts";
 import { activate, linear as linearOp, matMul2d, normalize, takeRange, type LinearTensors, type NormTensors } from "./ops.ts";
 import { applyRope } from "./rope.ts";
 import type { ForwardTables, LengthTables } from "./tables.ts";
@@ -24,13 +25,13 @@ export interface BlockTensors {
 const sameShape = (a: readonly number[], b: readonly number[]): boolean =>
   a.length === b.length && a.every((n, i) => n === b[i]);
 
-/** Checks a host tensor's declared shape and data length; `where` names it in the error. */
-export const checkHostTensor = (
-  t: HostTensor | undefined,
+/** Checks a tensor's declared shape (and, on the host, its data length); `where` names it in the error. */
+export const checkHostTensor = <T extends TensorLike>(
+  t: T | undefined,
   expected: readonly number[],
   source: string,
   where: string,
-): HostTensor => {
+): T => {
   if (!t) throw new CheckpointError({ file: source, problem: `${where} is missing` });
   if (!sameShape(t.shape, expected)) {
     throw new CheckpointError({
@@ -38,6 +39,7 @@ export const checkHostTensor = (
       problem: `${where} has shape [${t.shape.join(", ")}] but the model needs [${expected.join(", ")}]`,
     });
   }
+  if (!isHostTensor(t)) return t;
   const size = expected.reduce((a, b) => a * b, 1);
   if (!(t.data instanceof Float32Array) || t.data.length !== size) {
     throw new CheckpointError({
@@ -48,9 +50,9 @@ export const checkHostTensor = (
   return t;
 };
 
-/** Makes a tensor from host data; as a trainable tf.Variable when asked. */
-export const hostToTensor = <R extends tf.Rank>(t: HostTensor, asVariable: boolean): tf.Tensor<R> => {
-  const tensor = tf.tensor(t.data, [...t.shape] as tf.ShapeMap[R], "float32") as tf.Tensor<R>;
+/** Makes a tensor from host data or a checkpoint's weights; as a trainable tf.Variable when asked. */
+export const hostToTensor = <R extends tf.Rank>(t: TensorLike, asVariable: boolean, label = "a weight"): tf.Tensor<R> => {
+  const tensor = uploadTensor(t, label) as tf.Tensor<R>;
   if (!asVariable) return tensor;
   const variable = tf.variable(tensor, true);
   tensor.dispose();
@@ -58,31 +60,41 @@ export const hostToTensor = <R extends tf.Rank>(t: HostTensor, asVariable: boole
 };
 
 const normToTensors = (
-  n: HostNorm | undefined,
+  n: NormOf<TensorLike> | undefined,
   hidden: number,
   source: string,
   where: string,
   asVariables: boolean,
 ): NormTensors => {
   if (!n) throw new CheckpointError({ file: source, problem: `${where} is missing` });
-  const weight = hostToTensor<tf.Rank.R1>(checkHostTensor(n.weight, [hidden], source, `${where} weight`), asVariables);
+  const weight = hostToTensor<tf.Rank.R1>(checkHostTensor(n.weight, [hidden], source, `${where} weight`), asVariables, `${where} weight`);
   if (!n.bias) return { weight };
-  const bias = hostToTensor<tf.Rank.R1>(checkHostTensor(n.bias, [hidden], source, `${where} bias`), asVariables);
-  return { weight, bias };
+  try {
+    const bias = hostToTensor<tf.Rank.R1>(checkHostTensor(n.bias, [hidden], source, `${where} bias`), asVariables, `${where} bias`);
+    return { weight, bias };
+  } catch (e) {
+    weight.dispose();
+    throw e;
+  }
 };
 
 const linearToTensors = (
-  l: HostLinear | undefined,
+  l: LinearOf<TensorLike> | undefined,
   shape: readonly [number, number],
   source: string,
   where: string,
   asVariables: boolean,
 ): LinearTensors => {
   if (!l) throw new CheckpointError({ file: source, problem: `${where} is missing` });
-  const weight = hostToTensor<tf.Rank.R2>(checkHostTensor(l.weight, shape, source, `${where} weight`), asVariables);
+  const weight = hostToTensor<tf.Rank.R2>(checkHostTensor(l.weight, shape, source, `${where} weight`), asVariables, `${where} weight`);
   if (!l.bias) return { weight };
-  const bias = hostToTensor<tf.Rank.R1>(checkHostTensor(l.bias, [shape[1]], source, `${where} bias`), asVariables);
-  return { weight, bias };
+  try {
+    const bias = hostToTensor<tf.Rank.R1>(checkHostTensor(l.bias, [shape[1]], source, `${where} bias`), asVariables, `${where} bias`);
+    return { weight, bias };
+  } catch (e) {
+    weight.dispose();
+    throw e;
+  }
 };
 
 /**
@@ -92,7 +104,7 @@ const linearToTensors = (
 export const blockToTensors = (
   spec: ModelSpec,
   block: number,
-  b: HostBlock,
+  b: SourceBlock,
   options: { source?: string; label?: string; asVariables?: boolean } = {},
 ): BlockTensors => {
   const source = options.source ?? spec.family;

@@ -1,11 +1,15 @@
 /**
  * The generic decoder: embedding, blocks and LM head of any supported family, driven by a
- * ModelSpec. Blocks are either all resident as tensors or streamed one at a time from host
- * memory, so a model larger than the backend's memory can still be evaluated.
+ * ModelSpec. Blocks are either all resident as tensors or streamed: each block is uploaded
+ * when it runs (straight from the checkpoint's bytes where the source offers them) and
+ * freed after, while the next one is read from disk. A pass over many windows runs block
+ * by block, each block loaded once for all of them, so streaming costs one read of the
+ * model per pass, not per window. The embedding is read by rows and the head by
+ * vocabulary chunks (head.ts): no vocabulary-sized float32 buffer is needed.
  */
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointError, DataError, UsageError } from "../errors.ts";
-import type { HostBlock, HostGlobals, HostNorm, ModelSpec } from "./spec.ts";
+import { hostGlobalSource, type GlobalSource, type HostGlobals, type HostNorm, type ModelSpec, type NormOf, type SourceBlock, type TensorLike } from "./spec.ts";
 import { linearShapes } from "./spec.ts";
 import {
   blockForward,
@@ -20,15 +24,22 @@ import {
 import { embeddingLookup, matMul2d, normalize, sumAll, takeRange, weightedNllSum, type NormTensors } from "./ops.ts";
 import { copyRows } from "./copy-kernels.ts";
 import { ForwardTables } from "./tables.ts";
+import { Head, logAddExp, logitsAtTokens, rowLogSumExp, type VocabRange } from "./head.ts";
 
 export { blockForward, blockToTensors, disposeBlock, type BlockTensors, type LinearInputObserver } from "./block.ts";
 export type { LinearTensors, NormTensors } from "./ops.ts";
 export { ForwardTables } from "./tables.ts";
+export type { VocabRange } from "./head.ts";
 
 /** Where block weights come from; `load` may read from disk on every call. */
 export interface BlockSource {
   readonly numBlocks: number;
-  load(index: number): HostBlock;
+  load(index: number): SourceBlock;
+  /**
+   * Starts reading block `index` so that a later `load` finds it in memory; resolves once it
+   * has. Streamed passes ask for block i + 1 while block i computes.
+   */
+  prefetch?(index: number): Promise<void>;
 }
 
 /** Block i's tensors as the loss should see them, computed from the resident ones. */
@@ -37,23 +48,40 @@ export type BlockTransform = (block: number, tensors: BlockTensors) => BlockTens
 export interface DecoderOptions {
   /** Load each block when it runs and dispose it right after (only one block resident). */
   readonly streamed?: boolean;
+  /** Upload each head chunk when a pass uses it instead of keeping the head on the backend. */
+  readonly streamedHead?: boolean;
   /** Hold every weight as a trainable tf.Variable (resident mode only), for tf.variableGrads and optimizers. */
   readonly trainable?: boolean;
   /** Names the checkpoint in error messages. */
   readonly source?: string;
+  /** Vocabulary columns per head chunk (default: as many as HEAD_CHUNK_BYTES holds). */
+  readonly headColumns?: number;
+  /** Tokens a pass over many windows may hold at once (default: 256 MiB of hidden states). */
+  readonly passTokens?: number;
 }
 
-export interface GlobalTensors {
+/** Windows of one length run together: ids of `batch` windows of `seqlen` tokens, one after another. */
+export interface WindowGroup {
+  readonly ids: Int32Array;
+  /** targets[i] is the token expected after position i; negative means "not scored". */
+  readonly targets: Int32Array;
+  readonly batch: number;
+  readonly seqlen: number;
+}
+
+/** The globals of a trainable model, every one a variable. */
+interface TrainableGlobals {
   readonly embed: tf.Tensor2D;
+  readonly lmHead?: tf.Tensor2D;
+}
+
+interface SmallGlobals {
   readonly positions?: tf.Tensor2D;
   readonly finalNorm?: NormTensors;
-  readonly lmHead?: tf.Tensor2D;
   readonly projectIn?: tf.Tensor2D;
   readonly projectOut?: tf.Tensor2D;
 }
 
-/** Head rows per matMul: bounds the logits tensor (rows × vocab) for large vocabularies. */
-const HEAD_ROWS = 256;
 
 const checkSpec = (spec: ModelSpec, source: string): void => {
   const fail = (problem: string): never => {
@@ -85,20 +113,22 @@ const checkSpec = (spec: ModelSpec, source: string): void => {
   }
 };
 
-const globalsToTensors = (spec: ModelSpec, g: HostGlobals, source: string, asVariables: boolean): GlobalTensors => {
+const isHostGlobals = (g: HostGlobals | GlobalSource): g is HostGlobals => (g as HostGlobals).embed !== undefined;
+
+/** Uploads what lies outside blocks and head: the position table, final norm and OPT's projections. */
+const smallGlobals = (spec: ModelSpec, g: GlobalSource | HostGlobals, source: string, asVariables: boolean): SmallGlobals => {
   const made: tf.Tensor[] = [];
-  const upload = <R extends tf.Rank>(t: Parameters<typeof checkHostTensor>[0], shape: number[], where: string) => {
-    const tensor = hostToTensor<R>(checkHostTensor(t, shape, source, where), asVariables);
+  const upload = <R extends tf.Rank>(t: TensorLike | undefined, shape: number[], where: string) => {
+    const tensor = hostToTensor<R>(checkHostTensor(t, shape, source, where), asVariables, where);
     made.push(tensor);
     return tensor;
   };
-  const norm = (n: HostNorm | undefined, where: string): NormTensors => {
+  const norm = (n: NormOf<TensorLike> | HostNorm | undefined, where: string): NormTensors => {
     if (!n) throw new CheckpointError({ file: source, problem: `${where} is missing` });
     const weight = upload<tf.Rank.R1>(n.weight, [spec.hiddenSize], `${where} weight`);
     return n.bias ? { weight, bias: upload<tf.Rank.R1>(n.bias, [spec.hiddenSize], `${where} bias`) } : { weight };
   };
   try {
-    const embed = upload<tf.Rank.R2>(g.embed, [spec.vocabSize, spec.embedDim], "token embedding");
     let positions: tf.Tensor2D | undefined;
     if (spec.positions.kind === "learned") {
       const rows = g.positions?.shape[0] ?? 0;
@@ -108,23 +138,28 @@ const globalsToTensors = (spec: ModelSpec, g: HostGlobals, source: string, asVar
       positions = upload<tf.Rank.R2>(g.positions, [rows, spec.hiddenSize], "position table");
     }
     const finalNorm = spec.finalNorm ? norm(g.finalNorm, "final norm") : undefined;
-    const lmHead = spec.tiedEmbeddings ? undefined : upload<tf.Rank.R2>(g.lmHead, [spec.embedDim, spec.vocabSize], "LM head");
     const projected = spec.embedDim !== spec.hiddenSize;
     const projectIn = projected ? upload<tf.Rank.R2>(g.projectIn, [spec.embedDim, spec.hiddenSize], "project_in") : undefined;
     const projectOut = projected ? upload<tf.Rank.R2>(g.projectOut, [spec.hiddenSize, spec.embedDim], "project_out") : undefined;
-    return { embed, positions, finalNorm, lmHead, projectIn, projectOut };
+    return { positions, finalNorm, projectIn, projectOut };
   } catch (e) {
     tf.dispose(made);
     throw e;
   }
 };
 
-const globalTensorList = (g: GlobalTensors): tf.Tensor[] => {
-  const all: (tf.Tensor | undefined)[] = [g.embed, g.positions, g.finalNorm?.weight, g.finalNorm?.bias, g.lmHead, g.projectIn, g.projectOut];
+const smallGlobalList = (g: SmallGlobals): tf.Tensor[] => {
+  const all: (tf.Tensor | undefined)[] = [g.positions, g.finalNorm?.weight, g.finalNorm?.bias, g.projectIn, g.projectOut];
   return all.filter((t): t is tf.Tensor => t !== undefined);
 };
 
-const isBlockTensors = (w: HostBlock | BlockTensors): w is BlockTensors => w.attnNorm?.weight instanceof tf.Tensor;
+/** What a decoder holds outside its blocks. */
+interface GlobalParts {
+  readonly small: SmallGlobals;
+  readonly trainable?: TrainableGlobals;
+  readonly source?: GlobalSource;
+  readonly head?: Head;
+}
 
 /**
  * A tensor's values, read asynchronously (GPU backends have no synchronous reads), and the
@@ -138,30 +173,64 @@ const readAndDispose = async (t: tf.Tensor): Promise<Float32Array> => {
   }
 };
 
+/** The scored positions of a group: their rows and targets. */
+interface Scored {
+  readonly rows: Int32Array;
+  readonly targets: Int32Array;
+}
+
+/**
+ * One block of at most HEAD_ROWS scored rows of one group, as `headScan` hands it over:
+ * which group, the index of its first row among the group's scored rows, its targets.
+ */
+export interface HeadRows {
+  readonly group: number;
+  readonly first: number;
+  readonly targets: Int32Array;
+}
+
+/** Head rows per matMul: bounds the logits tensor (rows × chunk) whatever the vocabulary. */
+export const HEAD_ROWS = 256;
+
+/**
+ * Activation bytes a pass may hold by default: every window's hidden states are alive
+ * between blocks (input and output, float32). The memory plan may set its own.
+ */
+const PASS_BYTES = 256 * 2 ** 20;
+
 export class Decoder {
   private readonly tables: ForwardTables;
-  /** Transposed tied embedding, taken once; absent when the head is untied or trainable. */
-  private readonly tiedHead: tf.Tensor2D | undefined;
-  /** Resident blocks; in streamed mode only blocks replaced through setBlock. */
+  /** Resident blocks; in streamed mode only blocks replaced through setBlock with tensors. */
   private readonly blocks: (BlockTensors | undefined)[];
-  private readonly hostOverrides = new Map<number, HostBlock>();
+  private readonly overrides = new Map<number, SourceBlock>();
+  private readonly small: SmallGlobals;
+  /** A trainable model's embedding and untied head (variables); absent otherwise. */
+  private readonly trainableGlobals: TrainableGlobals | undefined;
+  /** The embedding rows and head chunks of a model that is not trainable. */
+  private readonly globalSource: GlobalSource | undefined;
+  private readonly head: Head | undefined;
   private disposed = false;
 
   private constructor(
     readonly spec: ModelSpec,
-    private readonly globals: GlobalTensors,
+    parts: GlobalParts,
     private readonly source: BlockSource,
     blocks: (BlockTensors | undefined)[],
     readonly streamed: boolean,
     readonly trainable: boolean,
     private readonly sourceName: string,
+    /** Tokens a pass over many windows may hold at once. */
+    readonly passTokens: number,
   ) {
     this.blocks = blocks;
     this.tables = new ForwardTables(spec);
-    this.tiedHead = spec.tiedEmbeddings && !trainable ? tf.transpose(globals.embed) : undefined;
+    this.small = parts.small;
+    this.trainableGlobals = parts.trainable;
+    this.globalSource = parts.source;
+    this.head = parts.head;
   }
 
-  static create(spec: ModelSpec, globals: HostGlobals, blocks: BlockSource, options: DecoderOptions = {}): Decoder {
+  static create(spec: ModelSpec, globals: HostGlobals | GlobalSource, blocks: BlockSource, options: DecoderOptions = {}): Decoder {
     const sourceName = options.source ?? spec.family;
     const streamed = options.streamed ?? false;
     const trainable = options.trainable ?? false;
@@ -172,20 +241,44 @@ export class Decoder {
     if (blocks.numBlocks !== spec.numLayers) {
       throw new CheckpointError({ file: sourceName, problem: `has ${blocks.numBlocks} blocks but the model declares ${spec.numLayers} layers` });
     }
-    const g = globalsToTensors(spec, globals, sourceName, trainable);
+    const made: tf.Tensor[] = [];
+    let head: Head | undefined;
     const resident: (BlockTensors | undefined)[] = new Array(spec.numLayers).fill(undefined);
-    if (!streamed) {
-      try {
+    try {
+      const small = smallGlobals(spec, globals, sourceName, trainable);
+      made.push(...smallGlobalList(small));
+      let parts: GlobalParts;
+      if (trainable) {
+        if (!isHostGlobals(globals)) throw new UsageError({ problem: "a trainable model needs its globals in host memory" });
+        const embed = hostToTensor<tf.Rank.R2>(checkHostTensor(globals.embed, [spec.vocabSize, spec.embedDim], sourceName, "token embedding"), true, "token embedding");
+        made.push(embed);
+        const lmHead = spec.tiedEmbeddings
+          ? undefined
+          : hostToTensor<tf.Rank.R2>(checkHostTensor(globals.lmHead, [spec.embedDim, spec.vocabSize], sourceName, "LM head"), true, "LM head");
+        if (lmHead) made.push(lmHead);
+        parts = { small, trainable: { embed, ...(lmHead ? { lmHead } : {}) } };
+      } else {
+        if (isHostGlobals(globals)) {
+          checkHostTensor(globals.embed, [spec.vocabSize, spec.embedDim], sourceName, "token embedding");
+          if (!spec.tiedEmbeddings) checkHostTensor(globals.lmHead, [spec.embedDim, spec.vocabSize], sourceName, "LM head");
+        }
+        const source = isHostGlobals(globals) ? hostGlobalSource(spec, globals) : globals;
+        head = new Head(spec, source, !(options.streamedHead ?? false), options.headColumns);
+        parts = { small, source, head };
+      }
+      if (!streamed) {
         for (let i = 0; i < spec.numLayers; i++) {
           resident[i] = blockToTensors(spec, i, blocks.load(i), { source: sourceName, label: `block ${i}`, asVariables: trainable });
         }
-      } catch (e) {
-        for (const b of resident) if (b) disposeBlock(b);
-        tf.dispose(globalTensorList(g));
-        throw e;
       }
+      const passTokens = options.passTokens ?? Math.max(1, Math.floor(PASS_BYTES / (8 * spec.hiddenSize)));
+      return new Decoder(spec, parts, blocks, resident, streamed, trainable, sourceName, passTokens);
+    } catch (e) {
+      for (const b of resident) if (b) disposeBlock(b);
+      head?.dispose();
+      tf.dispose(made);
+      throw e;
     }
-    return new Decoder(spec, g, blocks, resident, streamed, trainable, sourceName);
   }
 
   get numBlocks(): number {
@@ -200,23 +293,106 @@ export class Decoder {
   }
 
   /**
+   * Block i's tensors for one use: the resident ones, or uploaded (the replacement set with
+   * setBlock, else the source's block) and freed by `release`.
+   */
+  private acquire(i: number): { tensors: BlockTensors; release: () => void } {
+    const resident = this.blocks[i];
+    if (resident) return { tensors: resident, release: () => {} };
+    const tensors = blockToTensors(this.spec, i, this.overrides.get(i) ?? this.source.load(i), { source: this.sourceName, label: `block ${i}` });
+    return { tensors, release: () => disposeBlock(tensors) };
+  }
+
+  /**
    * Runs block i on x [batch·seqlen, hidden]; x is left to the caller. `observe` sees each
    * prunable linear's input (for calibration statistics).
    */
   runBlock(i: number, x: tf.Tensor2D, batch: number, seqlen: number, observe?: LinearInputObserver): tf.Tensor2D {
+    return this.withBlockSync(i, (run) => run(x, batch, seqlen, observe));
+  }
+
+  /**
+   * Runs block i on every input, the block loaded once: outputs in input order; inputs are
+   * left to the caller.
+   */
+  runBlockAll(i: number, inputs: readonly tf.Tensor2D[], batches: readonly number[], seqlen: number, observe?: (input: number) => LinearInputObserver | undefined): tf.Tensor2D[] {
+    return this.withBlockSync(i, (run) => {
+      const outputs: tf.Tensor2D[] = [];
+      try {
+        inputs.forEach((x, k) => outputs.push(run(x, batches[k]!, seqlen, observe?.(k))));
+      } catch (e) {
+        tf.dispose(outputs);
+        throw e;
+      }
+      return outputs;
+    });
+  }
+
+  /** `f` with block i acquired once: `run` applies it to an input (left to the caller). */
+  private withBlockSync<T>(i: number, f: (run: BlockRunner) => T): T {
     this.checkLive();
     this.checkBlockIndex(i);
-    this.checkActivations(x, batch, seqlen);
-    const resident = this.blocks[i];
-    if (resident) return tf.tidy(() => blockForward(this.spec, i, resident, x, batch, seqlen, this.tables, observe));
-    const loaded = blockToTensors(this.spec, i, this.hostOverrides.get(i) ?? this.source.load(i), {
-      source: this.sourceName,
-      label: `block ${i}`,
-    });
+    const { tensors, release } = this.acquire(i);
     try {
-      return tf.tidy(() => blockForward(this.spec, i, loaded, x, batch, seqlen, this.tables, observe));
+      return f((x, batch, seqlen, observe) => {
+        this.checkActivations(x, batch, seqlen);
+        return tf.tidy(() => blockForward(this.spec, i, tensors, x, batch, seqlen, this.tables, observe));
+      });
     } finally {
-      disposeBlock(loaded);
+      release();
+    }
+  }
+
+  /** The asynchronous form of runBlockAll's loop: `f` may await (reads of statistics) between inputs. */
+  async withBlock<T>(i: number, f: (run: BlockRunner) => Promise<T>): Promise<T> {
+    this.checkLive();
+    this.checkBlockIndex(i);
+    const { tensors, release } = this.acquire(i);
+    try {
+      return await f((x, batch, seqlen, observe) => {
+        this.checkActivations(x, batch, seqlen);
+        return tf.tidy(() => blockForward(this.spec, i, tensors, x, batch, seqlen, this.tables, observe));
+      });
+    } finally {
+      release();
+    }
+  }
+
+  /** Reads block i ahead when it will be uploaded from its source (streamed and not replaced). */
+  prefetch(i: number): Promise<void> {
+    if (i < 0 || i >= this.spec.numLayers || this.blocks[i] || this.overrides.has(i) || !this.source.prefetch) return Promise.resolve();
+    return this.source.prefetch(i);
+  }
+
+  /**
+   * The hidden states after the last block of every group, each block run on all groups
+   * before the next (loaded once per pass; the next block read while this one computes).
+   */
+  async hiddenStatesAll(groups: readonly Pick<WindowGroup, "ids" | "batch" | "seqlen">[], onBlock?: (block: number) => void): Promise<tf.Tensor2D[]> {
+    this.checkLive();
+    let xs: tf.Tensor2D[] = [];
+    try {
+      for (const g of groups) xs.push(this.embed(g.ids, g.batch, g.seqlen));
+      let ahead = this.prefetch(0);
+      for (let i = 0; i < this.spec.numLayers; i++) {
+        await ahead;
+        ahead = this.prefetch(i + 1);
+        const seqlens = new Set(groups.map((g) => g.seqlen));
+        let next: tf.Tensor2D[];
+        if (seqlens.size === 1) {
+          next = this.runBlockAll(i, xs, groups.map((g) => g.batch), groups[0]!.seqlen);
+        } else {
+          next = this.withBlockSync(i, (run) => xs.map((x, k) => run(x, groups[k]!.batch, groups[k]!.seqlen)));
+        }
+        tf.dispose(xs);
+        xs = next;
+        onBlock?.(i);
+      }
+      await ahead;
+      return xs;
+    } catch (e) {
+      tf.dispose(xs);
+      throw e;
     }
   }
 
@@ -226,7 +402,73 @@ export class Decoder {
     if (x.rank !== 2 || x.shape[1] !== this.spec.hiddenSize) {
       throw new UsageError({ problem: `head input must be [rows, ${this.spec.hiddenSize}], got [${x.shape.join(", ")}]` });
     }
-    return tf.tidy(() => matMul2d(this.headInput(x), this.headWeight()));
+    return tf.tidy(() => {
+      const input = this.headInput(x);
+      const parts = this.vocabChunks.map((_, c) => this.withHeadChunk(c, (w) => matMul2d(input, w)));
+      return parts.length === 1 ? parts[0]! : (tf.concat(parts, 1) as tf.Tensor2D);
+    });
+  }
+
+  /** Head chunk c's weight [embedDim, count] for the duration of `f` (a trainable model's whole head). */
+  private withHeadChunk<T>(c: number, f: (weight: tf.Tensor2D, range: VocabRange) => T): T {
+    if (!this.trainableGlobals) return this.head!.with(c, f);
+    const weight = this.trainableHead();
+    try {
+      return f(weight, { start: 0, count: this.spec.vocabSize });
+    } finally {
+      if (weight !== this.trainableGlobals.lmHead) weight.dispose();
+    }
+  }
+
+  /** Chunks of the head this model computes logits in. */
+  get vocabChunks(): readonly VocabRange[] {
+    return this.head?.chunks ?? [{ start: 0, count: this.spec.vocabSize }];
+  }
+
+  /**
+   * The head over the scored positions of every group. For each vocabulary chunk (acquired
+   * once for the whole scan) and each block of at most HEAD_ROWS scored rows of each group,
+   * `perChunk` gets the logits [n, chunk] and returns tensors to keep; after the last chunk,
+   * `combine` turns a row block's parts (in chunk order) into its result. Results come per
+   * group, per row block in order; the caller disposes them. Nothing else is kept.
+   */
+  headScan<P extends tf.Tensor | tf.Tensor[], R extends tf.Tensor | tf.Tensor[]>(
+    finals: readonly tf.Tensor2D[],
+    scored: readonly Scored[],
+    perChunk: (logits: tf.Tensor2D, range: VocabRange, rows: HeadRows) => P,
+    combine: (parts: P[], rows: HeadRows) => R,
+  ): R[][] {
+    this.checkLive();
+    const picked: tf.Tensor2D[] = [];
+    const partsOf: P[][] = [];
+    const blocks: HeadRows[] = [];
+    try {
+      finals.forEach((x, g) => {
+        const s = scored[g]!;
+        if (s.rows.length === 0) {
+          picked.push(undefined as unknown as tf.Tensor2D);
+          return;
+        }
+        picked.push(tf.tidy(() => this.headInput(s.rows.length === x.shape[0] ? x : copyRows(x, s.rows))));
+        for (let first = 0; first < s.rows.length; first += HEAD_ROWS) {
+          blocks.push({ group: g, first, targets: s.targets.subarray(first, Math.min(first + HEAD_ROWS, s.rows.length)) });
+          partsOf.push([]);
+        }
+      });
+      this.vocabChunks.forEach((_, c) =>
+        this.withHeadChunk(c, (weight, range) => {
+          blocks.forEach((b, k) => {
+            partsOf[k]!.push(tf.tidy(() => perChunk(matMul2d(takeRange(picked[b.group]!, 0, b.first, b.targets.length), weight), range, b)));
+          });
+        }),
+      );
+      const results: R[][] = finals.map(() => []);
+      blocks.forEach((b, k) => results[b.group]!.push(tf.tidy(() => combine(partsOf[k]!, b))));
+      return results;
+    } finally {
+      tf.dispose(picked.filter((t) => t !== undefined));
+      for (const parts of partsOf) tf.dispose(parts as unknown as tf.TensorContainer);
+    }
   }
 
   /**
@@ -236,49 +478,39 @@ export class Decoder {
    * synchronous reads).
    */
   nll(ids: Int32Array, targets: Int32Array, batch: number, seqlen: number): Promise<{ nll: number; count: number }> {
-    const { parts, count } = this.headChunks(ids, targets, batch, seqlen, (logits, scoredTargets) => weightedNllSum(logits, tf.tensor1d(scoredTargets, "int32"), tf.ones([scoredTargets.length])));
-    if (count === 0) return Promise.resolve({ nll: 0, count: 0 });
-    const total = tf.tidy(() => sumAll(parts));
-    // A single part is its own sum.
-    tf.dispose(parts.filter((t) => t !== total));
-    return readAndDispose(total).then((values) => ({ nll: values[0]!, count }));
+    return this.nllGroups([{ ids, targets, batch, seqlen }]).then((r) => r[0]!);
   }
 
   /**
-   * `f` applied to the head logits of the scored positions (targets[i] >= 0), at most
-   * HEAD_ROWS rows at a time, in order: f gets the chunk's logits [n, vocab], its targets and
-   * the index of its first row among the scored positions. The tensors f returns are kept
-   * (the caller disposes them); everything else is freed. For per-token scores beyond the
-   * NLL (the KL divergence from a reference distribution), without pulling logits back.
+   * `nll` of every group, in one pass: each block loaded once for all of them. Bad input is
+   * refused synchronously, before anything runs.
    */
-  headChunks<T extends tf.Tensor>(
-    ids: Int32Array,
-    targets: Int32Array,
-    batch: number,
-    seqlen: number,
-    f: (logits: tf.Tensor2D, targets: Int32Array, first: number) => T,
-  ): { parts: T[]; count: number } {
+  nllGroups(groups: readonly WindowGroup[], onBlock?: (block: number) => void): Promise<{ nll: number; count: number }[]> {
     this.checkLive();
-    this.checkWindow(ids, batch, seqlen);
-    const scored = this.scoredPositions(targets, ids.length);
-    if (scored.rows.length === 0) return { parts: [], count: 0 };
-    const x = this.hiddenStates(ids, batch, seqlen);
+    const scored = groups.map((g) => {
+      this.checkWindow(g.ids, g.batch, g.seqlen);
+      return this.scoredPositions(g.targets, g.ids.length);
+    });
+    return this.scoredNll(groups, scored, onBlock);
+  }
+
+  private async scoredNll(groups: readonly WindowGroup[], scored: readonly Scored[], onBlock?: (block: number) => void): Promise<{ nll: number; count: number }[]> {
+    const finals = await this.hiddenStatesAll(groups, onBlock);
+    let sums: tf.Scalar[];
     try {
-      const parts = tf.tidy(() => {
-        const rows = scored.rows.length === ids.length ? x : copyRows(x, scored.rows);
-        const head = this.headWeight();
-        const picked = this.headInput(rows);
-        const out: T[] = [];
-        for (let start = 0; start < scored.rows.length; start += HEAD_ROWS) {
-          const n = Math.min(HEAD_ROWS, scored.rows.length - start);
-          out.push(tf.tidy(() => f(tf.matMul(takeRange(picked, 0, start, n), head), scored.targets.subarray(start, start + n), start)));
-        }
-        return out;
-      });
-      return { parts, count: scored.rows.length };
+      const results = this.headScan(finals, scored, ...nllParts(this.vocabChunks.length));
+      sums = results.map((parts) => (parts.length === 0 ? tf.scalar(0) : tf.tidy(() => sumAll(parts))));
+      for (const parts of results) tf.dispose(parts.filter((t) => !sums.includes(t)));
     } finally {
-      x.dispose();
+      tf.dispose(finals);
     }
+    const values = await Promise.all(sums.map((t) => readAndDispose(t)));
+    return values.map((v, g) => ({ nll: scored[g]!.rows.length === 0 ? 0 : v[0]!, count: scored[g]!.rows.length }));
+  }
+
+  /** The scored positions of a group (targets >= 0), checked against the vocabulary. */
+  scored(targets: Int32Array, rows: number): Scored {
+    return this.scoredPositions(targets, rows);
   }
 
   /**
@@ -312,21 +544,38 @@ export class Decoder {
         x = blockForward(this.spec, i, block, x, batch, seqlen, this.tables);
       }
       const picked = this.headInput(x);
-      const head = this.headWeight();
       const parts: tf.Scalar[] = [];
       for (let start = 0; start < rows; start += HEAD_ROWS) {
         const n = Math.min(HEAD_ROWS, rows - start);
         if (!weights.subarray(start, start + n).some((w) => w > 0)) continue;
-        parts.push(
-          weightedNllSum(
-            matMul2d(takeRange(picked, 0, start, n), head),
-            tf.tensor1d(safeTargets.subarray(start, start + n), "int32"),
-            tf.tensor1d(weights.subarray(start, start + n)),
-          ),
-        );
+        const input = takeRange(picked, 0, start, n);
+        const t = safeTargets.subarray(start, start + n);
+        const w = weights.subarray(start, start + n);
+        parts.push(this.differentiableNll(input, t, w));
       }
       return tf.div(sumAll(parts), scored.rows.length);
     });
+  }
+
+  /** Σ w·(lse − target logit) over rows, differentiable, over the head's chunks. */
+  private differentiableNll(input: tf.Tensor2D, targets: Int32Array, weights: Float32Array): tf.Scalar {
+    if (this.trainableGlobals) return weightedNllSum(matMul2d(input, this.trainableHead()), tf.tensor1d(targets, "int32"), tf.tensor1d(weights));
+    const head = this.head!;
+    if (head.chunks.length === 1) return head.with(0, (w) => weightedNllSum(matMul2d(input, w), tf.tensor1d(targets, "int32"), tf.tensor1d(weights)));
+    // Several chunks: the log-sum-exp combined across chunks; the target's logit by a
+    // one-hot product (gather's gradient needs a kernel wasm lacks).
+    const lses: tf.Tensor1D[] = [];
+    const picks: tf.Tensor1D[] = [];
+    head.chunks.forEach((_, c) =>
+      head.with(c, (w, range) => {
+        const z = matMul2d(input, w);
+        lses.push(rowLogSumExp(z));
+        const local = Int32Array.from(targets, (t) => (t >= range.start && t < range.start + range.count ? t - range.start : -1));
+        const oneHot = tf.cast(tf.oneHot(tf.tensor1d(local, "int32"), range.count), "float32");
+        picks.push(tf.sum(tf.mul(z, oneHot), 1) as tf.Tensor1D);
+      }),
+    );
+    return tf.sum(tf.mul(tf.sub(logAddExp(lses), sumAll(picks)), tf.tensor1d(weights))) as tf.Scalar;
   }
 
   /** Logits of one position of a single sequence, for greedy decoding. */
@@ -335,26 +584,32 @@ export class Decoder {
     if (!Number.isInteger(position) || position < 0 || position >= ids.length) {
       throw new UsageError({ problem: `position ${position} is outside a sequence of ${ids.length} tokens` });
     }
-    const x = this.hiddenStates(ids, 1, ids.length);
+    this.checkWindow(ids, 1, ids.length);
+    return this.logitsOf(ids, position);
+  }
+
+  private async logitsOf(ids: Int32Array, position: number): Promise<Float32Array> {
+    const [x] = await this.hiddenStatesAll([{ ids, batch: 1, seqlen: ids.length }]);
     let logits: tf.Tensor;
     try {
-      logits = tf.tidy(() => matMul2d(this.headInput(takeRange(x, 0, position, 1)), this.headWeight()));
+      logits = tf.tidy(() => this.headLogits(takeRange(x!, 0, position, 1)));
     } finally {
-      x.dispose();
+      x!.dispose();
     }
     return readAndDispose(logits);
   }
 
   /**
-   * Replaces block i. Host weights are uploaded (as variables when trainable); block tensors
-   * are taken over as they are and disposed with the model. The previous tensors are disposed.
+   * Replaces block i. A block whose tensors are on the host or in the checkpoint is
+   * uploaded (as variables when trainable), or in streamed mode kept as it is and uploaded
+   * when the block runs; block tensors are taken over as they are and disposed with the
+   * model. The previous tensors are disposed.
    */
-  setBlock(i: number, w: HostBlock | BlockTensors): void {
+  setBlock(i: number, w: SourceBlock | BlockTensors): void {
     this.checkLive();
     this.checkBlockIndex(i);
     if (this.streamed && !isBlockTensors(w)) {
-      // Kept on the host so that streaming still holds one block's tensors at a time.
-      this.hostOverrides.set(i, w);
+      this.overrides.set(i, w);
       const previous = this.blocks[i];
       this.blocks[i] = undefined;
       if (previous) disposeBlock(previous);
@@ -365,7 +620,7 @@ export class Decoder {
       : blockToTensors(this.spec, i, w, { source: this.sourceName, label: `block ${i}`, asVariables: this.trainable });
     const previous = this.blocks[i];
     this.blocks[i] = next;
-    this.hostOverrides.delete(i);
+    this.overrides.delete(i);
     if (previous && previous !== next) {
       const keep = new Set(blockTensorList(next));
       tf.dispose(blockTensorList(previous).filter((t) => !keep.has(t)));
@@ -381,11 +636,6 @@ export class Decoder {
     return b;
   }
 
-  getGlobals(): GlobalTensors {
-    this.checkLive();
-    return this.globals;
-  }
-
   /**
    * Every weight by name ("embed", "blocks.3.attnNorm.weight", "blocks.3.<linear>.bias", ...),
    * resident mode only. With `trainable` these are the tf.Variables an optimizer updates.
@@ -394,15 +644,15 @@ export class Decoder {
     this.checkLive();
     if (this.streamed) throw new UsageError({ problem: "a streamed model has no resident parameters" });
     const out = new Map<string, tf.Tensor>();
-    const g = this.globals;
     const put = (name: string, t: tf.Tensor | undefined): void => {
       if (t) out.set(name, t);
     };
-    put("embed", g.embed);
+    const g = this.small;
+    put("embed", this.trainableGlobals?.embed);
     put("positions", g.positions);
     put("finalNorm.weight", g.finalNorm?.weight);
     put("finalNorm.bias", g.finalNorm?.bias);
-    put("lmHead", g.lmHead);
+    put("lmHead", this.trainableGlobals?.lmHead);
     put("projectIn", g.projectIn);
     put("projectOut", g.projectOut);
     this.blocks.forEach((b, i) => {
@@ -423,31 +673,18 @@ export class Decoder {
     if (this.disposed) return;
     this.disposed = true;
     for (const b of this.blocks) if (b) disposeBlock(b);
-    tf.dispose(globalTensorList(this.globals));
-    this.tiedHead?.dispose();
+    tf.dispose(smallGlobalList(this.small));
+    if (this.trainableGlobals) tf.dispose([this.trainableGlobals.embed, ...(this.trainableGlobals.lmHead ? [this.trainableGlobals.lmHead] : [])]);
+    this.head?.dispose();
     this.tables.dispose();
-    this.hostOverrides.clear();
-  }
-
-  /** Embedding and every block, one block's intermediates alive at a time. */
-  private hiddenStates(ids: Int32Array, batch: number, seqlen: number): tf.Tensor2D {
-    let x = this.embed(ids, batch, seqlen);
-    try {
-      for (let i = 0; i < this.spec.numLayers; i++) {
-        const next = this.runBlock(i, x, batch, seqlen);
-        x.dispose();
-        x = next;
-      }
-    } catch (e) {
-      x.dispose();
-      throw e;
-    }
-    return x;
+    this.overrides.clear();
   }
 
   private embedIds(ids: Int32Array, batch: number, seqlen: number): tf.Tensor2D {
-    const g = this.globals;
-    let x = embeddingLookup(g.embed, ids);
+    const g = this.small;
+    let x = this.trainableGlobals
+      ? embeddingLookup(this.trainableGlobals.embed, ids)
+      : tf.tensor2d(this.globalSource!.embedRows(ids), [ids.length, this.spec.embedDim]);
     if (g.projectIn) x = matMul2d(x, g.projectIn);
     if (g.positions && this.spec.positions.kind === "learned") {
       const hidden = this.spec.hiddenSize;
@@ -461,18 +698,19 @@ export class Decoder {
   }
 
   private headInput(x: tf.Tensor2D): tf.Tensor2D {
-    const g = this.globals;
+    const g = this.small;
     let h = g.finalNorm ? normalize(this.spec, x, g.finalNorm) : x;
     if (g.projectOut) h = matMul2d(h, g.projectOut);
     return h;
   }
 
-  /** [embedDim, vocab]; a trainable tied head is transposed inside the graph so gradients reach the embedding. */
-  private headWeight(): tf.Tensor2D {
-    return this.globals.lmHead ?? this.tiedHead ?? tf.transpose(this.globals.embed);
+  /** A trainable model's head [embedDim, vocab]; a tied head is transposed inside the graph so gradients reach the embedding. */
+  private trainableHead(): tf.Tensor2D {
+    const g = this.trainableGlobals!;
+    return g.lmHead ?? tf.transpose(g.embed);
   }
 
-  private scoredPositions(targets: Int32Array, rows: number): { rows: Int32Array; targets: Int32Array } {
+  private scoredPositions(targets: Int32Array, rows: number): Scored {
     if (!(targets instanceof Int32Array) || targets.length !== rows) {
       throw new UsageError({ problem: `expected ${rows} targets as an Int32Array, got ${targets?.length ?? "none"}` });
     }
@@ -509,9 +747,9 @@ export class Decoder {
       });
     }
     const p = this.spec.positions;
-    if (p.kind === "learned" && this.globals.positions && seqlen + p.offset > this.globals.positions.shape[0]) {
+    if (p.kind === "learned" && this.small.positions && seqlen + p.offset > this.small.positions.shape[0]) {
       throw new UsageError({
-        problem: `a window of ${seqlen} tokens is longer than the ${this.globals.positions.shape[0] - p.offset} positions the model has`,
+        problem: `a window of ${seqlen} tokens is longer than the ${this.small.positions.shape[0] - p.offset} positions the model has`,
       });
     }
     for (let i = 0; i < ids.length; i++) {
@@ -560,3 +798,26 @@ export class Decoder {
     return w;
   }
 }
+
+/** Applies an acquired block to an input [batch·seqlen, hidden] (left to the caller). */
+export type BlockRunner = (x: tf.Tensor2D, batch: number, seqlen: number, observe?: LinearInputObserver) => tf.Tensor2D;
+
+const isBlockTensors = (w: SourceBlock | BlockTensors): w is BlockTensors => w.attnNorm?.weight instanceof tf.Tensor;
+
+/**
+ * headScan's steps for the NLL sum of a row block: over one chunk, weightedNllSum as one
+ * product over the whole vocabulary computes it; over several, each chunk's log-sum-exp and
+ * target logit, combined as Σ (log-add-exp of the lses − the target's logit).
+ */
+const nllParts = (chunks: number): [(z: tf.Tensor2D, range: VocabRange, rows: HeadRows) => tf.Tensor[], (parts: tf.Tensor[][], rows: HeadRows) => tf.Scalar] => {
+  if (chunks === 1) {
+    return [
+      (z, _range, rows) => [weightedNllSum(z, tf.tensor1d(rows.targets, "int32"), tf.ones([rows.targets.length]))],
+      (parts) => parts[0]![0]!.clone() as tf.Scalar,
+    ];
+  }
+  return [
+    (z, range, rows) => [rowLogSumExp(z), logitsAtTokens(z, range, rows.targets)],
+    (parts) => tf.sum(tf.sub(logAddExp(parts.map((p) => p[0] as tf.Tensor1D)), sumAll(parts.map((p) => p[1] as tf.Tensor1D)))) as tf.Scalar,
+  ];
+};

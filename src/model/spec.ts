@@ -100,23 +100,46 @@ export interface HostTensor {
   readonly data: Float32Array;
 }
 
-/** A linear layer, weight stored as [in, out] so that y = x W + b. */
-export interface HostLinear {
-  readonly weight: HostTensor;
-  readonly bias?: HostTensor;
+/**
+ * Weights still in their checkpoint: the decoder allocates the float32 array (on a heap
+ * backend, a view of the backend's own memory) and `fill` writes the values into it,
+ * converting from the file's dtype and layout on the way, so a streamed block is never
+ * held as a separate float32 host copy. `fill` may throw a CheckpointError naming the file
+ * and the tensor (a non-finite weight).
+ */
+export interface WeightSource {
+  readonly shape: readonly number[];
+  fill(into: Float32Array): void;
 }
 
-export interface HostNorm {
-  readonly weight: HostTensor;
-  readonly bias?: HostTensor;
+/** Weights the decoder can upload: on the host already, or still in the checkpoint. */
+export type TensorLike = HostTensor | WeightSource;
+
+export const isHostTensor = (t: TensorLike): t is HostTensor => (t as HostTensor).data !== undefined;
+
+/** A linear layer, weight stored as [in, out] so that y = x W + b. */
+export interface LinearOf<T> {
+  readonly weight: T;
+  readonly bias?: T;
+}
+
+export interface NormOf<T> {
+  readonly weight: T;
+  readonly bias?: T;
 }
 
 /** One decoder block: two norms and the prunable linears, keyed by spec.linears names. */
-export interface HostBlock {
-  readonly attnNorm: HostNorm;
-  readonly mlpNorm: HostNorm;
-  readonly linears: Readonly<Record<string, HostLinear>>;
+export interface BlockOf<T> {
+  readonly attnNorm: NormOf<T>;
+  readonly mlpNorm: NormOf<T>;
+  readonly linears: Readonly<Record<string, LinearOf<T>>>;
 }
+
+export type HostLinear = LinearOf<HostTensor>;
+export type HostNorm = NormOf<HostTensor>;
+export type HostBlock = BlockOf<HostTensor>;
+/** A block as a checkpoint or a candidate offers it: any tensor may still be in the file. */
+export type SourceBlock = BlockOf<TensorLike>;
 
 /** Everything outside the blocks. */
 export interface HostGlobals {
@@ -131,6 +154,53 @@ export interface HostGlobals {
   readonly projectIn?: HostTensor;
   readonly projectOut?: HostTensor;
 }
+
+/**
+ * The weights outside the blocks as a checkpoint offers them without reading them whole:
+ * the embedding by rows (only the tokens a pass needs) and the head by vocabulary ranges,
+ * each [embedDim, count] in the model's layout (the tied embedding's rows, transposed,
+ * when the head is tied). The small tensors come as they are.
+ */
+export interface GlobalSource {
+  /** Rows of the token embedding, [ids.length, embedDim] row-major. */
+  embedRows(ids: Int32Array): Float32Array;
+  /** Columns [start, start + count) of the head: shape [embedDim, count]. */
+  headColumns(start: number, count: number): TensorLike;
+  readonly positions?: TensorLike;
+  readonly finalNorm?: NormOf<TensorLike>;
+  readonly projectIn?: TensorLike;
+  readonly projectOut?: TensorLike;
+}
+
+/** The GlobalSource of globals already in host memory. */
+export const hostGlobalSource = (spec: ModelSpec, g: HostGlobals): GlobalSource => {
+  const d = spec.embedDim;
+  return {
+    embedRows: (ids) => {
+      const out = new Float32Array(ids.length * d);
+      const table = g.embed.data;
+      for (let r = 0; r < ids.length; r++) out.set(table.subarray(ids[r]! * d, (ids[r]! + 1) * d), r * d);
+      return out;
+    },
+    headColumns: (start, count) => {
+      const out = new Float32Array(d * count);
+      if (g.lmHead) {
+        // [embedDim, vocab]: row j's columns start..start+count.
+        const v = spec.vocabSize;
+        for (let j = 0; j < d; j++) out.set(g.lmHead.data.subarray(j * v + start, j * v + start + count), j * count);
+      } else {
+        // Tied: the embedding's rows start..start+count, transposed.
+        const e = g.embed.data;
+        for (let t = 0; t < count; t++) for (let j = 0; j < d; j++) out[j * count + t] = e[(start + t) * d + j]!;
+      }
+      return { shape: [d, count], data: out };
+    },
+    ...(g.positions ? { positions: g.positions } : {}),
+    ...(g.finalNorm ? { finalNorm: g.finalNorm } : {}),
+    ...(g.projectIn ? { projectIn: g.projectIn } : {}),
+    ...(g.projectOut ? { projectOut: g.projectOut } : {}),
+  };
+};
 
 /** The spec's own sizes: every block's when `blocks` is absent. */
 export const nominalBlockShape = (spec: ModelSpec): BlockShape => ({

@@ -1,9 +1,15 @@
 import * as tf from "@tensorflow/tfjs";
-import type { BlockSource, Decoder } from "../model/decoder.ts";
+import type { Decoder } from "../model/decoder.ts";
 import type { HostBlock } from "../model/spec.ts";
 import { collectBlockStats } from "./collect.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
 import { timed, type StageTimings } from "./timings.ts";
+
+/** The dense blocks pruning starts from, as float32 host arrays. */
+export interface DenseBlocks {
+  readonly numBlocks: number;
+  load(index: number): HostBlock;
+}
 
 export const CALIBRATION_MODES = ["sequential", "dense"] as const;
 export type CalibrationMode = (typeof CALIBRATION_MODES)[number];
@@ -35,7 +41,7 @@ export interface PruneRequest {
  * weights to feed block i+1; in `dense` mode every block sees the dense model's
  * activations. Only one block's activations are alive at a time.
  */
-export const pruneModel = async (decoder: Decoder, source: BlockSource, request: PruneRequest): Promise<HostBlock[]> => {
+export const pruneModel = async (decoder: Decoder, source: DenseBlocks, request: PruneRequest): Promise<HostBlock[]> => {
   const seqlen = request.calibration[0]?.length ?? 0;
   if (seqlen === 0) throw new RangeError("no calibration windows");
   const per = Math.max(1, request.batch ?? 1);
