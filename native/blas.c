@@ -272,6 +272,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"threads", NULL, threads, NULL, NULL, NULL, napi_default, NULL},
       {"describe", NULL, describe, NULL, NULL, NULL, napi_default, NULL},
       {"convert", NULL, evosparse_convert, NULL, NULL, NULL, napi_default, NULL},
+      {"encode", NULL, evosparse_encode, NULL, NULL, NULL, napi_default, NULL},
+      {"lowest", NULL, evosparse_lowest, NULL, NULL, NULL, napi_default, NULL},
+      {"ranks", NULL, evosparse_ranks, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof methods / sizeof methods[0], methods) != napi_ok) return NULL;
   return exports;

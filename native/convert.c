@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -247,4 +248,308 @@ napi_value evosparse_convert(napi_env env, napi_callback_info info) {
   napi_value out;
   if (napi_create_double(env, (double)bad, &out) != napi_ok) return NULL;
   return out;
+}
+
+/* ---- float32 to the file's dtype, for pruned blocks kept and written ---- */
+
+static uint16_t float_to_half(float value) {
+  uint32_t f;
+  memcpy(&f, &value, 4);
+  const uint32_t sign = (f >> 16) & 0x8000u;
+  const uint32_t exponent = (f >> 23) & 0xffu;
+  uint32_t mantissa = f & 0x7fffffu;
+  if (exponent == 0xff) return (uint16_t)(mantissa == 0 ? sign | 0x7c00u : sign | 0x7e00u | (mantissa >> 13));
+  const int32_t half_exponent = (int32_t)exponent - 127 + 15;
+  if (half_exponent >= 0x1f) return (uint16_t)(sign | 0x7c00u);
+  if (half_exponent <= 0) {
+    if (half_exponent < -10) return (uint16_t)sign;
+    mantissa |= 0x800000u;
+    const uint32_t shift = (uint32_t)(14 - half_exponent);
+    uint32_t half = mantissa >> shift;
+    const uint32_t remainder = mantissa & ((1u << shift) - 1u);
+    const uint32_t halfway = 1u << (shift - 1u);
+    if (remainder > halfway || (remainder == halfway && (half & 1u))) half++;
+    return (uint16_t)(sign | half);
+  }
+  uint32_t half = ((uint32_t)half_exponent << 10) | (mantissa >> 13);
+  const uint32_t remainder = mantissa & 0x1fffu;
+  if (remainder > 0x1000u || (remainder == 0x1000u && (half & 1u))) half++;
+  return (uint16_t)(sign | half);
+}
+
+static uint16_t float_to_brain(float value) {
+  uint32_t f;
+  memcpy(&f, &value, 4);
+  if ((f & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(((f >> 16) | 0x40u) & 0xffffu);
+  return (uint16_t)(((f + 0x7fffu + ((f >> 16) & 1u)) >> 16) & 0xffffu);
+}
+
+static inline void store_element(uint8_t *dst, int dtype, float v) {
+  if (dtype == DTYPE_F32) {
+    memcpy(dst, &v, 4);
+    return;
+  }
+  const uint16_t h = dtype == DTYPE_F16 ? float_to_half(v) : float_to_brain(v);
+  dst[0] = (uint8_t)(h & 0xff);
+  dst[1] = (uint8_t)(h >> 8);
+}
+
+/*
+ * encode(src: Float32Array, dtype, rows, cols, transpose, dst: Uint8Array): rows x cols
+ * floats (row-major) to the dtype's little-endian bytes, transposed when asked
+ * (dst element [c][r] = src[r][c]); rounding to nearest even, as dtype.ts encodes.
+ */
+napi_value evosparse_encode(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6)
+    return fail(env, "evosparse_encode: expected 6 arguments");
+  bool is_typed = false;
+  napi_typedarray_type kind;
+  size_t src_length, dst_length, offset;
+  void *src_data, *dst_data;
+  napi_value buffer;
+  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[0], &kind, &src_length, &src_data, &buffer, &offset) != napi_ok ||
+      kind != napi_float32_array)
+    return fail(env, "evosparse_encode: src must be a Float32Array");
+  if (napi_is_typedarray(env, argv[5], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[5], &kind, &dst_length, &dst_data, &buffer, &offset) != napi_ok ||
+      kind != napi_uint8_array)
+    return fail(env, "evosparse_encode: dst must be a Uint8Array");
+  int32_t dtype;
+  double rows_d, cols_d;
+  bool transpose;
+  if (napi_get_value_int32(env, argv[1], &dtype) != napi_ok || dtype < 0 || dtype > 2)
+    return fail(env, "evosparse_encode: dtype must be 0 (F32), 1 (F16) or 2 (BF16)");
+  if (napi_get_value_double(env, argv[2], &rows_d) != napi_ok || napi_get_value_double(env, argv[3], &cols_d) != napi_ok ||
+      !(rows_d >= 0 && cols_d >= 0) || rows_d != floor(rows_d) || cols_d != floor(cols_d) || rows_d * cols_d > 9.0e15)
+    return fail(env, "evosparse_encode: rows and cols must be whole numbers");
+  if (napi_get_value_bool(env, argv[4], &transpose) != napi_ok) return fail(env, "evosparse_encode: transpose must be a boolean");
+  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols;
+  const size_t width = dtype == DTYPE_F32 ? 4 : 2;
+  if (src_length < n) return fail(env, "evosparse_encode: src is shorter than rows x cols elements");
+  if (dst_length < n * width) return fail(env, "evosparse_encode: dst is shorter than rows x cols elements");
+  const float *src = (const float *)src_data;
+  uint8_t *dst = (uint8_t *)dst_data;
+  if (!transpose || rows == 1 || cols == 1) {
+    for (size_t i = 0; i < n; i++) store_element(dst + width * i, dtype, src[i]);
+    return NULL;
+  }
+  for (size_t r0 = 0; r0 < rows; r0 += TILE)
+    for (size_t c0 = 0; c0 < cols; c0 += TILE) {
+      const size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, c1 = c0 + TILE < cols ? c0 + TILE : cols;
+      for (size_t c = c0; c < c1; c++)
+        for (size_t r = r0; r < r1; r++) store_element(dst + width * (c * rows + r), dtype, src[r * cols + c]);
+    }
+  return NULL;
+}
+
+/* ---- the k lowest scores of a group, equal scores by index: masks.ts's order ---- */
+
+/* A float's bits as an unsigned key in the float's order (-0 folded into +0: equal scores). */
+static inline uint32_t ordered_key(float value) {
+  value += 0.0f;
+  uint32_t bits;
+  memcpy(&bits, &value, 4);
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+
+static int by_key_then_index(const void *a, const void *b) {
+  const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/*
+ * The k lowest of n (key, index) pairs, ordered by key then index, marked in `pruned`
+ * (pruned[j] = 1 for the j-th pair). Radix select: a histogram of up to 4096 buckets over the
+ * keys' range finds the bucket holding the k-th; everything below it is pruned, and the bucket
+ * itself (a small share of n) is sorted on (key << 32 | index) to finish. `scratch` holds n pairs.
+ */
+static void mark_lowest(const uint32_t *keys, size_t n, size_t k, uint8_t *pruned, uint64_t *scratch) {
+  memset(pruned, 0, n);
+  if (k == 0) return;
+  if (k >= n) {
+    memset(pruned, 1, n);
+    return;
+  }
+  /* Buckets span the keys' own range, so scores of a narrow range still spread over all of them. */
+  uint32_t lo = keys[0], hi = keys[0];
+  for (size_t j = 1; j < n; j++) {
+    if (keys[j] < lo) lo = keys[j];
+    if (keys[j] > hi) hi = keys[j];
+  }
+  /* About four keys a bucket: clearing and scanning the histogram costs no more than the keys. */
+  uint32_t buckets = 64;
+  while (buckets < 4096u && buckets * 4 < n) buckets *= 2;
+  unsigned shift = 0;
+  while (((hi - lo) >> shift) >= buckets) shift++;
+  uint32_t counts[4096];
+  memset(counts, 0, buckets * sizeof(uint32_t));
+  for (size_t j = 0; j < n; j++) counts[(keys[j] - lo) >> shift]++;
+  size_t below = 0;
+  uint32_t bucket = 0;
+  while (below + counts[bucket] < k) below += counts[bucket++];
+  /* Branch-free for the bulk; the k-th's own bucket is rare enough to branch on. */
+  for (size_t j = 0; j < n; j++) pruned[j] = ((keys[j] - lo) >> shift) < bucket;
+  size_t m = 0;
+  for (size_t j = 0; j < n; j++)
+    if (((keys[j] - lo) >> shift) == bucket) scratch[m++] = ((uint64_t)keys[j] << 32) | (uint64_t)j;
+  qsort(scratch, m, sizeof(uint64_t), by_key_then_index);
+  for (size_t j = 0; j < k - below; j++) pruned[(uint32_t)scratch[j]] = 1;
+}
+
+/*
+ * lowest(scores: Float32Array, rows, cols, perColumn, k, keep: Uint8Array): keep[e] = 0 for
+ * the k lowest scores of each column of the row-major rows x cols matrix (perColumn), or of
+ * the whole matrix; 1 elsewhere. Equal scores: the lower flat index is lower.
+ */
+napi_value evosparse_lowest(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6)
+    return fail(env, "evosparse_lowest: expected 6 arguments");
+  bool is_typed = false, per_column;
+  napi_typedarray_type kind;
+  size_t scores_length, keep_length, offset;
+  void *scores_data, *keep_data;
+  napi_value buffer;
+  double rows_d, cols_d, k_d;
+  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[0], &kind, &scores_length, &scores_data, &buffer, &offset) != napi_ok ||
+      kind != napi_float32_array)
+    return fail(env, "evosparse_lowest: scores must be a Float32Array");
+  if (napi_is_typedarray(env, argv[5], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[5], &kind, &keep_length, &keep_data, &buffer, &offset) != napi_ok ||
+      kind != napi_uint8_array)
+    return fail(env, "evosparse_lowest: keep must be a Uint8Array");
+  if (napi_get_value_double(env, argv[1], &rows_d) != napi_ok || napi_get_value_double(env, argv[2], &cols_d) != napi_ok ||
+      napi_get_value_bool(env, argv[3], &per_column) != napi_ok || napi_get_value_double(env, argv[4], &k_d) != napi_ok ||
+      !(rows_d >= 1 && cols_d >= 1 && k_d >= 0) || rows_d != floor(rows_d) || cols_d != floor(cols_d) || k_d != floor(k_d) ||
+      rows_d * cols_d > 4294967295.0)
+    return fail(env, "evosparse_lowest: rows, cols and k must be whole numbers (rows x cols below 2^32)");
+  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols, k = (size_t)k_d;
+  if (scores_length < n || keep_length < n) return fail(env, "evosparse_lowest: scores or keep is shorter than rows x cols");
+  const float *scores = (const float *)scores_data;
+  uint8_t *keep = (uint8_t *)keep_data;
+  if (!per_column) {
+    uint32_t *keys = (uint32_t *)malloc(n * sizeof(uint32_t));
+    uint64_t *scratch = (uint64_t *)malloc(n * sizeof(uint64_t));
+    if (!keys || !scratch) {
+      free(keys);
+      free(scratch);
+      return fail(env, "evosparse_lowest: out of memory");
+    }
+    for (size_t e = 0; e < n; e++) keys[e] = ordered_key(scores[e]);
+    mark_lowest(keys, n, k, keep, scratch);
+    for (size_t e = 0; e < n; e++) keep[e] = !keep[e];
+    free(keys);
+    free(scratch);
+    return NULL;
+  }
+  /* Columns gathered a tile at a time, reading rows in order. */
+  const size_t tile = 32;
+  uint32_t *keys = (uint32_t *)malloc(tile * rows * sizeof(uint32_t));
+  uint64_t *scratch = (uint64_t *)malloc(rows * sizeof(uint64_t));
+  uint8_t *pruned = (uint8_t *)malloc(tile * rows);
+  if (!keys || !scratch || !pruned) {
+    free(keys);
+    free(scratch);
+    free(pruned);
+    return fail(env, "evosparse_lowest: out of memory");
+  }
+  for (size_t c0 = 0; c0 < cols; c0 += tile) {
+    const size_t nc = cols - c0 < tile ? cols - c0 : tile;
+    for (size_t r = 0; r < rows; r++)
+      for (size_t c = 0; c < nc; c++) keys[c * rows + r] = ordered_key(scores[r * cols + c0 + c]);
+    for (size_t c = 0; c < nc; c++) mark_lowest(keys + c * rows, rows, k, pruned + c * rows, scratch);
+    /* Written back row by row, as the matrix lies. */
+    for (size_t r = 0; r < rows; r++)
+      for (size_t c = 0; c < nc; c++) keep[r * cols + c0 + c] = !pruned[c * rows + r];
+  }
+  free(keys);
+  free(scratch);
+  free(pruned);
+  return NULL;
+}
+
+/* ---- every weight's rank in its group: masks from ranks (prune/ranks.ts) ---- */
+
+/*
+ * Sorts n (key, index) pairs by key, stably (equal keys keep their index order), with four
+ * 8-bit counting passes; a and b hold n entries each, the result ends in a.
+ */
+static void radix_sort_pairs(uint32_t *keys_a, uint32_t *idx_a, uint32_t *keys_b, uint32_t *idx_b, size_t n) {
+  for (unsigned shift = 0; shift < 32; shift += 8) {
+    size_t counts[257];
+    memset(counts, 0, sizeof counts);
+    for (size_t j = 0; j < n; j++) counts[((keys_a[j] >> shift) & 0xffu) + 1]++;
+    for (unsigned b = 0; b < 256; b++) counts[b + 1] += counts[b];
+    for (size_t j = 0; j < n; j++) {
+      const size_t at = counts[(keys_a[j] >> shift) & 0xffu]++;
+      keys_b[at] = keys_a[j];
+      idx_b[at] = idx_a[j];
+    }
+    uint32_t *t = keys_a;
+    keys_a = keys_b;
+    keys_b = t;
+    t = idx_a;
+    idx_a = idx_b;
+    idx_b = t;
+  }
+  /* Four passes: the sorted pairs are back in the arrays first given as a. */
+}
+
+/*
+ * ranks(scores: Float32Array, rows, cols, perColumn, out: Uint16Array | Uint32Array): each
+ * weight's position in its group's order by (score, index): its column's (perColumn) or
+ * the whole matrix's. Uint16 output needs groups of at most 65536.
+ */
+napi_value evosparse_ranks(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5)
+    return fail(env, "evosparse_ranks: expected 5 arguments");
+  bool is_typed = false, per_column;
+  napi_typedarray_type kind, out_kind;
+  size_t scores_length, out_length, offset;
+  void *scores_data, *out_data;
+  napi_value buffer;
+  double rows_d, cols_d;
+  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[0], &kind, &scores_length, &scores_data, &buffer, &offset) != napi_ok ||
+      kind != napi_float32_array)
+    return fail(env, "evosparse_ranks: scores must be a Float32Array");
+  if (napi_is_typedarray(env, argv[4], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[4], &out_kind, &out_length, &out_data, &buffer, &offset) != napi_ok ||
+      (out_kind != napi_uint16_array && out_kind != napi_uint32_array))
+    return fail(env, "evosparse_ranks: out must be a Uint16Array or a Uint32Array");
+  if (napi_get_value_double(env, argv[1], &rows_d) != napi_ok || napi_get_value_double(env, argv[2], &cols_d) != napi_ok ||
+      napi_get_value_bool(env, argv[3], &per_column) != napi_ok || !(rows_d >= 1 && cols_d >= 1) || rows_d != floor(rows_d) ||
+      cols_d != floor(cols_d) || rows_d * cols_d > 4294967295.0)
+    return fail(env, "evosparse_ranks: rows and cols must be whole numbers (rows x cols below 2^32)");
+  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols;
+  const size_t group = per_column ? rows : n;
+  if (scores_length < n || out_length < n) return fail(env, "evosparse_ranks: scores or out is shorter than rows x cols");
+  if (out_kind == napi_uint16_array && group > 65536) return fail(env, "evosparse_ranks: groups above 65536 need a Uint32Array");
+  const float *scores = (const float *)scores_data;
+  uint32_t *buf = (uint32_t *)malloc(4 * group * sizeof(uint32_t));
+  if (!buf) return fail(env, "evosparse_ranks: out of memory");
+  uint32_t *ka = buf, *ia = buf + group, *kb = buf + 2 * group, *ib = buf + 3 * group;
+  const size_t groups = per_column ? cols : 1;
+  for (size_t g = 0; g < groups; g++) {
+    for (size_t j = 0; j < group; j++) {
+      const size_t e = per_column ? j * cols + g : j;
+      ka[j] = ordered_key(scores[e]);
+      ia[j] = (uint32_t)j;
+    }
+    radix_sort_pairs(ka, ia, kb, ib, group);
+    for (size_t r = 0; r < group; r++) {
+      const size_t e = per_column ? (size_t)ia[r] * cols + g : ia[r];
+      if (out_kind == napi_uint16_array) ((uint16_t *)out_data)[e] = (uint16_t)r;
+      else ((uint32_t *)out_data)[e] = (uint32_t)r;
+    }
+  }
+  free(buf);
+  return NULL;
 }

@@ -13,7 +13,7 @@ const src = resolve(import.meta.dirname, "..", "src");
 const LAYERS: readonly (readonly string[])[] = [
   ["."],
   ["model", "tokenizer", "backend", "output", "report", "workers", "engine", "settings"],
-  ["data", "checkpoint/architectures"],
+  ["data", "checkpoint/architectures", "memory"],
   ["checkpoint"],
   ["allocation"],
   ["eval"],

@@ -2,6 +2,7 @@ import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { initBackend } from "../src/backend/backend.ts";
 import { Decoder } from "../src/model/decoder.ts";
+import { Activations } from "../src/prune/activations.ts";
 import { collectBlockStats } from "../src/prune/collect.ts";
 import { blockSourceOf, randomIds, randomModel } from "./helpers/random-model.ts";
 
@@ -23,7 +24,9 @@ describe("calibration statistics of a block", () => {
         if (name === m.spec.roles.down) captured.push(Float32Array.from(input.dataSync()));
       }).dispose(),
     );
-    const { stats, outputs } = await collectBlockStats(decoder, 0, inputs, [2, 2], seqlen, { hessian: true });
+    const activations = Activations.empty("device", [2, 2], seqlen, m.spec.hiddenSize);
+    for (const [k, x] of inputs.entries()) await activations.put(k, x.clone());
+    const { stats, outputs } = await collectBlockStats(decoder, 0, activations, { hessian: true });
     expect([...stats.keys()].sort()).toEqual([...m.spec.linears].sort());
     const f = m.spec.intermediateSize;
     const rows = captured.reduce((n, c) => n + c.length / f, 0);
@@ -41,8 +44,10 @@ describe("calibration statistics of a block", () => {
     }
     // The outputs are the block's outputs, ready to feed the next block.
     const direct = decoder.runBlock(0, inputs[1]!, 2, seqlen);
-    expect(Array.from(outputs[1]!.dataSync())).toEqual(Array.from(direct.dataSync()));
-    tf.dispose([...inputs, ...outputs, direct]);
+    expect(await outputs.with(1, (y) => Array.from(y.dataSync()))).toEqual(Array.from(direct.dataSync()));
+    tf.dispose([...inputs, direct]);
+    activations.dispose();
+    outputs.dispose();
     decoder.dispose();
   });
 });

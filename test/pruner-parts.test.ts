@@ -29,16 +29,18 @@ describe("the Pruner's parts", () => {
       const second = createPruner(model, { metric: "wanda", mode, batch: 2 });
       try {
         // first: statistics, then A; second: B, A (installed), then statistics.
-        await first.statistics.prepare();
+        await first.statistics.prepare({ scores: true });
         const shares = first.statistics.outlierShares();
         const nor = first.statistics.nonOutlierRatio(3, 0.5);
-        const weightsA = (await first.apply(a(first))).map((blk) => blk.linears);
+        await first.apply(a(first));
+        const weightsA = first.prunedBlocks().map((blk) => blk.linears);
         const pplA = (await first.perplexity(windows)).ppl;
         await second.apply(b(second));
         await second.perplexity(windows);
-        const weightsA2 = (await second.apply(a(second))).map((blk) => blk.linears);
+        await second.apply(a(second));
+        const weightsA2 = second.prunedBlocks().map((blk) => blk.linears);
         expect((await second.perplexity(windows)).ppl).toBe(pplA);
-        await second.statistics.prepare();
+        await second.statistics.prepare({ scores: true });
         expect(second.statistics.outlierShares()).toEqual(shares);
         expect(second.statistics.nonOutlierRatio(3, 0.5)).toBe(nor);
         weightsA.forEach((linears, k) => {
@@ -59,8 +61,7 @@ describe("the Pruner's parts", () => {
     const pruner = createPruner(model, { metric: "wanda", mode: "dense" });
     try {
       const context = await methodContext(pruner, 0.5, { kind: "unstructured" }, [{ needs: ["scores", "fisher"] }]);
-      const dense = Array.from({ length: blocks }, (_, i) => model.checkpoint.readBlock(i));
-      const table = await new DenseStatistics(model.checkpoint, dense, { metric: "wanda", calibration: model.calibration }).table();
+      const table = await new DenseStatistics(model.checkpoint, { metric: "wanda", calibration: model.calibration }).table();
       const shares = context.statistics.outlierShares();
       const traces = context.statistics.fisherTraces();
       for (let k = 0; k < blocks; k++) {
@@ -80,8 +81,8 @@ describe("the Pruner's parts", () => {
       const layout = pruner.layout;
       const perLinearChoice = layout.map((_, k) => 0.3 + 0.05 * (k % 7));
       const allocation = toAllocation(perLinearChoice, layout, { kind: "unstructured" });
-      const blocksOut = await pruner.apply(allocation);
-      const outcomes = pruner.outcomes(allocation, blocksOut);
+      await pruner.apply(allocation);
+      const outcomes = pruner.outcomes(allocation);
       outcomes.forEach((o, k) => {
         expect(o.requested).toBe(perLinearChoice[k]);
         expect(o.achieved).toBe(o.expected);

@@ -106,7 +106,7 @@ describe("writeSafetensors then openSafetensors", () => {
             const entry = opened.tensors.get(t.name)!;
             expect(entry.dtype).toBe(t.dtype);
             expect(entry.shape).toEqual(t.shape);
-            expect(sameValues(opened.read(t.name), t.data)).toBe(true);
+            expect(sameValues(opened.read(t.name), t.data as Float32Array)).toBe(true);
           }
         } finally {
           opened.close();
@@ -388,7 +388,7 @@ describe("sharded checkpoints", () => {
           Array.from({ length: n }, (_, i) => `model-${String(i + 1).padStart(5, "0")}-of-${String(n).padStart(5, "0")}.safetensors`),
         );
         expect(new Set(Object.values(index.weight_map)).size).toBe(tensors.length === 0 ? 0 : n);
-        const bytesOf = (t: TensorToWrite): number => t.data.length * (t.dtype === "F32" ? 4 : 2);
+        const bytesOf = (t: TensorToWrite): number => (t.data as Float32Array).length * (t.dtype === "F32" ? 4 : 2);
         expect(index.metadata.total_size).toBe(tensors.reduce((s, t) => s + bytesOf(t), 0));
 
         const opened = openSafetensorsFolder(dir);
@@ -400,7 +400,7 @@ describe("sharded checkpoints", () => {
             const entry = opened.tensors.get(t.name)!;
             expect(path.basename(entry.file)).toBe(index.weight_map[t.name]);
             expect(entry.shape).toEqual(t.shape);
-            expect(sameValues(opened.read(t.name), t.data)).toBe(true);
+            expect(sameValues(opened.read(t.name), t.data as Float32Array)).toBe(true);
           }
         } finally {
           opened.close();

@@ -54,6 +54,15 @@ export interface NativeBlas {
    * file order, of the first NaN or infinity (and then writes nothing), or -1.
    */
   convert(src: Uint8Array, dtype: 0 | 1 | 2, rows: number, cols: number, transpose: boolean, dst: Float32Array): number;
+  /** float32 rows x cols to the dtype's little-endian bytes, transposed when asked; rounding as dtype.ts does. */
+  encode(src: Float32Array, dtype: 0 | 1 | 2, rows: number, cols: number, transpose: boolean, dst: Uint8Array): void;
+  /**
+   * keep[e] = 0 for the k lowest scores of each column of a row-major rows x cols matrix
+   * (perColumn) or of the whole matrix, 1 elsewhere; equal scores go to the lower index.
+   */
+  lowest(scores: Float32Array, rows: number, cols: number, perColumn: boolean, k: number, keep: Uint8Array): void;
+  /** Each weight's position in its group's order by (score, index): its column's (perColumn) or the matrix's. */
+  ranks(scores: Float32Array, rows: number, cols: number, perColumn: boolean, out: Uint16Array | Uint32Array): void;
   setThreads(threads: number): void;
   threads(): number;
   /** OpenBLAS's chosen kernel (e.g. "SkylakeX", "Haswell") and build configuration. */

@@ -7,7 +7,7 @@
  */
 import { nativeBlas } from "../backend/native-blas.ts";
 import { CheckpointError } from "../errors.ts";
-import { decodeStorage } from "./dtype.ts";
+import { decodeStorage, encodeStorage } from "./dtype.ts";
 import { checkFiniteWeights } from "./host.ts";
 import type { StorageDtype } from "./types.ts";
 
@@ -68,4 +68,28 @@ export const convertToHost = (t: StoredTensor, bytes: Uint8Array): Float32Array 
   const out = new Float32Array(t.rows * t.cols);
   convertInto(t, bytes, out);
   return out;
+};
+
+/**
+ * The other way: float32 values (rows x cols, row-major) as the dtype's bytes, transposed
+ * when the file stores the other layout. The native kernel in one pass; else dtype.ts's
+ * encoders, which round the same way (to nearest even).
+ */
+export const encodeFrom = (dtype: StorageDtype, data: Float32Array, rows: number, cols: number, transposed: boolean, route: "auto" | "js" = "auto"): Uint8Array => {
+  const native = route === "auto" ? nativeBlas() : undefined;
+  if (native?.encode) {
+    const out = new Uint8Array(rows * cols * (dtype === "F32" ? 4 : 2));
+    native.encode(data, DTYPE_CODES[dtype], rows, cols, transposed && rows > 1 && cols > 1, out);
+    return out;
+  }
+  if (!transposed || rows === 1 || cols === 1) {
+    // encodeStorage's F32 result views its input: a copy, so the bytes never alias `data`.
+    return dtype === "F32" ? encodeStorage(dtype, data).slice() : encodeStorage(dtype, data);
+  }
+  // Transposed as bit patterns: a float copy could quiet a NaN's payload.
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = new Uint32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = bits[r * cols + c]!;
+  const values = new Float32Array(out.buffer);
+  return dtype === "F32" ? new Uint8Array(out.buffer) : encodeStorage(dtype, values);
 };

@@ -10,8 +10,8 @@ import { Effect } from "effect";
 import { DataError, isEvosparseError } from "../errors.ts";
 import type { HostBlock, ModelSpec } from "../model/spec.ts";
 import { llamaJsonFromLlama2c } from "../tokenizer/llama2c-json.ts";
-import type { Checkpoint } from "./types.ts";
-import { writeHuggingFace } from "./write-huggingface.ts";
+import type { Checkpoint, StorageDtype } from "./types.ts";
+import { writeHuggingFace, type BlocksToWrite } from "./write-huggingface.ts";
 
 const LLAMA_NAMES: Readonly<Record<string, string>> = { wq: "q", wk: "k", wv: "v", wo: "o", w1: "gate", w3: "up", w2: "down" };
 
@@ -34,13 +34,15 @@ const renameLinears = (spec: ModelSpec, block: HostBlock): HostBlock => ({
 export const exportHuggingFace = (
   dir: string,
   checkpoint: Checkpoint,
-  blocks: readonly HostBlock[],
+  blocks: BlocksToWrite,
   extraFiles: Readonly<Record<string, string | (() => string)>> = {},
   policy: {
     readonly overwrite?: boolean;
     readonly command?: string;
     /** The spec of `blocks` when they are not the checkpoint's sizes (structured pruning). */
     readonly spec?: ModelSpec;
+    /** The dtype of model.safetensors (default F32). */
+    readonly dtype?: StorageDtype;
   } = {},
 ): void => {
   const spec = policy.spec ?? checkpoint.spec;
@@ -50,9 +52,15 @@ export const exportHuggingFace = (
     : tokenizer.endsWith(".json")
       ? { tokenizerFile: tokenizer }
       : { tokenizerJson: llamaJsonFromLlama2c(readFileSync(tokenizer)) };
-  const writePolicy = { ...(policy.overwrite !== undefined ? { overwrite: policy.overwrite } : {}), ...(policy.command ? { command: policy.command } : {}) };
+  const writePolicy = {
+    ...(policy.overwrite !== undefined ? { overwrite: policy.overwrite } : {}),
+    ...(policy.command ? { command: policy.command } : {}),
+    ...(policy.dtype ? { dtype: policy.dtype } : {}),
+  };
   if (spec.family === "llama2c") {
-    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), blocks.map((b) => renameLinears(spec, b)), { ...tokenizerOptions, extraFiles, ...writePolicy });
+    const renamed: BlocksToWrite =
+      "count" in blocks ? { count: blocks.count, read: (i) => renameLinears(spec, blocks.read(i)) } : blocks.map((b) => renameLinears(spec, b));
+    writeHuggingFace(dir, llamaSpec(spec), checkpoint.readGlobals(), renamed, { ...tokenizerOptions, extraFiles, ...writePolicy });
   } else {
     writeHuggingFace(dir, spec, checkpoint.readGlobals(), blocks, { ...tokenizerOptions, extraFiles, ...writePolicy });
   }

@@ -83,6 +83,7 @@ export const openHuggingFace = (dir: string): Checkpoint => {
       },
       prefetchBlock: (i) => prefetch.start(i),
       globalSource: () => globalSource(st, spec, globals),
+      storageDtype: st.tensors.get(Object.values(slotsOf(0).linears)[0]!.weight.name)!.dtype as StorageDtype,
       bytesPerWeight: Math.max(...blockSlotList(slotsOf(0)).map((slot) => bytesOf(st.tensors.get(slot.name)!.dtype))),
       close: () => st.close(),
     };

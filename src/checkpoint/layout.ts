@@ -91,6 +91,22 @@ export const allSlots = (g: GlobalSlots, blocks: readonly BlockSlots[]): Slot[] 
   return out;
 };
 
+/** Every slot of a block, in the order blockEntries pairs them. */
+export const slotList = (slots: BlockSlots): Slot[] => {
+  const out: Slot[] = [];
+  const addNorm = (s: NormSlots) => {
+    out.push(s.weight);
+    if (s.bias) out.push(s.bias);
+  };
+  addNorm(slots.attnNorm);
+  addNorm(slots.mlpNorm);
+  for (const s of Object.values(slots.linears)) {
+    out.push(s.weight);
+    if (s.bias) out.push(s.bias);
+  }
+  return out;
+};
+
 /** Pairs every slot of a block with the host tensor that fills it (for writers). */
 export const blockEntries = (slots: BlockSlots, block: HostBlock): Array<[Slot, HostTensor]> => {
   const out: Array<[Slot, HostTensor]> = [];

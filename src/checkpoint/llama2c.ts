@@ -205,6 +205,7 @@ export const openLlama2c = (file: string, tokenizerPath?: string): Checkpoint =>
       readBlock,
       readBlockSource: readBlock,
       globalSource: () => (globals ??= hostGlobalSource(spec, readGlobals())),
+      storageDtype: "F32",
       bytesPerWeight: 4,
       close: () => closeSync(fd),
     };

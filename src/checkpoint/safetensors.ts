@@ -46,7 +46,11 @@ export interface TensorToWrite {
   readonly name: string;
   readonly dtype: StorageDtype;
   readonly shape: readonly number[];
-  readonly data: Float32Array;
+  /**
+   * The values, or a function giving them when the tensor is written (one tensor in memory
+   * at a time), or `bytes`: a function giving the tensor already encoded in its dtype.
+   */
+  readonly data: Float32Array | (() => Float32Array) | { readonly bytes: () => Uint8Array };
 }
 
 /** The reference implementation refuses larger headers; so do we, before allocating them. */
@@ -337,11 +341,21 @@ function checkTensorsToWrite(file: string, tensors: readonly TensorToWrite[]): v
     if (!isStorageDtype(dtype)) throw bad(`unsupported dtype ${dtype}`);
     if (!t.shape.every((d) => isCount(d))) throw bad(`invalid shape [${t.shape.join(", ")}]`);
     const elements = t.shape.reduce((a, b) => a * b, 1);
-    if (elements !== t.data.length) throw bad(`shape [${t.shape.join(", ")}] needs ${elements} values but ${t.data.length} were given`);
+    if (t.data instanceof Float32Array && elements !== t.data.length) throw bad(`shape [${t.shape.join(", ")}] needs ${elements} values but ${t.data.length} were given`);
   }
 }
 
-const storedBytes = (t: TensorToWrite): number => t.data.length * (bitsPerElement(t.dtype)! / 8);
+const storedBytes = (t: TensorToWrite): number => t.shape.reduce((a, b) => a * b, 1) * (bitsPerElement(t.dtype)! / 8);
+
+/** A tensor's bytes, produced now when they were given as a function, checked against its shape. */
+const bytesOf = (file: string, t: TensorToWrite): Uint8Array => {
+  const data = t.data;
+  const bytes = data instanceof Float32Array ? encodeStorage(t.dtype, data) : typeof data === "function" ? encodeStorage(t.dtype, data()) : data.bytes();
+  if (bytes.byteLength !== storedBytes(t)) {
+    throw new CheckpointError({ file, problem: `cannot write tensor ${t.name}: shape [${t.shape.join(", ")}] of ${t.dtype} needs ${storedBytes(t)} bytes but ${bytes.byteLength} were given` });
+  }
+  return bytes;
+};
 
 /**
  * Writes tensors in name order with a space-padded header, as the reference writer
@@ -367,7 +381,7 @@ export function writeSafetensors(file: string, tensors: readonly TensorToWrite[]
   writeAtomically(file, (fd) => {
     writeAll(fd, lengthBytes);
     writeAll(fd, padded);
-    for (const t of ordered) writeAll(fd, encodeStorage(t.dtype, t.data));
+    for (const t of ordered) writeAll(fd, bytesOf(file, t));
   });
 }
 

@@ -25,6 +25,8 @@ export interface Checkpoint {
   prefetchBlock?(index: number): Promise<void>;
   /** The globals read piecewise: embedding rows, head chunks. */
   globalSource(): GlobalSource;
+  /** The dtype the file stores the blocks' weights in: what a pruned copy is written in by default. */
+  readonly storageDtype: StorageDtype;
   /** Bytes the file stores per weight (2 for F16 and BF16, 4 for F32). */
   readonly bytesPerWeight: number;
   close(): void;

@@ -5,8 +5,9 @@ import { describeWriteError } from "../files.ts";
 import { markerContent, notReplaceable, OUTPUT_MARKER, stagingFolder, swapFolder } from "../output/folder.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { architectureFor } from "./architectures/index.ts";
-import { formatShape, sameShape, transpose2d } from "./host.ts";
-import { blockEntries, blockSlots, globalEntries, globalSlots, type Slot } from "./layout.ts";
+import { encodeFrom } from "./convert.ts";
+import { formatShape, sameShape } from "./host.ts";
+import { blockEntries, blockSlots, globalEntries, globalSlots, slotList, type Slot } from "./layout.ts";
 import { writeSafetensors } from "./safetensors.ts";
 import type { StorageDtype } from "./types.ts";
 
@@ -32,25 +33,42 @@ export interface WriteOptions {
  * place at the end, so an interrupted write never leaves a folder that looks complete.
  * It holds evosparse's output marker, so a later `--overwrite` can tell it was written here.
  */
+/** Blocks to write: all in memory, or read one at a time (a pruned model larger than memory). */
+export type BlocksToWrite = readonly HostBlock[] | { readonly count: number; read(index: number): HostBlock };
+
 export const writeHuggingFace = (
   dir: string,
   spec: ModelSpec,
   globals: HostGlobals,
-  blocks: readonly HostBlock[],
+  blocks: BlocksToWrite,
   options: WriteOptions = {},
 ): void => {
   const arch = architectureFor(spec.family);
   if (!arch) throw new Error(`cannot write family ${spec.family} as a Hugging Face checkpoint`);
   const dtype = options.dtype ?? "F32";
   const prefix = arch.writePrefix;
-  const entries: Array<[Slot, HostTensor]> = [...globalEntries(globalSlots(arch, spec, prefix), globals)];
-  blocks.forEach((b, i) => {
+  const entries: Array<[Slot, HostTensor | (() => HostTensor)]> = [...globalEntries(globalSlots(arch, spec, prefix), globals)];
+  const count = "count" in blocks ? blocks.count : blocks.length;
+  const check = (i: number, b: HostBlock): HostBlock => {
     // Block i is written with its own sizes (spec.blocks): a tensor of another shape would make a folder that cannot be opened.
     for (const [slot, t] of blockEntries(blockSlots(arch, spec, prefix, i), b)) {
       if (!sameShape(t.shape, slot.shape)) throw new Error(`${slot.name} has shape ${formatShape(t.shape)} but the spec gives block ${i} ${formatShape(slot.shape)}`);
-      entries.push([slot, t]);
     }
-  });
+    return b;
+  };
+  // Tensors are written in name order, which keeps each block's tensors together: the last
+  // block read is kept until the next one is needed, so every block is read once.
+  let last: { index: number; block: HostBlock } | undefined;
+  const blockAt = (i: number): HostBlock => {
+    if (!("count" in blocks)) return blocks[i]!;
+    if (last?.index !== i) last = { index: i, block: check(i, blocks.read(i)) };
+    return last.block;
+  };
+  for (let i = 0; i < count; i++) {
+    const slots = blockSlots(arch, spec, prefix, i);
+    if (!("count" in blocks)) check(i, blocks[i]!);
+    for (const slot of slotList(slots)) entries.push([slot, () => blockEntries(slots, blockAt(i)).find(([s]) => s.name === slot.name)![1]]);
+  }
 
   mkdirSync(dirname(dir), { recursive: true });
   const staging = stagingFolder(dir);
@@ -60,10 +78,19 @@ export const writeHuggingFace = (
     writeFileSync(join(staging, "config.json"), JSON.stringify(config, null, 2) + "\n");
     writeSafetensors(
       join(staging, "model.safetensors"),
-      entries.map(([slot, t]) => {
-        const stored = slot.transposed ? transpose2d(t) : t;
-        return { name: slot.name, dtype, shape: stored.shape, data: stored.data };
-      }),
+      entries.map(([slot, t]) => ({
+        name: slot.name,
+        dtype,
+        // The file's shape: [out, in] for a transposed slot.
+        shape: slot.transposed ? [...slot.shape].reverse() : slot.shape,
+        data: {
+          bytes: () => {
+            const tensor = typeof t === "function" ? t() : t;
+            const [rows, cols] = tensor.shape.length === 2 ? (tensor.shape as [number, number]) : [1, tensor.data.length];
+            return encodeFrom(dtype, tensor.data, rows, cols, slot.transposed);
+          },
+        },
+      })),
       { format: "pt" },
     );
     if (options.tokenizerJson) writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(options.tokenizerJson));

@@ -5,13 +5,13 @@ import { evaluate } from "../jobs/eval.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { runCommand } from "./run.ts";
-import { numberOption, SEQLEN, WHOLE_POSITIVE } from "./flags.ts";
+import { memoryOptions, numberOption, SEQLEN, WHOLE_POSITIVE } from "./flags.ts";
 
 export const evalCommand = {
   command: "eval",
   describe: "Measure a model's perplexity on a text",
   builder: (y: Argv) =>
-    y
+    memoryOptions(y)
       .option("model", { type: "string", describe: "Hugging Face folder, llama2.c .bin, or a folder holding one", default: defaultModel() })
       .option("tokenizer", { type: "string", describe: "tokenizer file (overrides the one beside the checkpoint)" })
       .option("data", { type: "string", describe: "evaluation text", default: defaultData("test") })
@@ -21,7 +21,6 @@ export const evalCommand = {
       .option("bos", { type: "boolean", default: false, describe: "put BOS in front of each window" })
       .option("max-windows", numberOption("max-windows", { ...WHOLE_POSITIVE, describe: "score at most this many windows (default: all)" }))
       .option("batch", numberOption("batch", { ...WHOLE_POSITIVE, default: 1, describe: "windows per forward pass" }))
-      .option("streamed", { type: "boolean", default: false, describe: "keep only the running block's weights in memory" })
       .option("json", { type: "boolean", default: false, describe: "print one JSON object" }),
   handler: async (argv: {
     model: string;
@@ -34,6 +33,7 @@ export const evalCommand = {
     maxWindows?: number;
     batch: number;
     streamed: boolean;
+    memory?: number;
     json: boolean;
     backend: BackendChoice;
   }) => {
@@ -47,12 +47,13 @@ export const evalCommand = {
         bos: argv.bos,
         backend: argv.backend,
         streamed: argv.streamed,
+        ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
         batch: argv.batch,
         ...(argv.tokenizer ? { tokenizer: argv.tokenizer } : {}),
         ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
         ...(argv.maxWindows !== undefined ? { maxWindows: argv.maxWindows } : {}),
-        onStart: ({ windows, seqlen, backendDescription }) => {
-          if (!argv.json) process.stderr.write(`backend: ${backendDescription}; ${windows} windows of ${seqlen} tokens\n`);
+        onStart: ({ windows, seqlen, backendDescription, memory }) => {
+          if (!argv.json) process.stderr.write(`backend: ${backendDescription}; ${windows} windows of ${seqlen} tokens\n${memory}\n`);
           progress = startProgress("eval", windows, { quiet: argv.json });
         },
         onProgress: (done) => progress?.update(done),

@@ -4,7 +4,7 @@
  */
 import type { Argv } from "yargs";
 import { camelOf, type FlagSpec, type FlagTable } from "../settings/flag-table.ts";
-import { describeRule, parseNumberFlag, type NumberRule } from "../settings/number-rule.ts";
+import { describeRule, parseNumberFlag, WHOLE_POSITIVE, type NumberRule } from "../settings/number-rule.ts";
 import { parsePattern } from "./options.ts";
 
 export { SEED, SEQLEN, SPARSITY, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE } from "../settings/number-rule.ts";
@@ -70,3 +70,9 @@ export const settingsFromArgv = <S>(table: FlagTable<S>, argv: Readonly<Record<s
   }
   return settings as Partial<S>;
 };
+
+/** `--memory` and `--streamed`: how a run may use memory (they never change its results). */
+export const memoryOptions = <T>(y: Argv<T>) =>
+  y
+    .option("memory", numberOption("memory", { ...WHOLE_POSITIVE, describe: "MiB this run may use; the run is planned to fit (default: what the machine has available)" }))
+    .option("streamed", { type: "boolean", default: false, describe: "keep only the running block's weights on the backend, even where the model would fit" });

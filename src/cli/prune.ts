@@ -4,7 +4,7 @@ import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../
 import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
-import { settingsFromArgv, tableOptions } from "./flags.ts";
+import { memoryOptions, settingsFromArgv, tableOptions } from "./flags.ts";
 import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
 
@@ -16,6 +16,8 @@ interface PruneArgs {
   backend: BackendChoice;
   structured?: StructuredImportance;
   resume: boolean;
+  memory?: number;
+  streamed: boolean;
 }
 
 const structuredSummary = (r: StructuredPruneReport): string => {
@@ -63,7 +65,7 @@ const runStructured = async (importance: StructuredImportance, settings: PruneSe
 const summary = (r: PruneReport): string => {
   const lines = [
     `pruned ${r.model} with ${r.metric} (${r.mode}, ${r.pattern}, allocation ${r.allocation}${r.chosen ? ` ${r.chosen}` : ""})`,
-    `sparsity: requested ${r.requestedSparsity.toFixed(6)}, achieved ${r.achievedSparsity.toFixed(6)}`,
+    `sparsity: requested ${r.requestedSparsity.toFixed(6)}, achieved ${r.achievedSparsity.toFixed(6)}; weights written as ${r.dtype}`,
   ];
   if (r.evaluation) {
     lines.push(`perplexity at seqlen ${r.evaluation.seqlen} on ${r.evaluation.data}: dense ${r.evaluation.dense.toFixed(4)}, pruned ${r.evaluation.pruned.toFixed(4)}`);
@@ -81,7 +83,7 @@ export const pruneCommand = {
   command: "prune",
   describe: "Prune a model with an allocation and write it as a Hugging Face folder",
   builder: (y: Argv) =>
-    tableOptions(tableOptions(y, PRUNE_FLAGS), STRUCTURED_FLAGS)
+    memoryOptions(tableOptions(tableOptions(y, PRUNE_FLAGS), STRUCTURED_FLAGS))
       .option("out", { type: "string", demandOption: true, describe: "output folder (new or empty)" })
       .option("overwrite", { type: "boolean", default: false, describe: "replace an existing --out folder that evosparse wrote (never one holding an input)" })
       .option("json", { type: "boolean", default: false, describe: "print the report as JSON" })
@@ -103,7 +105,15 @@ export const pruneCommand = {
     if (misplaced) return reportFailure(new UsageError({ problem: `--${misplaced.flag} applies to structured pruning: give --structured KIND with it` }));
     if (argv.resume) return reportFailure(new UsageError({ problem: "--resume continues a structured prune's LoRA recovery: give --structured KIND with it" }));
     const report = await runCommand(
-      pruneJob({ ...settings, out: argv.out, overwrite: argv.overwrite, backend: argv.backend, ...(log ? { log } : {}) }),
+      pruneJob({
+        ...settings,
+        out: argv.out,
+        overwrite: argv.overwrite,
+        backend: argv.backend,
+        streamed: argv.streamed,
+        ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
+        ...(log ? { log } : {}),
+      }),
     );
     if (!report) return;
     process.stdout.write(argv.json ? JSON.stringify(report) + "\n" : summary(report));

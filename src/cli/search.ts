@@ -14,9 +14,11 @@ import { UsageError } from "../errors.ts";
 import { parsePattern } from "./options.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { reportFailure, runCommand } from "./run.ts";
-import { givenFlags, numberOption, settingsFromArgv, tableOptions, WHOLE_POSITIVE } from "./flags.ts";
+import { givenFlags, numberOption, settingsFromArgv, tableOptions, WHOLE_POSITIVE, memoryOptions } from "./flags.ts";
 
 export interface SearchArgs {
+  memory?: number;
+  streamed?: boolean;
   method: string;
   space?: string;
   sparsity?: number;
@@ -117,6 +119,8 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
         ? { resume: argv.resume, given: givenSettings(flags, given) }
         : { settings: flags, ...(argv.out ? { out: argv.out } : {}) }),
       workers: argv.workers,
+      streamed: argv.streamed ?? false,
+      ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
       ...(argv.queue !== undefined ? { queue: argv.queue } : {}),
       ...(argv.queueTimeout !== undefined ? { queueTimeout: argv.queueTimeout } : {}),
       backend: argv.backend,
@@ -142,7 +146,7 @@ export const searchCommand = {
   command: "search",
   describe: "Search a per-block allocation with a method plugin, scored by validation perplexity or KL from the dense model",
   builder: (y: Argv) =>
-    tableOptions(y, SEARCH_FLAGS)
+    memoryOptions(tableOptions(y, SEARCH_FLAGS))
       .option("workers", numberOption("workers", { ...WHOLE_POSITIVE, default: 1, describe: "fitness evaluations in parallel (worker threads, each with its own model; capped at the cores and memory)" }))
       .option("queue", { type: "string", requiresArg: true, describe: "score candidates on queue workers (evosparse worker) through this Redis: redis://[user:password@]host:port[/db], rediss:// for TLS" })
       .option("queue-timeout", numberOption("queue-timeout", { ...WHOLE_POSITIVE, describe: `seconds Redis may be away before the search stops, resumable (default ${QUEUE_TIMEOUT_SECONDS})` }))

@@ -66,12 +66,23 @@ const topKSteps = (k: number, chunks: number) => {
   return { perChunk, combine };
 };
 
+const referenceBytes = (r: WindowReference): number => r.rows.reduce((n, c) => n + c.tokens.size * 12, 0);
+
 export class DenseReference {
   private readonly windows = new Map<Window, WindowReference>();
+  private bytes = 0;
   private disposed = false;
 
-  /** `topK`: entries kept per position (the whole vocabulary when it is smaller). */
-  constructor(readonly topK: number = DEFAULT_TOP_K) {
+  /**
+   * `topK`: entries kept per position (the whole vocabulary when it is smaller). `maxBytes`:
+   * what the references may hold; beyond it the windows added longest ago are dropped (a
+   * search's stage minibatches are fresh each generation, so old ones are rarely met again,
+   * and a dropped window is simply scored again when it is).
+   */
+  constructor(
+    readonly topK: number = DEFAULT_TOP_K,
+    readonly maxBytes: number = Infinity,
+  ) {
     if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`top-k ${topK} must be a whole number >= 1`);
   }
 
@@ -79,6 +90,7 @@ export class DenseReference {
   async add(dense: Decoder, windows: readonly Window[]): Promise<void> {
     const missing = [...new Set(windows.filter((w) => !this.windows.has(w)))];
     const k = Math.min(this.topK, dense.spec.vocabSize);
+    this.evict(windows, missing.reduce((n, w) => n + w.ids.length, 0) * k * 12);
     const steps = topKSteps(k, dense.vocabChunks.length);
     for (const pass of passesOf(missing, dense.passTokens)) {
       const groups = pass.map((w) => ({ ids: w.ids, targets: w.targets, batch: 1, seqlen: w.ids.length }));
@@ -87,11 +99,26 @@ export class DenseReference {
       try {
         const results = dense.headScan(finals, scored, steps.perChunk, steps.combine);
         pass.forEach((w, g) => {
-          this.windows.set(w, { rows: results[g]!.map(([tokens, p, logp]) => ({ tokens: tokens as tf.Tensor2D, p: p as tf.Tensor2D, logp: logp as tf.Tensor2D })) });
+          const reference = { rows: results[g]!.map(([tokens, p, logp]) => ({ tokens: tokens as tf.Tensor2D, p: p as tf.Tensor2D, logp: logp as tf.Tensor2D })) };
+          this.windows.set(w, reference);
+          this.bytes += referenceBytes(reference);
         });
       } finally {
         tf.dispose(finals);
       }
+    }
+  }
+
+  /** Drops the oldest windows, none of `keep`, until `incoming` more bytes fit. */
+  private evict(keep: readonly Window[], incoming: number): void {
+    if (!Number.isFinite(this.maxBytes)) return;
+    const needed = new Set(keep);
+    for (const [w, r] of this.windows) {
+      if (this.bytes + incoming <= this.maxBytes) break;
+      if (needed.has(w)) continue;
+      for (const c of r.rows) tf.dispose([c.tokens, c.p, c.logp]);
+      this.windows.delete(w);
+      this.bytes -= referenceBytes(r);
     }
   }
 

@@ -7,6 +7,8 @@ import { attempt, attemptPromise, UsageError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows, scoredBytes, tokenizerFor } from "../eval/inputs.ts";
 import { perplexity, type PerplexityResult } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
+import { describePlan } from "../memory/plan.ts";
+import { planRun } from "./memory.ts";
 
 export interface EvalRequest {
   readonly model: string;
@@ -18,12 +20,14 @@ export interface EvalRequest {
   readonly bos?: boolean;
   readonly maxWindows?: number;
   readonly backend: BackendChoice;
-  /** Keep only the running block's weights as tensors. */
+  /** Keep only the running block's weights as tensors, whatever the plan would choose. */
   readonly streamed?: boolean;
+  /** MiB this run may use (default: what the machine has available). */
+  readonly memoryMib?: number;
   readonly batch?: number;
   readonly onProgress?: (done: number, total: number) => void;
   /** Called once the windows are known, before the (long) scoring starts. */
-  readonly onStart?: (info: { windows: number; seqlen: number; backend: string; backendDescription: string }) => void;
+  readonly onStart?: (info: { windows: number; seqlen: number; backend: string; backendDescription: string; memory: string }) => void;
 }
 
 export interface EvalReport extends PerplexityResult {
@@ -51,12 +55,25 @@ export const evaluate = (request: EvalRequest) =>
       }
       const tokenizer = yield* attempt(() => tokenizerFor(checkpoint));
       const windows = yield* attempt(() => evaluationWindows(request, tokenizer, seqlen));
+      const plan = yield* planRun(
+        checkpoint,
+        backend.name,
+        { forward: { seqlen, batch: request.batch ?? 1 } },
+        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
+      );
       // Weights are read (and checked) as they are uploaded: here, or block by block when streamed.
       const decoder = yield* Effect.acquireRelease(
-        attempt(() => Decoder.create(checkpoint.spec, checkpoint.globalSource(), blockSourceOf(checkpoint), { streamed: request.streamed ?? false, source: request.model })),
+        attempt(() =>
+          Decoder.create(checkpoint.spec, checkpoint.globalSource(), blockSourceOf(checkpoint), {
+            streamed: plan.streamed,
+            streamedHead: plan.streamedHead,
+            passTokens: plan.passTokens,
+            source: request.model,
+          }),
+        ),
         (d) => Effect.sync(() => d.dispose()),
       );
-      request.onStart?.({ windows: windows.length, seqlen, backend: backend.name, backendDescription: describeBackend(backend) });
+      request.onStart?.({ windows: windows.length, seqlen, backend: backend.name, backendDescription: describeBackend(backend), memory: describePlan(plan) });
       const result = yield* attemptPromise(() =>
         perplexity(decoder, windows, {
           ...(request.batch ? { batch: request.batch } : {}),

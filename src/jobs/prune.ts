@@ -11,7 +11,10 @@ import { exportHuggingFaceEffect } from "../checkpoint/export.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { Window } from "../data/windows.ts";
 import { attempt, attemptPromise, DataError, UsageError } from "../errors.ts";
-import { checkOutputFolder } from "../output/folder.ts";
+import { checkOutputFolder, stagingFolder } from "../output/folder.ts";
+import type { StorageDtype } from "../checkpoint/types.ts";
+import { describePlan } from "../memory/plan.ts";
+import { planRun } from "./memory.ts";
 import { CALIBRATION_MODES } from "../prune/pipeline.ts";
 import { PRUNE_METRICS } from "../prune/prune-linear.ts";
 import { TEXT_FORMATS } from "../data/text-source.ts";
@@ -59,12 +62,20 @@ export interface PruneJobRequest {
   readonly valid: string;
   readonly validWindows: number;
   readonly batch?: number;
+  /** The dtype of the written weights (and of the pruned model evaluated): auto is the checkpoint's own. */
+  readonly dtype?: ExportDtype;
   readonly backend: BackendChoice;
+  /** MiB the run may use, and whether to stream where the model would fit. */
+  readonly memoryMib?: number;
+  readonly streamed?: boolean;
   readonly log?: (line: string) => void;
 }
 
+export const EXPORT_DTYPES = ["auto", "F32", "F16", "BF16"] as const;
+export type ExportDtype = (typeof EXPORT_DTYPES)[number];
+
 /** What decides a prune's result: the request without where it goes and how it is run. */
-export type PruneSettings = Omit<PruneJobRequest, "out" | "overwrite" | "backend" | "log">;
+export type PruneSettings = Omit<PruneJobRequest, "out" | "overwrite" | "backend" | "log" | "memoryMib" | "streamed">;
 
 /** The flag of every prune setting: the command's options and printed commands derive from it. */
 export const PRUNE_FLAGS: FlagTable<PruneSettings> = {
@@ -87,6 +98,7 @@ export const PRUNE_FLAGS: FlagTable<PruneSettings> = {
   evalWindows: { flag: "eval-windows", kind: "number", rule: WHOLE_POSITIVE, describe: "score at most this many evaluation windows (default: all)" },
   valid: { flag: "valid", kind: "path", default: defaultData("validation"), describe: "validation text for methods that compare candidates (atp)" },
   validWindows: { flag: "valid-windows", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "validation windows per candidate" },
+  dtype: { flag: "dtype", kind: "choice", choices: EXPORT_DTYPES, default: "auto", describe: "dtype of the written weights, which the reported perplexity is measured on (auto: the checkpoint's own)" },
 };
 
 /** Dense and pruned perplexity on the evaluation text, as every prune report gives them. */
@@ -110,6 +122,10 @@ export interface PruneReport {
   readonly seed: number;
   readonly calibration: { readonly source: string; readonly windows: number; readonly seqlen: number };
   readonly backend: string;
+  /** The dtype the pruned weights were written (and evaluated) in. */
+  readonly dtype: StorageDtype;
+  /** How the run used memory: the plan's line. */
+  readonly memory: string;
   /** Global sparsity of the weights written: zero weights / prunable weights. */
   readonly achievedSparsity: number;
   /** The allocation's own global sparsity (each linear's requested ratio). */
@@ -160,9 +176,38 @@ export const pruneJob = (request: PruneJobRequest) =>
       const calibrationSampling = (performance.now() - t0) / 1000;
       log(`backend: ${describeBackend(backend)}`);
       log(`${calibration.length} calibration windows of ${seqlen} tokens from ${request.calib}`);
+      const dtype: StorageDtype = request.dtype === undefined || request.dtype === "auto" ? checkpoint.storageDtype : request.dtype;
+      const plan = yield* planRun(
+        checkpoint,
+        backend.name,
+        {
+          forward: { seqlen, batch: request.batch ?? 1 },
+          calibration: { windows: calibration.length, sparsegpt: request.metric === "sparsegpt", keepHessians: false, storeBytes: dtype === "F32" ? 4 : 2 },
+        },
+        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
+        log,
+      );
+      // Pruned blocks the plan keeps on disk wait beside the output, under a name a later run
+      // clears if this one is killed (output/folder.ts).
+      const scratch = plan.spill ? stagingFolder(request.out) : undefined;
 
       const pruner = yield* Effect.acquireRelease(
-        Effect.sync(() => createPruner(model, { metric: request.metric, mode: request.mode, ...(request.batch ? { batch: request.batch } : {}) })),
+        Effect.sync(() =>
+          createPruner(
+            model,
+            { metric: request.metric, mode: request.mode, ...(request.batch ? { batch: request.batch } : {}) },
+            {
+              materialise: true,
+              dtype,
+              streamed: plan.streamed,
+              streamedHead: plan.streamedHead,
+              passTokens: plan.passTokens,
+              activations: plan.activations,
+              cacheBytes: plan.cacheBytes,
+              ...(scratch ? { scratch } : {}),
+            },
+          ),
+        ),
         (p) => Effect.sync(() => p.dispose()),
       );
 
@@ -207,8 +252,8 @@ export const pruneJob = (request: PruneJobRequest) =>
       const allocationSeconds = (performance.now() - t1) / 1000;
 
       log(`pruning ${spec.numLayers} blocks with ${request.metric} (${request.mode})`);
-      const blocks = yield* attemptPromise(() => pruner.apply(allocation));
-      const linears = pruner.outcomes(allocation, blocks);
+      yield* attemptPromise(() => pruner.apply(allocation));
+      const linears = pruner.outcomes(allocation);
       let zeros = 0;
       let total = 0;
       for (const o of linears) {
@@ -242,6 +287,8 @@ export const pruneJob = (request: PruneJobRequest) =>
         seed: request.seed,
         calibration: { source: request.calib, windows: calibration.length, seqlen },
         backend: backend.name,
+        dtype,
+        memory: describePlan(plan),
         achievedSparsity: zeros / total,
         requestedSparsity: globalSparsity(allocation),
         linears,
@@ -255,13 +302,13 @@ export const pruneJob = (request: PruneJobRequest) =>
       yield* exportHuggingFaceEffect(
         request.out,
         checkpoint,
-        blocks,
+        { count: spec.numLayers, read: (i) => pruner.prunedBlock(i) },
         {
           "allocation.csv": formatAllocationCsv(allocation),
           // Written last, with the seconds the export took until then.
           "report.json": () => JSON.stringify((written = report((performance.now() - t2) / 1000)), null, 2) + "\n",
         },
-        { overwrite: request.overwrite ?? false, command: "prune" },
+        { overwrite: request.overwrite ?? false, command: "prune", dtype },
       );
       // The report printed is the one written.
       return written!;

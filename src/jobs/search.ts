@@ -14,6 +14,8 @@ import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
 import { nmMismatch } from "../allocation/nm.ts";
 import { PatternSchema, patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
+import { planRun } from "./memory.ts";
+import { DEFAULT_TOP_K } from "../eval/kl.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
 import { defaultData, resultsDir } from "../defaults.ts";
@@ -168,6 +170,9 @@ export interface SearchRequest {
   /** Seconds Redis may be away during the search before it stops (default QUEUE_TIMEOUT_SECONDS). */
   readonly queueTimeout?: number;
   readonly backend: BackendChoice;
+  /** MiB the run may use, and whether to stream where the model would fit (never change results). */
+  readonly memoryMib?: number;
+  readonly streamed?: boolean;
   readonly log?: (line: string) => void;
   readonly onGeneration?: (record: GenerationRecord, total: number) => void;
 }
@@ -468,7 +473,40 @@ export const searchJob = (request: SearchRequest) =>
         searchSeed: s.seed,
         ...(s.structured ? { structured: { importance: s.structured as StructuredImportance, target: targetOf(pattern, s.sparsity), ...(s.fusionSteps !== undefined ? { fusionSteps: s.fusionSteps } : {}) } } : {}),
       });
-      const setup = setupOf(settings);
+      // The memory plan: how the fitness copies (this thread's, and each worker's) and the final
+      // re-pruning run, from the checkpoint's headers and the settings, before any work.
+      const probed = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
+      const largestStage = Math.max(
+        0,
+        ...((space as { stages?: readonly { tokens?: number }[] }).stages ?? []).map((st) => st.tokens ?? 0),
+        ...(settings.screen === undefined ? [] : parseScreening(settings.screen).map((st) => st.tokens)),
+      );
+      const referenceTokens = 2 * Math.max(settings.fitnessWindows * settings.seqlen, largestStage);
+      const memoryPlan = yield* planRun(
+        probed,
+        backend.name,
+        {
+          forward: { seqlen: settings.seqlen, batch: 1 },
+          calibration: { windows: settings.nsamples, sparsegpt: settings.metric === "sparsegpt", keepHessians: settings.mode === "dense" && settings.metric === "sparsegpt" },
+          ...(settings.mode === "dense" && settings.metric !== "sparsegpt" && !settings.structured ? { ranks: { bytesPerWeight: settings.metric === "magnitude" ? 4 : 2 } } : {}),
+          ...((settings.fitness ?? "ppl") === "kl" ? { klReference: { tokens: referenceTokens, topK: Math.min(DEFAULT_TOP_K, probed.spec.vocabSize) } } : {}),
+          ...(settings.structured ? { gradients: { windows: settings.nsamples } } : {}),
+          copies: request.queue ? 1 : request.workers,
+        },
+        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
+        log,
+      ).pipe(Effect.ensuring(Effect.sync(() => probed.close())));
+      const running = {
+        streamed: memoryPlan.streamed,
+        streamedHead: memoryPlan.streamedHead,
+        passTokens: memoryPlan.passTokens,
+        activations: memoryPlan.activations,
+        cacheBytes: memoryPlan.cacheBytes,
+        // Ranks and pruned blocks the plan keeps on disk live in the run folder while it runs.
+        ...(memoryPlan.spill ? { scratch: join(dir, "cache") } : {}),
+      };
+      const referenceBytes = memoryPlan.parts.find((p) => p.what === "dense reference (KL)")?.bytes;
+      const setup: FitnessSetup = { ...setupOf(settings), running, ...(referenceBytes ? { referenceBytes } : {}) };
       const model = yield* Effect.acquireRelease(
         attempt(() => openFitnessModel(setup)),
         (m) => Effect.sync(() => m.dispose()),
@@ -557,7 +595,7 @@ export const searchJob = (request: SearchRequest) =>
       // (structured runs: cut as the prune command cuts them).
       const structured = model.structured;
       const finalModel: FitnessModel =
-        structured || settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(attempt(() => openFitnessModel(setup, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
+        structured || settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(attempt(() => openFitnessModel({ ...setup, running: { ...running, materialise: true } }, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
       const testWindows = yield* attempt(() =>
         evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
       );

@@ -53,8 +53,10 @@ export const statsJob = (request: StatsRequest) =>
       const { checkpoint, seqlen, calibration: windows } = model;
       const spec = checkpoint.spec;
       request.log?.(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens`);
-      const dense = Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i));
-      const statistics = new DenseStatistics(checkpoint, dense, { metric: request.metric, calibration: windows, onBlock: (b) => request.onBlock?.(b + 1, spec.numLayers) });
+      const statistics = yield* Effect.acquireRelease(
+        Effect.sync(() => new DenseStatistics(checkpoint, { metric: request.metric, calibration: windows, onBlock: (b: number) => request.onBlock?.(b + 1, spec.numLayers) })),
+        (s) => Effect.sync(() => s.dispose()),
+      );
       const rows = yield* attemptPromise(() => statistics.table());
       if (out !== undefined) {
         yield* Effect.try({

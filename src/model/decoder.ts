@@ -627,6 +627,23 @@ export class Decoder {
     }
   }
 
+  /**
+   * Puts the source's own block i back: a streamed model drops its replacement, a resident
+   * one uploads the source's block again (when it was replaced).
+   */
+  restoreBlock(i: number): void {
+    this.checkLive();
+    this.checkBlockIndex(i);
+    if (this.streamed) {
+      this.overrides.delete(i);
+      const previous = this.blocks[i];
+      this.blocks[i] = undefined;
+      if (previous) disposeBlock(previous);
+      return;
+    }
+    this.setBlock(i, this.source.load(i));
+  }
+
   /** The resident tensors of block i (owned by the model: do not dispose). */
   getBlock(i: number): BlockTensors {
     this.checkLive();

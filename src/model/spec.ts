@@ -135,6 +135,18 @@ export interface BlockOf<T> {
   readonly linears: Readonly<Record<string, LinearOf<T>>>;
 }
 
+/** The same block with every tensor mapped; `where` names it ("attnNorm.weight", "q.bias", ...), in a fixed order. */
+export const mapBlock = <T, U>(b: BlockOf<T>, f: (t: T, where: string) => U): BlockOf<U> => {
+  const norm = (n: NormOf<T>, part: string): NormOf<U> => ({ weight: f(n.weight, `${part}.weight`), ...(n.bias !== undefined ? { bias: f(n.bias, `${part}.bias`) } : {}) });
+  return {
+    attnNorm: norm(b.attnNorm, "attnNorm"),
+    mlpNorm: norm(b.mlpNorm, "mlpNorm"),
+    linears: Object.fromEntries(
+      Object.entries(b.linears).map(([name, l]) => [name, { weight: f(l.weight, `${name}.weight`), ...(l.bias !== undefined ? { bias: f(l.bias, `${name}.bias`) } : {}) }]),
+    ),
+  };
+};
+
 export type HostLinear = LinearOf<HostTensor>;
 export type HostNorm = NormOf<HostTensor>;
 export type HostBlock = BlockOf<HostTensor>;

@@ -1,29 +1,38 @@
 /**
  * What a run knows about the dense model, computed once and never changed by pruning
  * (docs/methods.md, "Fitness and reuse"): every linear's calibration statistics (input
- * norms, and Hessians for SparseGPT), its element scores and their sort order, the
- * outlier shares OWL starts from, MRP's non-outlier ratios, and MSP's Fisher traces.
+ * norms, and Hessians for SparseGPT), the ranks its masks are read from, the outlier
+ * shares OWL starts from, MRP's non-outlier ratios, the element scores DSA reduces, and
+ * MSP's Fisher traces.
  *
- * It runs its own passes over the dense weights (a streamed forward for the statistics, a
- * trainable copy for the gradients), so no call order of a Pruner, and no installed
- * candidate, can change what it returns. The `stats` command and every allocation method
- * read the dense model through this one module.
+ * Nothing here holds the model: the calibration pass streams the dense blocks from the
+ * checkpoint, and a sweep then reads each block once more to compute its scores, ranks
+ * and shares. What stays is small (per-feature norms, a few numbers per block, a sample
+ * of each block's scores) except the ranks, which a plan for a large model keeps in files.
+ * A block of more than SAMPLE_WEIGHTS prunable weights is represented in `elementScores`
+ * and `nonOutlierRatio` by a fixed sample of that many of its weights, evenly spaced in
+ * layout order (with their ranks); smaller blocks by all of them, exactly.
  *
  * The passes read results back from the backend, which GPU backends only do
- * asynchronously, so they run in `prepare`; the numbers derived from them (scores, sort
- * orders, masks, outlier shares) are then computed on the host when first asked for.
+ * asynchronously, so they run in `prepare`; everything else is then synchronous.
  */
-import * as tf from "@tensorflow/tfjs";
+import { blockSourceOf } from "../checkpoint/open.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
 import { Decoder } from "../model/decoder.ts";
-import type { HostBlock } from "../model/spec.ts";
+import { linearShapes } from "../model/spec.ts";
+import type { Activations, ActivationPlace } from "./activations.ts";
 import { collectBlockStats, type LinearInputStats } from "./collect.ts";
+import { embedCalibration } from "./pipeline.ts";
 import { blockTraces, fisherTraces } from "./fisher.ts";
-import { maskAtSparsity, sortedOrder, type Shape2, type SortOrder } from "./masks.ts";
+import type { Shape2 } from "./masks.ts";
 import { nonOutlierRatio, OWL_M, outlierShare, type PrunedWeights } from "./outliers.ts";
 import type { PruneMetric } from "./prune-linear.ts";
+import { groupSize, keepFromRanks, memoryRanks, prunedInGroup, ranksOf, type RankGroup, type Ranks, type RankStore } from "./ranks.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
 import { emptyTimings, timed, type StageTimings } from "./timings.ts";
+
+/** Weights of a block that represent it in element scores and MRP's ratios (all of a smaller block). */
+export const SAMPLE_WEIGHTS = 2 ** 19;
 
 export interface DenseStatisticsOptions {
   readonly metric: PruneMetric;
@@ -34,12 +43,16 @@ export interface DenseStatisticsOptions {
   /** Where the seconds of each stage are added (the Pruner's, so reports count them). */
   readonly timings?: StageTimings;
   readonly onBlock?: (block: number) => void;
-}
-
-interface LinearKnowledge {
-  readonly stats: LinearInputStats;
-  scores?: Float32Array;
-  order?: SortOrder;
+  /** How masks compete (default: unstructured within the metric's group). */
+  readonly rankGroup?: RankGroup;
+  /** Where ranks are kept (default: memory). */
+  readonly ranks?: RankStore;
+  /** Keep every linear's Hessian for the run (SparseGPT pruning of candidates from dense statistics). */
+  readonly keepHessians?: boolean;
+  /** Run the passes with every block resident (the model fits) rather than streamed. */
+  readonly resident?: boolean;
+  /** Where the calibration hidden states wait between blocks (default: on the backend). */
+  readonly activations?: ActivationPlace;
 }
 
 /** One row of the `stats` table: a linear, with its block's statistics beside it. */
@@ -57,22 +70,38 @@ export interface LinearStatistics {
   readonly fisherTrace: number;
 }
 
+/** A block's weights as DSA and MRP see them: scores (the run's metric) with their ranks. */
+interface BlockSample {
+  /** Per linear in layout order: the sampled scores and their ranks in their groups. */
+  readonly scores: Float32Array[];
+  readonly ranks: Uint32Array[];
+  /** All of them concatenated in layout order. */
+  readonly all: Float32Array;
+}
+
+interface BlockKnowledge {
+  readonly sample: BlockSample;
+  /** OWL's D on Wanda scores (M = 5). */
+  readonly share: number;
+  /** Each linear's own outlier share on the run's metric scores. */
+  readonly linearShares: readonly number[];
+}
+
 export class DenseStatistics {
   readonly timings: StageTimings;
   private inputs: Map<string, LinearInputStats>[] | undefined;
-  private readonly linears = new Map<string, LinearKnowledge>();
-  private shares: number[] | undefined;
+  private blocks: BlockKnowledge[] | undefined;
   private traces: Map<string, number> | undefined;
-  private readonly blockScores = new Map<number, Float32Array>();
+  private readonly rankStore: RankStore;
+  private ranksReady = false;
 
   constructor(
     readonly checkpoint: Checkpoint,
-    /** The dense weights of every block (host arrays, shared with the Pruner, never modified). */
-    private readonly dense: readonly HostBlock[],
     readonly options: DenseStatisticsOptions,
   ) {
     if (options.calibration.length === 0) throw new RangeError("no calibration windows");
     this.timings = options.timings ?? emptyTimings();
+    this.rankStore = options.ranks ?? memoryRanks();
   }
 
   get metric(): PruneMetric {
@@ -83,59 +112,120 @@ export class DenseStatistics {
     return this.checkpoint.spec;
   }
 
+  /** The comparison groups of masks: the run's pattern, else the metric's group (Wanda's for SparseGPT's statistics). */
+  get rankGroup(): RankGroup {
+    return this.options.rankGroup ?? { kind: "unstructured", group: comparisonGroup(this.metric === "magnitude" ? "magnitude" : "wanda") };
+  }
+
   shapeOf(block: number, linear: string): Shape2 {
-    return this.dense[block]!.linears[linear]!.weight.shape as unknown as Shape2;
+    return linearShapes(this.spec, block)[linear] as Shape2;
+  }
+
+  /** The metric's own groups, which MRP's ratios and the samples use whatever the pattern. */
+  private get metricGroup(): RankGroup {
+    return { kind: "unstructured", group: comparisonGroup(this.metric === "magnitude" ? "magnitude" : "wanda") };
   }
 
   /**
-   * Runs the passes that what follows needs: the calibration statistics of every linear
-   * (scores, masks, outlier shares, MRP), and with `fisher` the Fisher traces too. Each
-   * pass runs once per run, however often this is called.
+   * Runs the passes that what follows needs: the calibration statistics of every linear,
+   * then with `scores` the sweep that computes shares, samples and (with `ranks`) ranks,
+   * and with `fisher` the Fisher traces. Each pass runs once per run, however often this
+   * is called.
    */
-  async prepare(needs: { readonly fisher?: boolean } = {}): Promise<void> {
+  async prepare(needs: { readonly scores?: boolean; readonly ranks?: boolean; readonly fisher?: boolean } = {}): Promise<void> {
     this.inputs ??= await this.gather();
+    if ((needs.scores && !this.blocks) || (needs.ranks && !this.ranksReady)) this.sweep(needs.ranks ?? false);
     if (needs.fisher) this.traces ??= await this.gatherTraces();
   }
 
-  /** Every linear's calibration statistics, from one streamed pass over the dense model. */
+  /** Every linear's calibration statistics, from one pass over the dense model. */
   private async gather(): Promise<Map<string, LinearInputStats>[]> {
     const spec = this.spec;
-    const decoder = Decoder.create(spec, this.checkpoint.readGlobals(), { numBlocks: spec.numLayers, load: (i) => this.dense[i]! }, { streamed: true });
-    const seqlen = this.options.calibration[0]!.length;
-    const per = Math.max(1, this.options.batch ?? 1);
-    const groups: Int32Array[][] = [];
-    for (let i = 0; i < this.options.calibration.length; i += per) groups.push(this.options.calibration.slice(i, i + per) as Int32Array[]);
+    const decoder = Decoder.create(spec, this.checkpoint.globalSource(), blockSourceOf(this.checkpoint), {
+      streamed: !(this.options.resident ?? false),
+      source: this.checkpoint.path,
+    });
     const all: Map<string, LinearInputStats>[] = [];
-    let inputs: tf.Tensor2D[] = [];
+    let inputs: Activations | undefined;
     try {
-      inputs = timed(this.timings, "forward", () =>
-        groups.map((g) => {
-          const ids = new Int32Array(g.length * seqlen);
-          g.forEach((w, k) => ids.set(w, k * seqlen));
-          return decoder.embed(ids, g.length, seqlen);
-        }),
-      );
+      const start = performance.now();
+      inputs = await embedCalibration(decoder, this.options.calibration, this.options.batch ?? 1, this.options.activations ?? "device");
+      this.timings.forward += (performance.now() - start) / 1000;
+      let ahead = decoder.prefetch(0);
       for (let i = 0; i < spec.numLayers; i++) {
-        const { stats, outputs } = await collectBlockStats(decoder, i, inputs, groups.map((g) => g.length), seqlen, {
-          hessian: this.options.metric === "sparsegpt",
+        await ahead;
+        ahead = decoder.prefetch(i + 1);
+        const { stats, outputs } = await collectBlockStats(decoder, i, inputs, {
+          hessian: this.metric === "sparsegpt" && (this.options.keepHessians ?? false),
           timings: this.timings,
         });
-        tf.dispose(inputs);
+        inputs.dispose();
         inputs = outputs;
         all.push(stats);
         this.options.onBlock?.(i);
       }
+      await ahead;
     } finally {
-      tf.dispose(inputs);
+      inputs?.dispose();
       decoder.dispose();
     }
     return all;
   }
 
+  /**
+   * One read of every dense block: scores under the run's metric (and Wanda's for OWL),
+   * ranks when asked, outlier shares and the block's sample. A block's scores are alive
+   * only while it is swept.
+   */
+  private sweep(withRanks: boolean): void {
+    const spec = this.spec;
+    const blocks: BlockKnowledge[] = [];
+    for (let b = 0; b < spec.numLayers; b++) {
+      const dense = this.checkpoint.readBlock(b);
+      const metricScores: Float32Array[] = [];
+      const wanda: Float32Array[] = [];
+      const sampleRanks: Uint32Array[] = [];
+      const sampled: Float32Array[] = [];
+      const sizes = spec.linears.map((name) => dense.linears[name]!.weight.data.length);
+      const total = sizes.reduce((a, c) => a + c, 0);
+      const picks = sampleIndices(total);
+      let offset = 0;
+      spec.linears.forEach((name, k) => {
+        const weight = dense.linears[name]!.weight.data;
+        const shape = this.shapeOf(b, name);
+        const norms = this.inputStatistics(b, name).norms.norms();
+        const scores = timed(this.timings, "scoring", () => (this.metric === "magnitude" ? magnitudeScores(weight) : wandaScores(weight, shape, norms)));
+        metricScores.push(scores);
+        wanda.push(this.metric === "wanda" ? scores : timed(this.timings, "scoring", () => wandaScores(weight, shape, norms)));
+        const ranks = timed(this.timings, "scoring", () => ranksOf(scores, shape, this.metricGroup));
+        const group = this.rankGroup;
+        const key = groupKey(group);
+        if (withRanks && !this.rankStore.has(b, `${key}/${name}`)) {
+          this.rankStore.put(b, `${key}/${name}`, group.kind === "nm" ? timed(this.timings, "scoring", () => ranksOf(scores, shape, group)) : ranks);
+        }
+        // This linear's part of the block's sample: indices in [offset, offset + size).
+        const mine = picks ? picks.filter((p) => p >= offset && p < offset + sizes[k]!).map((p) => p - offset) : undefined;
+        sampled.push(mine ? Float32Array.from(mine, (i) => scores[i]!) : scores);
+        sampleRanks.push(mine ? Uint32Array.from(mine, (i) => ranks[i]!) : Uint32Array.from(ranks));
+        offset += sizes[k]!;
+      });
+      const all = new Float32Array(sampled.reduce((n, p) => n + p.length, 0));
+      let at = 0;
+      for (const p of sampled) {
+        all.set(p, at);
+        at += p.length;
+      }
+      blocks.push({ sample: { scores: sampled, ranks: sampleRanks, all }, share: outlierShare(wanda), linearShares: metricScores.map((s) => outlierShare([s], OWL_M)) });
+      this.options.onBlock?.(b);
+    }
+    this.blocks ??= blocks;
+    if (withRanks) this.ranksReady = true;
+  }
+
   /** Fisher trace of every linear ("block.linear"), from a trainable copy of the dense model. */
   private async gatherTraces(): Promise<Map<string, number>> {
     const spec = this.spec;
-    const decoder = Decoder.create(spec, this.checkpoint.readGlobals(), { numBlocks: spec.numLayers, load: (i) => this.dense[i]! }, { trainable: true });
+    const decoder = Decoder.create(spec, this.checkpoint.readGlobals(), { numBlocks: spec.numLayers, load: (i) => this.checkpoint.readBlock(i) }, { trainable: true });
     try {
       return await fisherTraces(decoder, this.options.calibration);
     } finally {
@@ -143,82 +233,62 @@ export class DenseStatistics {
     }
   }
 
-  private knowledge(block: number, linear: string): LinearKnowledge {
-    const key = `${block}.${linear}`;
-    let k = this.linears.get(key);
-    if (!k) {
-      if (!this.inputs) throw new Error("the dense statistics are read before prepare() gathered them (a method plugin lists what it reads in `needs`)");
-      const stats = this.inputs[block]!.get(linear);
-      if (!stats) throw new Error(`block ${block} has no statistics for linear ${linear}`);
-      k = { stats };
-      this.linears.set(key, k);
-    }
+  private knowledge(block: number): BlockKnowledge {
+    if (!this.blocks) throw new Error("the dense scores are read before prepare({ scores: true }) computed them (a method plugin lists what it reads in `needs`)");
+    const k = this.blocks[block];
+    if (!k) throw new RangeError(`block ${block} does not exist`);
     return k;
   }
 
-  /** Calibration statistics of a dense linear's input (norms; Hessian for SparseGPT). */
+  /** Calibration statistics of a dense linear's input (norms; Hessian for SparseGPT when kept). */
   inputStatistics(block: number, linear: string): LinearInputStats {
-    return this.knowledge(block, linear).stats;
+    if (!this.inputs) throw new Error("the dense statistics are read before prepare() gathered them (a method plugin lists what it reads in `needs`)");
+    const stats = this.inputs[block]?.get(linear);
+    if (!stats) throw new Error(`block ${block} has no statistics for linear ${linear}`);
+    return stats;
   }
 
   /**
-   * Element scores of a dense linear under the run's metric. SparseGPT's own saliency
-   * changes as it prunes column by column, so its statistics use Wanda's scores: |W| times
-   * the root of diag(XᵀX), the diagonal-Hessian form of the same second-order saliency.
+   * Ranks of a dense linear's weights in their comparison groups: the run's groups
+   * (`rankGroup`), computed for every linear by `prepare({ ranks: true })`, or another
+   * kind (an N:M pattern of another M), computed for this linear when first asked.
    */
-  elementScores(block: number, linear: string): Float32Array {
-    const k = this.knowledge(block, linear);
-    if (!k.scores) {
-      const weight = this.dense[block]!.linears[linear]!.weight.data;
-      k.scores = timed(this.timings, "scoring", () =>
-        this.options.metric === "magnitude" ? magnitudeScores(weight) : wandaScores(weight, this.shapeOf(block, linear), k.stats.norms.norms()),
-      );
+  ranks(block: number, linear: string, group: RankGroup = this.rankGroup): Ranks {
+    const key = `${groupKey(group)}/${linear}`;
+    if (!this.rankStore.has(block, key)) {
+      if (groupKey(group) === groupKey(this.rankGroup) && !this.ranksReady) throw new Error("ranks are read before prepare({ ranks: true }) computed them");
+      const weight = this.checkpoint.readBlock(block).linears[linear]!.weight.data;
+      const shape = this.shapeOf(block, linear);
+      const scores = this.metric === "magnitude" ? magnitudeScores(weight) : wandaScores(weight, shape, this.inputStatistics(block, linear).norms.norms());
+      this.rankStore.put(block, key, timed(this.timings, "scoring", () => ranksOf(scores, shape, group)));
     }
-    return k.scores;
+    return this.rankStore.get(block, key);
   }
 
-  /**
-   * Wanda scores of a dense linear whatever the run's metric: OWL's outlier shares are
-   * defined on them (its released code uses them for magnitude pruning too).
-   */
-  wandaScores(block: number, linear: string): Float32Array {
-    if (this.options.metric === "wanda") return this.elementScores(block, linear);
-    const k = this.knowledge(block, linear);
-    const weight = this.dense[block]!.linears[linear]!.weight.data;
-    return timed(this.timings, "scoring", () => wandaScores(weight, this.shapeOf(block, linear), k.stats.norms.norms()));
+  /** The comparison groups of a target: N of M for a pattern, the run's groups otherwise. */
+  groupOf(target: { readonly sparsity: number } | { readonly n: number; readonly m: number }): RankGroup {
+    return "n" in target ? { kind: "nm", m: target.m } : this.rankGroup.kind === "nm" ? this.metricGroup : this.rankGroup;
   }
 
-  private orderOf(block: number, linear: string): SortOrder {
-    const k = this.knowledge(block, linear);
-    if (!k.order) {
-      const scores = this.elementScores(block, linear);
-      const group = comparisonGroup(this.options.metric === "magnitude" ? "magnitude" : "wanda");
-      k.order = timed(this.timings, "scoring", () => sortedOrder(scores, this.shapeOf(block, linear), group));
-    }
-    return k.order;
+  /** Keep-mask of a dense linear at a sparsity (or N:M), from its ranks. */
+  keepMask(block: number, linear: string, target: { readonly sparsity: number } | { readonly n: number; readonly m: number }): Uint8Array {
+    const group = this.groupOf(target);
+    const ranks = this.ranks(block, linear, group);
+    const k = prunedInGroup(groupSize(this.shapeOf(block, linear), group), target);
+    return timed(this.timings, "masking", () => keepFromRanks(ranks, k));
   }
 
-  /** Keep-mask of a dense linear at a sparsity, by the run's metric (magnitude or Wanda groups). */
-  keepMask(block: number, linear: string, sparsity: number): Uint8Array {
-    const order = this.orderOf(block, linear);
-    return timed(this.timings, "masking", () => maskAtSparsity(order, sparsity));
-  }
-
-  /** MRP's non-outlier ratio of block l's scores when it alone is pruned at `sparsity`. */
+  /** MRP's non-outlier ratio of block l's scores when it alone is pruned at `sparsity` (on its sample for large blocks). */
   nonOutlierRatio(block: number, sparsity: number, pruned: PrunedWeights = "zero"): number {
-    const names = this.spec.linears;
-    return nonOutlierRatio(
-      names.map((n) => this.elementScores(block, n)),
-      names.map((n) => this.keepMask(block, n, sparsity)),
-      OWL_M,
-      pruned,
-    );
+    const { sample } = this.knowledge(block);
+    const group = this.metricGroup;
+    const masks = this.spec.linears.map((name, k) => keepFromRanks(sample.ranks[k]!, prunedInGroup(groupSize(this.shapeOf(block, name), group), { sparsity })));
+    return nonOutlierRatio(sample.scores, masks, OWL_M, pruned);
   }
 
   /** OWL's outlier share D_l of each block (M = 5), on Wanda scores. */
   outlierShares(): readonly number[] {
-    this.shares ??= Array.from({ length: this.spec.numLayers }, (_, b) => outlierShare(this.spec.linears.map((name) => this.wandaScores(b, name))));
-    return this.shares;
+    return Array.from({ length: this.spec.numLayers }, (_, b) => this.knowledge(b).share);
   }
 
   /** Fisher trace of every linear ("block.linear"); `prepare({ fisher: true })` measures them. */
@@ -232,44 +302,45 @@ export class DenseStatistics {
     return blockTraces(this.linearFisherTraces(), this.spec.numLayers);
   }
 
-  /** The element scores of block l's prunable linears, concatenated in layout order. */
+  /** The element scores of block l's prunable linears, concatenated in layout order (its sample for large blocks). */
   blockElementScores(block: number): Float32Array {
-    let all = this.blockScores.get(block);
-    if (!all) {
-      const parts = this.spec.linears.map((name) => this.elementScores(block, name));
-      all = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-      let offset = 0;
-      for (const p of parts) {
-        all.set(p, offset);
-        offset += p.length;
-      }
-      this.blockScores.set(block, all);
-    }
-    return all;
+    return this.knowledge(block).sample.all;
   }
 
   /** The `stats` table: every linear with its own and its block's statistics. */
   async table(): Promise<LinearStatistics[]> {
-    await this.prepare({ fisher: true });
+    await this.prepare({ scores: true, fisher: true });
     const spec = this.spec;
     const traces = this.linearFisherTraces();
-    const shares = this.outlierShares();
     const rows: LinearStatistics[] = [];
     for (let b = 0; b < spec.numLayers; b++) {
+      const k = this.knowledge(b);
       const nor = this.nonOutlierRatio(b, 0);
-      for (const name of spec.linears) {
-        const scores = this.elementScores(b, name);
+      spec.linears.forEach((name, j) => {
+        const [inFeatures, outFeatures] = this.shapeOf(b, name);
         rows.push({
           block: b,
           linear: name,
-          params: scores.length,
-          outlierShare: outlierShare([scores], OWL_M),
-          blockOutlierShare: shares[b]!,
+          params: inFeatures * outFeatures,
+          outlierShare: k.linearShares[j]!,
+          blockOutlierShare: k.share,
           blockNonOutlierRatio: nor,
           fisherTrace: traces.get(`${b}.${name}`)!,
         });
-      }
+      });
     }
     return rows;
   }
+
+  dispose(): void {
+    this.rankStore.dispose();
+  }
 }
+
+const groupKey = (group: RankGroup): string => (group.kind === "nm" ? `nm${group.m}` : group.group);
+
+/** Evenly spaced indices of a block's weights in layout order, or undefined when all are taken. */
+const sampleIndices = (total: number): Int32Array | undefined => {
+  if (total <= SAMPLE_WEIGHTS) return undefined;
+  return Int32Array.from({ length: SAMPLE_WEIGHTS }, (_, j) => Math.floor((j * total) / SAMPLE_WEIGHTS));
+};

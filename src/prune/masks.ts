@@ -9,6 +9,7 @@
  * is pruned first. Every function here uses that same total order, which makes masks
  * deterministic and lets the one-shot and the threshold-lookup forms agree exactly.
  */
+import { nativeBlas } from "../backend/native-blas.ts";
 
 /** The set of weights that compete with each other for survival. */
 export type MaskGroup =
@@ -95,10 +96,20 @@ export const unstructuredMask = (
   shape: Shape2,
   group: MaskGroup,
   sparsity: number,
+  /** "js" skips the native kernel (the reference the tests hold it to). */
+  route: "auto" | "js" = "auto",
 ): Uint8Array => {
   checkShape("unstructuredMask", scores.length, shape);
   checkSparsity("unstructuredMask", sparsity);
   checkScores("unstructuredMask", scores);
+  const native = route === "auto" ? nativeBlas() : undefined;
+  if (native?.lowest && scores.length < 2 ** 32) {
+    // The same selection in C: the k lowest by (score, index) are one set, whoever picks them.
+    const keep = new Uint8Array(scores.length);
+    const k = group === "matrix" ? prunedCount(scores.length, sparsity) : prunedCount(shape[0], sparsity);
+    native.lowest(scores, shape[0], shape[1], group === "output", k, keep);
+    return keep;
+  }
   const keep = new Uint8Array(scores.length).fill(1);
   if (group === "matrix") {
     for (const e of lowestPositions(scores, prunedCount(scores.length, sparsity))) keep[e] = 0;

@@ -1,11 +1,11 @@
-import * as tf from "@tensorflow/tfjs";
 import type { Decoder } from "../model/decoder.ts";
-import type { HostBlock } from "../model/spec.ts";
+import type { HostBlock, SourceBlock } from "../model/spec.ts";
+import { Activations, type ActivationPlace } from "./activations.ts";
 import { collectBlockStats } from "./collect.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
-import { timed, type StageTimings } from "./timings.ts";
+import type { StageTimings } from "./timings.ts";
 
-/** The dense blocks pruning starts from, as float32 host arrays. */
+/** The dense blocks pruning starts from, as float32 host arrays (read from the checkpoint when asked). */
 export interface DenseBlocks {
   readonly numBlocks: number;
   load(index: number): HostBlock;
@@ -30,8 +30,51 @@ export interface PruneRequest {
    * in dense mode every block is pruned from dense inputs anyway.
    */
   readonly reuse?: (block: number) => HostBlock | undefined;
+  /**
+   * Where each pruned block goes (a store that rounds it to the export's dtype, or spills it
+   * to disk): what it returns is installed in the decoder and, in sequential mode, feeds
+   * the next block. Without it the pruned blocks are installed as they are and returned.
+   */
+  readonly keep?: (block: number, pruned: HostBlock) => SourceBlock;
+  /** Calibration hidden states on the backend (default) or on the host, uploaded group by group. */
+  readonly activations?: ActivationPlace;
   readonly timings?: StageTimings;
 }
+
+/** The calibration windows in groups of `batch`, embedded. */
+export const embedCalibration = async (decoder: Decoder, calibration: readonly Int32Array[], batch: number, place: ActivationPlace): Promise<Activations> => {
+  const seqlen = calibration[0]?.length ?? 0;
+  if (seqlen === 0) throw new RangeError("no calibration windows");
+  const per = Math.max(1, batch);
+  const groups: Int32Array[][] = [];
+  for (let i = 0; i < calibration.length; i += per) groups.push(calibration.slice(i, i + per) as Int32Array[]);
+  const out = Activations.empty(place, groups.map((g) => g.length), seqlen, decoder.spec.hiddenSize);
+  try {
+    for (const [k, g] of groups.entries()) {
+      const ids = new Int32Array(g.length * seqlen);
+      g.forEach((w, j) => ids.set(w, j * seqlen));
+      await out.put(k, decoder.embed(ids, g.length, seqlen));
+    }
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+};
+
+/** Block i run on every group (the block acquired once), as the next block's inputs. */
+export const runBlockOn = async (decoder: Decoder, i: number, inputs: Activations): Promise<Activations> => {
+  const out = Activations.empty(inputs.place, inputs.batches, inputs.seqlen, decoder.spec.hiddenSize);
+  try {
+    await decoder.withBlock(i, async (run) => {
+      for (let k = 0; k < inputs.count; k++) await out.put(k, await inputs.with(k, (x) => run(x, inputs.batches[k]!, inputs.seqlen)));
+    });
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+};
 
 /**
  * The block-by-block pruning pipeline. Calibration windows are embedded once; then, for
@@ -39,63 +82,76 @@ export interface PruneRequest {
  * is replaced in the model. In `sequential` mode (the standard protocol) block i's inputs
  * come from the already-pruned blocks 0..i-1, so the block is re-run with its pruned
  * weights to feed block i+1; in `dense` mode every block sees the dense model's
- * activations. Only one block's activations are alive at a time.
+ * activations. Only one block's activations are alive at a time, and only one block's
+ * weights: the dense block is read when it is pruned, and the pruned one handed to `keep`.
+ * The decoder must hold the dense blocks (from block 0 on) when this starts.
  */
 export const pruneModel = async (decoder: Decoder, source: DenseBlocks, request: PruneRequest): Promise<HostBlock[]> => {
-  const seqlen = request.calibration[0]?.length ?? 0;
-  if (seqlen === 0) throw new RangeError("no calibration windows");
-  const per = Math.max(1, request.batch ?? 1);
-  const groups: Int32Array[][] = [];
-  for (let i = 0; i < request.calibration.length; i += per) groups.push(request.calibration.slice(i, i + per) as Int32Array[]);
-  const concat = (g: Int32Array[]) => {
-    const ids = new Int32Array(g.length * seqlen);
-    g.forEach((w, k) => ids.set(w, k * seqlen));
-    return ids;
-  };
-  let inputs = timed(request.timings, "forward", () => groups.map((g) => decoder.embed(concat(g), g.length, seqlen)));
+  const embedStart = performance.now();
+  let inputs = await embedCalibration(decoder, request.calibration, request.batch ?? 1, request.activations ?? "device");
+  if (request.timings) request.timings.forward += (performance.now() - embedStart) / 1000;
   const pruned: HostBlock[] = [];
+  const install = (i: number, block: HostBlock): void => {
+    if (request.keep) decoder.setBlock(i, request.keep(i, block));
+    else {
+      decoder.setBlock(i, block);
+      pruned.push(block);
+    }
+  };
   try {
+    let ahead = decoder.prefetch(0);
     for (let i = 0; i < decoder.numBlocks; i++) {
+      await ahead;
+      ahead = decoder.prefetch(i + 1);
       const t0 = performance.now();
       const reused = request.mode === "sequential" ? request.reuse?.(i) : undefined;
       if (reused) {
-        decoder.setBlock(i, reused);
-        pruned.push(reused);
-        const next = timed(request.timings, "forward", () => inputs.map((x, k) => decoder.runBlock(i, x, groups[k]!.length, seqlen)));
-        tf.dispose(inputs);
+        install(i, reused);
+        const start = performance.now();
+        const next = await runBlockOn(decoder, i, inputs);
+        if (request.timings) request.timings.forward += (performance.now() - start) / 1000;
+        inputs.dispose();
         inputs = next;
         request.onBlock?.(i, { statistics: (performance.now() - t0) / 1000, pruning: 0 });
         continue;
       }
-      const { stats, outputs } = await collectBlockStats(decoder, i, inputs, groups.map((g) => g.length), seqlen, {
+      const { stats, outputs } = await collectBlockStats(decoder, i, inputs, {
         hessian: request.metric === "sparsegpt",
         ...(request.timings ? { timings: request.timings } : {}),
       });
       const t1 = performance.now();
-      const dense = source.load(i);
-      const block: HostBlock = {
-        ...dense,
-        linears: Object.fromEntries(
-          Object.entries(dense.linears).map(([name, l]) => [
-            name,
-            pruneLinear(l, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings),
-          ]),
-        ),
-      };
-      decoder.setBlock(i, block);
-      pruned.push(block);
+      let block: HostBlock;
+      try {
+        const dense = source.load(i);
+        block = {
+          ...dense,
+          linears: Object.fromEntries(
+            Object.entries(dense.linears).map(([name, l]) => [
+              name,
+              pruneLinear(l, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings),
+            ]),
+          ),
+        };
+        install(i, block);
+      } catch (e) {
+        outputs.dispose();
+        throw e;
+      }
       const t2 = performance.now();
       let next = outputs;
       if (request.mode === "sequential") {
-        tf.dispose(outputs);
-        next = timed(request.timings, "forward", () => inputs.map((x, k) => decoder.runBlock(i, x, groups[k]!.length, seqlen)));
+        outputs.dispose();
+        const start = performance.now();
+        next = await runBlockOn(decoder, i, inputs);
+        if (request.timings) request.timings.forward += (performance.now() - start) / 1000;
       }
-      tf.dispose(inputs);
+      inputs.dispose();
       inputs = next;
       request.onBlock?.(i, { statistics: (t1 - t0) / 1000, pruning: (t2 - t1) / 1000 });
     }
+    await ahead;
   } finally {
-    tf.dispose(inputs);
+    inputs.dispose();
   }
   return pruned;
 };

@@ -2,23 +2,31 @@
  * Applies allocations to one model, again and again: the layer beneath the prune command,
  * ATP's grid and every search (docs/methods.md, "Fitness and reuse"). It is three parts:
  *  - DenseStatistics: what the run knows about the dense model, computed once;
- *  - PrunedBlocks: allocation -> pruned block weights, pure, with a cache;
+ *  - PrunedBlocks: allocation -> pruned blocks, pure, with a cache;
  *  - the installed model: a decoder holding the blocks of the last allocation applied
- *    (or the dense ones), which perplexity measures.
+ *    (or the dense ones), which perplexity measures. It keeps its blocks resident or
+ *    streams them from the checkpoint (and the pruned ones from the run's store), as the
+ *    run's memory plan says; the numbers are the same either way.
  * Statistics and pruned weights never depend on what is installed, so the order of calls
  * cannot change a result.
  */
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import type { Allocation, Layout } from "../allocation/allocation.ts";
-import type { Checkpoint } from "../checkpoint/types.ts";
+import { blockSourceOf } from "../checkpoint/open.ts";
+import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
 import type { Window } from "../data/windows.ts";
 import { klDivergence, type DenseReference, type KlResult } from "../eval/kl.ts";
 import { perplexity, type PerplexityResult } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
-import type { HostBlock } from "../model/spec.ts";
+import type { HostBlock, SourceBlock } from "../model/spec.ts";
+import type { ActivationPlace } from "./activations.ts";
 import { DenseStatistics } from "./dense-statistics.ts";
 import type { CalibrationMode } from "./pipeline.ts";
 import type { PruneMetric } from "./prune-linear.ts";
-import { PrunedBlocks, type LinearOutcome } from "./pruned-blocks.ts";
+import { materialise, PrunedBlocks, type LinearOutcome } from "./pruned-blocks.ts";
+import { diskStore, memoryStore, type PrunedStore } from "./pruned-store.ts";
+import { diskRanks, memoryRanks, type RankGroup } from "./ranks.ts";
 import { emptyTimings, type StageTimings } from "./timings.ts";
 
 export type { LinearOutcome } from "./pruned-blocks.ts";
@@ -33,38 +41,79 @@ export interface PrunerOptions {
   /** Upper bound on the bytes of pruned blocks kept for reuse (default 256 MiB). */
   readonly cacheBytes?: number;
   readonly onBlock?: (block: number) => void;
+  /** How masks compete: the run's N:M pattern, else unstructured within the metric's group. */
+  readonly rankGroup?: RankGroup;
+  /**
+   * Prune every allocation into the store, also in dense mode (a prune that is evaluated and
+   * exported); otherwise dense-mode candidates are only masked as they are uploaded.
+   */
+  readonly materialise?: boolean;
+  /** The dtype pruned blocks are kept (and exported) in (default: the checkpoint's). */
+  readonly dtype?: StorageDtype;
+  /** Stream the evaluated model's blocks instead of keeping them resident. */
+  readonly streamed?: boolean;
+  /** Upload each head chunk when it is used (very large vocabularies under a tight plan). */
+  readonly streamedHead?: boolean;
+  /** Tokens a pass over many windows may hold. */
+  readonly passTokens?: number;
+  /** A scratch folder for pruned blocks and ranks that the plan keeps on disk; absent: in memory. */
+  readonly scratch?: string;
+  /** Where calibration hidden states wait between blocks. */
+  readonly activations?: ActivationPlace;
 }
 
 export class Pruner {
   readonly timings: StageTimings = emptyTimings();
   readonly statistics: DenseStatistics;
   private readonly blocks: PrunedBlocks;
-  private readonly dense: HostBlock[];
   private readonly decoder: Decoder;
+  private readonly store: PrunedStore;
   /** Key of the block each decoder slot holds now ("" = dense). */
   private readonly installed: string[];
+  /** The blocks of the allocation last applied, as they were installed. */
+  private last: SourceBlock[] = [];
+  private readonly scratchDir: string | undefined;
 
   private constructor(
     readonly checkpoint: Checkpoint,
     readonly options: PrunerOptions,
   ) {
     const spec = checkpoint.spec;
-    this.dense = Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i));
-    this.statistics = new DenseStatistics(checkpoint, this.dense, {
+    // Each Pruner its own folder in the scratch space (worker threads share the space).
+    if (options.scratch) mkdirSync(options.scratch, { recursive: true });
+    const scratch = options.scratch ? mkdtempSync(join(options.scratch, "pruner-")) : undefined;
+    this.scratchDir = scratch;
+    this.statistics = new DenseStatistics(checkpoint, {
       metric: options.metric,
       calibration: options.calibration,
       timings: this.timings,
+      // Dense-mode SparseGPT candidates are pruned from the run's Hessians; an exported prune
+      // gathers each block's own, one block at a time.
+      keepHessians: options.mode === "dense" && options.metric === "sparsegpt" && !options.materialise,
+      ranks: scratch ? diskRanks(join(scratch, "ranks")) : memoryRanks(),
+      ...(options.rankGroup ? { rankGroup: options.rankGroup } : {}),
       ...(options.batch ? { batch: options.batch } : {}),
       ...(options.onBlock ? { onBlock: options.onBlock } : {}),
+      ...(options.activations ? { activations: options.activations } : {}),
     });
-    this.blocks = new PrunedBlocks(this.dense, this.statistics, {
+    const dtype = options.dtype ?? checkpoint.storageDtype;
+    this.store = scratch ? diskStore(join(scratch, "pruned"), dtype) : memoryStore(dtype);
+    this.blocks = new PrunedBlocks(checkpoint, this.statistics, {
       mode: options.mode,
+      store: this.store,
+      ...(options.materialise ? { materialise: true } : {}),
       ...(options.batch ? { batch: options.batch } : {}),
       ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
       ...(options.onBlock ? { onBlock: options.onBlock } : {}),
+      ...(options.activations ? { activations: options.activations } : {}),
     });
-    this.decoder = Decoder.create(spec, checkpoint.readGlobals(), { numBlocks: spec.numLayers, load: (i) => this.dense[i]! });
-    this.installed = this.dense.map(() => "");
+    this.decoder = Decoder.create(spec, checkpoint.globalSource(), blockSourceOf(checkpoint), {
+      streamed: options.streamed ?? false,
+      ...(options.streamedHead ? { streamedHead: true } : {}),
+      ...(options.passTokens ? { passTokens: options.passTokens } : {}),
+      source: checkpoint.path,
+    });
+    this.installed = new Array<string>(spec.numLayers).fill("");
   }
 
   static create(checkpoint: Checkpoint, options: PrunerOptions): Pruner {
@@ -80,6 +129,11 @@ export class Pruner {
     return this.blocks.layout;
   }
 
+  /** The dtype pruned blocks are kept and exported in. */
+  get dtype(): StorageDtype {
+    return this.store.dtype;
+  }
+
   /**
    * The allocation rounded to whole weights: equal keys prune every linear identically, so
    * a search may cache fitness by it.
@@ -88,25 +142,38 @@ export class Pruner {
     return this.blocks.allocationKey(allocation);
   }
 
-  private install(i: number, key: string, block: HostBlock): void {
-    if (this.installed[i] === key) return;
-    this.decoder.setBlock(i, block);
-    this.installed[i] = key;
-  }
-
   /** Puts the dense weights back into every block. */
   restoreDense(): void {
-    this.dense.forEach((block, i) => this.install(i, "", block));
+    this.installed.forEach((key, i) => {
+      if (key === "") return;
+      this.decoder.restoreBlock(i);
+      this.installed[i] = "";
+    });
+  }
+
+  /** Prunes the model with an allocation and installs the pruned weights for `perplexity`. */
+  async apply(allocation: Allocation): Promise<void> {
+    const { blocks, keys } = await this.blocks.prune(allocation);
+    this.last = blocks;
+    blocks.forEach((block, i) => {
+      // Equal keys prune identically: the block installed already holds these weights.
+      if (this.installed[i] === keys[i]) return;
+      this.decoder.setBlock(i, block);
+      this.installed[i] = keys[i]!;
+    });
+  }
+
+  /** Block i of the allocation last applied, as float32 host arrays (pruned through the store). */
+  prunedBlock(i: number): HostBlock {
+    return this.store.read(i);
   }
 
   /**
-   * Prunes the model with an allocation and installs the pruned weights for `perplexity`.
-   * Returns the pruned blocks (shared with the cache: do not modify).
+   * Every block of the allocation last applied, as installed, in host memory (small models
+   * and tests: this holds the whole pruned model).
    */
-  async apply(allocation: Allocation): Promise<HostBlock[]> {
-    const { blocks, keys } = await this.blocks.prune(allocation);
-    blocks.forEach((block, i) => this.install(i, keys[i]!, block));
-    return blocks;
+  prunedBlocks(): HostBlock[] {
+    return this.last.map((b) => materialise(b));
   }
 
   /** Perplexity of the model as installed (after `apply`, the pruned model). */
@@ -140,13 +207,23 @@ export class Pruner {
     }
   }
 
-  /** Requested and achieved sparsity of every linear of the pruned blocks. */
-  outcomes(allocation: Allocation, blocks: readonly HostBlock[]): LinearOutcome[] {
-    return this.blocks.outcomes(allocation, blocks);
+  /** Requested and achieved sparsity of every linear of the allocation last applied. */
+  outcomes(allocation: Allocation): LinearOutcome[] {
+    const counted = new Map<number, HostBlock>();
+    return this.blocks.outcomes(allocation, (block, linear) => {
+      if (!counted.has(block)) counted.set(block, materialise(this.last[block]!));
+      const data = counted.get(block)!.linears[linear]!.weight.data;
+      let zeros = 0;
+      for (let e = 0; e < data.length; e++) if (data[e] === 0) zeros++;
+      return zeros;
+    });
   }
 
   dispose(): void {
     this.decoder.dispose();
     this.blocks.dispose();
+    this.store.dispose();
+    this.statistics.dispose();
+    if (this.scratchDir) rmSync(this.scratchDir, { recursive: true, force: true });
   }
 }

@@ -13,7 +13,7 @@ import { tokenizerFor } from "../eval/inputs.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { CalibrationMode } from "./pipeline.ts";
 import type { PruneMetric } from "./prune-linear.ts";
-import { Pruner } from "./pruner.ts";
+import { Pruner, type PrunerOptions } from "./pruner.ts";
 
 /** What decides a run's calibration: serialisable, so every worker builds the same. */
 export interface CalibrationSetup {
@@ -71,5 +71,8 @@ export interface PrunerSetup {
   readonly batch?: number;
 }
 
-export const createPruner = (model: CalibratedModel, setup: PrunerSetup): Pruner =>
-  Pruner.create(model.checkpoint, { metric: setup.metric, mode: setup.mode, calibration: model.calibration, ...(setup.batch ? { batch: setup.batch } : {}) });
+/** How a Pruner runs (from the run's memory plan); none of it changes a result. */
+export type PrunerRunning = Omit<PrunerOptions, "metric" | "mode" | "calibration" | "batch">;
+
+export const createPruner = (model: CalibratedModel, setup: PrunerSetup, running: PrunerRunning = {}): Pruner =>
+  Pruner.create(model.checkpoint, { ...running, metric: setup.metric, mode: setup.mode, calibration: model.calibration, ...(setup.batch ? { batch: setup.batch } : {}) });

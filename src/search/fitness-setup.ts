@@ -11,7 +11,7 @@ import { scoredTokens, type Window } from "../data/windows.ts";
 import { evaluationWindows } from "../eval/inputs.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { Pruner } from "../prune/pruner.ts";
-import { createPruner, openCalibratedModel, type CalibrationSetup, type PrunerSetup } from "../prune/setup.ts";
+import { createPruner, openCalibratedModel, type CalibrationSetup, type PrunerRunning, type PrunerSetup } from "../prune/setup.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { StructuredImportance } from "../prune/structured.ts";
 import { fitnessFailed, type Fidelity, type Fitness } from "../engine/genome.ts";
@@ -43,6 +43,13 @@ export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
    * `calibrationTokens`, a setup that reads no text file (a queue worker's).
    */
   readonly fitnessTokens?: { readonly windows: readonly Window[]; readonly pool: readonly Window[] };
+  /**
+   * How this copy runs (from the run's memory plan: streamed or resident, scratch folder,
+   * caches): never part of what decides a result, so never part of a queue fingerprint.
+   */
+  readonly running?: PrunerRunning;
+  /** Bytes the KL fitness's dense reference may keep on the backend (the oldest windows go first). */
+  readonly referenceBytes?: number;
 }
 
 /** What a fitness worker is asked: one candidate, at a fidelity (the default windows when absent). */
@@ -90,12 +97,15 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
   const model = openCalibratedModel(setup);
   try {
     const windows = setup.fitnessTokens ? [...setup.fitnessTokens.windows] : evaluationWindows({ data: setup.fitnessData, format: "text", maxWindows: setup.fitnessWindows }, model.tokenizer, model.seqlen);
-    const pruner = createPruner(model, { metric: setup.metric, mode, ...(setup.batch ? { batch: setup.batch } : {}) });
+    const pruner = createPruner(model, { metric: setup.metric, mode, ...(setup.batch ? { batch: setup.batch } : {}) }, {
+      ...setup.running,
+      ...(setup.pattern.kind === "nm" ? { rankGroup: { kind: "nm", m: setup.pattern.m } } : {}),
+    });
     const structured = setup.structured
       ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1 })
       : undefined;
     if (structured && setup.fitness === "kl") throw new UsageError({ problem: "--fitness kl is for unstructured pruning; structured searches score perplexity" });
-    const reference = setup.fitness === "kl" ? new DenseReference() : undefined;
+    const reference = setup.fitness === "kl" ? new DenseReference(undefined, setup.referenceBytes) : undefined;
     // Every window of the fitness text, drawn from for stage minibatches; read when first needed.
     let pool: readonly Window[] | undefined;
     const poolOf = (): readonly Window[] => (pool ??= setup.fitnessTokens?.pool ?? evaluationWindows({ data: setup.fitnessData, format: "text" }, model.tokenizer, model.seqlen));

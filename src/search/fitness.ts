@@ -33,7 +33,7 @@ export const methodContext = async (
   bounds: Bounds = defaultBounds,
 ): Promise<MethodContext> => {
   const needs = new Set(methods.flatMap((m) => m.needs ?? []));
-  if (needs.size > 0) await pruner.statistics.prepare({ fisher: needs.has("fisher") });
+  if (needs.size > 0) await pruner.statistics.prepare({ scores: needs.has("scores"), fisher: needs.has("fisher") });
   return {
     blocks: pruner.spec.numLayers,
     blockParams: blockParams(pruner.layout),
