@@ -14,7 +14,9 @@
  * queue (the fitness job queue: its overhead per job with 1, 4 and 16 instant-fitness worker
  * processes, and a short search's evaluations per minute in process, on two threads and on two
  * queue workers; needs redis-server, which it starts and stops itself),
- * gpu (the GPU check: one JSON summary).
+ * gpu (the GPU check: one JSON summary), scale (1.1B and 6.7B LLaMA-shaped checkpoints
+ * written by the benchmark: eval, prune and a search, time and peak memory, beside a
+ * PyTorch CPU peer; a few hours on 2 cores, so it runs only when named).
  * Sections that need something absent (the assets, the native kernel, a GPU) say so.
  */
 import { execFileSync } from "node:child_process";
@@ -36,12 +38,13 @@ import { nativeSection } from "./backends.ts";
 import { structuredSection } from "./structured.ts";
 import { gpuCheck } from "./gpu-check.ts";
 import { queueSection } from "./queue.ts";
+import { scaleSection } from "./scale.ts";
 
 const args = process.argv.slice(2);
 const backendArg = (args.find((a) => a.startsWith("--backend="))?.split("=")[1] ?? "wasm") as BackendChoice;
 const sections = args.filter((a) => !a.startsWith("--"));
 // The GPU check is its own command (`npm run bench -- gpu`), never part of a full run.
-const want = (s: string) => (sections.length === 0 && s !== "gpu") || sections.includes(s);
+const want = (s: string) => (sections.length === 0 && s !== "gpu" && s !== "scale") || sections.includes(s);
 const partsArg = args.find((a) => a.startsWith("--parts="))?.split("=")[1]?.split(",");
 const wantPart = (p: string) => partsArg === undefined || partsArg.includes(p);
 const assets = join(projectRoot, "..", "shared", "assets");
@@ -196,5 +199,7 @@ if (want("native")) await nativeSection(gpt2Checkpoint, assets, existsSync(asset
 if (want("structured")) await structuredSection(assets, backend, existsSync(assets));
 
 if (want("queue")) await queueSection(backend.name as BackendChoice);
+
+if (want("scale")) await scaleSection(args);
 
 if (gpt2) rmSync(dirname(gpt2.dir), { recursive: true, force: true });

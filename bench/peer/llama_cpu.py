@@ -6,7 +6,10 @@ and SparseGPT pruning block by block as locuslab/wanda's prune_wanda and prune_s
 (calibration inputs of block i from the already-pruned blocks 0..i-1).
 
 Token windows come as little-endian int32 files (rows of seqlen ids), written by the
-benchmark, so no tokenizer is involved. Prints one JSON line.
+benchmark, so no tokenizer is involved. A model whose float32 weights would take more than
+half the machine's memory is streamed: each block is read from the memory-mapped file when
+it runs (pruned blocks are kept in float16). Prints one JSON line, with the peak resident
+memory of the process.
 
 usage: llama_cpu.py eval MODEL_DIR WINDOWS.i32 SEQLEN
        llama_cpu.py prune MODEL_DIR CALIB.i32 EVAL.i32 SEQLEN wanda|sparsegpt SPARSITY
@@ -14,6 +17,7 @@ usage: llama_cpu.py eval MODEL_DIR WINDOWS.i32 SEQLEN
 import json
 import math
 import os
+import resource
 import sys
 import time
 
@@ -76,6 +80,22 @@ class Block:
         self.ln1 = ckpt.tensor(p + "input_layernorm.weight")
         self.ln2 = ckpt.tensor(p + "post_attention_layernorm.weight")
 
+    def half(self):
+        """The block as a pruned copy is kept when streaming: float16, expanded when used."""
+        return HalfBlock(self)
+
+
+class HalfBlock:
+    def __init__(self, block):
+        self.w16 = {k: v.half() for k, v in block.w.items()}
+        self.ln1, self.ln2 = block.ln1, block.ln2
+
+    def expand(self):
+        b = Block.__new__(Block)
+        b.w = {k: v.float() for k, v in self.w16.items()}
+        b.ln1, b.ln2 = self.ln1, self.ln2
+        return b
+
     def forward(self, x, cfg, tables, observe=None):
         """x [batch, seqlen, hidden]; observe(name, input) sees each linear's input."""
         b, t, d = x.shape
@@ -112,7 +132,21 @@ class Model:
         self.norm = self.ckpt.tensor("model.norm.weight")
         tied = self.cfg.get("tie_word_embeddings", False)
         self.head = self.embed if tied else self.ckpt.tensor("lm_head.weight")
-        self.blocks = [Block(self.ckpt, i) for i in range(self.cfg["num_hidden_layers"])]
+        n = self.cfg["num_hidden_layers"]
+        f32_bytes = sum(e["data_offsets"][1] - e["data_offsets"][0] for e in self.ckpt.header.values() if isinstance(e, dict) and "data_offsets" in e) * 2
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.streamed = f32_bytes > total / 2
+        self.blocks = [None] * n if self.streamed else [Block(self.ckpt, i) for i in range(n)]
+        self.pruned = [None] * n
+
+    def block(self, i):
+        """Block i: a pruned copy when there is one, else the dense block (read now when streaming)."""
+        if self.pruned[i] is not None:
+            return self.pruned[i].expand() if isinstance(self.pruned[i], HalfBlock) else self.pruned[i]
+        return self.blocks[i] if self.blocks[i] is not None else Block(self.ckpt, i)
+
+    def keep_pruned(self, i, blk):
+        self.pruned[i] = blk.half() if self.streamed else blk
 
     def tables(self, seqlen):
         hd = self.cfg["hidden_size"] // self.cfg["num_attention_heads"]
@@ -122,10 +156,11 @@ class Model:
         """Summed next-token NLL and count over windows [n, seqlen], one window per pass."""
         total, count = 0.0, 0
         tables = self.tables(ids.shape[1])
+        blocks = None if self.streamed else [self.block(i) for i in range(len(self.blocks))]
         for w in ids:
             x = self.embed[w].unsqueeze(0)
-            for blk in self.blocks:
-                x = blk.forward(x, self.cfg, tables)
+            for i in range(len(self.blocks)):
+                x = (blocks[i] if blocks else self.block(i)).forward(x, self.cfg, tables)
             h = rms_norm(x, self.norm, self.cfg.get("rms_norm_eps", 1e-6))[0, :-1]
             logits = torch.matmul(h, self.head.t())
             total += torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").item()
@@ -195,6 +230,11 @@ def sparsegpt(w, hessian, sparsity, blocksize=128, percdamp=0.01):
     return W.float()
 
 
+def peak_rss():
+    """Peak resident memory of this process, in bytes (ru_maxrss is in kilobytes on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main():
     cmd = sys.argv[1]
     start = time.time()
@@ -205,7 +245,7 @@ def main():
         t = time.time()
         nll, count = model.nll(ids)
         seconds = time.time() - t
-        print(json.dumps({"ppl": math.exp(nll / count), "tokens": count, "seconds": seconds, "tokensPerSecond": count / seconds, "loadSeconds": loaded}))
+        print(json.dumps({"ppl": math.exp(nll / count), "tokens": count, "seconds": seconds, "tokensPerSecond": count / seconds, "loadSeconds": loaded, "streamed": model.streamed, "peakRssBytes": peak_rss()}))
         return
     seqlen = int(sys.argv[5])
     calib, evaluation = read_windows(sys.argv[3], seqlen), read_windows(sys.argv[4], seqlen)
@@ -213,12 +253,14 @@ def main():
     t = time.time()
     tables = model.tables(seqlen)
     inputs = [model.embed[w].unsqueeze(0) for w in calib]
-    for blk in model.blocks:
+    for i in range(len(model.blocks)):
+        blk = model.block(i)
         prune_block(blk, inputs, model.cfg, tables, method, sparsity)
+        model.keep_pruned(i, blk)
         inputs = [blk.forward(x, model.cfg, tables) for x in inputs]
     pruning = time.time() - t
     nll, count = model.nll(evaluation)
-    print(json.dumps({"ppl": math.exp(nll / count), "tokens": count, "pruneSeconds": pruning, "seconds": time.time() - start}))
+    print(json.dumps({"ppl": math.exp(nll / count), "tokens": count, "pruneSeconds": pruning, "seconds": time.time() - start, "streamed": model.streamed, "peakRssBytes": peak_rss()}))
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ export const evalCommand = {
     progress?.stop();
     if (!report) return;
     if (argv.json) {
-      const { ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond, bytes, pplPerByte } = report;
-      process.stdout.write(JSON.stringify({ ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond, bytes, pplPerByte }) + "\n");
+      const { ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond, bytes, pplPerByte, memory } = report;
+      process.stdout.write(JSON.stringify({ ppl, nll, tokens, windows, seqlen, backend, seconds, tokensPerSecond, bytes, pplPerByte, memory }) + "\n");
     } else {
       process.stdout.write(
         `perplexity ${report.ppl.toFixed(4)} (nll ${report.nll.toFixed(4)}) on ${report.tokens} tokens in ${report.windows} windows of ${report.seqlen}; ` +

@@ -75,4 +75,4 @@ export const settingsFromArgv = <S>(table: FlagTable<S>, argv: Readonly<Record<s
 export const memoryOptions = <T>(y: Argv<T>) =>
   y
     .option("memory", numberOption("memory", { ...WHOLE_POSITIVE, describe: "MiB this run may use; the run is planned to fit (default: what the machine has available)" }))
-    .option("streamed", { type: "boolean", default: false, describe: "keep only the running block's weights on the backend, even where the model would fit" });
+    .option("streamed", { type: "boolean", default: false, describe: "use as little memory as the run allows, even where more would fit: one block on the backend, pruned blocks and ranks on disk" });

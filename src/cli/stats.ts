@@ -2,11 +2,13 @@ import type { Argv } from "yargs";
 import type { BackendChoice } from "../backend/backend.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import { statsCsv, statsJob } from "../jobs/stats.ts";
-import { numberOption, SEED, SEQLEN, WHOLE_POSITIVE } from "./flags.ts";
+import { numberOption, SEED, SEQLEN, WHOLE_POSITIVE, memoryOptions } from "./flags.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { runCommand } from "./run.ts";
 
 interface StatsArgs {
+  memory?: number;
+  streamed: boolean;
   model: string;
   tokenizer?: string;
   calib: string;
@@ -26,7 +28,7 @@ export const statsCommand = {
   command: "stats",
   describe: "Per-block and per-linear statistics of the dense model: outlier shares (OWL, MRP) and Fisher traces (MSP)",
   builder: (y: Argv) =>
-    y
+    memoryOptions(y)
       .option("model", { type: "string", default: defaultModel(), describe: "Hugging Face folder, llama2.c .bin, or a folder holding one" })
       .option("tokenizer", { type: "string", describe: "tokenizer file (overrides the one beside the checkpoint)" })
       .option("calib", { type: "string", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" })
@@ -50,6 +52,8 @@ export const statsCommand = {
         ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
         seed: argv.seed,
         metric: argv.metric,
+        streamed: argv.streamed,
+        ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
         ...(argv.out !== undefined ? { out: argv.out } : {}),
         overwrite: argv.overwrite,
         backend: argv.backend,

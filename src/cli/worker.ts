@@ -6,6 +6,7 @@ import { numberOption, WHOLE_POSITIVE } from "./flags.ts";
 import { runCommand } from "./run.ts";
 
 interface WorkerArgs {
+  streamed: boolean;
   queue: string;
   model: string[];
   concurrency: number;
@@ -36,7 +37,8 @@ export const workerCommand = {
       .option("model", { type: "string", array: true, default: [defaultModel()], describe: "model copies this worker serves (a search's model must be byte-identical to one of them)" })
       .option("concurrency", numberOption("concurrency", { ...WHOLE_POSITIVE, default: 1, describe: "jobs scored at once, each on its own worker thread with its own model copy" }))
       .option("memory", numberOption("memory", { ...WHOLE_POSITIVE, describe: "MiB the served runs' models may hold together (default: 80% of the memory free at start)" }))
-      .option("lock-seconds", numberOption("lock-seconds", { ...WHOLE_POSITIVE, default: 30, describe: "a job whose worker stops answering for this long is given to another worker" })),
+      .option("lock-seconds", numberOption("lock-seconds", { ...WHOLE_POSITIVE, default: 30, describe: "a job whose worker stops answering for this long is given to another worker" }))
+      .option("streamed", { type: "boolean", default: false, describe: "use as little memory as each run allows, even where more would fit (the results are the same)" }),
   handler: async (argv: WorkerArgs) => {
     await runCommand(
       workerJob({
@@ -45,6 +47,7 @@ export const workerCommand = {
         concurrency: argv.concurrency,
         ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
         lockSeconds: argv.lockSeconds,
+        streamed: argv.streamed,
         backend: argv.backend,
         log: (line) => process.stderr.write(line + "\n"),
         until: stopSignal(),

@@ -7,7 +7,7 @@ import { attempt, attemptPromise, UsageError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows, scoredBytes, tokenizerFor } from "../eval/inputs.ts";
 import { perplexity, type PerplexityResult } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
-import { describePlan } from "../memory/plan.ts";
+import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import { planRun } from "./memory.ts";
 
 export interface EvalRequest {
@@ -37,6 +37,7 @@ export interface EvalReport extends PerplexityResult {
   readonly bytes?: number;
   /** exp(total NLL / bytes): comparable across tokenizers. */
   readonly pplPerByte?: number;
+  readonly memory: MemoryReport;
 }
 
 /** checkpoint -> tokenizer -> windows -> model -> perplexity. */
@@ -58,7 +59,7 @@ export const evaluate = (request: EvalRequest) =>
       const plan = yield* planRun(
         checkpoint,
         backend.name,
-        { forward: { seqlen, batch: request.batch ?? 1 } },
+        { forward: { seqlen, batch: request.batch ?? 1, tokens: windows.reduce((n, w) => n + w.ids.length, 0) } },
         { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
       );
       // Weights are read (and checked) as they are uploaded: here, or block by block when streamed.
@@ -87,6 +88,7 @@ export const evaluate = (request: EvalRequest) =>
         seqlen,
         backend: backend.name,
         ...(bytes ? { bytes, pplPerByte: Math.exp((result.nll * result.tokens) / bytes) } : {}),
+        memory: memoryReport(plan),
       } satisfies EvalReport;
     }),
   );

@@ -13,7 +13,7 @@ import type { Window } from "../data/windows.ts";
 import { attempt, attemptPromise, DataError, UsageError } from "../errors.ts";
 import { checkOutputFolder, stagingFolder } from "../output/folder.ts";
 import type { StorageDtype } from "../checkpoint/types.ts";
-import { describePlan } from "../memory/plan.ts";
+import { memoryReport, type MemoryReport } from "../memory/plan.ts";
 import { planRun } from "./memory.ts";
 import { CALIBRATION_MODES } from "../prune/pipeline.ts";
 import { PRUNE_METRICS } from "../prune/prune-linear.ts";
@@ -124,8 +124,8 @@ export interface PruneReport {
   readonly backend: string;
   /** The dtype the pruned weights were written (and evaluated) in. */
   readonly dtype: StorageDtype;
-  /** How the run used memory: the plan's line. */
-  readonly memory: string;
+  /** How the run used memory: the plan, its estimated peak and the measured one. */
+  readonly memory: MemoryReport;
   /** Global sparsity of the weights written: zero weights / prunable weights. */
   readonly achievedSparsity: number;
   /** The allocation's own global sparsity (each linear's requested ratio). */
@@ -288,7 +288,7 @@ export const pruneJob = (request: PruneJobRequest) =>
         calibration: { source: request.calib, windows: calibration.length, seqlen },
         backend: backend.name,
         dtype,
-        memory: describePlan(plan),
+        memory: memoryReport(plan),
         achievedSparsity: zeros / total,
         requestedSparsity: globalSparsity(allocation),
         linears,

@@ -14,8 +14,6 @@ import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
 import { nmMismatch } from "../allocation/nm.ts";
 import { PatternSchema, patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
-import { planRun } from "./memory.ts";
-import { DEFAULT_TOP_K } from "../eval/kl.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
 import { defaultData, resultsDir } from "../defaults.ts";
@@ -36,7 +34,8 @@ import { openRedis } from "../queue/redis.ts";
 import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
 import { FITNESS_MEASURES, methodContext } from "../search/fitness.ts";
-import { fitnessWorkerBytes, openFitnessModel, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
+import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
+import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
@@ -44,7 +43,7 @@ import { checkMethod, runMethod } from "../search/run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
-import { machineBudget, workerExcess, workerLimit } from "../workers/limit.ts";
+import { availableParallelism } from "node:os";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { PRUNE_FLAGS } from "./prune.ts";
 import { STRUCTURED_FLAGS } from "./structured-prune.ts";
@@ -215,6 +214,8 @@ export interface SearchSummary {
     readonly reproduce: string;
   };
   readonly out: string;
+  /** How the run used memory: the plan, its estimated peak and the measured one (absent in runs of earlier versions). */
+  readonly memory?: MemoryReport;
   /** Set when `--resume` found the run finished and did nothing. */
   readonly alreadyFinished?: true;
 }
@@ -474,39 +475,31 @@ export const searchJob = (request: SearchRequest) =>
         ...(s.structured ? { structured: { importance: s.structured as StructuredImportance, target: targetOf(pattern, s.sparsity), ...(s.fusionSteps !== undefined ? { fusionSteps: s.fusionSteps } : {}) } } : {}),
       });
       // The memory plan: how the fitness copies (this thread's, and each worker's) and the final
-      // re-pruning run, from the checkpoint's headers and the settings, before any work.
-      const probed = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
+      // re-pruning run, from the checkpoint's headers and the settings, before any work. More
+      // workers than memory allows are capped (the history does not depend on their count).
+      const given = setupOf(settings);
       const largestStage = Math.max(
         0,
         ...((space as { stages?: readonly { tokens?: number }[] }).stages ?? []).map((st) => st.tokens ?? 0),
         ...(settings.screen === undefined ? [] : parseScreening(settings.screen).map((st) => st.tokens)),
       );
-      const referenceTokens = 2 * Math.max(settings.fitnessWindows * settings.seqlen, largestStage);
-      const memoryPlan = yield* planRun(
-        probed,
-        backend.name,
-        {
-          forward: { seqlen: settings.seqlen, batch: 1 },
-          calibration: { windows: settings.nsamples, sparsegpt: settings.metric === "sparsegpt", keepHessians: settings.mode === "dense" && settings.metric === "sparsegpt" },
-          ...(settings.mode === "dense" && settings.metric !== "sparsegpt" && !settings.structured ? { ranks: { bytesPerWeight: settings.metric === "magnitude" ? 4 : 2 } } : {}),
-          ...((settings.fitness ?? "ppl") === "kl" ? { klReference: { tokens: referenceTokens, topK: Math.min(DEFAULT_TOP_K, probed.spec.vocabSize) } } : {}),
-          ...(settings.structured ? { gradients: { windows: settings.nsamples } } : {}),
-          copies: request.queue ? 1 : request.workers,
-        },
-        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
-        log,
-      ).pipe(Effect.ensuring(Effect.sync(() => probed.close())));
-      const running = {
-        streamed: memoryPlan.streamed,
-        streamedHead: memoryPlan.streamedHead,
-        passTokens: memoryPlan.passTokens,
-        activations: memoryPlan.activations,
-        cacheBytes: memoryPlan.cacheBytes,
-        // Ranks and pruned blocks the plan keeps on disk live in the run folder while it runs.
-        ...(memoryPlan.spill ? { scratch: join(dir, "cache") } : {}),
-      };
-      const referenceBytes = memoryPlan.parts.find((p) => p.what === "dense reference (KL)")?.bytes;
-      const setup: FitnessSetup = { ...setupOf(settings), running, ...(referenceBytes ? { referenceBytes } : {}) };
+      const probed = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
+      const memoryOptions = { largestStage, ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) };
+      let workers = queueAddress ? 1 : Math.max(1, Math.min(request.workers, availableParallelism()));
+      // With workers, the main thread keeps a copy of its own (statistics, the final numbers).
+      const planFor = (n: number) => planFitness(probed, given, backend.name, n > 1 ? n + 1 : 1, { ...memoryOptions, ...(n > 1 ? { threads: n } : {}) });
+      let planned = planFor(workers);
+      while ("refused" in planned && workers > 1) planned = planFor(--workers);
+      probed.close();
+      if ("refused" in planned) return yield* new UsageError({ problem: `${settings.model}: this search ${planned.refused}; try fewer --nsamples, a shorter --seqlen${memoryOptions.memoryMib !== undefined ? " or a larger --memory" : ""}` });
+      const memoryPlan = planned;
+      if (!queueAddress && workers < request.workers) {
+        log(`--workers ${request.workers} capped at ${workers}: ${workers < availableParallelism() ? `${workers} fit in the memory available` : `this machine has ${availableParallelism()} cores`} (the history does not depend on the worker count)`);
+      }
+      log(describePlan(memoryPlan));
+      const running = runningOf(memoryPlan, join(dir, "cache"));
+      const referenceBytes = referenceBytesOf(memoryPlan, workers > 1 ? workers + 1 : 1);
+      const setup: FitnessSetup = { ...given, running, ...(referenceBytes ? { referenceBytes } : {}) };
       const model = yield* Effect.acquireRelease(
         attempt(() => openFitnessModel(setup)),
         (m) => Effect.sync(() => m.dispose()),
@@ -552,39 +545,49 @@ export const searchJob = (request: SearchRequest) =>
       if (!request.resume || settingsChanged) writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
       used = true;
 
-      const budget = machineBudget(fitnessWorkerBytes(model.checkpoint.spec));
-      const excess = workerExcess(request.workers, budget);
-      const workers = excess === undefined ? request.workers : workerLimit(budget);
-      if (excess !== undefined) log(`--workers ${request.workers} capped at ${workers}: ${excess} (the history does not depend on the worker count)`);
       log(
         `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${queueAddress ? `queue ${queueAddress.shown}` : `${workers} worker${workers > 1 ? "s" : ""}`}; folder ${dir}`,
       );
 
-      const pool: FitnessEvaluator = queueAddress
-        ? yield* queueEvaluatorFor(queueAddress, setup, model, settings, request, dir, log)
-        : workers > 1
-          ? yield* workerPoolEvaluator(setup, workers)
-          : inProcessEvaluator(model);
+      // The search and the baselines' validation fitness, in a scope of their own: worker
+      // threads (each with its model) end with it, before the final re-pruning takes memory.
       let evaluationSeconds = 0;
-      const evaluator: FitnessEvaluator & { tokensOf(fidelity: Fidelity): number } = {
-        workers: pool.workers,
-        // The main thread's copy draws the same windows as every worker.
-        tokensOf: (fidelity) => model.tokensOf(fidelity),
-        evaluate: (batch, fidelity) =>
-          Effect.suspend(() => {
-            const start = performance.now();
-            return pool.evaluate(batch, fidelity).pipe(Effect.ensuring(Effect.sync(() => (evaluationSeconds += (performance.now() - start) / 1000))));
-          }),
-      };
-      const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
-      const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-      const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
-        request.onGeneration?.(record, totalGenerations),
-      ).pipe(
-        Effect.mapError((e) =>
-          e instanceof WorkerError ? new WorkerError({ problem: `${e.problem}; the search stopped, and every finished generation is saved: continue it with --resume ${dir}` }) : e,
-        ),
+      const { outcome, baselineRows } = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const pool: FitnessEvaluator = queueAddress
+            ? yield* queueEvaluatorFor(queueAddress, setup, model, settings, request, dir, log)
+            : workers > 1
+              ? yield* workerPoolEvaluator(setup, workers)
+              : inProcessEvaluator(model);
+          const evaluator: FitnessEvaluator & { tokensOf(fidelity: Fidelity): number } = {
+            workers: pool.workers,
+            // The main thread's copy draws the same windows as every worker.
+            tokensOf: (fidelity) => model.tokensOf(fidelity),
+            evaluate: (batch, fidelity) =>
+              Effect.suspend(() => {
+                const start = performance.now();
+                return pool.evaluate(batch, fidelity).pipe(Effect.ensuring(Effect.sync(() => (evaluationSeconds += (performance.now() - start) / 1000))));
+              }),
+          };
+          const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
+          const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
+          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
+            request.onGeneration?.(record, totalGenerations),
+          ).pipe(
+            Effect.mapError((e) =>
+              e instanceof WorkerError ? new WorkerError({ problem: `${e.problem}; the search stopped, and every finished generation is saved: continue it with --resume ${dir}` }) : e,
+            ),
+          );
+          const baselineRows: { readonly name: string; readonly allocation: BlockAllocation; readonly validation: number | null }[] = [];
+          for (const other of baselines) {
+            if (!other.patterns.includes(pattern.kind) || other.method.kind !== "direct") continue;
+            const allocation = other.method.allocate(context_, loadSearchSpace(other));
+            const [validation] = yield* evaluator.evaluate([allocation]);
+            baselineRows.push({ name: other.name, allocation, validation: validation!.ok ? validation!.value : null });
+          }
+          return { outcome, baselineRows };
+        }),
       );
       const searchSeconds = outcome.seconds;
       const searchEvaluationSeconds = evaluationSeconds;
@@ -594,8 +597,12 @@ export const searchJob = (request: SearchRequest) =>
       // Final numbers: the best allocation and the baselines, re-pruned in the final mode
       // (structured runs: cut as the prune command cuts them).
       const structured = model.structured;
-      const finalModel: FitnessModel =
-        structured || settings.finalMode === settings.mode ? model : yield* Effect.acquireRelease(attempt(() => openFitnessModel({ ...setup, running: { ...running, materialise: true } }, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
+      const separateFinal = !structured && settings.finalMode !== settings.mode;
+      // The fitness copy is done with: a final model of another mode takes its memory.
+      if (separateFinal) model.dispose();
+      const finalModel: FitnessModel = !separateFinal
+        ? model
+        : yield* Effect.acquireRelease(attempt(() => openFitnessModel({ ...setup, running: { ...running, materialise: true } }, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
       const testWindows = yield* attempt(() =>
         evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
       );
@@ -619,15 +626,12 @@ export const searchJob = (request: SearchRequest) =>
           sparsities: blockSparsities(bestAllocation),
         },
       ];
-      for (const other of baselines) {
-        if (!other.patterns.includes(pattern.kind) || other.method.kind !== "direct") continue;
-        const allocation = other.method.allocate(context_, loadSearchSpace(other));
-        const [validation] = yield* evaluator.evaluate([allocation]);
+      for (const row of baselineRows) {
         results.push({
-          method: other.name,
-          validation: validation!.ok ? validation!.value : null,
-          test: yield* testPerplexity(allocation),
-          sparsities: blockSparsities(toAllocation(allocation, model.pruner.layout, pattern)),
+          method: row.name,
+          validation: row.validation,
+          test: yield* testPerplexity(row.allocation),
+          sparsities: blockSparsities(toAllocation(row.allocation, finalModel.pruner.layout, pattern)),
         });
       }
 
@@ -645,6 +649,7 @@ export const searchJob = (request: SearchRequest) =>
         evaluationsPerMinute: outcome.evaluations / (searchSeconds / 60),
         final: { mode: settings.finalMode, data: settings.eval, seqlen: settings.seqlen, windows: testWindows.length, dense, results, reproduce: reproduceCommand(settings, join(dir, "best-allocation.csv")) },
         out: dir,
+        memory: memoryReport(memoryPlan),
       };
       const title = `${plugin.name}, ${settings.structured ? `structured (${settings.structured})` : settings.metric} at ${(globalSparsity(bestAllocation) * 100).toFixed(1)}%`;
       writeSearchFiles(dir, {

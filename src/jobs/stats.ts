@@ -12,6 +12,7 @@ import { writeFileAtomically } from "../files.ts";
 import { checkOutputFile } from "../output/folder.ts";
 import { DenseStatistics, type LinearStatistics } from "../prune/dense-statistics.ts";
 import { openCalibratedModel } from "../prune/setup.ts";
+import { planRun } from "./memory.ts";
 
 export interface StatsRequest {
   readonly model: string;
@@ -26,6 +27,9 @@ export interface StatsRequest {
   readonly out?: string;
   readonly overwrite?: boolean;
   readonly backend: BackendChoice;
+  /** MiB the run may use, and the leanest plan whatever fits (never change the table). */
+  readonly memoryMib?: number;
+  readonly streamed?: boolean;
   readonly log?: (line: string) => void;
   readonly onBlock?: (done: number, total: number) => void;
 }
@@ -53,8 +57,24 @@ export const statsJob = (request: StatsRequest) =>
       const { checkpoint, seqlen, calibration: windows } = model;
       const spec = checkpoint.spec;
       request.log?.(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens`);
+      const plan = yield* planRun(
+        checkpoint,
+        backend.name,
+        { forward: { seqlen, batch: 1 }, calibration: { windows: windows.length, sparsegpt: false, keepHessians: false } },
+        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
+        request.log,
+      );
       const statistics = yield* Effect.acquireRelease(
-        Effect.sync(() => new DenseStatistics(checkpoint, { metric: request.metric, calibration: windows, onBlock: (b: number) => request.onBlock?.(b + 1, spec.numLayers) })),
+        Effect.sync(
+          () =>
+            new DenseStatistics(checkpoint, {
+              metric: request.metric,
+              calibration: windows,
+              resident: !plan.streamed,
+              activations: plan.activations,
+              onBlock: (b: number) => request.onBlock?.(b + 1, spec.numLayers),
+            }),
+        ),
         (s) => Effect.sync(() => s.dispose()),
       );
       const rows = yield* attemptPromise(() => statistics.table());

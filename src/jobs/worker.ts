@@ -21,6 +21,8 @@ export interface WorkerRequest {
   /** MiB the runs' models may hold together (default: 80% of the memory free at start). */
   readonly memoryMib?: number;
   readonly lockSeconds: number;
+  /** The leanest memory plan for every run (`--streamed`). */
+  readonly streamed?: boolean;
   readonly log: (line: string) => void;
   /** Resolves when the worker should stop. */
   readonly until: Promise<unknown>;
@@ -46,6 +48,7 @@ export const workerJob = (request: WorkerRequest) =>
           address,
           models: request.models,
           backend: backend.name,
+          ...(request.streamed ? { streamed: true } : {}),
           concurrency: request.concurrency,
           memoryBytes,
           lockSeconds: request.lockSeconds,

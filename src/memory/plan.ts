@@ -19,6 +19,8 @@ const GiB = 2 ** 30;
 
 /** What a process holds before any model: Node, TensorFlow.js, the wasm module, the tokenizer. */
 export const BASELINE_BYTES = 280 * MiB;
+/** What a worker thread holds before its model: its own V8 isolate, TensorFlow.js and wasm module. */
+export const THREAD_BYTES = 160 * MiB;
 /** The most the wasm heap can hold (wasm32), less room for the allocator's own fragmentation. */
 export const WASM_HEAP_BYTES = 4 * GiB;
 const HEAP_USABLE = 0.85;
@@ -30,6 +32,9 @@ const PASS_BYTES = 256 * MiB;
 const SPILL_BYTES = 512 * MiB;
 /** Weights sampled per block for DSA and MRP (prune/dense-statistics.ts). */
 const SAMPLE_WEIGHTS = 2 ** 19;
+
+/** The part that bounds the KL fitness's dense reference (its least recently used windows go first). */
+export const KL_REFERENCE_PART = "dense reference (KL)";
 
 /** The model's sizes, from its spec and the file's dtype: everything the plan needs. */
 export interface ModelSizes {
@@ -88,8 +93,11 @@ export const modelSizes = (spec: ModelSpec, bytesPerWeight: number): ModelSizes 
 
 /** What the run does, as far as memory is concerned. */
 export interface Workload {
-  /** Windows run through the model: their length and windows per forward pass. */
-  readonly forward: { readonly seqlen: number; readonly batch: number };
+  /**
+   * Windows run through the model: their length, windows per forward pass, and (when
+   * known) the most tokens one pass will hold (a pass never holds more than its windows).
+   */
+  readonly forward: { readonly seqlen: number; readonly batch: number; readonly tokens?: number };
   /** Calibration for pruning: windows, and how pruned blocks are made and kept. */
   readonly calibration?: {
     readonly windows: number;
@@ -107,6 +115,8 @@ export interface Workload {
   readonly gradients?: { readonly windows: number };
   /** Model copies computing at once in this process (fitness worker threads). */
   readonly copies?: number;
+  /** Of them, copies on worker threads of their own: each thread has its own isolate and backend. */
+  readonly threads?: number;
 }
 
 export interface MemoryBudget {
@@ -164,7 +174,7 @@ export const memoryParts = (m: ModelSizes, w: Workload, c: Choices): MemoryPart[
   const groupTokens = w.forward.seqlen * w.forward.batch;
   add("blocks on the backend", copies * (c.streamed ? largest * 4 : sum(m.blocks) * 4), true);
   add("head", copies * (c.streamedHead ? chunk : m.head * 4), true);
-  add("hidden states of a pass", copies * c.passTokens * m.hidden * 4 * 2, true);
+  add("hidden states of a pass", copies * Math.min(c.passTokens, w.forward.tokens ?? Infinity) * m.hidden * 4 * 2, true);
   // One window group's intermediates: q, k, v, attention output, gate, up and activation.
   add("one forward's intermediates", copies * groupTokens * (5 * m.hidden + 3 * m.ffn) * 4 + 256 * (chunk / (4 * m.embedDim)) * 4 * 4, true);
   if (c.streamed) add("blocks read ahead (file dtype)", copies * 2 * largest * m.bytesPerWeight, false);
@@ -187,8 +197,9 @@ export const memoryParts = (m: ModelSizes, w: Workload, c: Choices): MemoryPart[
     add("scoring one linear", copies * m.largestLinear * 20, false);
     add("score samples", copies * m.blocks.length * Math.min(SAMPLE_WEIGHTS, largest) * 9, false);
   }
-  if (w.klReference) add("dense reference (KL)", copies * w.klReference.tokens * w.klReference.topK * 12, true);
+  if (w.klReference) add(KL_REFERENCE_PART, copies * w.klReference.tokens * w.klReference.topK * 12, true);
   if (w.gradients) add("trainable copy with gradients", sum(m.blocks) * 4 * 3 + m.head * 4 * 2, true);
+  if (w.threads) add("worker threads (an isolate and a backend each)", w.threads * THREAD_BYTES, false);
   return parts;
 };
 
@@ -210,7 +221,7 @@ export const planMemory = (
   m: ModelSizes,
   w: Workload,
   budget: MemoryBudget,
-  /** `streamed`: stream the blocks whether or not they would fit (`--streamed`). */
+  /** `streamed`: the leanest plan whether or not more would fit (`--streamed`): streamed blocks and head, short passes, everything that can wait on the host or disk there. */
   force: { readonly streamed?: boolean } = {},
 ): MemoryPlan | { readonly refused: string; readonly parts: readonly MemoryPart[]; readonly peakBytes: number } => {
   const defaultPass = Math.max(w.forward.seqlen * w.forward.batch, Math.floor(PASS_BYTES / (8 * m.hidden)));
@@ -220,11 +231,14 @@ export const planMemory = (
   const preferSpill = spillable > Math.min(SPILL_BYTES, budget.bytes / 10);
   const minimalPass = w.forward.seqlen * w.forward.batch;
   const candidates: Choices[] = [];
-  for (const streamed of force.streamed ? [true] : [false, true]) {
+  const canSpill = (w.calibration?.storeBytes ?? 0) > 0 || w.ranks !== undefined;
+  // `--streamed` asks for the leanest way: every choice that saves memory, taken.
+  if (force.streamed) candidates.push({ streamed: true, streamedHead: true, passTokens: minimalPass, activations: w.calibration ? "host" : "device", spill: canSpill });
+  for (const streamed of force.streamed ? [] : [false, true]) {
     for (const activations of ["device", "host"] as const) {
       if (!w.calibration && activations === "host") continue;
       for (const spill of preferSpill ? [true] : [false, true]) {
-        if (!w.calibration?.storeBytes && !w.ranks && spill) continue;
+        if (!canSpill && spill) continue;
         for (const streamedHead of [false, true]) {
           for (const passTokens of [defaultPass, Math.max(minimalPass, Math.floor(defaultPass / 4)), minimalPass]) {
             candidates.push({ streamed, streamedHead, passTokens, activations, spill });
@@ -271,3 +285,17 @@ export const describePlan = (plan: MemoryPlan): string => {
   ].filter((x) => x !== undefined);
   return `memory: ${how}${extras.length ? `, ${extras.join(", ")}` : ""}; estimated peak ${formatBytes(plan.peakBytes)} of ${formatBytes(plan.budget.bytes)} ${plan.budget.source === "--memory" ? "(--memory)" : "available"}`;
 };
+
+/** What a report says of memory: the plan, its estimate, and the peak the process reached. */
+export interface MemoryReport {
+  readonly plan: string;
+  readonly estimatedPeakBytes: number;
+  readonly peakRssBytes: number;
+}
+
+export const memoryReport = (plan: MemoryPlan): MemoryReport => ({
+  plan: describePlan(plan),
+  estimatedPeakBytes: plan.peakBytes,
+  // ru_maxrss is in kilobytes on Linux.
+  peakRssBytes: process.resourceUsage().maxRSS * 1024,
+});

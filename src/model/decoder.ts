@@ -578,6 +578,114 @@ export class Decoder {
     return tf.sum(tf.mul(tf.sub(logAddExp(lses), sumAll(picks)), tf.tensor1d(weights))) as tf.Scalar;
   }
 
+  /**
+   * Gradients of each window's mean next-token loss, block by block from the top. The
+   * forward runs block by block over every window, keeping each block's inputs; then, from
+   * the last block down, block i is acquired once more and, for each window, differentiated
+   * on its own (tf.grads of its forward, given the upstream gradient of its output), which
+   * also gives the gradient of its input for the block below. Only one block's weights and
+   * graph are alive at a time, so a streamed model larger than the backend's memory has
+   * gradients too, and a resident one gets the same numbers. `wrt` picks the block's
+   * tensors to differentiate; `onBlock` gets their gradients for one window (disposed after
+   * it returns), windows in order, blocks from the last to the first; `afterBlock` is
+   * called once a block has seen every window. The model's weights are never variables.
+   */
+  async blockwiseGradients(
+    windows: readonly { readonly ids: Int32Array; readonly targets: Int32Array }[],
+    wrt: (block: number, tensors: BlockTensors) => tf.Tensor[],
+    onBlock: (block: number, window: number, grads: tf.Tensor[]) => void | Promise<void>,
+    options: { readonly transform?: BlockTransform; readonly afterBlock?: (block: number) => void | Promise<void> } = {},
+  ): Promise<void> {
+    this.checkLive();
+    if (this.trainableGlobals) throw new UsageError({ problem: "block-wise gradients are for a model whose weights are not variables" });
+    const transform = options.transform;
+    const scored = windows.map(({ ids, targets }) => {
+      this.checkWindow(ids, 1, ids.length);
+      const s = this.scoredPositions(targets, ids.length);
+      if (s.rows.length === 0) throw new UsageError({ problem: "no position is scored: every target is negative" });
+      return s;
+    });
+    // inputs[i][w]: block i's input for window w.
+    const inputs: tf.Tensor2D[][] = [];
+    let upstream: tf.Tensor2D[] = [];
+    try {
+      let xs = windows.map(({ ids }) => this.embed(ids, 1, ids.length));
+      let ahead = this.prefetch(0);
+      for (let i = 0; i < this.spec.numLayers; i++) {
+        await ahead;
+        ahead = this.prefetch(i + 1);
+        inputs.push(xs);
+        const current = xs;
+        const { tensors, release } = this.acquire(i);
+        try {
+          xs = [];
+          for (const [w, x] of current.entries()) {
+            xs.push(tf.tidy(() => blockForward(this.spec, i, transform ? transform(i, tensors) : tensors, x, 1, windows[w]!.ids.length, this.tables)));
+          }
+        } finally {
+          release();
+        }
+      }
+      await ahead;
+      // The head's gradient with respect to the last block's output.
+      upstream = xs.map((final, w) => tf.tidy(() => tf.grad((h: tf.Tensor) => this.headLoss(h as tf.Tensor2D, windows[w]!.targets, scored[w]!.rows.length))(final) as tf.Tensor2D));
+      tf.dispose(xs);
+      // Backward, block by block from the top.
+      for (let i = this.spec.numLayers - 1; i >= 0; i--) {
+        const { tensors, release } = this.acquire(i);
+        try {
+          const picked = wrt(i, tensors);
+          for (let w = 0; w < windows.length; w++) {
+            const seqlen = windows[w]!.ids.length;
+            const dy = upstream[w]!;
+            const grads = tf.tidy(() =>
+              tf.grads((xIn: tf.Tensor, ...ws: tf.Tensor[]) => {
+                const replaced = replaceTensors(tensors, picked, ws);
+                return blockForward(this.spec, i, transform ? transform(i, replaced) : replaced, xIn as tf.Tensor2D, 1, seqlen, this.tables);
+              })([inputs[i]![w]!, ...picked], dy),
+            );
+            try {
+              await onBlock(i, w, grads.slice(1));
+            } finally {
+              tf.dispose(grads.slice(1));
+            }
+            dy.dispose();
+            upstream[w] = grads[0] as tf.Tensor2D;
+          }
+        } finally {
+          release();
+        }
+        tf.dispose(inputs[i]!);
+        inputs[i] = [];
+        await options.afterBlock?.(i);
+      }
+    } finally {
+      for (const xsAt of inputs) tf.dispose(xsAt);
+      tf.dispose(upstream);
+    }
+  }
+
+  /** Mean NLL over the scored positions of one window, differentiable in the last block's output h. */
+  private headLoss(h: tf.Tensor2D, targets: Int32Array, count: number): tf.Scalar {
+    const rows = targets.length;
+    const safeTargets = new Int32Array(rows);
+    const weights = new Float32Array(rows);
+    for (let i = 0; i < rows; i++) {
+      if (targets[i]! >= 0) {
+        safeTargets[i] = targets[i]!;
+        weights[i] = 1;
+      }
+    }
+    const picked = this.headInput(h);
+    const parts: tf.Scalar[] = [];
+    for (let start = 0; start < rows; start += HEAD_ROWS) {
+      const n = Math.min(HEAD_ROWS, rows - start);
+      if (!weights.subarray(start, start + n).some((v) => v > 0)) continue;
+      parts.push(this.differentiableNll(takeRange(picked, 0, start, n), safeTargets.subarray(start, start + n), weights.subarray(start, start + n)));
+    }
+    return tf.div(sumAll(parts), count);
+  }
+
   /** Logits of one position of a single sequence, for greedy decoding. */
   logitsAt(ids: Int32Array, position: number = ids.length - 1): Promise<Float32Array> {
     this.checkLive();
@@ -820,6 +928,20 @@ export class Decoder {
 export type BlockRunner = (x: tf.Tensor2D, batch: number, seqlen: number, observe?: LinearInputObserver) => tf.Tensor2D;
 
 const isBlockTensors = (w: SourceBlock | BlockTensors): w is BlockTensors => w.attnNorm?.weight instanceof tf.Tensor;
+
+/** The block with each tensor of `from` replaced by the one at the same index of `to`. */
+const replaceTensors = (b: BlockTensors, from: readonly tf.Tensor[], to: readonly tf.Tensor[]): BlockTensors => {
+  const swap = <T extends tf.Tensor>(t: T): T => {
+    const k = from.indexOf(t);
+    return (k >= 0 ? to[k] : t) as T;
+  };
+  const norm = (n: NormTensors): NormTensors => ({ weight: swap(n.weight), ...(n.bias ? { bias: swap(n.bias) } : {}) });
+  return {
+    attnNorm: norm(b.attnNorm),
+    mlpNorm: norm(b.mlpNorm),
+    linears: Object.fromEntries(Object.entries(b.linears).map(([name, l]) => [name, { weight: swap(l.weight), ...(l.bias ? { bias: swap(l.bias) } : {}) }])),
+  };
+};
 
 /**
  * headScan's steps for the NLL sum of a row block: over one chunk, weightedNllSum as one

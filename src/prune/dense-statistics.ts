@@ -222,10 +222,12 @@ export class DenseStatistics {
     if (withRanks) this.ranksReady = true;
   }
 
-  /** Fisher trace of every linear ("block.linear"), from a trainable copy of the dense model. */
+  /** Fisher trace of every linear ("block.linear"), block by block from the dense checkpoint. */
   private async gatherTraces(): Promise<Map<string, number>> {
-    const spec = this.spec;
-    const decoder = Decoder.create(spec, this.checkpoint.readGlobals(), { numBlocks: spec.numLayers, load: (i) => this.checkpoint.readBlock(i) }, { trainable: true });
+    const decoder = Decoder.create(this.spec, this.checkpoint.globalSource(), blockSourceOf(this.checkpoint), {
+      streamed: !(this.options.resident ?? false),
+      source: this.checkpoint.path,
+    });
     try {
       return await fisherTraces(decoder, this.options.calibration);
     } finally {

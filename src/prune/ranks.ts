@@ -116,7 +116,8 @@ export const diskRanks = (dir: string): RankStore => {
   const index = new Map<string, { file: string; kind: 1 | 2 | 4; length: number }>();
   return {
     put: (b, l, r) => {
-      const file = join(dir, `${b}.${l}.ranks`);
+      // Keys name a group kind and a linear ("output/q"): one flat file name for both.
+      const file = join(dir, `${b}.${l.replace(/[^\w.-]/g, "_")}.ranks`);
       const bytes = new Uint8Array(r.buffer, r.byteOffset, r.byteLength);
       const fd = openSync(file, "w");
       try {

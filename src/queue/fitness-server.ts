@@ -11,7 +11,10 @@ import { UnrecoverableError, Worker, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import type { Fidelity, Fitness } from "../engine/genome.ts";
-import { fitnessWorkerBytes, type FitnessSetup } from "../search/fitness-setup.ts";
+import { planFitness, referenceBytesOf, runningOf, type FitnessSetup } from "../search/fitness-setup.ts";
+import { BASELINE_BYTES } from "../memory/plan.ts";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { QueueAddress } from "./address.ts";
 import { KEEP_SECONDS, PREFIX, queueName, refusalsKey, SEARCH_GONE_MS, SEARCHES_KEY, setupKey } from "./keys.ts";
 import { checkTokens, decodeFitnessJob, decodeSetupRecord, modelDifference, modelIdentity, setupFromRecord, type ModelIdentity, type SetupRecord } from "./records.ts";
@@ -31,6 +34,8 @@ export interface ServerOptions {
   readonly models: readonly string[];
   /** The backend family this worker computes with. */
   readonly backend: string;
+  /** The leanest memory plan for every run, whatever would fit (results are the same). */
+  readonly streamed?: boolean;
   readonly concurrency: number;
   /** Memory the runs' fitness models may hold together. */
   readonly memoryBytes: number;
@@ -150,7 +155,18 @@ export class FitnessServer {
       const checkpoint = openCheckpointSync(own.path);
       try {
         checkTokens(setup, checkpoint.spec.vocabSize, checkpoint.spec.maxPositions);
-        need = this.options.concurrency * fitnessWorkerBytes(checkpoint.spec);
+        // This worker's own plan of its copies, within its --memory: streamed where the
+        // model would not fit resident (results are the same either way).
+        const plan = planFitness(checkpoint, setup, this.options.backend, this.options.concurrency, {
+          threads: this.options.concurrency,
+          memoryMib: Math.floor(this.options.memoryBytes / 2 ** 20),
+          ...(this.options.streamed ? { streamed: true } : {}),
+        });
+        if ("refused" in plan) return void (await this.refuse(fingerprint, `its model ${plan.refused}`));
+        // The process's own baseline is paid once, whatever the runs it serves.
+        need = plan.peakBytes - BASELINE_BYTES;
+        const referenceBytes = referenceBytesOf(plan, this.options.concurrency);
+        setup = { ...setup, running: runningOf(plan, join(tmpdir(), `evosparse-worker-${process.pid}`, short(fingerprint))), ...(referenceBytes ? { referenceBytes } : {}) };
       } finally {
         checkpoint.close();
       }

@@ -3,7 +3,6 @@
  * every worker from one serialisable description, so all copies score a candidate alike:
  * the same checkpoint, the same seeded calibration windows, the same fitness windows.
  */
-import { layoutOf } from "../allocation/allocation.ts";
 import type { BackendChoice } from "../backend/backend.ts";
 import type { ModelSpec } from "../model/spec.ts";
 import type { Checkpoint } from "../checkpoint/types.ts";
@@ -16,7 +15,9 @@ import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { StructuredImportance } from "../prune/structured.ts";
 import { fitnessFailed, type Fidelity, type Fitness } from "../engine/genome.ts";
 import { UsageError } from "../errors.ts";
-import { DenseReference } from "../eval/kl.ts";
+import { DEFAULT_TOP_K, DenseReference } from "../eval/kl.ts";
+import { memoryBudget } from "../memory/budget.ts";
+import { KL_REFERENCE_PART, modelSizes, planMemory, type MemoryPlan, type Workload } from "../memory/plan.ts";
 import { stageWindows } from "./minibatch.ts";
 import { allocationFitness, type FitnessMeasure } from "./fitness.ts";
 import type { BlockAllocation, Pattern } from "./plugin.ts";
@@ -85,12 +86,54 @@ export interface FitnessModel {
 }
 
 /**
- * Memory one fitness worker (thread or queue worker's thread) holds: its backend, and a
- * model copy with scores and sort orders. Known from the checkpoint's headers alone.
+ * What a fitness copy holds, for the memory plan (src/memory/plan.ts): the model, streamed
+ * or resident, its calibration, the ranks of dense-mode masks, the KL reference, and for
+ * structured runs a gradient pass. `largestStage`: the most fitness tokens one stage
+ * scores (stage minibatches), which bounds what the KL reference needs at once.
  */
-export const fitnessWorkerBytes = (spec: ModelSpec): number => {
-  const prunable = layoutOf(spec).reduce((n, e) => n + e.params, 0);
-  return 24 * prunable + 8 * spec.vocabSize * spec.hiddenSize + 160 * 2 ** 20;
+export const fitnessWorkload = (setup: FitnessSetup, spec: ModelSpec, copies: number, largestStage = 0, threads = 0): Workload => {
+  const dense = setup.mode === "dense";
+  const referenceTokens = 2 * Math.max(setup.fitnessWindows * setup.seqlen, largestStage);
+  return {
+    forward: { seqlen: setup.seqlen, batch: 1, tokens: Math.max(setup.fitnessWindows * setup.seqlen, largestStage) },
+    calibration: { windows: setup.nsamples, sparsegpt: setup.metric === "sparsegpt", keepHessians: dense && setup.metric === "sparsegpt" },
+    ...(dense && setup.metric !== "sparsegpt" && !setup.structured ? { ranks: { bytesPerWeight: setup.metric === "magnitude" ? 4 : 2 } } : {}),
+    ...(setup.fitness === "kl" ? { klReference: { tokens: referenceTokens, topK: Math.min(DEFAULT_TOP_K, spec.vocabSize) } } : {}),
+    ...(setup.structured ? { gradients: { windows: setup.nsamples } } : {}),
+    copies,
+    ...(threads > 0 ? { threads } : {}),
+  };
+};
+
+/** How a copy runs under a plan; a plan that keeps ranks and pruned blocks on disk puts them in `scratch`. */
+export const runningOf = (plan: MemoryPlan, scratch: string): PrunerRunning => ({
+  streamed: plan.streamed,
+  streamedHead: plan.streamedHead,
+  passTokens: plan.passTokens,
+  activations: plan.activations,
+  cacheBytes: plan.cacheBytes,
+  ...(plan.spill ? { scratch } : {}),
+});
+
+/** The bytes the plan gives the KL reference (its LRU bound), when fitness is KL. */
+export const referenceBytesOf = (plan: MemoryPlan, copies: number): number | undefined => {
+  const part = plan.parts.find((p) => p.what === KL_REFERENCE_PART);
+  return part ? part.bytes / Math.max(1, copies) : undefined;
+};
+
+/**
+ * The plan of `copies` fitness copies on this machine (or within `memoryBytes`), with the
+ * bytes one copy holds: what worker threads and queue workers are sized by.
+ */
+export const planFitness = (
+  checkpoint: Checkpoint,
+  setup: FitnessSetup,
+  backend: string,
+  copies: number,
+  options: { readonly memoryMib?: number; readonly streamed?: boolean; readonly largestStage?: number; readonly threads?: number } = {},
+) => {
+  const budget = memoryBudget(backend, options.memoryMib);
+  return planMemory(modelSizes(checkpoint.spec, checkpoint.bytesPerWeight), fitnessWorkload(setup, checkpoint.spec, copies, options.largestStage, options.threads), budget, options.streamed ? { streamed: true } : {});
 };
 
 export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = setup.mode): FitnessModel => {
@@ -105,6 +148,7 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
       ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1 })
       : undefined;
     if (structured && setup.fitness === "kl") throw new UsageError({ problem: "--fitness kl is for unstructured pruning; structured searches score perplexity" });
+    let disposed = false;
     const reference = setup.fitness === "kl" ? new DenseReference(undefined, setup.referenceBytes) : undefined;
     // Every window of the fitness text, drawn from for stage minibatches; read when first needed.
     let pool: readonly Window[] | undefined;
@@ -129,7 +173,10 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
       calibration: model.calibration,
       pruner,
       windows,
+      // Idempotent: a search frees its fitness copy before the final re-pruning, and its scope again.
       dispose: () => {
+        if (disposed) return;
+        disposed = true;
         reference?.dispose();
         pruner.dispose();
         model.close();

@@ -1,0 +1,163 @@
+/**
+ * `npm run bench -- scale`: real model sizes on this machine. The benchmark writes
+ * LLaMA-shaped checkpoints with random F16 weights itself (nothing is downloaded):
+ * TinyLlama-1.1B's shapes and LLaMA-2-7B's (6.7B parameters), under results/bench/models/
+ * (kept for the next run: 2.2 and 13.4 GB). For each size, each command is one process,
+ * timed as a whole, with its own peak resident memory (what the report says the process
+ * reached) beside the plan's estimate:
+ *  - eval: 2 windows of 512 tokens of brown:test, tokens per second of the scoring;
+ *  - prune with Wanda and with SparseGPT at 50%, 4 calibration windows of 512, evaluated
+ *    dense and pruned on the same 2 windows, the folder written;
+ *  - a search: evopress, KL fitness, a 16384-token budget with a stage plan that fits it
+ *    (bench/scale-evopress.json), final re-pruning of the best, uniform and OWL.
+ * Beside ours, the PyTorch CPU peer (bench/peer/llama_cpu.py, Debian's python3-torch) on
+ * the same checkpoint and the same token windows: its forward and its block-by-block Wanda
+ * and SparseGPT, as locuslab/wanda prunes. Measured one after the other in one run.
+ *
+ * `--sizes=1.1b,6.7b` (default both), `--parts=eval,wanda,sparsegpt,search` (default all),
+ * `--peer=off` to skip PyTorch. CSV in results/bench/scale.csv.
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { openCheckpointSync } from "../src/checkpoint/open.ts";
+import { calibrationWindows } from "../src/data/calibration.ts";
+import { defaultData, projectRoot } from "../src/defaults.ts";
+import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
+import { LLAMA2_7B, parameterCount, TINYLLAMA_1B, writeRandomLlama, type LlamaShape } from "./scale-models.ts";
+
+const SEQLEN = 512;
+const EVAL_WINDOWS = 2;
+const CALIBRATION = 4;
+const BUDGET_TOKENS = 16384;
+
+interface Row {
+  readonly size: string;
+  readonly what: string;
+  readonly who: "evosparse" | "PyTorch";
+  readonly seconds: number;
+  readonly tokensPerSecond?: number;
+  readonly peakBytes: number;
+  readonly estimatedBytes?: number;
+  readonly ppl?: number;
+  readonly note?: string;
+}
+
+const GB = 1e9;
+const fmt = (x: number | undefined, digits = 1) => (x === undefined ? "" : x.toFixed(digits));
+
+/** Python with torch: Debian's (python3-torch) where it is installed. */
+const peerPython = (): string | undefined => {
+  for (const python of ["/usr/bin/python3", "python3"]) {
+    const r = spawnSync(python, ["-c", "import torch, numpy"], { encoding: "utf8" });
+    if (r.status === 0) return python;
+  }
+  return undefined;
+};
+
+/** Runs a command to its end: wall seconds and its JSON output (the last line of stdout). */
+const run = (command: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): { seconds: number; json: any; stderr: string } => {
+  const start = performance.now();
+  const r = spawnSync(command, args, { encoding: "utf8", env, maxBuffer: 64 * 2 ** 20 });
+  const seconds = (performance.now() - start) / 1000;
+  if (r.status !== 0) throw new Error(`${[command, ...args].join(" ")} failed (${r.status}):\n${r.stderr.slice(-2000)}`);
+  const last = r.stdout.trim().split("\n").at(-1) ?? "{}";
+  return { seconds, json: JSON.parse(last), stderr: r.stderr };
+};
+
+/** The token windows both sides score and calibrate on, as the peer reads them (int32 rows). */
+const writeWindows = (model: string, dir: string): { evalFile: string; calibFile: string } => {
+  const checkpoint = openCheckpointSync(model);
+  try {
+    const tokenizer = tokenizerFor(checkpoint);
+    const evaluation = evaluationWindows({ data: defaultData("test"), format: "text", maxWindows: EVAL_WINDOWS }, tokenizer, SEQLEN);
+    const calibration = calibrationWindows({ source: defaultData("calibration"), samples: CALIBRATION, seqlen: SEQLEN, seed: 0 }, tokenizer);
+    const rows = (ws: readonly Int32Array[]) => {
+      const out = new Int32Array(ws.length * SEQLEN);
+      ws.forEach((w, k) => out.set(w, k * SEQLEN));
+      return new Uint8Array(out.buffer);
+    };
+    const evalFile = join(dir, "eval.i32");
+    const calibFile = join(dir, "calib.i32");
+    writeFileSync(evalFile, rows(evaluation.map((w) => w.ids)));
+    writeFileSync(calibFile, rows(calibration));
+    return { evalFile, calibFile };
+  } finally {
+    checkpoint.close();
+  }
+};
+
+export const scaleSection = async (args: readonly string[]): Promise<void> => {
+  const option = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
+  const sizes = (option("sizes") ?? "1.1b,6.7b").split(",");
+  const parts = (option("parts") ?? "eval,wanda,sparsegpt,search").split(",");
+  const backend = option("backend") ?? "native";
+  const python = option("peer") === "off" ? undefined : peerPython();
+  const shapes: Record<string, LlamaShape> = { "1.1b": TINYLLAMA_1B, "6.7b": LLAMA2_7B };
+  const bin = join(projectRoot, "bin", "evosparse.mjs");
+  const peer = join(projectRoot, "bench", "peer", "llama_cpu.py");
+  const modelsDir = join(projectRoot, "results", "bench", "models");
+  const rows: Row[] = [];
+  console.log(`## Model sizes: LLaMA-shaped checkpoints with random F16 weights, backend ${backend}${python ? "; the PyTorch CPU peer beside" : "; PyTorch peer: not installed (Debian package python3-torch), skipped"}\n`);
+  for (const size of sizes) {
+    const shape = shapes[size];
+    if (!shape) throw new Error(`--sizes: unknown size ${size} (1.1b, 6.7b)`);
+    console.error(`scale ${size}: writing the checkpoint (once)`);
+    const model = writeRandomLlama(join(modelsDir, shape.name), shape);
+    const work = mkdtempSync(join(modelsDir, `.run-${size}-`));
+    try {
+      const { evalFile, calibFile } = writeWindows(model, work);
+      const ours = (what: string, ...cli: string[]) => {
+        console.error(`scale ${size}: evosparse ${what}`);
+        return run(process.execPath, [bin, ...cli, "--backend", backend, "--json"]);
+      };
+      const theirs = (what: string, ...cli: string[]) => {
+        console.error(`scale ${size}: PyTorch ${what}`);
+        return run(python!, [peer, ...cli]);
+      };
+      const common = ["--model", model, "--seqlen", String(SEQLEN)];
+      if (parts.includes("eval")) {
+        const r = ours("eval", "eval", ...common, "--data", defaultData("test"), "--max-windows", String(EVAL_WINDOWS));
+        rows.push({ size, what: "eval", who: "evosparse", seconds: r.seconds, tokensPerSecond: r.json.tokensPerSecond, peakBytes: r.json.memory.peakRssBytes, estimatedBytes: r.json.memory.estimatedPeakBytes, ppl: r.json.ppl });
+        if (python) {
+          const p = theirs("eval", "eval", model, evalFile, String(SEQLEN));
+          rows.push({ size, what: "eval", who: "PyTorch", seconds: p.seconds, tokensPerSecond: p.json.tokensPerSecond, peakBytes: p.json.peakRssBytes, ppl: p.json.ppl, note: p.json.streamed ? "blocks streamed" : "resident" });
+        }
+      }
+      for (const metric of ["wanda", "sparsegpt"]) {
+        if (!parts.includes(metric)) continue;
+        const out = join(work, `pruned-${metric}`);
+        const r = ours(`prune ${metric}`, "prune", ...common, "--metric", metric, "--sparsity", "0.5", "--nsamples", String(CALIBRATION), "--eval", defaultData("test"), "--eval-windows", String(EVAL_WINDOWS), "--out", out);
+        rows.push({ size, what: `prune ${metric}`, who: "evosparse", seconds: r.seconds, peakBytes: r.json.memory.peakRssBytes, estimatedBytes: r.json.memory.estimatedPeakBytes, ppl: r.json.evaluation.pruned });
+        rmSync(out, { recursive: true, force: true });
+        if (python) {
+          const p = theirs(`prune ${metric}`, "prune", model, calibFile, evalFile, String(SEQLEN), metric, "0.5");
+          rows.push({ size, what: `prune ${metric}`, who: "PyTorch", seconds: p.seconds, peakBytes: p.json.peakRssBytes, ppl: p.json.ppl, note: p.json.streamed ? "blocks streamed" : "resident" });
+        }
+      }
+      if (parts.includes("search")) {
+        const out = join(work, "search");
+        const r = ours(
+          "search",
+          "search", ...common, "--method", "evopress", "--fitness", "kl", "--sparsity", "0.5", "--budget-tokens", String(BUDGET_TOKENS),
+          "--space", join(projectRoot, "bench", "scale-evopress.json"), "--nsamples", String(CALIBRATION), "--fitness-windows", String(EVAL_WINDOWS),
+          "--eval-windows", String(EVAL_WINDOWS), "--out", out,
+        );
+        rows.push({ size, what: "search (evopress, KL, 16k tokens)", who: "evosparse", seconds: r.seconds, peakBytes: r.json.memory.peakRssBytes, estimatedBytes: r.json.memory.estimatedPeakBytes, ppl: r.json.final.results[0].test, note: `${r.json.evaluations} evaluations` });
+        rmSync(out, { recursive: true, force: true });
+      }
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+    console.error(`scale ${size}: ${(parameterCount(shape) / 1e9).toFixed(2)}B parameters done`);
+  }
+  console.log("| size | run | who | seconds | tokens/s | peak RSS GB | estimated GB | ppl | note |");
+  console.log("|---|---|---|---:|---:|---:|---:|---:|---|");
+  for (const r of rows) {
+    console.log(`| ${r.size} | ${r.what} | ${r.who} | ${fmt(r.seconds, 0)} | ${fmt(r.tokensPerSecond)} | ${fmt(r.peakBytes / GB, 2)} | ${r.estimatedBytes ? fmt(r.estimatedBytes / GB, 2) : ""} | ${fmt(r.ppl, 0)} | ${r.note ?? ""} |`);
+  }
+  const csv = ["size,run,who,seconds,tokens_per_second,peak_rss_bytes,estimated_bytes,ppl,note", ...rows.map((r) => [r.size, r.what, r.who, r.seconds, r.tokensPerSecond ?? "", r.peakBytes, r.estimatedBytes ?? "", r.ppl ?? "", r.note ?? ""].join(","))].join("\n") + "\n";
+  mkdirSync(join(projectRoot, "results", "bench"), { recursive: true });
+  writeFileSync(join(projectRoot, "results", "bench", "scale.csv"), csv);
+  if (!existsSync(peer)) console.log("\n(the PyTorch peer script bench/peer/llama_cpu.py is missing)");
+};
