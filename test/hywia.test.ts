@@ -41,7 +41,7 @@ describe("HyWIA's views and fusion", () => {
   it("the fine view orders groups as element importance does, the coarse one as vector; the fusion is the weighted sum", async () => {
     const model = randomModel("llama-gqa", 5);
     const calibration = [randomIds(8, model.spec.vocabSize, 1)];
-    const decoder = Decoder.create(model.spec, model.globals, { numBlocks: model.spec.numLayers, load: (i) => model.blocks[i]! }, { trainable: true });
+    const decoder = Decoder.create(model.spec, model.globals, { numBlocks: model.spec.numLayers, load: (i) => model.blocks[i]! });
     const gradients = await lossGradients(decoder, calibration);
     decoder.dispose();
     const views = hybridScores(groupSums(model.spec, 0, model.blocks[0]!, gradients[0]));
@@ -127,7 +127,7 @@ describe("learnFusion", () => {
   const calibration = [randomIds(8, model.spec.vocabSize, 1), randomIds(8, model.spec.vocabSize, 2), randomIds(8, model.spec.vocabSize, 3)];
 
   const views = async () => {
-    const d = Decoder.create(model.spec, model.globals, { numBlocks: model.spec.numLayers, load: (i) => model.blocks[i]! }, { trainable: true });
+    const d = Decoder.create(model.spec, model.globals, { numBlocks: model.spec.numLayers, load: (i) => model.blocks[i]! });
     const g = await lossGradients(d, calibration);
     d.dispose();
     return model.blocks.map((b, i) => hybridScores(groupSums(model.spec, i, b, g[i])));

@@ -18,7 +18,7 @@ describe("lossGradients", () => {
     const model = randomModel(family, 31);
     const seqlen = 6;
     const windows = [randomIds(seqlen, model.spec.vocabSize, 1), randomIds(seqlen, model.spec.vocabSize, 2)];
-    const decoder = Decoder.create(model.spec, model.globals, blockSourceOf(model), { trainable: true });
+    const decoder = Decoder.create(model.spec, model.globals, blockSourceOf(model));
     let gradients;
     try {
       gradients = await lossGradients(decoder, windows);
@@ -60,7 +60,7 @@ describe("lossGradients", () => {
 
   it("refuses an empty window list", async () => {
     const model = randomModel("llama-gqa", 2);
-    const decoder = Decoder.create(model.spec, model.globals, blockSourceOf(model), { trainable: true });
+    const decoder = Decoder.create(model.spec, model.globals, blockSourceOf(model));
     try {
       await expect(lossGradients(decoder, [])).rejects.toThrow(/no calibration windows/);
     } finally {

@@ -8,7 +8,7 @@ import { initBackend } from "../src/backend/backend.ts";
 import { Decoder } from "../src/model/decoder.ts";
 import { blockShape } from "../src/model/spec.ts";
 import { groupCounts, groupImportance } from "../src/prune/group-importance.ts";
-import { prunableParameters, structuredPrune } from "../src/prune/structured.ts";
+import { blockAt, prunableParameters, structuredPrune } from "../src/prune/structured.ts";
 import { nextTokenTargets, randomIds, randomModel } from "./helpers/random-model.ts";
 
 beforeAll(async () => {
@@ -39,7 +39,7 @@ describe("structuredPrune", () => {
     const asked = (0.5 + 0.25 * (model.spec.numLayers - 1)) / model.spec.numLayers;
     expect(r.parameters.removed).toBeGreaterThan(0);
     expect(r.parameters.removed).toBeLessThanOrEqual(asked + 1e-12);
-    const d = Decoder.create(r.spec, model.globals, { numBlocks: r.spec.numLayers, load: (i) => r.blocks[i]! });
+    const d = Decoder.create(r.spec, model.globals, { numBlocks: r.spec.numLayers, load: (i) => blockAt(r.blocks, i) });
     try {
       const { nll, count } = await d.nll(calibration[0]!, nextTokenTargets(calibration[0]!, 1, 8), 1, 8);
       expect(Number.isFinite(nll / count)).toBe(true);

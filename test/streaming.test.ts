@@ -69,6 +69,21 @@ describe.each(MODELS)("--streamed on $name", (m) => {
     }
   }
 
+  for (const [importance, extra] of [["element", []], ["hywia", ["--fusion-steps", "2", "--recover-steps", "2", "--recover-batch", "1"]]] as const) {
+    it(`prune --structured ${importance}: the same perplexities and the same bytes written`, () => {
+      const out = (kind: string) => join(root, `${m.name.replace(/\W/g, "")}-structured-${importance}-${kind}`);
+      const args = [
+        "prune", "--structured", importance, "--model", m.model, "--sparsity", "0.4", "--calib", m.calib, "--nsamples", "2", "--seqlen", m.seqlen,
+        "--valid", m.text, "--valid-windows", "1", "--eval", m.text, "--eval-windows", "2", ...extra, "--json",
+      ];
+      const resident = jsonOf(evosparse(...args, "--out", out("resident")));
+      const streamed = jsonOf(evosparse(...args, "--out", out("streamed"), "--streamed"));
+      expect(streamed.evaluation).toEqual(resident.evaluation);
+      expect(streamed.blocks).toEqual(resident.blocks);
+      expect(readFileSync(join(out("streamed"), "model.safetensors")).equals(readFileSync(join(out("resident"), "model.safetensors")))).toBe(true);
+    });
+  }
+
   it("stats: the same table", () => {
     const args = ["stats", "--model", m.model, "--calib", m.calib, "--nsamples", "2", "--seqlen", m.seqlen];
     const resident = evosparse(...args, "--out", join(root, `${m.name.replace(/\W/g, "")}-stats-resident.csv`));
@@ -78,13 +93,13 @@ describe.each(MODELS)("--streamed on $name", (m) => {
     expect(readFileSync(join(root, `${m.name.replace(/\W/g, "")}-stats-streamed.csv`), "utf8")).toBe(readFileSync(join(root, `${m.name.replace(/\W/g, "")}-stats-resident.csv`), "utf8"));
   });
 
-  for (const [method, fitness] of [["evopress", "kl"], ["dsa", "ppl"]] as const) {
-    it(`search ${method} (${fitness} fitness): the same history and results`, () => {
-      const dir = (kind: string) => join(root, `${m.name.replace(/\W/g, "")}-search-${method}-${kind}`);
+  for (const [method, fitness, extra] of [["evopress", "kl", []], ["dsa", "ppl", []], ["dsa", "ppl", ["--structured", "element"]]] as const) {
+    it(`search ${method} (${fitness} fitness${extra.length ? `, ${extra.join(" ")}` : ""}): the same history and results`, () => {
+      const dir = (kind: string) => join(root, `${m.name.replace(/\W/g, "")}-search-${method}${extra.length ? "-structured" : ""}-${kind}`);
       const args = [
         "search", "--method", method, "--fitness", fitness, "--sparsity", "0.6", "--model", m.model, "--calib", m.calib, "--nsamples", "2",
         "--seqlen", m.seqlen, "--fitness-data", m.text, "--fitness-windows", "2", "--eval", m.text, "--eval-windows", "2",
-        "--generations", "2", "--population", "4", "--json",
+        "--generations", "2", "--population", "4", ...extra, "--json",
         ...(method === "evopress" ? ["--space", join(import.meta.dirname, "fixtures", "evopress-tiny.json")] : []),
       ];
       const resident = jsonOf(evosparse(...args, "--out", dir("resident")));

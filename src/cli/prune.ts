@@ -55,6 +55,8 @@ const runStructured = async (importance: StructuredImportance, settings: PruneSe
       overwrite: argv.overwrite,
       resume: argv.resume,
       backend: argv.backend,
+      streamed: argv.streamed,
+      ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
       ...(log ? { log } : {}),
     }),
   );

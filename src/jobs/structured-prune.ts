@@ -19,13 +19,26 @@ import { attempt, attemptPromise, UsageError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { perplexity } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
-import type { HostBlock, HostGlobals, ModelSpec } from "../model/spec.ts";
+import type { HostGlobals, ModelSpec } from "../model/spec.ts";
 import { blockShape } from "../model/spec.ts";
 import { checkOutputFolder } from "../output/folder.ts";
 import type { FusionWeights } from "../prune/hywia.ts";
 import { DEFAULT_FUSION_LEARNING } from "../prune/hywia.ts";
 import { createPruner, openCalibratedModel } from "../prune/setup.ts";
-import { blockPrunableParameters, groupEvidence, groupScores, modelPerplexity, removeAt, type FusionTrial, type GroupEvidence, type StructuredImportance } from "../prune/structured.ts";
+import {
+  blockAt,
+  blockPrunableParameters,
+  groupEvidence,
+  groupScores,
+  modelPerplexity,
+  removeAt,
+  type BlockList,
+  type FusionTrial,
+  type Globals,
+  type GroupEvidence,
+  type StructuredImportance,
+} from "../prune/structured.ts";
+import { planRun } from "./memory.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
 import { methodContext } from "../search/fitness.ts";
 import { loadPlugin } from "../search/registry.ts";
@@ -79,6 +92,9 @@ export interface StructuredPruneRequest extends StructuredSettings {
   /** Continue the LoRA recovery from OUT.recovery. */
   readonly resume?: boolean;
   readonly backend: BackendChoice;
+  /** MiB the run may use, and the leanest plan whatever fits (never change results). */
+  readonly memoryMib?: number;
+  readonly streamed?: boolean;
   readonly log?: (line: string) => void;
 }
 
@@ -142,8 +158,8 @@ const isFile = (allocation: string): boolean => allocation.endsWith(".csv") || a
 const recoveryText = (source: string, field: string): string =>
   source.endsWith(".jsonl") ? readJsonlDocuments(source, field).join("\n\n") : readTextFile(source);
 
-const scorerOf = (spec: ModelSpec, globals: HostGlobals, blocks: readonly HostBlock[]): Decoder =>
-  Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! });
+const scorerOf = (spec: ModelSpec, globals: Globals, blocks: BlockList, streamed: boolean): Decoder =>
+  Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blockAt(blocks, i) }, { streamed });
 
 export const structuredPruneJob = (request: StructuredPruneRequest) =>
   Effect.scoped(
@@ -192,8 +208,28 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       });
       log(`backend: ${describeBackend(backend)}`);
       log(`${calibration.length} calibration windows of ${seqlen} tokens from ${s.calib}`);
-      const globals = checkpoint.readGlobals();
-      const dense = Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i));
+      // HyWIA learns its fusion, and LoRA recovery trains, through the whole model at once.
+      const wholeModel = request.importance === "hywia" || recover.steps > 0;
+      const plan = yield* planRun(
+        checkpoint,
+        backend.name,
+        {
+          forward: { seqlen, batch: s.batch ?? 1 },
+          calibration: { windows: calibration.length, sparsegpt: false, keepHessians: false },
+          ...(request.importance === "l2" || request.importance === "random" ? {} : { gradients: { windows: calibration.length, resident: wholeModel } }),
+        },
+        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
+        log,
+      );
+      const streamed = plan.streamed;
+      if (streamed && wholeModel && !request.streamed) {
+        return yield* new UsageError({
+          problem: `${s.model}: ${request.importance === "hywia" ? "HyWIA learns its fusion" : "LoRA recovery trains"} through the whole model at once, which does not fit here; use --structured element, vector, l2 or random${recover.steps > 0 ? " without --recover-steps" : ""}`,
+        });
+      }
+      // Blocks are read from the checkpoint as they are needed when streamed, never all held.
+      const globals: Globals = streamed && !wholeModel ? checkpoint.globalSource() : checkpoint.readGlobals();
+      const dense: BlockList = streamed ? { numBlocks: spec.numLayers, load: (i: number) => checkpoint.readBlock(i) } : Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i));
       const params = blockPrunableParameters(spec);
       const validation = (): Window[] => evaluationWindows({ data: s.valid, format: "text", maxWindows: s.validWindows }, tokenizer, seqlen);
       let validationWindows: Window[] | undefined;
@@ -204,7 +240,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
         evidence
           ? Effect.succeed(evidence)
           : Effect.sync(() => log(`group evidence: ${request.importance}${request.importance === "l2" || request.importance === "random" ? "" : ` (loss gradient over ${calibration.length} windows)`}`)).pipe(
-              Effect.flatMap(() => attemptPromise(() => groupEvidence(spec, globals, dense, request.importance, calibration, s.seed))),
+              Effect.flatMap(() => attemptPromise(() => groupEvidence(spec, globals, dense, request.importance, calibration, s.seed, streamed))),
               Effect.tap((e) => Effect.sync(() => (evidence = e))),
             ),
       );
@@ -214,9 +250,17 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
           if (request.importance === "hywia") validationWindows ??= yield* attempt(validation);
           const e = yield* evidenceOf;
           return yield* attemptPromise(() =>
-            groupScores(spec, globals, dense, e, { ratios, calibration, fusion, ...(validationWindows ? { validation: validationWindows } : {}) }, (step, loss) => {
-              if (!quiet && (step === 1 || step % 8 === 0 || step === fusion.steps)) log(`  fusion step ${step}/${fusion.steps}: calibration loss ${loss.toFixed(4)}`);
-            }),
+            groupScores(
+              spec,
+              globals,
+              dense,
+              e,
+              { ratios, calibration, fusion, ...(validationWindows ? { validation: validationWindows } : {}) },
+              (step, loss) => {
+                if (!quiet && (step === 1 || step % 8 === 0 || step === fusion.steps)) log(`  fusion step ${step}/${fusion.steps}: calibration loss ${loss.toFixed(4)}`);
+              },
+              streamed,
+            ),
           );
         });
       const restrict = (ratios: readonly number[]) =>
@@ -235,7 +279,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
         const allocation = yield* attempt(() => readAllocationCsv(allocationFile, layoutOf(spec), { target }));
         ratios = blockSparsities(allocation);
       } else if (s.allocation === "uniform") {
-        ratios = dense.map(() => target);
+        ratios = Array.from({ length: spec.numLayers }, () => target);
       } else {
         const plugin = yield* attemptPromise(() => loadPlugin(s.allocation));
         if (plugin.method.kind === "evolve") {
@@ -251,12 +295,12 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
         const result = yield* runFixedMethod(plugin, context, space, (batch: readonly BlockAllocation[]) =>
           Effect.gen(function* () {
             validationWindows ??= yield* attempt(validation);
-            base ??= yield* scoresAt(dense.map(() => target), true);
+            base ??= yield* scoresAt(Array.from({ length: spec.numLayers }, () => target), true);
             const windows = validationWindows;
             const scores = base.scores;
             return yield* Effect.forEach(batch, (candidate, k) =>
               restrict(candidate).pipe(
-                Effect.flatMap((r) => Effect.promise(() => cutFitness(spec, globals, dense, scores, r, windows))),
+                Effect.flatMap((r) => Effect.promise(() => cutFitness(spec, globals, dense, scores, r, windows, streamed))),
                 Effect.tap((f) => Effect.sync(() => log(`  candidate ${k + 1}/${batch.length}: ${f.ok ? `validation perplexity ${f.value.toFixed(4)}` : `failed: ${f.error}`}`))),
               ),
             );
@@ -280,9 +324,9 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       });
       let blocks = cut.blocks;
 
-      const evaluate = (format: TextFormat, windows: Window[], label: string, b: readonly HostBlock[]) =>
+      const evaluate = (format: TextFormat, windows: Window[], label: string, b: BlockList) =>
         Effect.acquireUseRelease(
-          Effect.sync(() => scorerOf(cut.spec, globals, b)),
+          Effect.sync(() => scorerOf(cut.spec, globals, b, streamed)),
           (d) => attemptPromise(() => perplexity(d, windows, { batch: s.batch ?? 1 })),
           (d) => Effect.sync(() => d.dispose()),
         ).pipe(
@@ -301,8 +345,10 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       if (recover.steps > 0) {
         const tokens = yield* attempt(() => Int32Array.from(tokenizer.encode(recoveryText(recover.data, s.field ?? "text"))));
         log(`LoRA recovery: ${recover.steps} steps, rank ${recover.rank}, alpha ${recover.alpha}, lr ${recover.lr}, ${recover.batch} windows of ${seqlen} from ${recover.data}`);
+        // Recovery trains the cut model resident (refused above when it would not fit).
+        const held = Array.from({ length: cut.spec.numLayers }, (_, i) => blockAt(blocks, i));
         const result = yield* attemptPromise(() =>
-          loraRecover(cut.spec, globals, blocks, {
+          loraRecover(cut.spec, globals as HostGlobals, held, {
             rank: recover.rank,
             alpha: recover.alpha,
             steps: recover.steps,
@@ -338,7 +384,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       let evaluation: PruneEvaluation | undefined;
       if (s.eval && evalWindows) {
         const denseResult = yield* Effect.acquireUseRelease(
-          Effect.sync(() => scorerOf(spec, globals, dense)),
+          Effect.sync(() => scorerOf(spec, globals, dense, streamed)),
           (d) => attemptPromise(() => perplexity(d, evalWindows!, { batch: s.batch ?? 1 })),
           (d) => Effect.sync(() => d.dispose()),
         );
@@ -386,7 +432,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       yield* exportHuggingFaceEffect(
         request.out,
         checkpoint,
-        blocks,
+        "load" in blocks ? { count: blocks.numBlocks, read: (i: number) => blocks.load(i) } : blocks,
         { "allocation.csv": formatAllocationCsv(layoutAllocation), "report.json": JSON.stringify(report, null, 2) + "\n" },
         { overwrite: request.overwrite ?? false, command: "prune", spec: cut.spec },
       );
@@ -397,15 +443,16 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
 /** Validation perplexity of the dense model cut at `ratios` by `scores`; a failure is the candidate's, recorded. */
 const cutFitness = async (
   spec: ModelSpec,
-  globals: HostGlobals,
-  dense: readonly HostBlock[],
+  globals: Globals,
+  dense: BlockList,
   scores: Parameters<typeof removeAt>[2],
   ratios: readonly number[],
   windows: readonly Window[],
+  streamed: boolean,
 ): Promise<Fitness> => {
   try {
     const cut = removeAt(spec, dense, scores, ratios);
-    return fitnessOk(await modelPerplexity(cut.spec, globals, cut.blocks, windows));
+    return fitnessOk(await modelPerplexity(cut.spec, globals, cut.blocks, windows, 4, streamed));
   } catch (error) {
     return fitnessFailed((error as Error)?.message ?? String(error));
   }

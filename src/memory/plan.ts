@@ -111,8 +111,12 @@ export interface Workload {
   readonly ranks?: { readonly bytesPerWeight: number };
   /** KL fitness: the dense reference kept on the backend. */
   readonly klReference?: { readonly tokens: number; readonly topK: number };
-  /** A resident trainable copy for gradients (Fisher traces, structured importances). */
-  readonly gradients?: { readonly windows: number };
+  /**
+   * Loss gradients: block by block (Fisher traces, structured importances: every block's
+   * inputs for every window are kept through the backward pass), or `resident`, through
+   * the whole model at once (HyWIA's fusion learning, LoRA recovery).
+   */
+  readonly gradients?: { readonly windows: number; readonly resident?: boolean };
   /** Model copies computing at once in this process (fitness worker threads). */
   readonly copies?: number;
   /** Of them, copies on worker threads of their own: each thread has its own isolate and backend. */
@@ -182,14 +186,17 @@ export const memoryParts = (m: ModelSizes, w: Workload, c: Choices): MemoryPart[
   if (cal) {
     const states = 2 * cal.windows * w.forward.seqlen * m.hidden * 4;
     add("calibration hidden states", copies * states, c.activations === "device");
-    // The sequential model's block, the dense block and the pruned one on the host.
-    add("the block being pruned", copies * largest * (4 + 4 + 4), false);
+    // The dense block read for pruning (pruned linear by linear in its own arrays, a new
+    // linear and its encoding beside it), and the calibration model's block on the backend.
+    add("the block being pruned", copies * (largest * 4 + m.largestLinear * 6), false);
+    add("the block being calibrated", copies * largest * 4, true);
     if (cal.storeBytes !== undefined && !c.spill) add("pruned blocks until export", sum(m.blocks) * cal.storeBytes, false);
     if (cal.sparsegpt) {
       const hessians = sum(m.inputWidths.map((d) => d * d * 8));
       const widest = Math.max(...m.inputWidths);
       add("Hessians (float64)", copies * (cal.keepHessians ? (m.blocks.length * hessians) : hessians), false);
-      add("SparseGPT's solve", copies * (3 * widest * widest * 8 + 2 * m.largestLinear * 8), false);
+      // One working copy of the widest Hessian (factorised in place) and the weights in float64.
+      add("SparseGPT's solve", copies * (widest * widest * 8 + m.largestLinear * 14), false);
     }
   }
   if (w.ranks) {
@@ -198,7 +205,8 @@ export const memoryParts = (m: ModelSizes, w: Workload, c: Choices): MemoryPart[
     add("score samples", copies * m.blocks.length * Math.min(SAMPLE_WEIGHTS, largest) * 9, false);
   }
   if (w.klReference) add(KL_REFERENCE_PART, copies * w.klReference.tokens * w.klReference.topK * 12, true);
-  if (w.gradients) add("trainable copy with gradients", sum(m.blocks) * 4 * 3 + m.head * 4 * 2, true);
+  if (w.gradients?.resident) add("the whole model with its gradients", sum(m.blocks) * 4 * 3 + m.head * 4 * 2, true);
+  else if (w.gradients) add("block inputs through the backward pass", w.gradients.windows * w.forward.seqlen * m.hidden * 4 * (m.blocks.length + 2) + largest * 4 * 2, true);
   if (w.threads) add("worker threads (an isolate and a backend each)", w.threads * THREAD_BYTES, false);
   return parts;
 };

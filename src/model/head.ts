@@ -46,15 +46,9 @@ export class Head {
     columns?: number,
   ) {
     this.chunks = vocabChunks(spec, columns);
+    // Kept chunks are uploaded on first use: a model that never reaches its head (the
+    // calibration passes of pruning) never holds it.
     this.resident = this.chunks.map(() => undefined);
-    if (keep) {
-      try {
-        this.chunks.forEach((_, c) => (this.resident[c] = this.upload(c)));
-      } catch (e) {
-        this.dispose();
-        throw e;
-      }
-    }
   }
 
   /** Bytes of the largest chunk on the backend. */
@@ -70,6 +64,8 @@ export class Head {
   /** Chunk c's weight [embedDim, count] for the duration of `f`. */
   with<T>(c: number, f: (weight: tf.Tensor2D, range: VocabRange) => T): T {
     if (this.disposed) throw new Error("the head has been disposed");
+    // Kept past any tidy the first use happens in.
+    if (this.keep && !this.resident[c]) this.resident[c] = tf.keep(this.upload(c));
     const kept = this.resident[c];
     const weight = kept ?? this.upload(c);
     try {

@@ -142,6 +142,9 @@ const editBlock = (spec: ModelSpec, block: number, b: HostBlock, removal: GroupR
  * The model without the given groups (`removals[i]` for block i): smaller tensors, and a
  * spec whose per-block shapes say so.
  */
+/** One block with its groups removed: tensors of the smaller sizes (shapeAfterRemoval). */
+export const cutBlock = (spec: ModelSpec, block: number, b: HostBlock, removal: GroupRemoval): HostBlock => editBlock(spec, block, b, removal, "remove");
+
 export const removeGroups = (
   spec: ModelSpec,
   blocks: readonly HostBlock[],

@@ -5,53 +5,80 @@
  * is averaged over the calibration windows: the gradient of their mean loss, which
  * LLM-Pruner accumulates over its calibration batch the same way up to a constant factor
  * (a factor scales every group of a block alike, so it changes no choice).
- * The model must be created with `trainable: true`. Sums stay on the backend until the end.
+ * Gradients come block by block (Decoder.blockwiseGradients): a block's sum over the
+ * windows stays on the backend until the block is done, then it is handed over and freed,
+ * so a streamed model larger than memory has them too.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Decoder } from "../model/decoder.ts";
 import type { HostLinear, HostTensor } from "../model/spec.ts";
+import { nextTokenTargets } from "./fisher.ts";
 
-/** Per block: each linear's gradient in its own layout ([in, out] weight, bias over out). */
-export type LinearGradients = ReadonlyArray<{ readonly linears: Readonly<Record<string, HostLinear>> }>;
+/** One block's gradients, each linear's in its own layout ([in, out] weight, bias over out). */
+export interface BlockGradients {
+  readonly linears: Readonly<Record<string, HostLinear>>;
+}
 
-export const lossGradients = async (
+/** Per block. */
+export type LinearGradients = ReadonlyArray<BlockGradients>;
+
+/** The mean loss gradient of each block, handed to `each` as the block is done (blocks from the last to the first). */
+export const eachBlockGradients = async (
   decoder: Decoder,
   windows: readonly Int32Array[],
-  onWindow?: (done: number, total: number) => void,
-): Promise<LinearGradients> => {
+  each: (block: number, gradients: BlockGradients) => void | Promise<void>,
+): Promise<void> => {
   if (windows.length === 0) throw new RangeError("lossGradients: no calibration windows");
   const spec = decoder.spec;
-  const slots: Array<{ block: number; linear: string; part: "weight" | "bias"; variable: tf.Variable }> = [];
-  for (let b = 0; b < spec.numLayers; b++) {
-    const block = decoder.getBlock(b);
-    for (const name of spec.linears) {
-      const l = block.linears[name]!;
-      slots.push({ block: b, linear: name, part: "weight", variable: l.weight as tf.Variable });
-      if (l.bias) slots.push({ block: b, linear: name, part: "bias", variable: l.bias as tf.Variable });
-    }
-  }
-  const variables = slots.map((s) => s.variable);
+  const slots: Array<{ linear: string; part: "weight" | "bias"; shape: readonly number[] }> = [];
   let sums: tf.Tensor[] | undefined;
   try {
-    for (const [w, ids] of windows.entries()) {
-      const targets = new Int32Array(ids.length).fill(-1);
-      for (let t = 0; t + 1 < ids.length; t++) targets[t] = ids[t + 1]!;
-      const before = sums;
-      sums = tf.tidy(() => {
-        const { grads } = tf.variableGrads(() => decoder.lossTensor(ids, targets, 1, ids.length), variables);
-        return variables.map((v, i) => (before ? tf.add(before[i]!, grads[v.name]!) : grads[v.name]!.clone()));
-      });
-      if (before) tf.dispose(before);
-      onWindow?.(w + 1, windows.length);
-    }
-    const values = await Promise.all(sums!.map((t) => t.data()));
-    const out = Array.from({ length: spec.numLayers }, () => ({} as Record<string, { weight?: HostTensor; bias?: HostTensor }>));
-    slots.forEach((s, i) => {
-      const mean = Float32Array.from(values[i]! as Float32Array, (v) => v / windows.length);
-      (out[s.block]![s.linear] ??= {})[s.part] = { shape: s.variable.shape, data: mean };
-    });
-    return out.map((linears) => ({ linears: linears as Record<string, HostLinear> }));
+    await decoder.blockwiseGradients(
+      windows.map((ids) => ({ ids, targets: nextTokenTargets(ids) })),
+      (_, tensors) => {
+        slots.length = 0;
+        const picked: tf.Tensor[] = [];
+        for (const name of spec.linears) {
+          const l = tensors.linears[name]!;
+          slots.push({ linear: name, part: "weight", shape: l.weight.shape });
+          picked.push(l.weight);
+          if (l.bias) {
+            slots.push({ linear: name, part: "bias", shape: l.bias.shape });
+            picked.push(l.bias);
+          }
+        }
+        return picked;
+      },
+      (_, __, grads) => {
+        const before = sums;
+        sums = tf.tidy(() => grads.map((g, k) => (before ? tf.add(before[k]!, g) : g.clone())));
+        if (before) tf.dispose(before);
+      },
+      {
+        afterBlock: async (block) => {
+          const done = sums!;
+          sums = undefined;
+          try {
+            const values = await Promise.all(done.map((t) => t.data()));
+            const linears: Record<string, { weight?: HostTensor; bias?: HostTensor }> = {};
+            slots.forEach((s, k) => {
+              (linears[s.linear] ??= {})[s.part] = { shape: s.shape, data: Float32Array.from(values[k]! as Float32Array, (v) => v / windows.length) };
+            });
+            await each(block, { linears: linears as Record<string, HostLinear> });
+          } finally {
+            tf.dispose(done);
+          }
+        },
+      },
+    );
   } finally {
     if (sums) tf.dispose(sums);
   }
+};
+
+/** Every block's mean loss gradient at once (small models; a streamed run takes them block by block). */
+export const lossGradients = async (decoder: Decoder, windows: readonly Int32Array[]): Promise<LinearGradients> => {
+  const out: BlockGradients[] = new Array(decoder.spec.numLayers);
+  await eachBlockGradients(decoder, windows, (block, gradients) => void (out[block] = gradients));
+  return out;
 };

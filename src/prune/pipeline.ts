@@ -38,6 +38,8 @@ export interface PruneRequest {
   readonly keep?: (block: number, pruned: HostBlock) => SourceBlock;
   /** Calibration hidden states on the backend (default) or on the host, uploaded group by group. */
   readonly activations?: ActivationPlace;
+  /** `source.load` returns a fresh copy each time, which pruning may overwrite. */
+  readonly denseIsFresh?: boolean;
   readonly timings?: StageTimings;
 }
 
@@ -122,16 +124,17 @@ export const pruneModel = async (decoder: Decoder, source: DenseBlocks, request:
       const t1 = performance.now();
       let block: HostBlock;
       try {
+        // The dense block is read fresh and pruned linear by linear in its own arrays (Wanda
+        // and magnitude zero them in place; SparseGPT's result replaces each as it is made),
+        // so a block is held about once, not twice.
         const dense = source.load(i);
-        block = {
-          ...dense,
-          linears: Object.fromEntries(
-            Object.entries(dense.linears).map(([name, l]) => [
-              name,
-              pruneLinear(l, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings),
-            ]),
-          ),
-        };
+        const linears: Record<string, HostBlock["linears"][string]> = { ...dense.linears };
+        for (const name of Object.keys(linears)) {
+          linears[name] = pruneLinear(linears[name]!, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings, request.denseIsFresh ?? false);
+          // A linear's Hessian is not needed once the linears reading its input are pruned.
+          stats.delete(name);
+        }
+        block = { ...dense, linears };
         install(i, block);
       } catch (e) {
         outputs.dispose();

@@ -23,19 +23,27 @@ export const pruneLinear = (
   stats: LinearInputStats | undefined,
   source: string,
   timings?: StageTimings,
+  /** The linear's arrays are the caller's own copy, which magnitude and Wanda may zero in place. */
+  inPlace = false,
 ): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
   const weight = linear.weight.data;
   if (metric === "sparsegpt") {
     if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
     const hessian = stats.hessian;
-    const r = timed(timings, "masking", () => sparseGptPrune(weight, shape, hessian.hessian(), target, { threshold: "exact", source }));
+    // The copy handed over is consumed: the solve makes none of its own.
+    const r = timed(timings, "masking", () => sparseGptPrune(weight, shape, hessian.hessian(), target, { threshold: "exact", source, consume: { hessianAgain: () => hessian.hessian() } }));
     return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
   }
   if (metric === "wanda" && !stats) throw new Error(`${source}: Wanda needs the input norms`);
   const scores = timed(timings, "scoring", () => (metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight)));
   return timed(timings, "masking", () => {
     const keep = "sparsity" in target ? unstructuredMask(scores, shape, comparisonGroup(metric), target.sparsity) : nmMask(scores, shape, target.n, target.m);
+    if (inPlace) {
+      // The caller's own copy: zeroed where it lies, no second array of the linear's size.
+      for (let e = 0; e < weight.length; e++) if (!keep[e]) weight[e] = 0;
+      return linear;
+    }
     return { ...linear, weight: { shape: linear.weight.shape, data: applyMask(weight, keep) } };
   });
 };

@@ -301,6 +301,8 @@ export class PrunedBlocks {
       ...(this.options.batch ? { batch: this.options.batch } : {}),
       ...(this.options.activations ? { activations: this.options.activations } : {}),
       target: (block, linear) => targets.get(`${block}.${linear}`)!,
+      // Read from the file for this call alone: pruning may overwrite it.
+      denseIsFresh: true,
       reuse: (i) => {
         const cached = this.recall(prefixKeys[i]!);
         if (cached) reused.set(i, cached);

@@ -38,6 +38,12 @@ export interface SparseGptOptions {
    * loops, the reference the native route is tested against).
    */
   readonly linalg?: "native" | "js";
+  /**
+   * The Hessian given may be overwritten (it is the caller's own copy): no copy of an
+   * [in, in] float64 matrix is made (nearly a gigabyte for an 11008-wide input).
+   * `hessianAgain` gives a fresh copy should a factorisation need retrying with more damping.
+   */
+  readonly consume?: { readonly hessianAgain: () => Float64Array };
 }
 
 export interface SparseGptResult {
@@ -144,8 +150,8 @@ const inverseUpperCholeskyLapack = (blas: NativeBlas, a: Float64Array, n: number
  * Cholesky of H, inverse, Cholesky again. Null when a factorisation fails. With the native
  * kernel, LAPACK does it (the JavaScript route below is the reference it is tested against).
  */
-const inverseUpperCholesky = (h: Float64Array, n: number, damp: number, blas: NativeBlas | undefined): Float64Array | null => {
-  const a = h.slice();
+const inverseUpperCholesky = (h: Float64Array, n: number, damp: number, blas: NativeBlas | undefined, inPlace = false): Float64Array | null => {
+  const a = inPlace ? h : h.slice();
   for (let i = 0; i < n; i++) a[i * n + i] += damp;
   if (blas) return inverseUpperCholeskyLapack(blas, a, n);
   if (!choleskyLower(a, n)) return null;
@@ -280,25 +286,29 @@ export const sparseGptPrune = (
   }
 
   const w = Float64Array.from(weight);
-  const h = hessian.slice();
   // Inputs never seen active: give them a unit diagonal so H stays invertible, and zero
   // their weights, since they cannot affect the output on the calibration data.
-  let diagSum = 0;
-  for (let i = 0; i < inFeatures; i++) {
-    if (h[i * inFeatures + i] === 0) {
-      h[i * inFeatures + i] = 1;
-      w.fill(0, i * outFeatures, (i + 1) * outFeatures);
+  const prepared = (h: Float64Array): { h: Float64Array; meanDiag: number } => {
+    let diagSum = 0;
+    for (let i = 0; i < inFeatures; i++) {
+      if (h[i * inFeatures + i] === 0) {
+        h[i * inFeatures + i] = 1;
+        w.fill(0, i * outFeatures, (i + 1) * outFeatures);
+      }
+      diagSum += h[i * inFeatures + i];
     }
-    diagSum += h[i * inFeatures + i];
-  }
-  const meanDiag = diagSum / inFeatures;
+    return { h, meanDiag: diagSum / inFeatures };
+  };
+  // A consumed Hessian is factorised where it lies; otherwise a copy is (the reference's route).
+  const consume = options.consume;
+  const { h, meanDiag } = prepared(consume ? hessian : hessian.slice());
   let damping = percdamp * meanDiag;
-  let upper = inverseUpperCholesky(h, inFeatures, damping, blas);
+  let upper = inverseUpperCholesky(h, inFeatures, damping, blas, consume !== undefined);
   // A Gram matrix has a positive mean diagonal here (dead entries became 1); anything else
   // is not a Hessian of this kind, and more damping would only hide that.
   for (let retry = 0; upper === null && meanDiag > 0 && retry < DAMPING_RETRIES; retry++) {
     damping = Math.max(damping, DEFAULT_PERCDAMP * meanDiag) * 10;
-    upper = inverseUpperCholesky(h, inFeatures, damping, blas);
+    upper = consume ? inverseUpperCholesky(prepared(consume.hessianAgain()).h, inFeatures, damping, blas, true) : inverseUpperCholesky(h, inFeatures, damping, blas);
   }
   if (upper === null) {
     throw new DataError({

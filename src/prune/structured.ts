@@ -13,13 +13,27 @@
  */
 import type { Window } from "../data/windows.ts";
 import { perplexity } from "../eval/perplexity.ts";
-import type { HostBlock, HostGlobals, ModelSpec } from "../model/spec.ts";
+import type { GlobalSource, HostBlock, HostGlobals, ModelSpec } from "../model/spec.ts";
 import { linearShapes } from "../model/spec.ts";
-import { Decoder } from "../model/decoder.ts";
+import { Decoder, type BlockSource } from "../model/decoder.ts";
 import { GROUP_IMPORTANCE_KINDS, groupImportance, groupCounts, groupSums, removalOf, scoresFromSums, type BlockGroupScores, type BlockGroupSums, type GroupImportanceKind } from "./group-importance.ts";
-import { removeGroups, type GroupRemoval } from "./groups.ts";
+import { cutBlock, shapeAfterRemoval, type GroupRemoval } from "./groups.ts";
 import { DEFAULT_FUSION_LEARNING, fuse, hybridScores, learnFusion, type FusionLearning, type FusionWeights, type HybridScores } from "./hywia.ts";
-import { lossGradients } from "./loss-gradients.ts";
+import { eachBlockGradients } from "./loss-gradients.ts";
+import type { DenseBlocks } from "./pipeline.ts";
+
+/**
+ * A model's blocks: all in memory, or read one at a time (a checkpoint's, or cut from
+ * them) for a model larger than memory. Every stage below takes either.
+ */
+export type BlockList = readonly HostBlock[] | DenseBlocks;
+
+export const blockCount = (blocks: BlockList): number => ("load" in blocks ? blocks.numBlocks : blocks.length);
+export const blockAt = (blocks: BlockList, i: number): HostBlock => ("load" in blocks ? blocks.load(i) : blocks[i]!);
+const sourceOf = (blocks: BlockList): BlockSource => ({ numBlocks: blockCount(blocks), load: (i) => blockAt(blocks, i) });
+
+/** The globals a decoder reads: whole in memory, or piecewise from the checkpoint. */
+export type Globals = HostGlobals | GlobalSource;
 
 /** HyWIA's learned fusion of the fine and coarse views (hywia.ts), or one of LLM-Pruner's importances. */
 export type StructuredImportance = "hywia" | GroupImportanceKind;
@@ -64,7 +78,7 @@ export interface FusionOutcome {
 
 export interface StructuredResult {
   readonly spec: ModelSpec;
-  readonly blocks: HostBlock[];
+  readonly blocks: BlockList;
   readonly removals: readonly GroupRemoval[];
   readonly scores: readonly BlockGroupScores[];
   readonly fusion?: FusionOutcome;
@@ -99,23 +113,26 @@ export type GroupEvidence =
 /** What every ratio vector is scored from: one gradient pass over the calibration windows where the importance needs it. */
 export const groupEvidence = async (
   spec: ModelSpec,
-  globals: HostGlobals,
-  blocks: readonly HostBlock[],
+  globals: Globals,
+  blocks: BlockList,
   importance: StructuredImportance,
   calibration: readonly Int32Array[],
   seed = 0,
+  /** Stream the blocks through the gradient pass (a model larger than the backend's memory). */
+  streamed = false,
 ): Promise<GroupEvidence> => {
+  const n = blockCount(blocks);
   if (importance === "l2" || importance === "random") {
-    return { kind: importance, scores: blocks.map((b, i) => groupImportance(spec, i, b, undefined, importance, seed)) };
+    return { kind: importance, scores: Array.from({ length: n }, (_, i) => groupImportance(spec, i, blockAt(blocks, i), undefined, importance, seed)) };
   }
-  const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! }, { trainable: true });
-  let gradients: Awaited<ReturnType<typeof lossGradients>>;
+  // Each block's sums as soon as its gradient is known: no model-sized gradient is kept.
+  const sums: BlockGroupSums[] = new Array(n);
+  const decoder = Decoder.create(spec, globals, sourceOf(blocks), { streamed });
   try {
-    gradients = await lossGradients(decoder, calibration);
+    await eachBlockGradients(decoder, calibration, (i, gradients) => void (sums[i] = groupSums(spec, i, blockAt(blocks, i), gradients)));
   } finally {
     decoder.dispose();
   }
-  const sums = blocks.map((b, i) => groupSums(spec, i, b, gradients[i]));
   return importance === "hywia" ? { kind: "hywia", views: sums.map(hybridScores) } : { kind: importance, sums };
 };
 
@@ -127,19 +144,36 @@ const checkRatios = (spec: ModelSpec, ratios: readonly number[]): void => {
   });
 };
 
-/** Each block's groups removed at its ratio: the smaller model and what it lost. */
-export const removeAt = (spec: ModelSpec, blocks: readonly HostBlock[], scores: readonly BlockGroupScores[], ratios: readonly number[]) => {
-  checkRatios(spec, ratios);
-  const removals = scores.map((s, i) => removalOf(s, groupCounts(spec, i, ratios[i]!)));
-  const smaller = removeGroups(spec, blocks, removals);
-  const before = prunableParameters(spec);
-  const after = prunableParameters(smaller.spec);
-  return { ...smaller, removals, parameters: { before, after, removed: 1 - after / before } };
-};
+/**
+ * Each block's groups removed at its ratio: the smaller model and what it lost. Blocks in
+ * memory are cut now; blocks read one at a time are cut when read (the smaller model is
+ * then never held whole either).
+ */
+export interface Cut<B extends BlockList> {
+  readonly spec: ModelSpec;
+  readonly blocks: B;
+  readonly removals: GroupRemoval[];
+  readonly parameters: { readonly before: number; readonly after: number; readonly removed: number };
+}
 
-/** Perplexity of a model on windows (a fresh decoder, disposed after). */
-export const modelPerplexity = async (spec: ModelSpec, globals: HostGlobals, blocks: readonly HostBlock[], windows: readonly Window[], batch = 4): Promise<number> => {
-  const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! });
+export function removeAt(spec: ModelSpec, blocks: readonly HostBlock[], scores: readonly BlockGroupScores[], ratios: readonly number[]): Cut<HostBlock[]>;
+export function removeAt(spec: ModelSpec, blocks: BlockList, scores: readonly BlockGroupScores[], ratios: readonly number[]): Cut<BlockList>;
+export function removeAt(spec: ModelSpec, blocks: BlockList, scores: readonly BlockGroupScores[], ratios: readonly number[]): Cut<BlockList> {
+  checkRatios(spec, ratios);
+  if (blockCount(blocks) !== spec.numLayers) throw new RangeError(`${blockCount(blocks)} blocks for a model of ${spec.numLayers} blocks`);
+  const removals = scores.map((s, i) => removalOf(s, groupCounts(spec, i, ratios[i]!)));
+  const smallerSpec: ModelSpec = { ...spec, blocks: removals.map((removal, i) => shapeAfterRemoval(spec, i, removal)) };
+  const cut: BlockList = "load" in blocks
+    ? { numBlocks: spec.numLayers, load: (i: number) => cutBlock(spec, i, blocks.load(i), removals[i]!) }
+    : blocks.map((b, i) => cutBlock(spec, i, b, removals[i]!));
+  const before = prunableParameters(spec);
+  const after = prunableParameters(smallerSpec);
+  return { spec: smallerSpec, blocks: cut, removals, parameters: { before, after, removed: 1 - after / before } };
+}
+
+/** Perplexity of a model on windows (a fresh decoder, disposed after; its blocks streamed when asked). */
+export const modelPerplexity = async (spec: ModelSpec, globals: Globals, blocks: BlockList, windows: readonly Window[], batch = 4, streamed = false): Promise<number> => {
+  const decoder = Decoder.create(spec, globals, sourceOf(blocks), { streamed });
   try {
     return (await perplexity(decoder, windows, { batch })).ppl;
   } finally {
@@ -154,11 +188,13 @@ export const modelPerplexity = async (spec: ModelSpec, globals: HostGlobals, blo
  */
 export const groupScores = async (
   spec: ModelSpec,
-  globals: HostGlobals,
-  blocks: readonly HostBlock[],
+  globals: Globals,
+  blocks: BlockList,
   evidence: GroupEvidence,
   request: Pick<StructuredRequest, "ratios" | "calibration" | "fusion" | "validation">,
   onFusionStep?: (step: number, loss: number) => void,
+  /** The grid's cut models are streamed (HyWIA's learning itself needs the model resident). */
+  streamed = false,
 ): Promise<{ scores: BlockGroupScores[]; fusion?: FusionOutcome }> => {
   if (evidence.kind !== "hywia") {
     if ("scores" in evidence) return { scores: [...evidence.scores] };
@@ -167,7 +203,7 @@ export const groupScores = async (
   }
   checkRatios(spec, request.ratios);
   const views = evidence.views;
-  const decoder = Decoder.create(spec, globals, { numBlocks: spec.numLayers, load: (i) => blocks[i]! });
+  const decoder = Decoder.create(spec, globals, sourceOf(blocks));
   let learned;
   try {
     learned = await learnFusion(decoder, views, request.ratios, request.calibration, request.fusion ?? DEFAULT_FUSION_LEARNING, onFusionStep);
@@ -190,7 +226,7 @@ export const groupScores = async (
     let bestPpl = Infinity;
     for (const c of candidates) {
       const cut = removeAt(spec, blocks, scoresOf(c.weights), request.ratios);
-      const ppl = await modelPerplexity(cut.spec, globals, cut.blocks, request.validation!);
+      const ppl = await modelPerplexity(cut.spec, globals, cut.blocks, request.validation!, 4, streamed);
       trials.push({ label: c.label, ppl });
       if (ppl < bestPpl) {
         bestPpl = ppl;
@@ -206,8 +242,8 @@ export const groupScores = async (
 
 export const structuredPrune = async (
   spec: ModelSpec,
-  globals: HostGlobals,
-  blocks: readonly HostBlock[],
+  globals: Globals,
+  blocks: BlockList,
   request: StructuredRequest,
   onFusionStep?: (step: number, loss: number) => void,
 ): Promise<StructuredResult> => {

@@ -159,7 +159,8 @@ export class FitnessServer {
         // model would not fit resident (results are the same either way).
         const plan = planFitness(checkpoint, setup, this.options.backend, this.options.concurrency, {
           threads: this.options.concurrency,
-          memoryMib: Math.floor(this.options.memoryBytes / 2 ** 20),
+          // --memory is what the runs' models hold; the process's own baseline comes on top.
+          memoryMib: Math.floor((this.options.memoryBytes + BASELINE_BYTES) / 2 ** 20),
           ...(this.options.streamed ? { streamed: true } : {}),
         });
         if ("refused" in plan) return void (await this.refuse(fingerprint, `its model ${plan.refused}`));

@@ -99,7 +99,7 @@ export const fitnessWorkload = (setup: FitnessSetup, spec: ModelSpec, copies: nu
     calibration: { windows: setup.nsamples, sparsegpt: setup.metric === "sparsegpt", keepHessians: dense && setup.metric === "sparsegpt" },
     ...(dense && setup.metric !== "sparsegpt" && !setup.structured ? { ranks: { bytesPerWeight: setup.metric === "magnitude" ? 4 : 2 } } : {}),
     ...(setup.fitness === "kl" ? { klReference: { tokens: referenceTokens, topK: Math.min(DEFAULT_TOP_K, spec.vocabSize) } } : {}),
-    ...(setup.structured ? { gradients: { windows: setup.nsamples } } : {}),
+    ...(setup.structured ? { gradients: { windows: setup.nsamples, resident: setup.structured.importance === "hywia" } } : {}),
     copies,
     ...(threads > 0 ? { threads } : {}),
   };
@@ -145,7 +145,7 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
       ...(setup.pattern.kind === "nm" ? { rankGroup: { kind: "nm", m: setup.pattern.m } } : {}),
     });
     const structured = setup.structured
-      ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1 })
+      ? structuredFitness(model.checkpoint, { ...setup.structured, calibration: model.calibration, windows, seed: setup.seed, batch: setup.batch ?? 1, streamed: setup.running?.streamed ?? false })
       : undefined;
     if (structured && setup.fitness === "kl") throw new UsageError({ problem: "--fitness kl is for unstructured pruning; structured searches score perplexity" });
     let disposed = false;

@@ -10,8 +10,7 @@
 import type { Checkpoint } from "../checkpoint/types.ts";
 import { scoredTokens, type Window } from "../data/windows.ts";
 import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
-import type { HostBlock, HostGlobals } from "../model/spec.ts";
-import { groupEvidence, groupScores, modelPerplexity, removeAt, type GroupEvidence, type StructuredImportance } from "../prune/structured.ts";
+import { groupEvidence, groupScores, modelPerplexity, removeAt, type BlockList, type GroupEvidence, type Globals, type StructuredImportance } from "../prune/structured.ts";
 import type { BlockGroupScores } from "../prune/group-importance.ts";
 import { DEFAULT_FUSION_LEARNING } from "../prune/hywia.ts";
 import type { BlockAllocation } from "./plugin.ts";
@@ -36,26 +35,32 @@ export const structuredFitness = (
     readonly windows: readonly Window[];
     readonly seed: number;
     readonly batch: number;
+    /** Blocks read from the checkpoint when used, never all in memory (a model larger than memory). */
+    readonly streamed?: boolean;
   },
 ): StructuredFitness => {
   const spec = checkpoint.spec;
-  let model: { globals: HostGlobals; dense: HostBlock[] } | undefined;
-  const host = () => (model ??= { globals: checkpoint.readGlobals(), dense: Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i)) });
+  const streamed = options.streamed ?? false;
+  let model: { globals: Globals; dense: BlockList } | undefined;
+  const host = () =>
+    (model ??= streamed
+      ? { globals: checkpoint.globalSource(), dense: { numBlocks: spec.numLayers, load: (i: number) => checkpoint.readBlock(i) } }
+      : { globals: checkpoint.readGlobals(), dense: Array.from({ length: spec.numLayers }, (_, i) => checkpoint.readBlock(i)) });
   const fusion = { ...DEFAULT_FUSION_LEARNING, ...(options.fusionSteps !== undefined ? { steps: options.fusionSteps } : {}) };
   let evidence: Promise<GroupEvidence> | undefined;
-  const evidenceOf = () => (evidence ??= groupEvidence(spec, host().globals, host().dense, options.importance, options.calibration, options.seed));
+  const evidenceOf = () => (evidence ??= groupEvidence(spec, host().globals, host().dense, options.importance, options.calibration, options.seed, streamed));
   const scoresAt = async (ratios: readonly number[]) =>
-    (await groupScores(spec, host().globals, host().dense, await evidenceOf(), { ratios, calibration: options.calibration, validation: options.windows, fusion })).scores;
+    (await groupScores(spec, host().globals, host().dense, await evidenceOf(), { ratios, calibration: options.calibration, validation: options.windows, fusion }, undefined, streamed)).scores;
   let base: Promise<BlockGroupScores[]> | undefined;
   const windowTokens = scoredTokens(options.windows);
   const cutPerplexity = async (scores: readonly BlockGroupScores[], ratios: readonly number[], windows: readonly Window[]) => {
     const cut = removeAt(spec, host().dense, scores, ratios);
-    return modelPerplexity(cut.spec, host().globals, cut.blocks, windows, options.batch);
+    return modelPerplexity(cut.spec, host().globals, cut.blocks, windows, options.batch, streamed);
   };
   return {
     score: async (ratios) => {
       try {
-        base ??= scoresAt(host().dense.map(() => options.target));
+        base ??= scoresAt(Array.from({ length: spec.numLayers }, () => options.target));
         const ppl = await cutPerplexity(await base, ratios, options.windows);
         return { ...fitnessOk(ppl), tokens: windowTokens };
       } catch (error) {
@@ -63,6 +68,6 @@ export const structuredFitness = (
       }
     },
     final: async (ratios, windows) => cutPerplexity(await scoresAt(ratios), ratios, windows),
-    dense: (windows) => modelPerplexity(spec, host().globals, host().dense, windows, options.batch),
+    dense: (windows) => modelPerplexity(spec, host().globals, host().dense, windows, options.batch, streamed),
   };
 };
