@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
-import { BackendError } from "../errors.ts";
+import { BackendError, BackendMemoryError } from "../errors.ts";
 import { NATIVE_BACKEND, registerNativeBackend } from "./native.ts";
 import { configureNativeThreads, nativeBlas, nativeBlasMissing } from "./native-blas.ts";
 import { gpuDeviceNode, probeWebgpu, startWebgpu } from "./webgpu.ts";
@@ -115,6 +115,30 @@ const candidates = (choice: BackendChoice, share: number): Candidate[] => {
 };
 
 /**
+ * The wasm heap's allocator returns 0 when it cannot grow (4 GiB at most), and tfjs writes
+ * a tensor at whatever address it got: a silent corruption of everything at the start of
+ * the heap. Every allocation is checked here instead, and a failed one is an error (the
+ * memory plan keeps runs below the limit; this is the guard behind it).
+ */
+const guardHeapAllocations = (name: string): void => {
+  if (name !== "wasm" && name !== NATIVE_BACKEND) return;
+  const wasm = (tf.backend() as unknown as { wasm?: { _malloc: (n: number) => number; _free: (p: number) => void; guarded?: true } }).wasm;
+  if (!wasm || wasm.guarded) return;
+  // Emscripten's exports replace themselves with the real function on their first call:
+  // one call first, so that the function wrapped here is the one that stays.
+  wasm._free(wasm._malloc(8));
+  const malloc = wasm._malloc.bind(wasm);
+  wasm._malloc = (bytes: number): number => {
+    const at = malloc(bytes);
+    if (at === 0 && bytes > 0) {
+      throw new BackendMemoryError({ what: "a tensor", bytes, detail: "the wasm heap (at most 4 GiB) is full" });
+    }
+    return at;
+  };
+  wasm.guarded = true;
+};
+
+/**
  * Selects and initialises a tfjs backend. `auto` prefers a hardware GPU (tfjs-node-gpu, then
  * WebGPU on a hardware adapter), then the native BLAS kernel, native TensorFlow's CPU build,
  * wasm and last the pure-JS cpu backend, and reports what it passed over. tf.setBackend resolves to false rather than
@@ -135,6 +159,7 @@ export const initBackend = async (choice: BackendChoice, options: BackendOptions
       continue;
     }
     await tf.ready();
+    guardHeapAllocations(candidate.name);
     current = {
       name: candidate.name,
       provider: candidate.provider,

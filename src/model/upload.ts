@@ -19,8 +19,9 @@ const size = (shape: readonly number[]): number => shape.reduce((a, b) => a * b,
  * this turns a failure that still happens into an error that names the tensor.
  */
 const heapFailure = (label: string, bytes: number, error: unknown): Error => {
+  if (error instanceof BackendMemoryError) return new BackendMemoryError({ what: label, bytes, detail: error.detail });
   const message = String((error as Error)?.message ?? error);
-  if (!/Aborted|out of memory|Cannot enlarge memory/i.test(message)) return error as Error;
+  if (!/Aborted|out of memory|Cannot enlarge memory|out of bounds/i.test(message)) return error as Error;
   return new BackendMemoryError({ what: label, bytes, detail: message.split("\n")[0]! });
 };
 
