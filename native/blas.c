@@ -24,6 +24,7 @@ char *openblas_get_corename(void);
 char *openblas_get_config(void);
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info);
 
 #define CALL(env, call)                                                                                             \
   do {                                                                                                              \
@@ -199,8 +200,13 @@ static napi_value dgemm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* dpotrf/dpotri(uplo, n, a): LAPACK's Cholesky factor and inverse from it, column-major n x n, in place; returns info. */
-static napi_value lapack_call(napi_env env, napi_callback_info info, bool inverse) {
+enum lapack_routine { POTRF, POTRI, TRTRI };
+
+/*
+ * dpotrf/dpotri/dtrtri(uplo, n, a): LAPACK's Cholesky factor, the inverse from it, and the
+ * inverse of a (non-unit) triangular factor, column-major n x n, in place; returns info.
+ */
+static napi_value lapack_call(napi_env env, napi_callback_info info, enum lapack_routine routine) {
   napi_value argv[3];
   if (!get_args(env, info, 3, argv)) return NULL;
   char uplo[4];
@@ -220,7 +226,8 @@ static napi_value lapack_call(napi_env env, napi_callback_info info, bool invers
   threads_for(1.0e12); /* factorisations are large: every thread */
   if (n > 0) {
     const int order = (int)n;
-    if (inverse) dpotri_(uplo, &order, a, &order, &result);
+    if (routine == POTRI) dpotri_(uplo, &order, a, &order, &result);
+    else if (routine == TRTRI) dtrtri_(uplo, "N", &order, a, &order, &result);
     else dpotrf_(uplo, &order, a, &order, &result);
   }
   napi_value out;
@@ -228,8 +235,9 @@ static napi_value lapack_call(napi_env env, napi_callback_info info, bool invers
   return out;
 }
 
-static napi_value dpotrf(napi_env env, napi_callback_info info) { return lapack_call(env, info, false); }
-static napi_value dpotri(napi_env env, napi_callback_info info) { return lapack_call(env, info, true); }
+static napi_value dpotrf(napi_env env, napi_callback_info info) { return lapack_call(env, info, POTRF); }
+static napi_value dpotri(napi_env env, napi_callback_info info) { return lapack_call(env, info, POTRI); }
+static napi_value dtrtri(napi_env env, napi_callback_info info) { return lapack_call(env, info, TRTRI); }
 
 static napi_value set_threads(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -268,6 +276,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dgemm", NULL, dgemm, NULL, NULL, NULL, napi_default, NULL},
       {"dpotrf", NULL, dpotrf, NULL, NULL, NULL, napi_default, NULL},
       {"dpotri", NULL, dpotri, NULL, NULL, NULL, napi_default, NULL},
+      {"dtrtri", NULL, dtrtri, NULL, NULL, NULL, napi_default, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_default, NULL},
       {"threads", NULL, threads, NULL, NULL, NULL, napi_default, NULL},
       {"describe", NULL, describe, NULL, NULL, NULL, napi_default, NULL},

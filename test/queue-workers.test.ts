@@ -87,7 +87,7 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     await redis?.dispose();
   });
 
-  it("two workers give the in-process history and best; a worker with another model refuses the run, and the search says so", async () => {
+  it("two workers (one streaming) give the in-process history and best; a worker with another model refuses the run, and the search says so", async () => {
     const other = join(root, "other-model");
     cpSync(embeddedModel, other, { recursive: true });
     const fd = openSync(join(other, "model.safetensors"), "r+");
@@ -97,7 +97,8 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     writeSync(fd, byte, 0, 1, 8192);
     closeSync(fd);
     const a = startWorker("a");
-    const b = startWorker("b", "--concurrency", "2");
+    // b plans its runs the leanest way (blocks streamed, ranks on disk): the same results.
+    const b = startWorker("b", "--concurrency", "2", "--streamed");
     const stranger = startWorker("stranger", "--model", other);
     // The backend is part of a run: float results differ in the last bits across backends.
     const otherBackend = startWorker("cpu", "--backend", "cpu");

@@ -93,16 +93,17 @@ describe.each(MODELS)("--streamed on $name", (m) => {
     expect(readFileSync(join(root, `${m.name.replace(/\W/g, "")}-stats-streamed.csv`), "utf8")).toBe(readFileSync(join(root, `${m.name.replace(/\W/g, "")}-stats-resident.csv`), "utf8"));
   });
 
-  for (const [method, fitness, extra] of [["evopress", "kl", []], ["dsa", "ppl", []], ["dsa", "ppl", ["--structured", "element"]]] as const) {
+  for (const [method, fitness, extra] of [["evopress", "kl", []], ["dsa", "ppl", []], ["dsa", "ppl", ["--workers", "2"]], ["dsa", "ppl", ["--structured", "element"]]] as const) {
     it(`search ${method} (${fitness} fitness${extra.length ? `, ${extra.join(" ")}` : ""}): the same history and results`, () => {
-      const dir = (kind: string) => join(root, `${m.name.replace(/\W/g, "")}-search-${method}${extra.length ? "-structured" : ""}-${kind}`);
+      const dir = (kind: string) => join(root, `${m.name.replace(/\W/g, "")}-search-${method}${extra.join("").replace(/\W/g, "")}-${kind}`);
       const args = [
         "search", "--method", method, "--fitness", fitness, "--sparsity", "0.6", "--model", m.model, "--calib", m.calib, "--nsamples", "2",
         "--seqlen", m.seqlen, "--fitness-data", m.text, "--fitness-windows", "2", "--eval", m.text, "--eval-windows", "2",
         "--generations", "2", "--population", "4", ...extra, "--json",
         ...(method === "evopress" ? ["--space", join(import.meta.dirname, "fixtures", "evopress-tiny.json")] : []),
       ];
-      const resident = jsonOf(evosparse(...args, "--out", dir("resident")));
+      // Worker threads: each plans its own copy the leanest way; the main thread's copy too.
+      const resident = jsonOf(evosparse(...args.filter((a, i) => a !== "--workers" && args[i - 1] !== "--workers"), "--out", dir("resident")));
       const streamed = jsonOf(evosparse(...args, "--out", dir("streamed"), "--streamed"));
       // The seconds column aside, the history is the same run.
       const history = (d: string) => readFileSync(join(d, "history.csv"), "utf8").split("\n").map((line) => line.split(",").slice(0, -1).join(","));

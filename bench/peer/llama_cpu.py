@@ -80,21 +80,6 @@ class Block:
         self.ln1 = ckpt.tensor(p + "input_layernorm.weight")
         self.ln2 = ckpt.tensor(p + "post_attention_layernorm.weight")
 
-    def half(self):
-        """The block as a pruned copy is kept when streaming: float16, expanded when used."""
-        return HalfBlock(self)
-
-
-class HalfBlock:
-    def __init__(self, block):
-        self.w16 = {k: v.half() for k, v in block.w.items()}
-        self.ln1, self.ln2 = block.ln1, block.ln2
-
-    def expand(self):
-        b = Block.__new__(Block)
-        b.w = {k: v.float() for k, v in self.w16.items()}
-        b.ln1, b.ln2 = self.ln1, self.ln2
-        return b
 
     def forward(self, x, cfg, tables, observe=None):
         """x [batch, seqlen, hidden]; observe(name, input) sees each linear's input."""
@@ -122,6 +107,22 @@ class HalfBlock:
         h = rms_norm(x, self.ln2, eps)
         act = torch.nn.functional.silu(lin("gate", h)) * lin("up", h)
         return x + lin("down", act)
+
+    def half(self):
+        """The block as a pruned copy is kept when streaming: float16, expanded when used."""
+        return HalfBlock(self)
+
+
+class HalfBlock:
+    def __init__(self, block):
+        self.w16 = {k: v.half() for k, v in block.w.items()}
+        self.ln1, self.ln2 = block.ln1, block.ln2
+
+    def expand(self):
+        b = Block.__new__(Block)
+        b.w = {k: v.float() for k, v in self.w16.items()}
+        b.ln1, b.ln2 = self.ln1, self.ln2
+        return b
 
 
 class Model:
@@ -181,7 +182,7 @@ def prune_block(blk, inputs, cfg, tables, method, sparsity):
         if method == "wanda":
             stats[name] = stats.get(name, 0) + x.pow(2).sum(0)
         else:
-            stats[name] = stats.get(name, 0) + 2 * x.t().double() @ x.double()
+            stats[name] = stats.get(name, 0) + 2 * x.t() @ x
         return None
 
     for x in inputs:
@@ -197,8 +198,8 @@ def prune_block(blk, inputs, cfg, tables, method, sparsity):
 
 
 def sparsegpt(w, hessian, sparsity, blocksize=128, percdamp=0.01):
-    """SparseGPT's solve (IST-DASLab/sparsegpt fasterprune, unstructured), in float64."""
-    W = w.double().clone()
+    """SparseGPT's solve (IST-DASLab/sparsegpt fasterprune, unstructured), in float32 as there."""
+    W = w.float().clone()
     H = hessian.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1

@@ -244,4 +244,9 @@ export const plugin: MethodPlugin<EvoPressSpace> = {
     genome: evoPressGenome,
     strategy: (_, space) => staged({ offspring: space.offspring, stages: space.stages, ...(space.prescreen ? { prescreen: space.prescreen } : {}) }),
   },
+  // Every level of every linear: EvoPress's database of pruned levels.
+  levels: (context, space) => {
+    const grid = levelGrid(context, space);
+    return grid.lowest.map((lowest, j) => Array.from({ length: grid.highest[j]! - lowest + 1 }, (_, k) => grid.sparsityAt(j, lowest + k)));
+  },
 };

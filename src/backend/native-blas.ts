@@ -48,6 +48,8 @@ export interface NativeBlas {
   dpotrf(uplo: "L" | "U", n: number, a: Float64Array): number;
   /** LAPACK's inverse from a Cholesky factor (dpotrf's output), in place; returns info. */
   dpotri(uplo: "L" | "U", n: number, a: Float64Array): number;
+  /** LAPACK's inverse of a non-unit triangular column-major n x n matrix, in place; returns info. */
+  dtrtri(uplo: "L" | "U", n: number, a: Float64Array): number;
   /**
    * A tensor's file bytes (dtype 0 F32, 1 F16, 2 BF16; rows x cols in file order) to float32
    * in `dst`, transposed when asked (dst[c * rows + r] = src[r][c]). Returns the index, in

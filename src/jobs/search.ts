@@ -9,7 +9,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
-import { blockSparsities, globalSparsity } from "../allocation/allocation.ts";
+import { blockSparsities, globalSparsity, layoutOf } from "../allocation/allocation.ts";
 import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
 import { nmMismatch } from "../allocation/nm.ts";
 import { PatternSchema, patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
@@ -33,7 +33,7 @@ import { queueEvaluator } from "../queue/queue-evaluator.ts";
 import { openRedis } from "../queue/redis.ts";
 import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
-import { FITNESS_MEASURES, methodContext } from "../search/fitness.ts";
+import { FITNESS_MEASURES, methodContext, sizeContext } from "../search/fitness.ts";
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
@@ -477,13 +477,22 @@ export const searchJob = (request: SearchRequest) =>
       // The memory plan: how the fitness copies (this thread's, and each worker's) and the final
       // re-pruning run, from the checkpoint's headers and the settings, before any work. More
       // workers than memory allows are capped (the history does not depend on their count).
-      const given = setupOf(settings);
+      let given = setupOf(settings);
       const largestStage = Math.max(
         0,
         ...((space as { stages?: readonly { tokens?: number }[] }).stages ?? []).map((st) => st.tokens ?? 0),
         ...(settings.screen === undefined ? [] : parseScreening(settings.screen).map((st) => st.tokens)),
       );
       const probed = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
+      const probedSpec = probed.spec;
+      // EvoPress with SparseGPT: every linear pruned once at each of its levels, in the run
+      // folder (kept for --resume), instead of every Hessian held for the run.
+      const levelSparsities =
+        settings.metric === "sparsegpt" && settings.mode === "dense" && !settings.structured && plugin.levels
+          ? yield* attempt(() => plugin.levels!(sizeContext(layoutOf(probedSpec), probedSpec.numLayers, targetOf(pattern, settings.sparsity), pattern), space))
+          : undefined;
+      const levels = levelSparsities ? { dir: join(dir, "levels"), sparsities: levelSparsities } : undefined;
+      if (levels) given = { ...given, running: { levels } };
       const memoryOptions = { largestStage, ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) };
       let workers = queueAddress ? 1 : Math.max(1, Math.min(request.workers, availableParallelism()));
       // With workers, the main thread keeps a copy of its own (statistics, the final numbers).
@@ -497,7 +506,7 @@ export const searchJob = (request: SearchRequest) =>
         log(`--workers ${request.workers} capped at ${workers}: ${workers < availableParallelism() ? `${workers} fit in the memory available` : `this machine has ${availableParallelism()} cores`} (the history does not depend on the worker count)`);
       }
       log(describePlan(memoryPlan));
-      const running = runningOf(memoryPlan, join(dir, "cache"));
+      const running = { ...runningOf(memoryPlan, join(dir, "cache")), ...(levels ? { levels } : {}) };
       const referenceBytes = referenceBytesOf(memoryPlan, workers > 1 ? workers + 1 : 1);
       const setup: FitnessSetup = { ...given, running, ...(referenceBytes ? { referenceBytes } : {}) };
       const model = yield* Effect.acquireRelease(
@@ -549,6 +558,10 @@ export const searchJob = (request: SearchRequest) =>
         `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${queueAddress ? `queue ${queueAddress.shown}` : `${workers} worker${workers > 1 ? "s" : ""}`}; folder ${dir}`,
       );
+
+      // SparseGPT's levels, built here once (resumed where a stopped run left them), before any
+      // worker reads them.
+      if (levels) yield* attemptPromise(() => model.pruner.prepareLevels(log));
 
       // The search and the baselines' validation fitness, in a scope of their own: worker
       // threads (each with its model) end with it, before the final re-pruning takes memory.

@@ -144,7 +144,7 @@ export interface MemoryPlan {
   readonly streamed: boolean;
   readonly streamedHead: boolean;
   readonly passTokens: number;
-  readonly activations: "device" | "host";
+  readonly activations: "device" | "host" | "disk";
   /** Pruned blocks and mask ranks in a scratch folder instead of memory. */
   readonly spill: boolean;
   /** Pruned blocks a search may keep for reuse. */
@@ -160,7 +160,7 @@ interface Choices {
   readonly streamed: boolean;
   readonly streamedHead: boolean;
   readonly passTokens: number;
-  readonly activations: "device" | "host";
+  readonly activations: "device" | "host" | "disk";
   readonly spill: boolean;
 }
 
@@ -185,7 +185,9 @@ export const memoryParts = (m: ModelSizes, w: Workload, c: Choices): MemoryPart[
   const cal = w.calibration;
   if (cal) {
     const states = 2 * cal.windows * w.forward.seqlen * m.hidden * 4;
-    add("calibration hidden states", copies * states, c.activations === "device");
+    // On disk, one group's values pass through the host at a time.
+    const group = 2 * w.forward.batch * w.forward.seqlen * m.hidden * 4;
+    add("calibration hidden states", copies * (c.activations === "disk" ? group : states), c.activations === "device");
     // The dense block read for pruning (pruned linear by linear in its own arrays, a new
     // linear and its encoding beside it), and the calibration model's block on the backend.
     add("the block being pruned", copies * (largest * 4 + m.largestLinear * 6), false);
@@ -241,12 +243,14 @@ export const planMemory = (
   const candidates: Choices[] = [];
   const canSpill = (w.calibration?.storeBytes ?? 0) > 0 || w.ranks !== undefined;
   // `--streamed` asks for the leanest way: every choice that saves memory, taken.
-  if (force.streamed) candidates.push({ streamed: true, streamedHead: true, passTokens: minimalPass, activations: w.calibration ? "host" : "device", spill: canSpill });
+  if (force.streamed) candidates.push({ streamed: true, streamedHead: true, passTokens: minimalPass, activations: !w.calibration ? "device" : canSpill ? "disk" : "host", spill: canSpill });
   for (const streamed of force.streamed ? [] : [false, true]) {
-    for (const activations of ["device", "host"] as const) {
-      if (!w.calibration && activations === "host") continue;
+    for (const activations of ["device", "host", "disk"] as const) {
+      if (!w.calibration && activations !== "device") continue;
       for (const spill of preferSpill ? [true] : [false, true]) {
         if (!canSpill && spill) continue;
+        // Calibration states on disk go to the scratch folder that spilling gives the run.
+        if (activations === "disk" && !spill) continue;
         for (const streamedHead of [false, true]) {
           for (const passTokens of [defaultPass, Math.max(minimalPass, Math.floor(defaultPass / 4)), minimalPass]) {
             candidates.push({ streamed, streamedHead, passTokens, activations, spill });
@@ -273,7 +277,7 @@ export const planMemory = (
       parts: f.parts,
     };
   }
-  const leanest = fits({ streamed: true, streamedHead: true, passTokens: minimalPass, activations: "host", spill: true });
+  const leanest = fits({ streamed: true, streamedHead: true, passTokens: minimalPass, activations: w.calibration && canSpill ? "disk" : w.calibration ? "host" : "device", spill: canSpill });
   const heavy = [...leanest.parts].sort((a, b) => b.bytes - a.bytes).slice(0, 3).map((p) => `${p.what} ${formatBytes(p.bytes)}`).join(", ");
   const overBackend = leanest.backend > budget.backendBytes * HEAP_USABLE;
   const refused = overBackend
@@ -288,7 +292,7 @@ export const describePlan = (plan: MemoryPlan): string => {
     ? `streamed (one block on the backend, the next read ahead)${plan.streamedHead ? ", head uploaded per pass" : ""}`
     : "resident";
   const extras = [
-    plan.activations === "host" ? "calibration states on the host" : undefined,
+    plan.activations === "host" ? "calibration states on the host" : plan.activations === "disk" ? "calibration states on disk" : undefined,
     plan.spill ? "pruned blocks and ranks on disk" : undefined,
   ].filter((x) => x !== undefined);
   return `memory: ${how}${extras.length ? `, ${extras.join(", ")}` : ""}; estimated peak ${formatBytes(plan.peakBytes)} of ${formatBytes(plan.budget.bytes)} ${plan.budget.source === "--memory" ? "(--memory)" : "available"}`;

@@ -44,7 +44,7 @@ export const collectBlockStats = async (
   // Both are added in the order the linears ran (a shared accumulator once per input), so
   // the result does not depend on when the reads complete.
   const sums: Array<{ name: string; rows: number; features: number; sums: tf.Tensor }> = [];
-  const outputs = Activations.empty(inputs.place, batches, seqlen, decoder.spec.hiddenSize);
+  const outputs = inputs.like();
   let observing = 0;
   let forward = 0;
   try {

@@ -51,8 +51,9 @@ export interface DenseStatisticsOptions {
   readonly keepHessians?: boolean;
   /** Run the passes with every block resident (the model fits) rather than streamed. */
   readonly resident?: boolean;
-  /** Where the calibration hidden states wait between blocks (default: on the backend). */
+  /** Where the calibration hidden states wait between blocks (default: on the backend), and the folder of those on disk. */
   readonly activations?: ActivationPlace;
+  readonly scratch?: string;
 }
 
 /** One row of the `stats` table: a linear, with its block's statistics beside it. */
@@ -149,7 +150,7 @@ export class DenseStatistics {
     let inputs: Activations | undefined;
     try {
       const start = performance.now();
-      inputs = await embedCalibration(decoder, this.options.calibration, this.options.batch ?? 1, this.options.activations ?? "device");
+      inputs = await embedCalibration(decoder, this.options.calibration, this.options.batch ?? 1, this.options.activations ?? "device", this.options.scratch);
       this.timings.forward += (performance.now() - start) / 1000;
       let ahead = decoder.prefetch(0);
       for (let i = 0; i < spec.numLayers; i++) {
@@ -170,6 +171,33 @@ export class DenseStatistics {
       decoder.dispose();
     }
     return all;
+  }
+
+  /**
+   * A pass over the dense model that hands each block's calibration statistics, Hessians
+   * included, to `onBlock` and keeps none of them: what building SparseGPT's levels needs,
+   * one block's Hessians at a time.
+   */
+  async eachBlockWithHessians(onBlock: (block: number, stats: Map<string, LinearInputStats>) => Promise<void>): Promise<void> {
+    const spec = this.spec;
+    const decoder = Decoder.create(spec, this.checkpoint.globalSource(), blockSourceOf(this.checkpoint), { streamed: true, source: this.checkpoint.path });
+    let inputs: Activations | undefined;
+    try {
+      inputs = await embedCalibration(decoder, this.options.calibration, this.options.batch ?? 1, this.options.activations ?? "device", this.options.scratch);
+      let ahead = decoder.prefetch(0);
+      for (let i = 0; i < spec.numLayers; i++) {
+        await ahead;
+        ahead = decoder.prefetch(i + 1);
+        const { stats, outputs } = await collectBlockStats(decoder, i, inputs, { hessian: true, timings: this.timings });
+        inputs.dispose();
+        inputs = outputs;
+        await onBlock(i, stats);
+      }
+      await ahead;
+    } finally {
+      inputs?.dispose();
+      decoder.dispose();
+    }
   }
 
   /**

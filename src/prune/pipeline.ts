@@ -36,21 +36,22 @@ export interface PruneRequest {
    * the next block. Without it the pruned blocks are installed as they are and returned.
    */
   readonly keep?: (block: number, pruned: HostBlock) => SourceBlock;
-  /** Calibration hidden states on the backend (default) or on the host, uploaded group by group. */
+  /** Calibration hidden states on the backend (default), on the host or on disk (in `scratch`), uploaded group by group. */
   readonly activations?: ActivationPlace;
+  readonly scratch?: string;
   /** `source.load` returns a fresh copy each time, which pruning may overwrite. */
   readonly denseIsFresh?: boolean;
   readonly timings?: StageTimings;
 }
 
 /** The calibration windows in groups of `batch`, embedded. */
-export const embedCalibration = async (decoder: Decoder, calibration: readonly Int32Array[], batch: number, place: ActivationPlace): Promise<Activations> => {
+export const embedCalibration = async (decoder: Decoder, calibration: readonly Int32Array[], batch: number, place: ActivationPlace, scratch?: string): Promise<Activations> => {
   const seqlen = calibration[0]?.length ?? 0;
   if (seqlen === 0) throw new RangeError("no calibration windows");
   const per = Math.max(1, batch);
   const groups: Int32Array[][] = [];
   for (let i = 0; i < calibration.length; i += per) groups.push(calibration.slice(i, i + per) as Int32Array[]);
-  const out = Activations.empty(place, groups.map((g) => g.length), seqlen, decoder.spec.hiddenSize);
+  const out = Activations.empty(place, groups.map((g) => g.length), seqlen, decoder.spec.hiddenSize, scratch);
   try {
     for (const [k, g] of groups.entries()) {
       const ids = new Int32Array(g.length * seqlen);
@@ -66,7 +67,7 @@ export const embedCalibration = async (decoder: Decoder, calibration: readonly I
 
 /** Block i run on every group (the block acquired once), as the next block's inputs. */
 export const runBlockOn = async (decoder: Decoder, i: number, inputs: Activations): Promise<Activations> => {
-  const out = Activations.empty(inputs.place, inputs.batches, inputs.seqlen, decoder.spec.hiddenSize);
+  const out = inputs.like();
   try {
     await decoder.withBlock(i, async (run) => {
       for (let k = 0; k < inputs.count; k++) await out.put(k, await inputs.with(k, (x) => run(x, inputs.batches[k]!, inputs.seqlen)));
@@ -90,7 +91,7 @@ export const runBlockOn = async (decoder: Decoder, i: number, inputs: Activation
  */
 export const pruneModel = async (decoder: Decoder, source: DenseBlocks, request: PruneRequest): Promise<HostBlock[]> => {
   const embedStart = performance.now();
-  let inputs = await embedCalibration(decoder, request.calibration, request.batch ?? 1, request.activations ?? "device");
+  let inputs = await embedCalibration(decoder, request.calibration, request.batch ?? 1, request.activations ?? "device", request.scratch);
   if (request.timings) request.timings.forward += (performance.now() - embedStart) / 1000;
   const pruned: HostBlock[] = [];
   const install = (i: number, block: HostBlock): void => {

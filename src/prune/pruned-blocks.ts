@@ -28,6 +28,7 @@ import type { DenseStatistics } from "./dense-statistics.ts";
 import { prunedCount, type Shape2 } from "./masks.ts";
 import { pruneModel, type CalibrationMode } from "./pipeline.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
+import type { LevelDatabase } from "./levels.ts";
 import type { PrunedStore } from "./pruned-store.ts";
 import { groupSize, prunedInGroup, zeroBelowRank } from "./ranks.ts";
 import { SPARSEGPT_BLOCK } from "./sparsegpt.ts";
@@ -59,6 +60,12 @@ export interface PrunedBlocksOptions {
   /** Where pipeline-pruned blocks are kept. */
   readonly store: PrunedStore;
   readonly activations?: ActivationPlace;
+  /** Where calibration states placed on disk go. */
+  readonly scratch?: string;
+  /** SparseGPT's levels, made once: dense-mode SparseGPT candidates are read from them. */
+  readonly levels?: LevelDatabase;
+  /** Says what building the levels costs, and its progress. */
+  readonly log?: (line: string) => void;
 }
 
 export const targetOf = (entry: AllocationEntry): LinearTarget =>
@@ -80,7 +87,7 @@ const prunedWeights = (entry: AllocationEntry, [rows, cols]: Shape2, metric: Pru
 };
 
 /** Two entries with the same key prune identically (each group's count is monotone in the ratio). */
-const entryKey = (entry: AllocationEntry, shape: Shape2, metric: PruneMetric): string =>
+export const entryKey = (entry: AllocationEntry, shape: Shape2, metric: PruneMetric): string =>
   entry.n !== undefined && entry.m !== undefined ? `${entry.n}:${entry.m}` : String(prunedWeights(entry, shape, metric));
 
 const blockBytes = (block: HostBlock): number => Object.values(block.linears).reduce((sum, l) => sum + l.weight.data.byteLength, 0);
@@ -111,6 +118,7 @@ export class PrunedBlocks {
   private sequential: Decoder | undefined;
   /** Zero weights of every linear ("block.linear") of the last allocation pruned through the pipeline. */
   private readonly zeros = new Map<string, number>();
+  private levelsBuilt: Promise<void> | undefined;
 
   constructor(
     readonly checkpoint: Checkpoint,
@@ -144,6 +152,16 @@ export class PrunedBlocks {
   /** Whether candidates are only masked as they are uploaded (nothing kept in the store). */
   get masked(): boolean {
     return this.options.mode === "dense" && this.metric !== "sparsegpt" && this.options.materialise !== true;
+  }
+
+  /** Builds the run's levels now (once), if it reads candidates from them. */
+  async prepareLevels(log?: (line: string) => void): Promise<void> {
+    if (this.fromLevels) await (this.levelsBuilt ??= this.options.levels!.build(this.statistics, log ?? this.options.log));
+  }
+
+  /** Whether dense-mode SparseGPT candidates are read from the run's levels. */
+  get fromLevels(): boolean {
+    return this.options.levels !== undefined && this.options.mode === "dense" && this.metric === "sparsegpt" && this.options.materialise !== true;
   }
 
   /** The pruned-count key of every block of an allocation, in block order. */
@@ -238,6 +256,18 @@ export class PrunedBlocks {
       return { blocks, keys: keys.map((k, i) => `dense|${i}|${k}`) };
     }
     const store = this.options.store;
+    if (this.fromLevels) {
+      const levels = this.options.levels!;
+      await (this.levelsBuilt ??= levels.build(this.statistics, this.options.log));
+      const blocks = keys.map((_, i) => {
+        const dense = this.checkpoint.readBlockSource(i);
+        const linears: Record<string, { weight: TensorLike; bias?: TensorLike }> = { ...dense.linears };
+        for (const e of byBlock.get(i)!) linears[e.linear] = { ...dense.linears[e.linear]!, weight: levels.source(i, e.linear, e.sparsity, dense.linears[e.linear]!.weight.shape) };
+        this.options.onBlock?.(i);
+        return { ...dense, linears };
+      });
+      return { blocks, keys: keys.map((k, i) => `levels|${i}|${k}`) };
+    }
     if (this.options.mode === "dense" && this.options.materialise) {
       // A prune that is exported: each block's statistics from dense inputs, held one block at a time.
       const blockKeys = keys.map((k, i) => `dense|${i}|${k}`);
@@ -300,6 +330,7 @@ export class PrunedBlocks {
       calibration: this.statistics.options.calibration,
       ...(this.options.batch ? { batch: this.options.batch } : {}),
       ...(this.options.activations ? { activations: this.options.activations } : {}),
+      ...(this.options.scratch ? { scratch: this.options.scratch } : {}),
       target: (block, linear) => targets.get(`${block}.${linear}`)!,
       // Read from the file for this call alone: pruning may overwrite it.
       denseIsFresh: true,

@@ -24,7 +24,11 @@ import type { ActivationPlace } from "./activations.ts";
 import { DenseStatistics } from "./dense-statistics.ts";
 import type { CalibrationMode } from "./pipeline.ts";
 import type { PruneMetric } from "./prune-linear.ts";
-import { materialise, PrunedBlocks, type LinearOutcome } from "./pruned-blocks.ts";
+import { entryKey, materialise, PrunedBlocks, type LinearOutcome } from "./pruned-blocks.ts";
+import { LevelDatabase, type LevelsRequest } from "./levels.ts";
+import { layoutOf } from "../allocation/allocation.ts";
+import { linearShapes } from "../model/spec.ts";
+import type { Shape2 } from "./masks.ts";
 import { diskStore, memoryStore, type PrunedStore } from "./pruned-store.ts";
 import { diskRanks, memoryRanks, type RankGroup } from "./ranks.ts";
 import { emptyTimings, type StageTimings } from "./timings.ts";
@@ -60,6 +64,14 @@ export interface PrunerOptions {
   readonly scratch?: string;
   /** Where calibration hidden states wait between blocks. */
   readonly activations?: ActivationPlace;
+  /**
+   * SparseGPT's levels (levels.ts): dense-mode SparseGPT candidates are read from linears
+   * pruned once at each sparsity the method can reach, instead of from every linear's
+   * Hessian kept for the run.
+   */
+  readonly levels?: Omit<LevelsRequest, "keyOf">;
+  /** Lines about long preparations (building the levels). */
+  readonly log?: (line: string) => void;
 }
 
 export class Pruner {
@@ -89,23 +101,34 @@ export class Pruner {
       timings: this.timings,
       // Dense-mode SparseGPT candidates are pruned from the run's Hessians; an exported prune
       // gathers each block's own, one block at a time.
-      keepHessians: options.mode === "dense" && options.metric === "sparsegpt" && !options.materialise,
+      keepHessians: options.mode === "dense" && options.metric === "sparsegpt" && !options.materialise && !options.levels,
       ranks: scratch ? diskRanks(join(scratch, "ranks")) : memoryRanks(),
       ...(options.rankGroup ? { rankGroup: options.rankGroup } : {}),
       ...(options.batch ? { batch: options.batch } : {}),
       ...(options.onBlock ? { onBlock: options.onBlock } : {}),
       ...(options.activations ? { activations: options.activations } : {}),
+      ...(scratch ? { scratch } : {}),
     });
     const dtype = options.dtype ?? checkpoint.storageDtype;
     this.store = scratch ? diskStore(join(scratch, "pruned"), dtype) : memoryStore(dtype);
+    const layout = layoutOf(spec);
+    const levels = options.levels
+      ? new LevelDatabase(checkpoint, layout, dtype, {
+          ...options.levels,
+          keyOf: (block, linear, sparsity) => entryKey({ ...layout.find((s) => s.block === block && s.linear === linear)!, sparsity }, linearShapes(spec, block)[linear] as Shape2, options.metric),
+        })
+      : undefined;
     this.blocks = new PrunedBlocks(checkpoint, this.statistics, {
       mode: options.mode,
       store: this.store,
+      ...(levels ? { levels } : {}),
+      ...(options.log ? { log: options.log } : {}),
       ...(options.materialise ? { materialise: true } : {}),
       ...(options.batch ? { batch: options.batch } : {}),
       ...(options.cacheBytes !== undefined ? { cacheBytes: options.cacheBytes } : {}),
       ...(options.onBlock ? { onBlock: options.onBlock } : {}),
       ...(options.activations ? { activations: options.activations } : {}),
+      ...(scratch ? { scratch } : {}),
     });
     this.decoder = Decoder.create(spec, checkpoint.globalSource(), blockSourceOf(checkpoint), {
       streamed: options.streamed ?? false,
@@ -140,6 +163,11 @@ export class Pruner {
    */
   allocationKey(allocation: Allocation): string {
     return this.blocks.allocationKey(allocation);
+  }
+
+  /** Builds SparseGPT's levels now when the run reads candidates from them (a long step: it says what it costs). */
+  prepareLevels(log?: (line: string) => void): Promise<void> {
+    return this.blocks.prepareLevels(log);
   }
 
   /** Puts the dense weights back into every block. */

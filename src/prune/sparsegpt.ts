@@ -132,14 +132,19 @@ const choleskyInverse = (l: Float64Array, n: number): Float64Array => {
 };
 
 /**
- * The same route through LAPACK (dpotrf, dpotri, dpotrf). LAPACK is column-major: our
- * row-major symmetric matrix reads as itself, and LAPACK's lower triangle ("L") is our
- * upper one. dpotrf("L") gives L with A = L L^T in that triangle; dpotri("L") overwrites it
- * with the inverse's triangle; dpotrf("L") of the inverse leaves L' with A^-1 = L' L'^T,
- * whose transpose U = L'^T (A^-1 = U^T U) is exactly what our upper triangle then holds.
+ * The same factor through LAPACK, in two factorisations' work instead of three: with P the
+ * order-reversing permutation and P A P = L L^T (one Cholesky of the reversed matrix),
+ * A^-1 = (P L^-T P)(P L^-1 P), so U = P L^-1 P is the upper Cholesky factor of A^-1 (upper
+ * because reversing both orders turns a lower triangle into an upper one). Reversing a
+ * square matrix's flat array reverses both its rows and its columns. LAPACK is column-major:
+ * our row-major symmetric matrix reads as itself, and LAPACK's upper triangle ("U") is our
+ * lower one, so dpotrf("U") leaves L in our lower triangle and dtrtri("U") its inverse there;
+ * reversed, our upper triangle holds U.
  */
 const inverseUpperCholeskyLapack = (blas: NativeBlas, a: Float64Array, n: number): Float64Array | null => {
-  if (blas.dpotrf("L", n, a) !== 0 || blas.dpotri("L", n, a) !== 0 || blas.dpotrf("L", n, a) !== 0) return null;
+  a.reverse();
+  if (blas.dpotrf("U", n, a) !== 0 || blas.dtrtri("U", n, a) !== 0) return null;
+  a.reverse();
   for (let i = 0; i < n; i++) a.fill(0, i * n, i * n + i);
   for (const v of a) if (!Number.isFinite(v)) return null;
   return a;
@@ -337,7 +342,14 @@ export const sparseGptPrune = (
         w[row + o] = 0;
       }
       // Spread this row's error over the block's remaining rows (W1[:, i:] -= err1 Hinv1[i, i:]);
-      // row i itself then equals q, which is already stored.
+      // row i itself then equals q, which is already stored. A rank-1 update: BLAS's where
+      // the native kernel is built.
+      if (blas) {
+        if (i + 1 < i2) {
+          blas.dgemm(false, false, i2 - i - 1, outFeatures, 1, -1, upper.subarray(i * inFeatures + i + 1), 1, err.subarray(errRow), outFeatures, 1, w.subarray((i + 1) * outFeatures), outFeatures);
+        }
+        continue;
+      }
       for (let j = i + 1; j < i2; j++) {
         const u = upper[i * inFeatures + j];
         if (u === 0) continue;

@@ -96,7 +96,8 @@ export const fitnessWorkload = (setup: FitnessSetup, spec: ModelSpec, copies: nu
   const referenceTokens = 2 * Math.max(setup.fitnessWindows * setup.seqlen, largestStage);
   return {
     forward: { seqlen: setup.seqlen, batch: 1, tokens: Math.max(setup.fitnessWindows * setup.seqlen, largestStage) },
-    calibration: { windows: setup.nsamples, sparsegpt: setup.metric === "sparsegpt", keepHessians: dense && setup.metric === "sparsegpt" },
+    // SparseGPT's levels (on disk) replace the Hessians a dense-mode run would keep.
+    calibration: { windows: setup.nsamples, sparsegpt: setup.metric === "sparsegpt", keepHessians: dense && setup.metric === "sparsegpt" && !setup.running?.levels },
     ...(dense && setup.metric !== "sparsegpt" && !setup.structured ? { ranks: { bytesPerWeight: setup.metric === "magnitude" ? 4 : 2 } } : {}),
     ...(setup.fitness === "kl" ? { klReference: { tokens: referenceTokens, topK: Math.min(DEFAULT_TOP_K, spec.vocabSize) } } : {}),
     ...(setup.structured ? { gradients: { windows: setup.nsamples, resident: setup.structured.importance === "hywia" } } : {}),

@@ -2,7 +2,7 @@
  * From a plugin's per-block sparsities to a perplexity: expand to every linear, prune with
  * the run's Pruner, score the fitness windows. Lower is better.
  */
-import { blockParams } from "../allocation/allocation.ts";
+import { blockParams, type Layout } from "../allocation/allocation.ts";
 import { toAllocation, type BlockAllocation, type Pattern } from "../allocation/pattern.ts";
 import { defaultBounds, type Bounds } from "../allocation/project.ts";
 import type { Window } from "../data/windows.ts";
@@ -43,6 +43,29 @@ export const methodContext = async (
     pattern,
     statistics: blockStatistics(pruner.statistics),
   };
+};
+
+/**
+ * The context's sizes, target and bounds without any statistics: what a method's levels
+ * (MethodPlugin.levels) are computed from before the run's model is built.
+ */
+export const sizeContext = (layout: Layout, blocks: number, target: number, pattern: Pattern, bounds: Bounds = defaultBounds): MethodContext => ({
+  blocks,
+  blockParams: blockParams(layout),
+  linears: layout,
+  target,
+  bounds,
+  pattern,
+  statistics: {
+    outlierShares: () => unmeasured(),
+    fisherTraces: () => unmeasured(),
+    elementScores: () => unmeasured(),
+    nonOutlierRatio: () => unmeasured(),
+  },
+});
+
+const unmeasured = (): never => {
+  throw new Error("a method's levels are computed from the run's sizes alone, before any statistics are measured");
 };
 
 /** What a fitness measures: the pruned model's perplexity, or its KL divergence from the dense model per token. */

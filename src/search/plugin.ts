@@ -104,4 +104,11 @@ export interface MethodPlugin<Space = unknown> {
   readonly needs?: readonly StatisticsNeed[];
   /** The method starts from MethodContext.start when the run gives one (`--start`). */
   readonly startable?: boolean;
+  /**
+   * The sparsities each linear (MethodContext.linears, in order) can take, when they are a
+   * known, finite set: a SparseGPT run then prunes every linear once at each of them
+   * ahead (src/prune/levels.ts) instead of keeping every Hessian. Needs only the context's
+   * sizes, target and bounds, not its statistics.
+   */
+  levels?(context: MethodContext, space: Space): readonly (readonly number[])[];
 }

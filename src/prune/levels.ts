@@ -1,0 +1,189 @@
+/**
+ * SparseGPT's pruned levels, made once per run (EvoPress's database). A SparseGPT candidate
+ * is costly to make, and in dense mode it needs every linear's Hessian, which for a 7B
+ * model is tens of gigabytes. A method whose linears take a known, finite set of
+ * sparsities (EvoPress's levels) lets the run prune every linear once at each of them,
+ * block by block (one block's Hessians at a time), into files of the run folder; a
+ * candidate then reads its linears' levels as it uploads them. The levels are kept in the
+ * dtype the run's pruned weights are kept in, so a candidate read from them is exactly the
+ * one its Hessians would make. Each block's file is written whole (temporary name, then
+ * renamed), so a stopped build resumes from the first block it had not finished.
+ */
+import { createHash } from "node:crypto";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import type { Layout } from "../allocation/allocation.ts";
+import { convertInto, encodeFrom } from "../checkpoint/convert.ts";
+import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
+import { UsageError } from "../errors.ts";
+import type { WeightSource } from "../model/spec.ts";
+import type { DenseStatistics } from "./dense-statistics.ts";
+import { pruneLinear } from "./prune-linear.ts";
+
+interface Entry {
+  readonly linear: string;
+  /** The pruned-weight count the level prunes: what a candidate's sparsity is matched by. */
+  readonly key: string;
+  readonly sparsity: number;
+  readonly offset: number;
+  readonly length: number;
+}
+
+const MANIFEST = "manifest.json";
+
+export interface LevelsRequest {
+  readonly dir: string;
+  /** Per layout entry (block-major, as Layout), the sparsities its linear can take. */
+  readonly sparsities: readonly (readonly number[])[];
+  /** The key of a linear at a sparsity: its pruned-weight count (equal keys prune alike). */
+  readonly keyOf: (block: number, linear: string, sparsity: number) => string;
+}
+
+export class LevelDatabase {
+  private readonly indexes = new Map<number, Map<string, Entry>>();
+
+  constructor(
+    readonly checkpoint: Checkpoint,
+    readonly layout: Layout,
+    readonly dtype: StorageDtype,
+    readonly request: LevelsRequest,
+  ) {}
+
+  private get dir(): string {
+    return this.request.dir;
+  }
+
+  /** Distinct levels (by key) of every linear of a block, in layout order. */
+  private levelsOf(block: number): { linear: string; sparsity: number; key: string }[] {
+    const out: { linear: string; sparsity: number; key: string }[] = [];
+    this.layout.forEach((slot, k) => {
+      if (slot.block !== block) return;
+      const seen = new Set<string>();
+      for (const sparsity of this.request.sparsities[k]!) {
+        const key = this.request.keyOf(block, slot.linear, sparsity);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        out.push({ linear: slot.linear, sparsity, key });
+      }
+    });
+    return out;
+  }
+
+  /** Bytes the levels take on disk. */
+  bytes(): number {
+    const width = this.dtype === "F32" ? 4 : 2;
+    let total = 0;
+    for (let b = 0; b < this.checkpoint.spec.numLayers; b++) {
+      for (const level of this.levelsOf(b)) total += this.layout.find((s) => s.block === b && s.linear === level.linear)!.params * width;
+    }
+    return total;
+  }
+
+  /** What decides the levels: a build of other settings is not resumed. */
+  private fingerprint(statistics: DenseStatistics): string {
+    const h = createHash("sha256");
+    h.update(JSON.stringify({ model: this.checkpoint.path, dtype: this.dtype, sparsities: this.request.sparsities, metric: statistics.metric }));
+    for (const w of statistics.options.calibration) h.update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
+    return h.digest("hex");
+  }
+
+  /**
+   * Builds what is missing, block by block, after saying what it costs on disk; refuses
+   * when the disk has less room than that.
+   */
+  async build(statistics: DenseStatistics, log: (line: string) => void = () => {}): Promise<void> {
+    mkdirSync(this.dir, { recursive: true });
+    const fingerprint = this.fingerprint(statistics);
+    const manifest = join(this.dir, MANIFEST);
+    if (existsSync(manifest) && readFileSync(manifest, "utf8") !== fingerprint) {
+      // Levels of other settings: not these. Start over.
+      rmSync(this.dir, { recursive: true, force: true });
+      mkdirSync(this.dir, { recursive: true });
+    }
+    writeFileSync(manifest, fingerprint);
+    const blocks = this.checkpoint.spec.numLayers;
+    const missing = Array.from({ length: blocks }, (_, b) => b).filter((b) => !existsSync(this.indexFile(b)));
+    if (missing.length === 0) return;
+    const need = this.bytes();
+    const { bavail, bsize } = statfsSync(this.dir);
+    const free = bavail * bsize;
+    log(`SparseGPT levels: every linear pruned once at each level the search can reach, ${(need / 2 ** 30).toFixed(2)} GiB on disk in ${this.dir} (${missing.length} of ${blocks} blocks to build)`);
+    if (free < need * (missing.length / blocks)) {
+      throw new UsageError({ problem: `${this.dir}: the SparseGPT levels need ${(need / 2 ** 30).toFixed(1)} GiB on disk and ${(free / 2 ** 30).toFixed(1)} GiB is free; use --mode sequential, a smaller search space (maxLevels) or another disk` });
+    }
+    await statistics.eachBlockWithHessians(async (block, stats) => {
+      if (!missing.includes(block)) return;
+      const dense = this.checkpoint.readBlock(block);
+      const entries: Entry[] = [];
+      const file = join(this.dir, `block-${block}.bin`);
+      const partial = `${file}.partial`;
+      const fd = openSync(partial, "w");
+      try {
+        let offset = 0;
+        for (const level of this.levelsOf(block)) {
+          const linear = dense.linears[level.linear]!;
+          // A fresh copy of the dense weights for each level: the solve updates what it gets.
+          const pruned = pruneLinear({ ...linear, weight: { shape: linear.weight.shape, data: linear.weight.data.slice() } }, "sparsegpt", { sparsity: level.sparsity }, stats.get(level.linear), `block ${block} linear ${level.linear}`, statistics.timings);
+          const bytes = encodeFrom(this.dtype, pruned.weight.data, 1, pruned.weight.data.length, false);
+          for (let done = 0; done < bytes.byteLength; ) done += writeSync(fd, bytes, done, Math.min(1 << 30, bytes.byteLength - done));
+          entries.push({ linear: level.linear, key: level.key, sparsity: level.sparsity, offset, length: bytes.byteLength });
+          offset += bytes.byteLength;
+        }
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(partial, file);
+      // The index last: a block counts as built once its index is there.
+      writeFileSync(`${this.indexFile(block)}.partial`, JSON.stringify(entries));
+      renameSync(`${this.indexFile(block)}.partial`, this.indexFile(block));
+      log(`  levels of block ${block} built`);
+    });
+  }
+
+  private indexFile(block: number): string {
+    return join(this.dir, `block-${block}.json`);
+  }
+
+  private index(block: number): Map<string, Entry> {
+    let index = this.indexes.get(block);
+    if (!index) {
+      const entries = JSON.parse(readFileSync(this.indexFile(block), "utf8")) as Entry[];
+      index = new Map(entries.map((e) => [`${e.linear}|${e.key}`, e]));
+      this.indexes.set(block, index);
+    }
+    return index;
+  }
+
+  /**
+   * A linear at one of its levels, read from the levels' file when it is uploaded. A
+   * candidate's sparsity is matched by its pruned count, else (rounding in a method's
+   * projection) by the nearest level within 1e-9.
+   */
+  source(block: number, linear: string, sparsity: number, shape: readonly number[]): WeightSource {
+    const key = this.request.keyOf(block, linear, sparsity);
+    const index = this.index(block);
+    let entry = index.get(`${linear}|${key}`);
+    if (!entry) {
+      for (const e of index.values()) if (e.linear === linear && Math.abs(e.sparsity - sparsity) <= 1e-9) entry = e;
+    }
+    if (!entry) throw new RangeError(`block ${block} linear ${linear} at sparsity ${sparsity} is not one of its levels`);
+    const file = join(this.dir, `block-${block}.bin`);
+    return {
+      shape,
+      fill: (into) => {
+        const bytes = Buffer.allocUnsafeSlow(entry.length);
+        const fd = openSync(file, "r");
+        try {
+          for (let done = 0; done < entry.length; ) {
+            const got = readSync(fd, bytes, done, Math.min(1 << 30, entry.length - done), entry.offset + done);
+            if (got === 0) throw new Error(`${file} ends before byte ${entry.offset + entry.length}`);
+            done += got;
+          }
+        } finally {
+          closeSync(fd);
+        }
+        convertInto({ file, name: `block ${block} ${linear} level`, dtype: this.dtype, rows: 1, cols: entry.length / (this.dtype === "F32" ? 4 : 2), transposed: false }, bytes, into);
+      },
+    };
+  }
+}
