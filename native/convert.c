@@ -203,39 +203,71 @@ static napi_value fail(napi_env env, const char *message) {
   return NULL;
 }
 
+/* The call's `want` arguments; throws (false) when there are fewer. */
+static bool args_of(napi_env env, napi_callback_info info, size_t want, napi_value *argv, const char *who) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == want) return true;
+  char message[96];
+  snprintf(message, sizeof message, "%s: expected %zu arguments", who, want);
+  fail(env, message);
+  return false;
+}
+
+/* A typed array of one of the kinds allowed (kinds[0..count)); throws (false) otherwise. */
+static bool typed_of(napi_env env, napi_value v, const napi_typedarray_type *kinds, size_t count, const char *what, void **data,
+                     size_t *length, napi_typedarray_type *kind) {
+  bool is_typed = false;
+  napi_value buffer;
+  size_t offset;
+  napi_typedarray_type got;
+  if (napi_is_typedarray(env, v, &is_typed) == napi_ok && is_typed &&
+      napi_get_typedarray_info(env, v, &got, length, data, &buffer, &offset) == napi_ok) {
+    for (size_t k = 0; k < count; k++)
+      if (got == kinds[k]) {
+        if (kind) *kind = got;
+        return true;
+      }
+  }
+  fail(env, what);
+  return false;
+}
+
+/* A whole number in [lo, hi]; throws (false) otherwise. */
+static bool whole_of(napi_env env, napi_value v, double lo, double hi, const char *what, size_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) == napi_ok && d >= lo && d <= hi && d == floor(d)) {
+    *out = (size_t)d;
+    return true;
+  }
+  fail(env, what);
+  return false;
+}
+
+static const napi_typedarray_type U8[] = {napi_uint8_array};
+static const napi_typedarray_type F32[] = {napi_float32_array};
+static const napi_typedarray_type RANK_ARRAYS[] = {napi_uint16_array, napi_uint32_array};
+
 /*
  * convert(src: Uint8Array, dtype: 0 F32 | 1 F16 | 2 BF16, rows, cols, transpose, dst:
  * Float32Array) -> index (in file order) of the first non-finite value, or -1 after
  * writing all rows x cols values.
  */
 napi_value evosparse_convert(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6)
-    return fail(env, "evosparse_convert: expected 6 arguments");
-  bool is_typed = false;
-  napi_typedarray_type kind;
-  size_t src_length, dst_length, offset;
+  size_t src_length, dst_length, rows, cols;
   void *src_data, *dst_data;
-  napi_value buffer;
-  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[0], &kind, &src_length, &src_data, &buffer, &offset) != napi_ok ||
-      kind != napi_uint8_array)
-    return fail(env, "evosparse_convert: src must be a Uint8Array");
-  if (napi_is_typedarray(env, argv[5], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[5], &kind, &dst_length, &dst_data, &buffer, &offset) != napi_ok ||
-      kind != napi_float32_array)
-    return fail(env, "evosparse_convert: dst must be a Float32Array");
   int32_t dtype;
-  double rows_d, cols_d;
   bool transpose;
+  if (!args_of(env, info, 6, argv, "evosparse_convert") ||
+      !typed_of(env, argv[0], U8, 1, "evosparse_convert: src must be a Uint8Array", &src_data, &src_length, NULL) ||
+      !typed_of(env, argv[5], F32, 1, "evosparse_convert: dst must be a Float32Array", &dst_data, &dst_length, NULL) ||
+      !whole_of(env, argv[2], 0, 9.0e15, "evosparse_convert: rows must be a whole number", &rows) ||
+      !whole_of(env, argv[3], 0, 9.0e15, "evosparse_convert: cols must be a whole number", &cols))
+    return NULL;
   if (napi_get_value_int32(env, argv[1], &dtype) != napi_ok || dtype < 0 || dtype > 2)
     return fail(env, "evosparse_convert: dtype must be 0 (F32), 1 (F16) or 2 (BF16)");
-  if (napi_get_value_double(env, argv[2], &rows_d) != napi_ok || napi_get_value_double(env, argv[3], &cols_d) != napi_ok ||
-      !(rows_d >= 0 && cols_d >= 0) || rows_d != floor(rows_d) || cols_d != floor(cols_d) || rows_d * cols_d > 9.0e15)
-    return fail(env, "evosparse_convert: rows and cols must be whole numbers");
   if (napi_get_value_bool(env, argv[4], &transpose) != napi_ok) return fail(env, "evosparse_convert: transpose must be a boolean");
-  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols;
+  const size_t n = rows * cols;
   const size_t width = dtype == DTYPE_F32 ? 4 : 2;
   if (src_length < n * width) return fail(env, "evosparse_convert: src is shorter than rows x cols elements");
   if (dst_length < n) return fail(env, "evosparse_convert: dst is shorter than rows x cols elements");
@@ -300,33 +332,21 @@ static inline void store_element(uint8_t *dst, int dtype, float v) {
  * (dst element [c][r] = src[r][c]); rounding to nearest even, as dtype.ts encodes.
  */
 napi_value evosparse_encode(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6)
-    return fail(env, "evosparse_encode: expected 6 arguments");
-  bool is_typed = false;
-  napi_typedarray_type kind;
-  size_t src_length, dst_length, offset;
+  size_t src_length, dst_length, rows, cols;
   void *src_data, *dst_data;
-  napi_value buffer;
-  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[0], &kind, &src_length, &src_data, &buffer, &offset) != napi_ok ||
-      kind != napi_float32_array)
-    return fail(env, "evosparse_encode: src must be a Float32Array");
-  if (napi_is_typedarray(env, argv[5], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[5], &kind, &dst_length, &dst_data, &buffer, &offset) != napi_ok ||
-      kind != napi_uint8_array)
-    return fail(env, "evosparse_encode: dst must be a Uint8Array");
   int32_t dtype;
-  double rows_d, cols_d;
   bool transpose;
+  if (!args_of(env, info, 6, argv, "evosparse_encode") ||
+      !typed_of(env, argv[0], F32, 1, "evosparse_encode: src must be a Float32Array", &src_data, &src_length, NULL) ||
+      !typed_of(env, argv[5], U8, 1, "evosparse_encode: dst must be a Uint8Array", &dst_data, &dst_length, NULL) ||
+      !whole_of(env, argv[2], 0, 9.0e15, "evosparse_encode: rows must be a whole number", &rows) ||
+      !whole_of(env, argv[3], 0, 9.0e15, "evosparse_encode: cols must be a whole number", &cols))
+    return NULL;
   if (napi_get_value_int32(env, argv[1], &dtype) != napi_ok || dtype < 0 || dtype > 2)
     return fail(env, "evosparse_encode: dtype must be 0 (F32), 1 (F16) or 2 (BF16)");
-  if (napi_get_value_double(env, argv[2], &rows_d) != napi_ok || napi_get_value_double(env, argv[3], &cols_d) != napi_ok ||
-      !(rows_d >= 0 && cols_d >= 0) || rows_d != floor(rows_d) || cols_d != floor(cols_d) || rows_d * cols_d > 9.0e15)
-    return fail(env, "evosparse_encode: rows and cols must be whole numbers");
   if (napi_get_value_bool(env, argv[4], &transpose) != napi_ok) return fail(env, "evosparse_encode: transpose must be a boolean");
-  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols;
+  const size_t n = rows * cols;
   const size_t width = dtype == DTYPE_F32 ? 4 : 2;
   if (src_length < n) return fail(env, "evosparse_encode: src is shorter than rows x cols elements");
   if (dst_length < n * width) return fail(env, "evosparse_encode: dst is shorter than rows x cols elements");
@@ -405,30 +425,20 @@ static void mark_lowest(const uint32_t *keys, size_t n, size_t k, uint8_t *prune
  * the whole matrix; 1 elsewhere. Equal scores: the lower flat index is lower.
  */
 napi_value evosparse_lowest(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6)
-    return fail(env, "evosparse_lowest: expected 6 arguments");
-  bool is_typed = false, per_column;
-  napi_typedarray_type kind;
-  size_t scores_length, keep_length, offset;
+  size_t scores_length, keep_length, rows, cols, k;
   void *scores_data, *keep_data;
-  napi_value buffer;
-  double rows_d, cols_d, k_d;
-  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[0], &kind, &scores_length, &scores_data, &buffer, &offset) != napi_ok ||
-      kind != napi_float32_array)
-    return fail(env, "evosparse_lowest: scores must be a Float32Array");
-  if (napi_is_typedarray(env, argv[5], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[5], &kind, &keep_length, &keep_data, &buffer, &offset) != napi_ok ||
-      kind != napi_uint8_array)
-    return fail(env, "evosparse_lowest: keep must be a Uint8Array");
-  if (napi_get_value_double(env, argv[1], &rows_d) != napi_ok || napi_get_value_double(env, argv[2], &cols_d) != napi_ok ||
-      napi_get_value_bool(env, argv[3], &per_column) != napi_ok || napi_get_value_double(env, argv[4], &k_d) != napi_ok ||
-      !(rows_d >= 1 && cols_d >= 1 && k_d >= 0) || rows_d != floor(rows_d) || cols_d != floor(cols_d) || k_d != floor(k_d) ||
-      rows_d * cols_d > 4294967295.0)
-    return fail(env, "evosparse_lowest: rows, cols and k must be whole numbers (rows x cols below 2^32)");
-  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols, k = (size_t)k_d;
+  bool per_column;
+  if (!args_of(env, info, 6, argv, "evosparse_lowest") ||
+      !typed_of(env, argv[0], F32, 1, "evosparse_lowest: scores must be a Float32Array", &scores_data, &scores_length, NULL) ||
+      !typed_of(env, argv[5], U8, 1, "evosparse_lowest: keep must be a Uint8Array", &keep_data, &keep_length, NULL) ||
+      !whole_of(env, argv[1], 1, 4294967295.0, "evosparse_lowest: rows must be a whole number >= 1", &rows) ||
+      !whole_of(env, argv[2], 1, 4294967295.0, "evosparse_lowest: cols must be a whole number >= 1", &cols) ||
+      !whole_of(env, argv[4], 0, 9.0e15, "evosparse_lowest: k must be a whole number", &k))
+    return NULL;
+  if (napi_get_value_bool(env, argv[3], &per_column) != napi_ok) return fail(env, "evosparse_lowest: perColumn must be a boolean");
+  if ((double)rows * (double)cols > 4294967295.0) return fail(env, "evosparse_lowest: rows x cols must be below 2^32");
+  const size_t n = rows * cols;
   if (scores_length < n || keep_length < n) return fail(env, "evosparse_lowest: scores or keep is shorter than rows x cols");
   const float *scores = (const float *)scores_data;
   uint8_t *keep = (uint8_t *)keep_data;
@@ -506,29 +516,20 @@ static void radix_sort_pairs(uint32_t *keys_a, uint32_t *idx_a, uint32_t *keys_b
  * the whole matrix's. Uint16 output needs groups of at most 65536.
  */
 napi_value evosparse_ranks(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5)
-    return fail(env, "evosparse_ranks: expected 5 arguments");
-  bool is_typed = false, per_column;
-  napi_typedarray_type kind, out_kind;
-  size_t scores_length, out_length, offset;
+  size_t scores_length, out_length, rows, cols;
   void *scores_data, *out_data;
-  napi_value buffer;
-  double rows_d, cols_d;
-  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[0], &kind, &scores_length, &scores_data, &buffer, &offset) != napi_ok ||
-      kind != napi_float32_array)
-    return fail(env, "evosparse_ranks: scores must be a Float32Array");
-  if (napi_is_typedarray(env, argv[4], &is_typed) != napi_ok || !is_typed ||
-      napi_get_typedarray_info(env, argv[4], &out_kind, &out_length, &out_data, &buffer, &offset) != napi_ok ||
-      (out_kind != napi_uint16_array && out_kind != napi_uint32_array))
-    return fail(env, "evosparse_ranks: out must be a Uint16Array or a Uint32Array");
-  if (napi_get_value_double(env, argv[1], &rows_d) != napi_ok || napi_get_value_double(env, argv[2], &cols_d) != napi_ok ||
-      napi_get_value_bool(env, argv[3], &per_column) != napi_ok || !(rows_d >= 1 && cols_d >= 1) || rows_d != floor(rows_d) ||
-      cols_d != floor(cols_d) || rows_d * cols_d > 4294967295.0)
-    return fail(env, "evosparse_ranks: rows and cols must be whole numbers (rows x cols below 2^32)");
-  const size_t rows = (size_t)rows_d, cols = (size_t)cols_d, n = rows * cols;
+  napi_typedarray_type out_kind;
+  bool per_column;
+  if (!args_of(env, info, 5, argv, "evosparse_ranks") ||
+      !typed_of(env, argv[0], F32, 1, "evosparse_ranks: scores must be a Float32Array", &scores_data, &scores_length, NULL) ||
+      !typed_of(env, argv[4], RANK_ARRAYS, 2, "evosparse_ranks: out must be a Uint16Array or a Uint32Array", &out_data, &out_length, &out_kind) ||
+      !whole_of(env, argv[1], 1, 4294967295.0, "evosparse_ranks: rows must be a whole number >= 1", &rows) ||
+      !whole_of(env, argv[2], 1, 4294967295.0, "evosparse_ranks: cols must be a whole number >= 1", &cols))
+    return NULL;
+  if (napi_get_value_bool(env, argv[3], &per_column) != napi_ok) return fail(env, "evosparse_ranks: perColumn must be a boolean");
+  if ((double)rows * (double)cols > 4294967295.0) return fail(env, "evosparse_ranks: rows x cols must be below 2^32");
+  const size_t n = rows * cols;
   const size_t group = per_column ? rows : n;
   if (scores_length < n || out_length < n) return fail(env, "evosparse_ranks: scores or out is shorter than rows x cols");
   if (out_kind == napi_uint16_array && group > 65536) return fail(env, "evosparse_ranks: groups above 65536 need a Uint32Array");
