@@ -16,7 +16,7 @@
  * and SparseGPT, as locuslab/wanda prunes. Measured one after the other in one run.
  *
  * `--sizes=1.1b,6.7b` (default both), `--parts=eval,wanda,sparsegpt,search` (default all),
- * `--peer=off` to skip PyTorch. CSV in results/bench/scale.csv.
+ * `--peer=off` to skip PyTorch, `--rounds=1` for one eval each. CSV in results/bench/scale.csv.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -33,6 +33,7 @@ const SEQLEN = 512;
 const EVAL_WINDOWS = 2;
 const CALIBRATION = 4;
 const BUDGET_TOKENS = 16384;
+/** Eval rounds, interleaved with the peer's (`--rounds=N`). */
 const EVAL_ROUNDS = 3;
 
 interface Row {
@@ -93,6 +94,7 @@ const writeWindows = (model: string, dir: string): { evalFile: string; calibFile
 
 export const scaleSection = async (args: readonly string[]): Promise<void> => {
   const option = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
+  const rounds = Math.max(1, Number(option("rounds") ?? EVAL_ROUNDS) || EVAL_ROUNDS);
   const sizes = (option("sizes") ?? "1.1b,6.7b").split(",");
   const parts = (option("parts") ?? "eval,wanda,sparsegpt,search").split(",");
   const backend = option("backend") ?? "native";
@@ -102,7 +104,7 @@ export const scaleSection = async (args: readonly string[]): Promise<void> => {
   const peer = join(projectRoot, "bench", "peer", "llama_cpu.py");
   const modelsDir = join(projectRoot, "results", "bench", "models");
   const rows: Row[] = [];
-  console.log(`## Model sizes: LLaMA-shaped checkpoints with random F16 weights, backend ${backend}${python ? "; the PyTorch CPU peer beside" : "; PyTorch peer: not installed (Debian package python3-torch), skipped"}\n`);
+  console.log(`## Model sizes: LLaMA-shaped checkpoints with random F16 weights, backend ${backend}${python ? "; the PyTorch CPU peer beside" : option("peer") === "off" ? "; PyTorch peer: off" : "; PyTorch peer: not installed (Debian package python3-torch), skipped"}\n`);
   for (const size of sizes) {
     const shape = shapes[size];
     if (!shape) throw new Error(`--sizes: unknown size ${size} (1.1b, 6.7b)`);
@@ -124,7 +126,7 @@ export const scaleSection = async (args: readonly string[]): Promise<void> => {
         // Interleaved, best of three each: the machine is shared and its speed drifts.
         let best: ReturnType<typeof run> | undefined;
         let bestPeer: ReturnType<typeof run> | undefined;
-        for (let round = 0; round < EVAL_ROUNDS; round++) {
+        for (let round = 0; round < rounds; round++) {
           const r = ours("eval", "eval", ...common, "--data", defaultData("test"), "--max-windows", String(EVAL_WINDOWS));
           if (!best || r.json.tokensPerSecond > best.json.tokensPerSecond) best = r;
           if (python) {
@@ -133,10 +135,10 @@ export const scaleSection = async (args: readonly string[]): Promise<void> => {
           }
         }
         const r = best!;
-        rows.push({ size, what: "eval", who: "evosparse", seconds: r.seconds, tokensPerSecond: r.json.tokensPerSecond, peakBytes: r.json.memory.peakRssBytes, estimatedBytes: r.json.memory.estimatedPeakBytes, ppl: r.json.ppl, note: `best of ${EVAL_ROUNDS}` });
+        rows.push({ size, what: "eval", who: "evosparse", seconds: r.seconds, tokensPerSecond: r.json.tokensPerSecond, peakBytes: r.json.memory.peakRssBytes, estimatedBytes: r.json.memory.estimatedPeakBytes, ppl: r.json.ppl, note: rounds > 1 ? `best of ${rounds}` : undefined });
         if (bestPeer) {
           const p = bestPeer;
-          rows.push({ size, what: "eval", who: "PyTorch", seconds: p.seconds, tokensPerSecond: p.json.tokensPerSecond, peakBytes: p.json.peakRssBytes, ppl: p.json.ppl, note: `${p.json.streamed ? "blocks streamed" : "resident"}, best of ${EVAL_ROUNDS}` });
+          rows.push({ size, what: "eval", who: "PyTorch", seconds: p.seconds, tokensPerSecond: p.json.tokensPerSecond, peakBytes: p.json.peakRssBytes, ppl: p.json.ppl, note: `${p.json.streamed ? "blocks streamed" : "resident"}${rounds > 1 ? `, best of ${rounds}` : ""}` });
         }
       }
       for (const metric of ["wanda", "sparsegpt"]) {
