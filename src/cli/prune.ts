@@ -9,7 +9,7 @@ import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
 
 /** The flags of PRUNE_FLAGS (by their camelCase names), and where and how the result goes. */
-interface PruneArgs {
+export interface PruneArgs {
   out: string;
   overwrite: boolean;
   json: boolean;

@@ -70,7 +70,7 @@ const whatWasPruned = (s: SearchSummary): string => {
 export const comparisonTable = (s: SearchSummary): string => {
   const rows = s.final.results.map((r) => `| ${r.method} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} |`);
   return [
-    `best ${s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : "perplexity"} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
+    `best ${s.final.results[0]?.method ?? s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : "perplexity"} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
     "",
     `${whatWasPruned(s)}; test perplexity on ${s.final.windows} windows of ${s.final.seqlen} from ${s.final.data} (dense ${s.final.dense.toFixed(3)})`,
     "",
@@ -79,7 +79,7 @@ export const comparisonTable = (s: SearchSummary): string => {
     ...rows,
     "",
     `wrote ${s.out}: best-allocation.csv, history.csv, summary.json, fitness.svg, allocation.svg`,
-    `reproduce the ${s.settings.method} row: ${s.final.reproduce}`,
+    `reproduce the ${s.final.results[0]?.method ?? s.settings.method} row: ${s.final.reproduce}`,
   ].join("\n") + "\n";
 };
 

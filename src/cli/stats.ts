@@ -6,7 +6,7 @@ import { numberOption, SEED, SEQLEN, WHOLE_POSITIVE, memoryOptions } from "./fla
 import { startProgress, type Progress } from "./progress.ts";
 import { runCommand } from "./run.ts";
 
-interface StatsArgs {
+export interface StatsArgs {
   memory?: number;
   streamed: boolean;
   model: string;

@@ -24,6 +24,7 @@ import { decodeEngineState, type GenerationRecord, type StopReason } from "../en
 import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { writeFileAtomically } from "../files.ts";
+import { MODULE_EXTENSIONS } from "../user-module.ts";
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
 import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
 import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
@@ -37,7 +38,7 @@ import { FITNESS_MEASURES, methodContext, sizeContext } from "../search/fitness.
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
-import { availablePlugins, loadPlugin } from "../search/registry.ts";
+import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
 import { checkMethod, runMethod } from "../search/run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
@@ -94,7 +95,7 @@ export type SearchSettings = typeof SearchSettings.Type;
 
 /** The flag of every search setting (those it shares with prune are prune's): the command's options and messages derive from it. */
 export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
-  method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: ${availablePlugins().join(", ")}` },
+  method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: a built-in (${availablePlugins().join(", ")}), a .ts/.mts/.mjs file exporting \`plugin\`, or an installed package's name` },
   space: { flag: "space", kind: "path", describe: "search-space file (default: the method's file in search-spaces/)" },
   sparsity: PRUNE_FLAGS.sparsity,
   metric: PRUNE_FLAGS.metric,
@@ -128,12 +129,12 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
     describe: "search per-block ratios of whole key/value head groups and MLP channels removed, scored by this importance (--sparsity: the fraction of prunable weights)",
   },
   fusionSteps: STRUCTURED_FLAGS.fusionSteps,
-  start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method (owl, mrp, ...) or an allocation CSV (evopress: the first parent; msp: the first individual)" },
+  start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method or an allocation CSV (for methods that take a start: a staged search's first parent, a generational one's first individual)" },
   screen: {
     flag: "screen",
     kind: "text",
     describe:
-      "multi-stage selection for dsa, msp and msp-nm: CANDIDATES@TOKENS,... (e.g. 64@1024,16@4096): breed that many children, score them on a minibatch of that many fitness tokens, keep the best for the next screen; the best of the last go to the fitness windows with the elites",
+      "multi-stage selection for methods the generational engine runs: CANDIDATES@TOKENS,... (e.g. 64@1024,16@4096): breed that many children, score them on a minibatch of that many fitness tokens, keep the best for the next screen; the best of the last go to the fitness windows with the elites",
   },
   fitness: {
     flag: "fitness",
@@ -385,6 +386,9 @@ export const searchJob = (request: SearchRequest) =>
         if (!(given.sparsity >= 0 && given.sparsity < 1)) return yield* new UsageError({ problem: `--sparsity ${given.sparsity} is outside [0, 1)` });
       }
 
+      // The method of a new run, found before its folder is named after it.
+      const newPlugin = request.settings ? yield* attemptPromise(() => loadPlugin(request.settings!.method)) : undefined;
+
       // 2. The run folder, created (or reopened) and locked: one writer at a time.
       let used = false;
       const folder = yield* Effect.acquireRelease(
@@ -393,7 +397,7 @@ export const searchJob = (request: SearchRequest) =>
               ? claimRunFolderToResume(request.resume, "settings.json")
               : claimNewRunFolder({
                   ...(request.out !== undefined ? { dir: request.out } : {}),
-                  base: join(resultsDir(), `${request.settings!.method}-${timestamp()}`),
+                  base: join(resultsDir(), `${newPlugin!.name}-${timestamp()}`),
                   marker: "settings.json",
                 })),
         (f) => Effect.sync(() => releaseRunFolder(f, used)),
@@ -418,9 +422,9 @@ export const searchJob = (request: SearchRequest) =>
         log(`resuming ${dir}${settingsChanged ? ` with ${RESUMABLE_SETTINGS.filter((k) => settings[k] !== saved[k]).map((k) => `${settingFlag(k)} ${settings[k]}`).join(", ")}` : ""}`);
       } else {
         const given = request.settings!;
-        const plugin = yield* attemptPromise(() => loadPlugin(given.method));
-        const space = yield* attempt(() => resolveSpaceFile(plugin, given.space));
-        settings = { ...given, space, seqlen: given.seqlen ?? 0 };
+        const space = yield* attempt(() => resolveSpaceFile(newPlugin!, given.space));
+        // A method file is saved as its absolute path, so the run resumes from anywhere.
+        settings = { ...given, method: yield* attempt(() => methodSpec(given.method)), space, seqlen: given.seqlen ?? 0 };
       }
       const plugin = yield* attemptPromise(() => loadPlugin(settings.method));
       const pattern = settings.pattern as Pattern;
@@ -434,7 +438,8 @@ export const searchJob = (request: SearchRequest) =>
         return yield* new UsageError({ problem: "--fitness kl is for unstructured pruning: a structured search scores perplexity" });
       }
       if (settings.structured && plugin.method.kind === "evolve" && plugin.method.strategy) {
-        return yield* new UsageError({ problem: `method ${plugin.name} searches per linear on token minibatches; a structured search takes a per-block method (${["dsa", "msp"].join(", ")}, ...)` });
+        const perBlock = yield* attemptPromise(() => methodsThat((p) => p.method.kind === "evolve" && p.method.strategy === undefined));
+        return yield* new UsageError({ problem: `method ${plugin.name} searches with its own strategy; a structured search takes a method the generational engine runs (${perBlock}, ...)` });
       }
       if (settings.structured && pattern.kind !== "unstructured") {
         return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
@@ -520,19 +525,23 @@ export const searchJob = (request: SearchRequest) =>
         (name) => attemptPromise(() => loadPlugin(name)),
       );
       // A start allocation: a direct method's (its statistics measured with the others') or a file's.
-      const startFile = settings.start !== undefined && (settings.start.endsWith(".csv") || settings.start.includes("/") || existsSync(settings.start));
+      const startFile =
+        settings.start !== undefined &&
+        (settings.start.endsWith(".csv") || ((settings.start.includes("/") || existsSync(settings.start)) && !MODULE_EXTENSIONS.some((e) => settings.start!.endsWith(e))));
       const startPlugin = settings.start !== undefined && !startFile ? yield* attemptPromise(() => loadPlugin(settings.start!)) : undefined;
       const screening = settings.screen === undefined ? undefined : yield* attempt(() => screeningOf(settings.screen!, settings.population));
       if (screening && (plugin.method.kind !== "evolve" || plugin.method.strategy !== undefined)) {
-        return yield* new UsageError({ problem: `--screen: method ${plugin.name} ${plugin.method.kind === "evolve" ? "runs its own stages (its search space)" : "does not evolve"}; dsa, msp and msp-nm screen` });
+        const screened = yield* attemptPromise(() => methodsThat((p) => p.method.kind === "evolve" && p.method.strategy === undefined));
+        return yield* new UsageError({ problem: `--screen: method ${plugin.name} ${plugin.method.kind === "evolve" ? "runs its own strategy (its search space)" : "does not evolve"}; ${screened} screen` });
       }
       if (screening && settings.structured) return yield* new UsageError({ problem: "--screen: structured fitness has no minibatches" });
       if (settings.start !== undefined && !plugin.startable) {
-        return yield* new UsageError({ problem: `--start: method ${plugin.name} does not start from an allocation (evopress and msp do)` });
+        const startable = yield* attemptPromise(() => methodsThat((p) => p.startable === true));
+        return yield* new UsageError({ problem: `--start: method ${plugin.name} does not start from an allocation (${startable} do)` });
       }
       if (startPlugin && startPlugin.method.kind !== "direct") {
         return yield* new UsageError({
-          problem: `--start ${settings.start}: a start is a direct method (${["uniform", "owl", "mrp"].join(", ")}) or an allocation CSV; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
+          problem: `--start ${settings.start}: a start is a direct method (${yield* attemptPromise(() => methodsThat((p) => p.method.kind === "direct"))}) or an allocation CSV; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
         });
       }
       const measured = yield* attemptPromise(() => methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : [])]));
