@@ -77,19 +77,28 @@ export const resolvePackage = (name: string, cwd = process.cwd()): string | unde
 /** Whether this module runs as compiled JavaScript (an installed package) rather than from source. */
 const compiled = import.meta.url.endsWith(".js");
 
+let tsLoader: Promise<void> | undefined;
+
 /**
  * Imports a user's module file. From source, the TypeScript loader is already in place
- * (tsx or the test runner); compiled, a TypeScript file goes through tsx's scoped import.
+ * (tsx or the test runner); compiled, the first TypeScript file registers tsx's loader for
+ * the process (registered, not scoped: a scoped import would load a second copy of
+ * evosparse and effect for the plugin, whose schemas the host could not read).
  */
 export const importModuleFile = async (file: string): Promise<Record<string, unknown>> => {
   const url = pathToFileURL(file).href;
   try {
     if (compiled && TS_EXTENSION.test(file)) {
-      const { tsImport } = await import("tsx/esm/api");
-      return (await tsImport(url, import.meta.url)) as Record<string, unknown>;
+      tsLoader ??= import("tsx/esm/api").then(({ register }) => void register());
+      await tsLoader;
     }
     return (await import(url)) as Record<string, unknown>;
   } catch (e) {
-    throw new DataError({ file, problem: `cannot load: ${String((e as Error)?.message ?? e).split("\n")[0]}` });
+    const message = String((e as Error)?.message ?? e).split("\n")[0]!;
+    // Node's rule: a .ts file is CommonJS unless its package.json says "type": "module".
+    const hint = TS_EXTENSION.test(file) && /require\(\)|Cannot use import statement|exports is not defined/.test(message)
+      ? ` (a .ts file is an ES module only under a package.json with "type": "module"; otherwise name it .mts)`
+      : "";
+    throw new DataError({ file, problem: `cannot load: ${message}${hint}` });
   }
 };

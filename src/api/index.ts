@@ -30,12 +30,23 @@ export type { BackendChoice } from "../backend/backend.ts";
 export { UsageError, DataError, CheckpointError, WorkerError, isEvosparseError, type EvosparseError } from "../errors.ts";
 
 // The engine: searches over any genome, with an injected evaluate.
+import { evolve, type EvolveOptions, type EvolveResult } from "../engine/evolve.ts";
+import type { Fidelity, Fitness } from "../engine/genome.ts";
 export { evolve, type EvolveOptions, type EvolveResult, type EngineCheckpoint, type Best } from "../engine/evolve.ts";
 export { fitnessOk, fitnessFailed, type Genome, type Fitness, type Fidelity } from "../engine/genome.ts";
 export type { Strategy, Proposal, Scored, Told, Leader, StageContext } from "../engine/strategy.ts";
 export { staged, type StagedOptions, type Stage } from "../engine/staged.ts";
 export { generational, type GenerationalOptions } from "../engine/generational.ts";
 export { Rng } from "../rng.ts";
+
+/**
+ * The engine without effect: `evolve` with an `evaluate` that returns a Promise, resolving
+ * to its result (rejecting when the evaluator throws or the options are refused).
+ */
+export const evolveAsync = <G, P>(
+  options: Omit<EvolveOptions<G, P>, "evaluate"> & { readonly evaluate: (batch: readonly P[], fidelity: Fidelity) => Promise<readonly Fitness[]> },
+): Promise<EvolveResult<G, P>> =>
+  run(evolve<G, P, unknown>({ ...options, evaluate: (batch, fidelity) => Effect.tryPromise({ try: () => options.evaluate(batch, fidelity), catch: (e) => e }) }));
 
 /** How any command runs; none of these changes a result. */
 export interface RunOptions {

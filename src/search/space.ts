@@ -5,14 +5,14 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { Result, Schema, SchemaIssue } from "effect";
+import { projectRoot } from "../defaults.ts";
 import { DataError } from "../errors.ts";
 import type { MethodPlugin } from "./plugin.ts";
 import { pluginFolder } from "./registry.ts";
 
-/** The folder of the shipped search spaces. */
-export const searchSpacesDir = fileURLToPath(new URL("../../search-spaces/", import.meta.url));
+/** The folder of the shipped search spaces (at the package's root, from source or compiled). */
+export const searchSpacesDir = join(projectRoot, "search-spaces");
 
 /** `["pre", 2]` -> `pre[2]`, `["bounds", "lo"]` -> `bounds.lo`. */
 const fieldPath = (path: readonly PropertyKey[]): string =>
