@@ -41,6 +41,16 @@ describe("evosparse search on the embedded model", () => {
     expect(report.evaluation.pruned).toBe(summary.final.results[0].test);
     expect(report.evaluation.dense).toBe(summary.final.dense);
     expect(report.requestedSparsity).toBeCloseTo(0.6, 9);
+
+    // prune --from RUN: the same number with no protocol flags at all; the allocation file's
+    // own sparsity is the target.
+    const fromRun = jsonOf(evosparse("prune", "--from", one, "--out", join(root, "from-run"), "--json"));
+    expect(fromRun.evaluation.pruned).toBe(summary.final.results[0].test);
+    expect(fromRun.evaluation.windows).toBe(summary.final.windows);
+    expect(fromRun.achievedSparsity).toBe(summary.final.results[0].achieved);
+    // The table says what each column measured.
+    const table = evosparse("search", "--resume", one);
+    expect(table.stdout).toMatch(/\| allocation \| fitness ppl \(dense, 1 windows\) \| test ppl \(sequential, 2 windows\) \| achieved sparsity \|/);
   });
 
   it("a search killed by SIGKILL after a generation resumes with --resume and ends exactly as an uninterrupted one", async () => {

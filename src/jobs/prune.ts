@@ -154,11 +154,13 @@ export const pruneJob = (request: PruneJobRequest) =>
       if (pattern.kind === "nm" && request.sparsity !== undefined && Math.abs(request.sparsity - pattern.n / pattern.m) > 1e-12) {
         return yield* new UsageError({ problem: `--sparsity ${request.sparsity} contradicts --pattern ${patternText(pattern)} (sparsity ${pattern.n / pattern.m})` });
       }
-      if (pattern.kind === "unstructured" && request.sparsity === undefined) {
-        return yield* new UsageError({ problem: "--sparsity is required for unstructured pruning" });
+      // An allocation file holds its own sparsity: without --sparsity its global mean is the target.
+      const targetFromFile = pattern.kind === "unstructured" && request.sparsity === undefined && isFile(request.allocation);
+      if (pattern.kind === "unstructured" && request.sparsity === undefined && !targetFromFile) {
+        return yield* new UsageError({ problem: "--sparsity is required for unstructured pruning with a method (an allocation CSV gives its own)" });
       }
-      const target = targetOf(pattern, request.sparsity);
-      if (!(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
+      let target = targetFromFile ? NaN : targetOf(pattern, request.sparsity);
+      if (!targetFromFile && !(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
       // The output folder is checked before any work, so a refusal costs nothing.
       yield* attempt(() =>
           checkOutputFolder(request.out, {
@@ -218,7 +220,8 @@ export const pruneJob = (request: PruneJobRequest) =>
       let trials: readonly Trial[] = [];
       let chosen: string | undefined;
       if (isFile(request.allocation)) {
-        allocation = yield* attempt(() => readAllocationCsv(request.allocation, pruner.layout, { target }));
+        allocation = yield* attempt(() => readAllocationCsv(request.allocation, pruner.layout, targetFromFile ? {} : { target }));
+        if (targetFromFile) target = globalSparsity(allocation);
         const mismatch = allocation.find((e) => (pattern.kind === "nm") !== (e.n !== undefined));
         if (mismatch) {
           return yield* new DataError({

@@ -21,7 +21,7 @@ import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
 import { generationalProblems, parseScreening, type ScreeningStage } from "../engine/generational.ts";
 import type { Fidelity } from "../engine/genome.ts";
 import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
-import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
+import { attempt, attemptPromise, DataError, UsageError, WorkerError, type EvosparseError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
 import { writeFileAtomically } from "../files.ts";
 import { MODULE_EXTENSIONS } from "../user-module.ts";
@@ -46,7 +46,7 @@ import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { availableParallelism } from "node:os";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
-import { PRUNE_FLAGS } from "./prune.ts";
+import { PRUNE_FLAGS, type PruneSettings } from "./prune.ts";
 import { STRUCTURED_FLAGS } from "./structured-prune.ts";
 
 /** Everything that decides a run's result; saved so a resumed run is the same run. */
@@ -175,6 +175,8 @@ export interface SearchRequest {
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
   readonly onGeneration?: (record: GenerationRecord, total: number) => void;
+  /** The final re-pruning's progress: `done` of `total` measurements (dense, then each allocation), `what` is next. */
+  readonly onFinal?: (done: number, total: number, what: string) => void;
 }
 
 /**
@@ -186,9 +188,13 @@ export const QUEUE_TIMEOUT_SECONDS = 300;
 
 export interface FinalResult {
   readonly method: string;
+  /** Fitness on the search's validation windows, in its calibration mode (null: failed). */
   readonly validation: number | null;
+  /** Test perplexity after the final re-pruning. */
   readonly test: number;
   readonly sparsities: readonly number[];
+  /** Global sparsity of the re-pruned weights (zero weights / prunable weights); absent for structured runs and older runs. */
+  readonly achieved?: number;
 }
 
 export interface SearchSummary {
@@ -256,6 +262,43 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
   };
 };
 
+/**
+ * The prune settings of the run's final protocol for an allocation file: what `prune --from
+ * RUN` starts from, so one command reproduces the reported test number.
+ */
+export const finalPruneSettings = (s: SearchSettings, allocationFile: string): Partial<PruneSettings> => ({
+  model: s.model,
+  ...(s.tokenizer ? { tokenizer: s.tokenizer } : {}),
+  allocation: allocationFile,
+  calib: s.calib,
+  field: s.field,
+  nsamples: s.nsamples,
+  seed: s.calibSeed,
+  seqlen: s.seqlen,
+  batch: s.batch,
+  eval: s.eval,
+  evalFormat: s.evalFormat as TextFormat,
+  ...(s.evalWindows !== undefined ? { evalWindows: s.evalWindows } : {}),
+  metric: s.metric as PruneMetric,
+  pattern: s.pattern as Pattern,
+  ...(s.pattern.kind === "nm" ? {} : { sparsity: s.sparsity }),
+  mode: s.finalMode,
+});
+
+/**
+ * `prune --from RUN`: the final protocol of the search in RUN, its best allocation included.
+ * A structured search re-prunes with its printed command instead.
+ */
+export const pruneSettingsFromRun = (dir: string): Partial<PruneSettings> => {
+  const settings = readSettings(dir);
+  if (settings.structured) {
+    throw new UsageError({ problem: `--from ${dir}: a structured search; run the reproduce command it printed (summary.json: final.reproduce)` });
+  }
+  const best = join(dir, "best-allocation.csv");
+  if (!existsSync(best)) throw new DataError({ file: best, problem: "missing: the search has not finished (continue it with search --resume)" });
+  return finalPruneSettings(settings, best);
+};
+
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string => {
   const shared = {
@@ -292,11 +335,18 @@ const reproduceCommand = (s: SearchSettings, allocationFile: string): string => 
   return [...words, "--out DIR"].join(" ");
 };
 
-/** The same model pruned in the final mode, measured on the test windows. */
+/** The same model pruned in the final mode, measured on the test windows, with the sparsity its weights reached. */
 const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation) =>
   attemptPromise(async () => {
-    await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
-    return (await pruner.perplexity(windows)).ppl;
+    const allocation = toAllocation(sparsities, pruner.layout, pattern);
+    await pruner.apply(allocation);
+    let zeros = 0;
+    let total = 0;
+    for (const o of pruner.outcomes(allocation)) {
+      zeros += o.achieved * o.params;
+      total += o.params;
+    }
+    return { test: (await pruner.perplexity(windows)).ppl, achieved: zeros / total };
   });
 
 const samePath = (a: string | undefined, b: string | undefined): boolean =>
@@ -629,8 +679,16 @@ export const searchJob = (request: SearchRequest) =>
         evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
       );
       log(`final: ${structured ? `cutting structurally by ${settings.structured}` : `re-pruning in ${settings.finalMode} mode`}, perplexity on ${testWindows.length} windows of ${settings.eval}`);
-      const testPerplexity = (sparsities: BlockAllocation) =>
-        structured ? attemptPromise(() => structured.final(sparsities, testWindows)) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities);
+      const measureFinal = (sparsities: BlockAllocation): Effect.Effect<{ readonly test: number; readonly achieved?: number }, EvosparseError> =>
+        structured ? attemptPromise(() => structured.final(sparsities, testWindows)).pipe(Effect.map((test) => ({ test }))) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities);
+      const finalTotal = 2 + baselineRows.length;
+      let finalDone = 0;
+      const testPerplexity = (name: string, sparsities: BlockAllocation) =>
+        Effect.sync(() => request.onFinal?.(finalDone, finalTotal, name)).pipe(
+          Effect.andThen(measureFinal(sparsities)),
+          Effect.tap(() => Effect.sync(() => request.onFinal?.(++finalDone, finalTotal, "done"))),
+        );
+      request.onFinal?.(finalDone, finalTotal, "dense");
       let dense: number;
       if (structured) {
         dense = yield* attemptPromise(() => structured.dense(testWindows));
@@ -640,11 +698,12 @@ export const searchJob = (request: SearchRequest) =>
         yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
         dense = denseResult.ppl;
       }
+      request.onFinal?.(++finalDone, finalTotal, plugin.name);
       const results: FinalResult[] = [
         {
           method: plugin.name,
           validation: outcome.best.fitness,
-          test: yield* testPerplexity(outcome.best.sparsities),
+          ...(yield* testPerplexity(plugin.name, outcome.best.sparsities)),
           sparsities: blockSparsities(bestAllocation),
         },
       ];
@@ -652,7 +711,7 @@ export const searchJob = (request: SearchRequest) =>
         results.push({
           method: row.name,
           validation: row.validation,
-          test: yield* testPerplexity(row.allocation),
+          ...(yield* testPerplexity(row.name, row.allocation)),
           sparsities: blockSparsities(toAllocation(row.allocation, finalModel.pruner.layout, pattern)),
         });
       }
