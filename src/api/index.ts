@@ -15,7 +15,7 @@ import { defaultData, defaultModel } from "../defaults.ts";
 import type { GenerationRecord } from "../engine/state.ts";
 import { evaluate as evaluateJob, type EvalReport } from "../jobs/eval.ts";
 import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../jobs/prune.ts";
-import { SEARCH_FLAGS, searchJob, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
+import { pruneSettingsFromRun, SEARCH_FLAGS, searchJob, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
 import { statsJob, type StatsRequest } from "../jobs/stats.ts";
 import type { LinearStatistics } from "../prune/dense-statistics.ts";
 import { patternOf, type Pattern } from "../allocation/pattern.ts";
@@ -94,13 +94,13 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly onGeneration?: (record: GenerationRecord, total: number) => void;
   };
 
-const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration"] as const;
+const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "overwrite", "from"] as const;
 
 const settingsPart = <T extends object>(options: T): Record<string, unknown> =>
   Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k)));
 
 /** `evosparse search`: a method's search, its best allocation re-pruned and compared on the test text. */
-export const search = (options: SearchOptions): Promise<SearchSummary> => {
+export const search = async (options: SearchOptions): Promise<SearchSummary> => {
   const pattern = patternOf(options.pattern ?? "unstructured");
   const given = { ...flagDefaults(SEARCH_FLAGS), ...settingsPart(options), pattern } as Record<string, unknown>;
   if (pattern.kind === "nm") given.sparsity = pattern.n / pattern.m;
@@ -124,12 +124,15 @@ export type PruneOptions = Partial<Omit<PruneSettings, "pattern">> &
     readonly out: string;
     /** Replace an existing output folder evosparse wrote. */
     readonly overwrite?: boolean;
+    /** A search's run folder: its best allocation with the search's final protocol (settings given here override). */
+    readonly from?: string;
   };
 
 /** `evosparse prune`: a model pruned with an allocation (a method or a CSV), written as a Hugging Face folder. */
-export const prune = (options: PruneOptions): Promise<PruneReport> => {
-  const pattern = patternOf(options.pattern ?? "unstructured");
-  const settings = { ...flagDefaults(PRUNE_FLAGS), ...settingsPart(options), pattern } as unknown as PruneSettings;
+export const prune = async (options: PruneOptions): Promise<PruneReport> => {
+  const fromRun = options.from !== undefined ? pruneSettingsFromRun(options.from) : {};
+  const pattern = options.pattern !== undefined ? patternOf(options.pattern) : (fromRun.pattern ?? patternOf("unstructured"));
+  const settings = { ...flagDefaults(PRUNE_FLAGS), ...fromRun, ...settingsPart(options), pattern } as unknown as PruneSettings;
   return run(pruneJob({ ...settings, out: options.out, ...(options.overwrite ? { overwrite: true } : {}), ...runOptions(options) }));
 };
 
