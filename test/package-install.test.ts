@@ -186,6 +186,36 @@ search({ sparsity: "half" });
     expect(report.requestedSparsity).toBeCloseTo(0.5, 9);
   });
 
+  it("plugins/README.md's templates (direct, grid, evolve with its own strategy) run as written, from the user's folder", () => {
+    const readme = readFileSync(join(pkg, "plugins", "README.md"), "utf8");
+    const templates = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!).filter((code) => code.includes("export const plugin"));
+    const names: string[] = [];
+    for (const code of templates) {
+      const name = /name: "([\w-]+)"/.exec(code)![1]!;
+      // Each template names its default space with the file's JSON in a comment.
+      const [, space, json] = /defaultSpace: "([^"]+)",\s*\/\/\s*(\{.*\})/.exec(code)!;
+      writeFileSync(join(work, `${name}.mjs`), code);
+      writeFileSync(join(work, space!), json!);
+      names.push(name);
+    }
+    expect(names).toEqual(["tilt", "slopes", "climb"]);
+    const small = ["--nsamples", "2", "--seqlen", "128", "--backend", "wasm", "--json"];
+    for (const name of ["tilt", "slopes"]) {
+      const r = run(bin, "prune", "--allocation", `./${name}.mjs`, "--sparsity", "0.5", "--valid-windows", "1", "--out", `pruned-${name}`, ...small);
+      expect(r.code, r.stderr).toBe(0);
+      const report = JSON.parse(r.stdout);
+      expect(report.requestedSparsity).toBeCloseTo(0.5, 9);
+      if (name === "slopes") expect(report.trials.map((t: { label: string }) => t.label)).toEqual(["slope=-0.02", "slope=0", "slope=0.02", "slope=0.04"]);
+    }
+    const r = run(bin, "search", "--method", "./climb.mjs", "--sparsity", "0.5", "--fitness-windows", "1", "--eval-windows", "2", "--generations", "3", "--final-mode", "dense", ...small);
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout);
+    expect(summary.generations).toBe(3);
+    const generations = generationsOf(summary.out);
+    expect(generations.size).toBe(3);
+    expect(generations.get("1")!.size).toBeGreaterThan(1);
+  });
+
   it("nothing was written inside the installed package", () => {
     expect(snapshot(pkg)).toEqual(before);
   });
