@@ -39,6 +39,13 @@ export { staged, type StagedOptions, type Stage } from "../engine/staged.ts";
 export { generational, type GenerationalOptions } from "../engine/generational.ts";
 export { Rng } from "../rng.ts";
 
+// Architectures: a record for a config.json model_type evosparse does not know.
+export { registerArchitecture, loadArchitectures, architectures } from "../checkpoint/architectures/index.ts";
+export type { Architecture } from "../checkpoint/architectures/architecture.ts";
+export { llama, mistral, qwen2 } from "../checkpoint/architectures/llama.ts";
+export { opt } from "../checkpoint/architectures/opt.ts";
+export { gpt2 } from "../checkpoint/architectures/gpt2.ts";
+
 /**
  * The engine without effect: `evolve` with an `evaluate` that returns a Promise, resolving
  * to its result (rejecting when the evaluator throws or the options are refused).

@@ -23,6 +23,7 @@ import type { Fidelity } from "../engine/genome.ts";
 import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
 import { attempt, attemptPromise, DataError, UsageError, WorkerError, type EvosparseError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
+import { crashPoint } from "../crash-point.ts";
 import { writeFileAtomically } from "../files.ts";
 import { MODULE_EXTENSIONS } from "../user-module.ts";
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
@@ -644,8 +645,11 @@ export const searchJob = (request: SearchRequest) =>
           };
           const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
           const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
-            request.onGeneration?.(record, totalGenerations),
+          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) => {
+            request.onGeneration?.(record, totalGenerations);
+            // After the generation's state is saved (tests of resuming crash here).
+            crashPoint("generation", record.generation + 1);
+          },
           ).pipe(
             Effect.mapError((e) =>
               e instanceof WorkerError ? new WorkerError({ problem: `${e.problem}; the search stopped, and every finished generation is saved: continue it with --resume ${dir}` }) : e,
