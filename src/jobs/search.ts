@@ -740,8 +740,12 @@ export const searchJob = (request: SearchRequest) =>
       writeSearchFiles(dir, {
         history: outcome.history,
         summary,
-        fitnessSvg: fitnessChart(outcome.history, `${title}: fitness per generation`),
-        allocationSvg: allocationChart(results.map((r) => ({ label: r.method, sparsities: r.sparsities })), `${title}: sparsity per block`),
+        // Uniform's fitness on the same windows is the line the search must get under.
+        fitnessSvg: fitnessChart(outcome.history, `${title}: fitness per generation`, {
+          yLabel: `validation ${settings.fitness === "kl" ? "KL per token" : "perplexity"} (${settings.fitnessWindows} windows)`,
+          references: baselineRows.flatMap((row) => (row.name === "uniform" && row.validation !== null ? [{ label: "uniform", y: row.validation }] : [])),
+        }),
+        allocationSvg: allocationChart(results.map((r) => ({ label: r.method, sparsities: r.sparsities })), `${title}: sparsity per block`, target),
       });
       return summary;
     }),
