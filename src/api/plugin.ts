@@ -8,6 +8,7 @@
  */
 export type { MethodPlugin, MethodContext, Method, GridCandidate, BlockStatistics, StatisticsNeed, BlockAllocation, Pattern } from "../search/plugin.ts";
 export type { Genome, Fitness, Fidelity } from "../engine/genome.ts";
+export type { FitnessMeasurePlugin, WindowLoss } from "../search/fitness-measure.ts";
 export type { Strategy, Proposal, Scored, Told, Leader, StageContext } from "../engine/strategy.ts";
 export { staged, stageSizes, type StagedOptions, type Stage } from "../engine/staged.ts";
 export { generational, type GenerationalOptions } from "../engine/generational.ts";

@@ -1,7 +1,6 @@
-import { resolve } from "node:path";
+import { basename, resolve } from "node:path";
 import type { Argv } from "yargs";
 import type { StructuredImportance } from "../prune/structured.ts";
-import type { FitnessMeasure } from "../search/fitness.ts";
 import { hideBin } from "yargs/helpers";
 import type { BackendChoice } from "../backend/backend.ts";
 import type { TextFormat } from "../data/text-source.ts";
@@ -51,7 +50,7 @@ export interface SearchArgs {
   batch: number;
   structured?: StructuredImportance;
   fusionSteps?: number;
-  fitness?: FitnessMeasure;
+  fitness?: string;
   start?: string;
   out?: string;
   resume?: string;
@@ -69,7 +68,8 @@ const whatWasPruned = (s: SearchSummary): string => {
 /** The comparison table printed at the end of a search: each column says what it measured. */
 export const comparisonTable = (s: SearchSummary): string => {
   const t = s.settings;
-  const fitness = `fitness ${t.fitness ?? "ppl"} (${t.structured ? "structured" : t.mode}, ${t.fitnessWindows} windows)`;
+  // A user's measure is saved as its file's path: its file name says which.
+  const fitness = `fitness ${basename(t.fitness ?? "ppl").replace(/\.[cm]?[jt]s$/, "")} (${t.structured ? "structured" : t.mode}, ${t.fitnessWindows} windows)`;
   const test = `test ppl (${t.structured ? "structured" : s.final.mode}, ${s.final.windows} windows)`;
   const rows = s.final.results.map(
     (r) =>

@@ -35,7 +35,8 @@ import { queueEvaluator } from "../queue/queue-evaluator.ts";
 import { openRedis } from "../queue/redis.ts";
 import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
-import { FITNESS_MEASURES, methodContext, sizeContext } from "../search/fitness.ts";
+import { methodContext, sizeContext } from "../search/fitness.ts";
+import { fitnessSpec, isBuiltInFitness, loadFitnessMeasure } from "../search/fitness-measure.ts";
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
@@ -90,7 +91,7 @@ export const SearchSettings = Schema.Struct({
   /** Screening stages of the generational strategy, as `--screen` writes them (64@1024,16@4096). */
   screen: Schema.optional(Schema.String),
   /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
-  fitness: Schema.optional(Schema.Literals(FITNESS_MEASURES)),
+  fitness: Schema.optional(Schema.String),
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
@@ -139,9 +140,8 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   },
   fitness: {
     flag: "fitness",
-    kind: "choice",
-    choices: FITNESS_MEASURES,
-    describe: "fitness: perplexity of the pruned model (ppl, the default) or its KL divergence per token from the dense model (kl)",
+    kind: "text",
+    describe: `fitness: perplexity of the pruned model (ppl, the default), its KL divergence per token from the dense model (kl), or your own measure: a .ts/.mts/.mjs file exporting \`fitness\` or an installed package's name`,
   },
 };
 
@@ -475,7 +475,13 @@ export const searchJob = (request: SearchRequest) =>
         const given = request.settings!;
         const space = yield* attempt(() => resolveSpaceFile(newPlugin!, given.space));
         // A method file is saved as its absolute path, so the run resumes from anywhere.
-        settings = { ...given, method: yield* attempt(() => methodSpec(given.method)), space, seqlen: given.seqlen ?? 0 };
+        settings = {
+          ...given,
+          method: yield* attempt(() => methodSpec(given.method)),
+          ...(given.fitness !== undefined ? { fitness: yield* attempt(() => fitnessSpec(given.fitness!)) } : {}),
+          space,
+          seqlen: given.seqlen ?? 0,
+        };
       }
       const plugin = yield* attemptPromise(() => loadPlugin(settings.method));
       const pattern = settings.pattern as Pattern;
@@ -485,9 +491,12 @@ export const searchJob = (request: SearchRequest) =>
       if (settings.fusionSteps !== undefined && settings.structured !== "hywia") {
         return yield* new UsageError({ problem: "--fusion-steps applies to --structured hywia" });
       }
-      if (settings.structured && settings.fitness === "kl") {
-        return yield* new UsageError({ problem: "--fitness kl is for unstructured pruning: a structured search scores perplexity" });
+      if (settings.structured && settings.fitness !== undefined && settings.fitness !== "ppl") {
+        return yield* new UsageError({ problem: `--fitness ${settings.fitness} is for unstructured pruning: a structured search scores perplexity` });
       }
+      // A user's measure is loaded here first, so a bad one is refused before any work.
+      const measure = isBuiltInFitness(settings.fitness) ? undefined : yield* attemptPromise(() => loadFitnessMeasure(settings.fitness!));
+      if (measure && queueAddress) return yield* new UsageError({ problem: `--fitness ${settings.fitness}: queue workers compute ppl and kl; a measure of your own runs with --workers` });
       if (settings.structured && plugin.method.kind === "evolve" && plugin.method.strategy) {
         const perBlock = yield* attemptPromise(() => methodsThat((p) => p.method.kind === "evolve" && p.method.strategy === undefined));
         return yield* new UsageError({ problem: `method ${plugin.name} searches with its own strategy; a structured search takes a method the generational engine runs (${perBlock}, ...)` });
@@ -615,7 +624,7 @@ export const searchJob = (request: SearchRequest) =>
       used = true;
 
       log(
-        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
+        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${measure?.name ?? settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${queueAddress ? `queue ${queueAddress.shown}` : `${workers} worker${workers > 1 ? "s" : ""}`}; folder ${dir}`,
       );
 
@@ -742,7 +751,7 @@ export const searchJob = (request: SearchRequest) =>
         summary,
         // Uniform's fitness on the same windows is the line the search must get under.
         fitnessSvg: fitnessChart(outcome.history, `${title}: fitness per generation`, {
-          yLabel: `validation ${settings.fitness === "kl" ? "KL per token" : "perplexity"} (${settings.fitnessWindows} windows)`,
+          yLabel: `validation ${settings.fitness === "kl" ? "KL per token" : measure ? measure.name : "perplexity"} (${settings.fitnessWindows} windows)`,
           references: baselineRows.flatMap((row) => (row.name === "uniform" && row.validation !== null ? [{ label: "uniform", y: row.validation }] : [])),
         }),
         allocationSvg: allocationChart(results.map((r) => ({ label: r.method, sparsities: r.sparsities })), `${title}: sparsity per block`, target),
