@@ -43,6 +43,12 @@ export const progressLine = (label: string, done: number, total: number, extra: 
   return line.slice(0, width);
 };
 
+/** The progress line drawn now, if any: an error printed meanwhile ends it first. */
+let active: Progress | undefined;
+
+/** Ends the progress line being drawn, if any, so the next line starts on its own. */
+export const endProgressLine = (): void => active?.stop();
+
 export const startProgress = (label: string, total: number, options: { quiet?: boolean } = {}): Progress => {
   if (options.quiet) return { update: () => {}, log: () => {}, stop: () => {} };
   const out = process.stderr;
@@ -60,7 +66,7 @@ export const startProgress = (label: string, total: number, options: { quiet?: b
     const draw = (): void => {
       if (drawn !== "") out.write(`\r${drawn}\x1b[K`);
     };
-    return {
+    const progress: Progress = {
       update: (done, extra = {}) => {
         const width = Math.min(PROGRESS_WIDTH, (out.columns || PROGRESS_WIDTH) - 1);
         drawn = progressLine(label, done, total, extra, eta(done), width);
@@ -73,8 +79,12 @@ export const startProgress = (label: string, total: number, options: { quiet?: b
       stop: () => {
         if (drawn !== "") out.write("\n");
         drawn = "";
+        if (active === progress) active = undefined;
       },
     };
+    active?.stop();
+    active = progress;
+    return progress;
   }
   let lastLog = 0;
   return {

@@ -57,7 +57,7 @@ export const statsCommand = {
         ...(argv.out !== undefined ? { out: argv.out } : {}),
         overwrite: argv.overwrite,
         backend: argv.backend,
-        ...(argv.json ? {} : { log: (line: string) => process.stderr.write(line + "\n") }),
+        ...(argv.json ? {} : { log: (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n")) }),
         onBlock: (done, total) => {
           progress ??= startProgress("blocks", total, { quiet: argv.json });
           progress.update(done);
