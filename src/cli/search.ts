@@ -76,7 +76,7 @@ export const comparisonTable = (s: SearchSummary): string => {
       `| ${r.method} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} | ${r.achieved === undefined ? "-" : `${(r.achieved * 100).toFixed(2)}%`} |`,
   );
   return [
-    `best ${s.final.results[0]?.method ?? s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : "perplexity"} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
+    `best ${s.final.results[0]?.method ?? s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : s.settings.fitness === undefined || s.settings.fitness === "ppl" ? "perplexity" : basename(s.settings.fitness).replace(/\.[cm]?[jt]s$/, "")} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
     "",
     `${whatWasPruned(s)}; test perplexity on ${s.final.windows} windows of ${s.final.seqlen} from ${s.final.data} (dense ${s.final.dense.toFixed(3)})`,
     "",
