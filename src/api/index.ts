@@ -186,7 +186,10 @@ export const stats = (options: StatsOptions = {}): Promise<readonly LinearStatis
       nsamples: 128,
       seed: 0,
       metric: "wanda",
+      // Of stats's own settings, `out` and `overwrite` name its CSV file.
       ...settingsPart(options),
+      ...(options.out !== undefined ? { out: options.out } : {}),
+      ...(options.overwrite ? { overwrite: true } : {}),
       ...runOptions(options),
     } as StatsRequest),
   );
