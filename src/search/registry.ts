@@ -92,6 +92,8 @@ export const loadPlugin = async (spec: string, cwd = process.cwd()): Promise<Met
 /** Every built-in method, loaded: for messages that list the methods able to do something. */
 export const builtInPlugins = (): Promise<MethodPlugin<unknown>[]> => Promise.all(availablePlugins().map((name) => loadPlugin(name)));
 
-/** The built-in methods that `accepts`, as a comma-separated list for messages. */
-export const methodsThat = async (accepts: (plugin: MethodPlugin<unknown>) => boolean): Promise<string> =>
-  (await builtInPlugins()).filter(accepts).map((p) => p.name).join(", ");
+/** The built-in methods that `accepts`, listed for messages ("dsa, msp and msp-nm"). */
+export const methodsThat = async (accepts: (plugin: MethodPlugin<unknown>) => boolean): Promise<string> => {
+  const names = (await builtInPlugins()).filter(accepts).map((p) => p.name);
+  return names.length <= 1 ? names.join("") : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
+};
