@@ -7,7 +7,7 @@ import type { TextFormat } from "../data/text-source.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
 import { QUEUE_TIMEOUT_SECONDS, RESUMABLE_SETTINGS, SEARCH_FLAGS, searchJob, settingFlag, type GivenSettings, type SearchSettings, type SearchSummary } from "../jobs/search.ts";
-import { camelOf } from "../settings/flag-table.ts";
+import { camelOf, shellWord } from "../settings/flag-table.ts";
 import type { Pattern } from "../search/plugin.ts";
 import { UsageError } from "../errors.ts";
 import { parsePattern } from "./options.ts";
@@ -85,7 +85,7 @@ export const comparisonTable = (s: SearchSummary): string => {
     ...rows,
     "",
     `wrote ${s.out}: best-allocation.csv, history.csv, summary.json, fitness.svg, allocation.svg`,
-    `reproduce the ${s.final.results[0]?.method ?? s.settings.method} row: ${s.final.reproduce}`,
+    `reproduce the ${s.final.results[0]?.method ?? s.settings.method} row: ${s.settings.structured ? s.final.reproduce : `npx evosparse prune --from ${shellWord(s.out)} --out DIR`}`,
   ].join("\n") + "\n";
 };
 
