@@ -1,6 +1,14 @@
 #!/usr/bin/env node
-// The CLI is written in TypeScript and run through tsx's loader, so the package ships
-// no build step: `npm ci` is the whole installation.
-import { register } from "tsx/esm/api";
-register();
-await import("../src/cli/main.ts");
+// From the repository the CLI runs its TypeScript through tsx's loader, so `npm ci` is the
+// whole installation; an installed package ships compiled JavaScript (dist/, built by
+// `npm pack`'s prepack) and compiles nothing at start.
+import { existsSync } from "node:fs";
+
+const source = new URL("../src/cli/main.ts", import.meta.url);
+if (existsSync(source)) {
+  const { register } = await import("tsx/esm/api");
+  register();
+  await import(source.href);
+} else {
+  await import(new URL("../dist/src/cli/main.js", import.meta.url).href);
+}

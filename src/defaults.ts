@@ -1,8 +1,19 @@
 import { fileURLToPath } from "node:url";
-import { dirname, resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 
-/** The repository root, found from this file so commands work from any directory. */
-export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+/**
+ * The package's root (the repository, or the installed package's folder), found from this
+ * file so commands work from any directory: the nearest folder above holding package.json
+ * (src/ from source, dist/src/ compiled).
+ */
+const findRoot = (): string => {
+  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
+    if (existsSync(join(dir, "package.json"))) return dir;
+    if (dirname(dir) === dir) return resolve(dirname(fileURLToPath(import.meta.url)), "..");
+  }
+};
+export const projectRoot = findRoot();
 
 /** The small LLaMA-architecture model that ships with evosparse, trained on the Brown corpus. */
 export const defaultModel = (): string => resolve(projectRoot, "models", "brown-llama");
@@ -10,4 +21,8 @@ export const defaultModel = (): string => resolve(projectRoot, "models", "brown-
 /** Built-in text parts are named `brown:<part>`; they are read from the installed corpus package. */
 export const defaultData = (part: "train" | "validation" | "calibration" | "test"): string => `brown:${part}`;
 
-export const resultsDir = (): string => resolve(projectRoot, "results");
+/**
+ * Where run folders go by default: results/ of the working directory, so an installed
+ * evosparse writes beside the user's work and never inside its own package.
+ */
+export const resultsDir = (): string => resolve(process.cwd(), "results");

@@ -116,7 +116,7 @@ describe("Hugging Face checkpoints", () => {
 
   it("rejects an unknown model_type, naming config.json", () => {
     const dir = writeFolder({ ...hfConfigs.llama, model_type: "mamba" }, hfTensors("llama", 1));
-    expectCheckpointError(() => openCheckpointSync(dir), /config\.json: unknown model_type "mamba" \(supported: llama, mistral, qwen2, opt, gpt2\)/);
+    expectCheckpointError(() => openCheckpointSync(dir), /config\.json: unknown model_type "mamba" \(supported: llama, mistral, qwen2, opt, gpt2; a record for another is given with --architecture FILE\)/);
   });
 
   it("rejects a config field of the wrong type, naming it", () => {

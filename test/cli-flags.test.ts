@@ -12,7 +12,7 @@ import { program } from "../src/cli/program.ts";
 import { UsageError } from "../src/errors.ts";
 
 const NUMERIC_FLAGS: Record<string, readonly string[]> = {
-  eval: ["seqlen", "max-windows", "batch"],
+  eval: ["seqlen", "eval-windows", "batch"],
   stats: ["nsamples", "seqlen", "seed"],
   prune: ["sparsity", "nsamples", "seqlen", "seed", "eval-windows", "valid-windows", "batch", "fusion-steps", "recover-steps", "recover-rank", "recover-alpha", "recover-lr", "recover-batch", "recover-checkpoint-every"],
   search: ["sparsity", "nsamples", "calib-seed", "seqlen", "fitness-windows", "eval-windows", "population", "generations", "budget-evals", "budget-tokens", "time-budget", "patience", "seed", "workers", "batch", "fusion-steps"],

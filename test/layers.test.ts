@@ -8,6 +8,7 @@ import { dirname, join, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 
 const src = resolve(import.meta.dirname, "..", "src");
+const plugins = resolve(import.meta.dirname, "..", "plugins");
 
 /** Each folder's layer, lowest first; folders of one layer do not import each other. */
 const LAYERS: readonly (readonly string[])[] = [
@@ -21,7 +22,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ["search"],
   ["queue"],
   ["jobs"],
-  ["cli"],
+  ["cli", "api"],
 ];
 const rank = new Map(LAYERS.flatMap((folders, k) => folders.map((f) => [f, k] as const)));
 
@@ -79,5 +80,32 @@ describe("the source layers", () => {
     };
     for (const node of graph.keys()) visit(node, []);
     expect(cycles).toEqual([]);
+  });
+
+  /**
+   * A plugin sees numbers, never tensors: besides its own folder it imports only the
+   * plugin interface, the engine, the allocation helpers, the seeded generator and the
+   * errors (what `evosparse/plugin` offers a user's method), and of packages only effect.
+   */
+  it("plugins import only the plugin interface, the engine, allocation helpers, rng and errors", () => {
+    const allowed = [/^src\/search\/plugin\.ts$/, /^src\/engine\//, /^src\/allocation\//, /^src\/rng\.ts$/, /^src\/errors\.ts$/];
+    const outside: string[] = [];
+    const files = readdirSync(plugins).flatMap((name) => (statSync(join(plugins, name)).isDirectory() ? sources(join(plugins, name)) : []));
+    expect(files.length).toBeGreaterThan(0);
+    for (const file of files) {
+      const text = readFileSync(file, "utf8");
+      for (const match of text.matchAll(/(?:from\s*|import\s*\(\s*)["']([^"']+)["']/g)) {
+        const spec = match[1]!;
+        if (!spec.startsWith(".")) {
+          if (spec !== "effect") outside.push(`${relative(plugins, file)} -> ${spec}`);
+          continue;
+        }
+        const target = resolve(dirname(file), spec);
+        if (target.startsWith(dirname(file))) continue;
+        const fromRoot = relative(resolve(plugins, ".."), target);
+        if (!allowed.some((rule) => rule.test(fromRoot))) outside.push(`${relative(plugins, file)} -> ${fromRoot}`);
+      }
+    }
+    expect(outside).toEqual([]);
   });
 });

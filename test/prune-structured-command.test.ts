@@ -7,7 +7,7 @@ import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
-import { embeddedModel, ended, errorLines, evosparse, jsonOf, spawnEvosparse, tempRoot } from "./helpers/embedded.ts";
+import { embeddedModel, errorLines, evosparse, evosparseWithEnv, jsonOf, tempRoot } from "./helpers/embedded.ts";
 
 const root = tempRoot("structured");
 const common = ["--model", embeddedModel, "--nsamples", "2", "--seqlen", "128", "--eval", "brown:test", "--eval-windows", "2"];
@@ -85,18 +85,10 @@ describe("evosparse prune --structured", () => {
     const args = [...common, "--structured", "l2", "--sparsity", "0.4", "--recover-steps", "24", "--recover-checkpoint-every", "4", "--recover-batch", "1", "--recover-lr", "0.001"];
     const whole = jsonOf(evosparse("prune", ...args, "--out", join(root, "whole"), "--json"));
     const out = join(root, "killed");
-    const child = spawnEvosparse("prune", ...args, "--out", out);
-    const state = join(`${out}.recovery`, "state.json");
-    let killed = false;
-    const poll = setInterval(() => {
-      if (!killed && existsSync(state)) {
-        killed = true;
-        child.kill("SIGKILL");
-      }
-    }, 10);
-    const signal = await ended(child);
-    clearInterval(poll);
-    expect(signal).toBe("SIGKILL");
+    // Killed right after the checkpoint at step 8 is on disk.
+    const crash = evosparseWithEnv({ EVOSPARSE_CRASH_AFTER: "lora-step:8" }, "prune", ...args, "--out", out);
+    expect(crash.signal).toBe("SIGKILL");
+    expect(JSON.parse(readFileSync(join(`${out}.recovery`, "state.json"), "utf8")).step).toBe(8);
     expect(existsSync(out)).toBe(false);
     const refused = evosparse("prune", ...args, "--out", out);
     expect(refused.code).toBe(2);

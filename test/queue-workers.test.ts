@@ -217,7 +217,8 @@ describe.skipIf(redisMissing !== undefined)("search --queue with evosparse worke
     await until("three jobs", () => w.jobs().length >= 3);
     await redis.stop();
     await until("the search to notice", () => stderr.includes("queue: lost Redis"), 30);
-    await sleep(1500);
+    // Redis returns once the worker has noticed too, so both sides really wait for it.
+    await until("the worker to notice", () => w.lines().some((l) => l.includes("queue: lost Redis")), 30);
     await redis.start();
     expect(await exit).toBeNull();
     expect(search.exitCode, stderr).toBe(0);

@@ -289,3 +289,34 @@ describe("non-finite values", () => {
     );
   });
 });
+
+describe("ticks and reference lines", () => {
+  const ticksOf = (svg: string, cls: string): number[] => [...svg.matchAll(new RegExp(`class="${cls}"[^>]*>([^<]+)<`, "g"))].map((m) => Number(m[1]));
+
+  it("the ticks cover the data: the first at or below the smallest value, the last at or above the largest", () => {
+    fc.assert(
+      fc.property(fc.array(fc.double({ min: -1e6, max: 1e6, noNaN: true }), { minLength: 2, maxLength: 30 }), fc.array(fc.integer({ min: 0, max: 200 }), { minLength: 2, maxLength: 30 }), (ys, xs) => {
+        const n = Math.min(ys.length, xs.length);
+        const points = Array.from({ length: n }, (_, i) => [xs[i]!, ys[i]!] as const);
+        const svg = lineChart([{ label: "s", points, color: "#000" }], { title: "t", xLabel: "x", yLabel: "y", integerX: true });
+        const y = ticksOf(svg, "y-tick");
+        const x = ticksOf(svg, "x-tick");
+        expect(Math.min(...y)).toBeLessThanOrEqual(Math.min(...ys.slice(0, n)) + 1e-9 * Math.max(1, Math.abs(Math.min(...ys.slice(0, n)))));
+        expect(Math.max(...y)).toBeGreaterThanOrEqual(Math.max(...ys.slice(0, n)) - 1e-9 * Math.max(1, Math.abs(Math.max(...ys.slice(0, n)))));
+        expect(Math.min(...x)).toBeLessThanOrEqual(Math.min(...xs.slice(0, n)));
+        expect(Math.max(...x)).toBeGreaterThanOrEqual(Math.max(...xs.slice(0, n)));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it("a reference line spans the plot at its value, inside the range even beyond the data, and is named in the legend", () => {
+    const svg = lineChart([{ label: "best", points: [[1, 50], [2, 48]], color: "#000" }], {
+      title: "t", xLabel: "generation", yLabel: "ppl", integerX: true, references: [{ label: "uniform", y: 60 }],
+    });
+    const line = /<line class="reference" data-reference="0" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"/.exec(svg)!;
+    expect(line[2]).toBe(line[4]);
+    expect(Math.max(...ticksOf(svg, "y-tick"))).toBeGreaterThanOrEqual(60);
+    expect(svg).toMatch(/<text class="legend reference"[^>]*>uniform</);
+  });
+});

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { embeddedModel, ended, evosparse, historyOf, jsonOf, reproduceArgs, spawnEvosparse, tempRoot } from "./helpers/embedded.ts";
+import { embeddedModel, evosparse, evosparseWithEnv, historyOf, jsonOf, reproduceArgs, tempRoot } from "./helpers/embedded.ts";
 
 const root = tempRoot("search-embedded");
 
@@ -41,31 +41,28 @@ describe("evosparse search on the embedded model", () => {
     expect(report.evaluation.pruned).toBe(summary.final.results[0].test);
     expect(report.evaluation.dense).toBe(summary.final.dense);
     expect(report.requestedSparsity).toBeCloseTo(0.6, 9);
+
+    // prune --from RUN: the same number with no protocol flags at all; the allocation file's
+    // own sparsity is the target.
+    const fromRun = jsonOf(evosparse("prune", "--from", one, "--out", join(root, "from-run"), "--json"));
+    expect(fromRun.evaluation.pruned).toBe(summary.final.results[0].test);
+    expect(fromRun.evaluation.windows).toBe(summary.final.windows);
+    expect(fromRun.achievedSparsity).toBe(summary.final.results[0].achieved);
+    // The table says what each column measured.
+    const table = evosparse("search", "--resume", one);
+    expect(table.stdout).toMatch(/\| allocation \| fitness ppl \(dense, 1 windows\) \| test ppl \(sequential, 2 windows\) \| achieved sparsity \|/);
   });
 
-  it("a search killed by SIGKILL after a generation resumes with --resume and ends exactly as an uninterrupted one", async () => {
+  it("a search killed by SIGKILL after a generation resumes with --resume and ends exactly as an uninterrupted one", () => {
     const generations = 6;
     const args = ["search", "--method", "msp", ...small, "--population", "3", "--generations", String(generations), "--final-mode", "dense"];
     const whole = join(root, "whole");
     const uninterrupted = jsonOf(evosparse(...args, "--out", whole, "--json"));
     const killed = join(root, "killed");
-    const child = spawnEvosparse(...args, "--out", killed);
-    const state = join(killed, "engine-state.json");
-    let killedAt = -1;
-    const poll = setInterval(() => {
-      if (killedAt >= 0 || !existsSync(state)) return;
-      const generation = JSON.parse(readFileSync(state, "utf8")).generation as number;
-      if (generation >= 1) {
-        killedAt = generation;
-        child.kill("SIGKILL");
-      }
-    }, 5);
-    const signal = await ended(child);
-    clearInterval(poll);
-    expect(signal).toBe("SIGKILL");
-    // Killed part-way through the generations, before the final stage wrote its results.
-    expect(killedAt).toBeGreaterThanOrEqual(1);
-    expect(killedAt).toBeLessThan(generations);
+    // Killed right after generation 2 is saved, where a crash would leave the folder.
+    const crash = evosparseWithEnv({ EVOSPARSE_CRASH_AFTER: "generation:2" }, ...args, "--out", killed);
+    expect(crash.signal).toBe("SIGKILL");
+    expect(JSON.parse(readFileSync(join(killed, "engine-state.json"), "utf8")).generation).toBe(2);
     expect(existsSync(join(killed, "summary.json"))).toBe(false);
     const resumed = jsonOf(evosparse("search", "--resume", killed, "--json"));
     expect(historyOf(killed)).toEqual(historyOf(whole));

@@ -40,7 +40,7 @@ describe("evosparse search --screen", () => {
   it("is refused for a method with its own stages, and when screens are smaller than the population", () => {
     const r = evosparse(...args.map((w) => (w === "msp" ? "evopress" : w)), "--out", join(root, "refused"));
     expect(r.code).toBe(2);
-    expect(errorLines(r.stderr)).toEqual(["evosparse: --screen: method evopress runs its own stages (its search space); dsa, msp and msp-nm screen"]);
+    expect(errorLines(r.stderr)).toEqual(["evosparse: --screen: method evopress runs its own strategy (its search space); dsa, msp and msp-nm screen"]);
     const small = evosparse(...args.map((w) => (w === "8@200,4@400" ? "2@200" : w)), "--out", join(root, "small"));
     expect(small.code).toBe(2);
     expect(errorLines(small.stderr)[0]).toMatch(/^evosparse: --screen 2@200: screening stage 0 candidates must be a whole number in \[3, Infinity\], got 2/);

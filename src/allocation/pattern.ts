@@ -3,6 +3,7 @@
  * return, expanded to the per-linear allocation everything downstream works on.
  */
 import { Schema } from "effect";
+import { UsageError } from "../errors.ts";
 import { blockCount, perBlock, perBlockNM, perLinear, type Allocation, type Layout } from "./allocation.ts";
 import { nmFromSparsities } from "./nm.ts";
 
@@ -44,3 +45,18 @@ export const toAllocation = (sparsities: BlockAllocation, layout: Layout, patter
   }
   return pattern.kind === "nm" ? perBlockNM(nmFromSparsities(sparsities, pattern.m, pattern.n), pattern.m, layout) : perBlock(sparsities, layout);
 };
+
+/** `unstructured` or `N:M` with 1 <= N < M (N = 0 would prune nothing). */
+export const parsePattern = (text: string): Pattern => {
+  if (text === "unstructured") return { kind: "unstructured" };
+  const match = /^(\d+):(\d+)$/.exec(text);
+  const n = match ? Number(match[1]) : NaN;
+  const m = match ? Number(match[2]) : NaN;
+  if (!match || !(m >= 2) || !(n >= 1 && n < m) || !Number.isSafeInteger(m)) {
+    throw new UsageError({ problem: `--pattern ${text} is neither "unstructured" nor N:M with 1 <= N < M (e.g. 2:4)` });
+  }
+  return { kind: "nm", n, m };
+};
+
+/** A pattern as the command line writes it ("2:4", "unstructured") or already parsed. */
+export const patternOf = (pattern: string | Pattern): Pattern => (typeof pattern === "string" ? parsePattern(pattern) : pattern);

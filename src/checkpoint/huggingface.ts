@@ -42,7 +42,7 @@ export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; 
   if (!arch) {
     throw new CheckpointError({
       file,
-      problem: `unknown model_type "${modelType}" (supported: ${supportedModelTypes().join(", ")})`,
+      problem: `unknown model_type "${modelType}" (supported: ${supportedModelTypes().join(", ")}; a record for another is given with --architecture FILE)`,
     });
   }
   const blockShapes = (raw as Record<string, unknown>)[BLOCK_SHAPES_KEY] != null;

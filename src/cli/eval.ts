@@ -14,23 +14,24 @@ export const evalCommand = {
     memoryOptions(y)
       .option("model", { type: "string", describe: "Hugging Face folder, llama2.c .bin, or a folder holding one", default: defaultModel() })
       .option("tokenizer", { type: "string", describe: "tokenizer file (overrides the one beside the checkpoint)" })
-      .option("data", { type: "string", describe: "evaluation text", default: defaultData("test") })
-      .option("format", { choices: TEXT_FORMATS, default: "text" as TextFormat, describe: "text: one stream; jsonl: documents joined with blank lines; stories: each story on its own" })
+      // Named as prune and search name them (--eval, --eval-format, --eval-windows); the first names stay as aliases.
+      .option("eval", { alias: "data", type: "string", describe: "evaluation text", default: defaultData("test") })
+      .option("eval-format", { alias: "format", choices: TEXT_FORMATS, default: "text" as TextFormat, describe: "text: one stream; jsonl: documents joined with blank lines; stories: each story on its own" })
       .option("field", { type: "string", default: "text", describe: "jsonl field holding the text" })
       .option("seqlen", numberOption("seqlen", { ...SEQLEN, describe: "window length (default: the model's context)" }))
       .option("bos", { type: "boolean", default: false, describe: "put BOS in front of each window" })
-      .option("max-windows", numberOption("max-windows", { ...WHOLE_POSITIVE, describe: "score at most this many windows (default: all)" }))
+      .option("eval-windows", { alias: "max-windows", ...numberOption("eval-windows", { ...WHOLE_POSITIVE, describe: "score at most this many windows (default: all)" }) })
       .option("batch", numberOption("batch", { ...WHOLE_POSITIVE, default: 1, describe: "windows per forward pass" }))
       .option("json", { type: "boolean", default: false, describe: "print one JSON object" }),
   handler: async (argv: {
     model: string;
     tokenizer?: string;
-    data: string;
-    format: TextFormat;
+    eval: string;
+    evalFormat: TextFormat;
     field: string;
     seqlen?: number;
     bos: boolean;
-    maxWindows?: number;
+    evalWindows?: number;
     batch: number;
     streamed: boolean;
     memory?: number;
@@ -41,8 +42,8 @@ export const evalCommand = {
     const report = await runCommand(
       evaluate({
         model: argv.model,
-        data: argv.data,
-        format: argv.format,
+        data: argv.eval,
+        format: argv.evalFormat,
         field: argv.field,
         bos: argv.bos,
         backend: argv.backend,
@@ -51,7 +52,7 @@ export const evalCommand = {
         batch: argv.batch,
         ...(argv.tokenizer ? { tokenizer: argv.tokenizer } : {}),
         ...(argv.seqlen !== undefined ? { seqlen: argv.seqlen } : {}),
-        ...(argv.maxWindows !== undefined ? { maxWindows: argv.maxWindows } : {}),
+        ...(argv.evalWindows !== undefined ? { maxWindows: argv.evalWindows } : {}),
         onStart: ({ windows, seqlen, backendDescription, memory }) => {
           if (!argv.json) process.stderr.write(`backend: ${backendDescription}; ${windows} windows of ${seqlen} tokens\n${memory}\n`);
           progress = startProgress("eval", windows, { quiet: argv.json });

@@ -5,6 +5,7 @@
 import yargs, { type Argv, type CommandModule } from "yargs";
 import { BACKEND_CHOICES } from "../backend/backend.ts";
 import { UsageError } from "../errors.ts";
+import { loadArchitectures } from "../checkpoint/architectures/index.ts";
 import { evalCommand } from "./eval.ts";
 import { pruneCommand } from "./prune.ts";
 import { reportFailure, setVerbose } from "./run.ts";
@@ -29,9 +30,27 @@ export const program = (args: readonly string[], options: ProgramOptions = {}): 
     .usage("$0 <command> [options]\n\nDecide how sparse each layer of a language model should be, and prove it by perplexity.")
     .option("backend", { choices: BACKEND_CHOICES, default: "auto" as const, describe: "tfjs backend (auto: a hardware GPU through tensorflow-gpu or webgpu, then native, tensorflow, wasm, cpu)", global: true })
     .option("verbose", { type: "boolean", default: false, describe: "show stack traces on errors", global: true })
+    .option("architecture", {
+      type: "string",
+      array: true,
+      requiresArg: true,
+      global: true,
+      describe: "a module (.ts, .mts, .mjs file or package) exporting `architecture`: the record of a config.json model_type evosparse does not know",
+    })
     // Numbers are parsed by each option (src/cli/flags.ts), so a refused value is shown as typed.
     .parserConfiguration({ "parse-numbers": false })
-    .middleware((argv) => setVerbose(Boolean(argv.verbose)));
+    .middleware((argv) => setVerbose(Boolean(argv.verbose)))
+    // Architecture records are registered before any command opens a checkpoint.
+    .middleware(async (argv) => {
+      const specs = (argv.architecture as string[] | undefined) ?? [];
+      if (specs.length === 0 || options.handler) return;
+      try {
+        await loadArchitectures(specs);
+      } catch (error) {
+        reportFailure(error);
+        process.exit();
+      }
+    })
   for (const command of COMMANDS) {
     const handler = options.handler;
     cli = cli.command((handler ? { ...command, handler: (argv: Record<string, unknown>) => handler(command.command, argv) } : command) as unknown as CommandModule);

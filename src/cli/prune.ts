@@ -4,18 +4,21 @@ import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../
 import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
-import { memoryOptions, settingsFromArgv, tableOptions } from "./flags.ts";
+import { hideBin } from "yargs/helpers";
+import { pruneSettingsFromRun } from "../jobs/search.ts";
+import { givenFlags, memoryOptions, settingsFromArgv, tableOptions } from "./flags.ts";
 import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
 
 /** The flags of PRUNE_FLAGS (by their camelCase names), and where and how the result goes. */
-interface PruneArgs {
+export interface PruneArgs {
   out: string;
   overwrite: boolean;
   json: boolean;
   backend: BackendChoice;
   structured?: StructuredImportance;
   resume: boolean;
+  from?: string;
   memory?: number;
   streamed: boolean;
 }
@@ -81,6 +84,10 @@ const summary = (r: PruneReport): string => {
   return lines.join("\n") + "\n";
 };
 
+/** The settings whose flags were written on the command line. */
+const explicitSettings = (settings: PruneSettings, given: ReadonlySet<string>): Partial<PruneSettings> =>
+  Object.fromEntries(Object.entries(settings).filter(([key]) => given.has(camelOf(PRUNE_FLAGS[key as keyof PruneSettings].flag)))) as Partial<PruneSettings>;
+
 export const pruneCommand = {
   command: "prune",
   describe: "Prune a model with an allocation and write it as a Hugging Face folder",
@@ -93,12 +100,19 @@ export const pruneCommand = {
         choices: STRUCTURED_IMPORTANCES,
         describe: "remove whole key/value head groups and MLP channels, scored by this importance (--sparsity: the fraction of prunable weights)",
       })
-      .option("resume", { type: "boolean", default: false, describe: "--structured: continue the LoRA recovery from OUT.recovery" }),
+      .option("resume", { type: "boolean", default: false, describe: "--structured: continue the LoRA recovery from OUT.recovery" })
+      .option("from", {
+        type: "string",
+        requiresArg: true,
+        describe: "a search's run folder: prune its best allocation with the search's final protocol (model, calibration, mode, test text and windows), so the reported test perplexity is reproduced; flags given override",
+      }),
   handler: async (argv: PruneArgs) => {
     const log = argv.json ? undefined : (line: string) => process.stderr.write(line + "\n");
     let settings: PruneSettings;
     try {
       settings = settingsFromArgv(PRUNE_FLAGS, argv as unknown as Record<string, unknown>) as PruneSettings;
+      // --from RUN: the search's final protocol, under the flags written on the command line.
+      if (argv.from !== undefined) settings = { ...settings, ...pruneSettingsFromRun(argv.from), ...explicitSettings(settings, givenFlags(hideBin(process.argv))) };
     } catch (error) {
       return reportFailure(error);
     }

@@ -1,5 +1,6 @@
 import { Cause, Effect, Exit } from "effect";
 import { isEvosparseError } from "../errors.ts";
+import { endProgressLine } from "./progress.ts";
 
 let verbose = false;
 export const setVerbose = (v: boolean): void => {
@@ -8,6 +9,7 @@ export const setVerbose = (v: boolean): void => {
 
 /** Prints a failure as one line (the stack only with --verbose) and sets a non-zero exit code. */
 export const reportFailure = (error: unknown): void => {
+  endProgressLine();
   const message = isEvosparseError(error) ? error.message : (error as Error)?.message ?? String(error);
   process.stderr.write(`evosparse: ${message}\n`);
   if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);

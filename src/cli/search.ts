@@ -1,14 +1,13 @@
-import { resolve } from "node:path";
+import { basename, resolve } from "node:path";
 import type { Argv } from "yargs";
 import type { StructuredImportance } from "../prune/structured.ts";
-import type { FitnessMeasure } from "../search/fitness.ts";
 import { hideBin } from "yargs/helpers";
 import type { BackendChoice } from "../backend/backend.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
 import { QUEUE_TIMEOUT_SECONDS, RESUMABLE_SETTINGS, SEARCH_FLAGS, searchJob, settingFlag, type GivenSettings, type SearchSettings, type SearchSummary } from "../jobs/search.ts";
-import { camelOf } from "../settings/flag-table.ts";
+import { camelOf, shellWord } from "../settings/flag-table.ts";
 import type { Pattern } from "../search/plugin.ts";
 import { UsageError } from "../errors.ts";
 import { parsePattern } from "./options.ts";
@@ -51,7 +50,7 @@ export interface SearchArgs {
   batch: number;
   structured?: StructuredImportance;
   fusionSteps?: number;
-  fitness?: FitnessMeasure;
+  fitness?: string;
   start?: string;
   out?: string;
   resume?: string;
@@ -66,20 +65,27 @@ const whatWasPruned = (s: SearchSummary): string => {
   return `${t.metric}, target sparsity ${t.pattern.kind === "nm" ? `${t.pattern.n}:${t.pattern.m}` : t.sparsity}, final pruning ${s.final.mode}`;
 };
 
-/** The comparison table printed at the end of a search. */
+/** The comparison table printed at the end of a search: each column says what it measured. */
 export const comparisonTable = (s: SearchSummary): string => {
-  const rows = s.final.results.map((r) => `| ${r.method} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} |`);
+  const t = s.settings;
+  // A user's measure is saved as its file's path: its file name says which.
+  const fitness = `fitness ${basename(t.fitness ?? "ppl").replace(/\.[cm]?[jt]s$/, "")} (${t.structured ? "structured" : t.mode}, ${t.fitnessWindows} windows)`;
+  const test = `test ppl (${t.structured ? "structured" : s.final.mode}, ${s.final.windows} windows)`;
+  const rows = s.final.results.map(
+    (r) =>
+      `| ${r.method} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} | ${r.achieved === undefined ? "-" : `${(r.achieved * 100).toFixed(2)}%`} |`,
+  );
   return [
-    `best ${s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : "perplexity"} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
+    `best ${s.final.results[0]?.method ?? s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : s.settings.fitness === undefined || s.settings.fitness === "ppl" ? "perplexity" : basename(s.settings.fitness).replace(/\.[cm]?[jt]s$/, "")} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
     "",
     `${whatWasPruned(s)}; test perplexity on ${s.final.windows} windows of ${s.final.seqlen} from ${s.final.data} (dense ${s.final.dense.toFixed(3)})`,
     "",
-    `| allocation | validation ${s.settings.fitness ?? "ppl"} | test ppl |`,
-    "| --- | ---: | ---: |",
+    `| allocation | ${fitness} | ${test} | achieved sparsity |`,
+    "| --- | ---: | ---: | ---: |",
     ...rows,
     "",
     `wrote ${s.out}: best-allocation.csv, history.csv, summary.json, fitness.svg, allocation.svg`,
-    `reproduce the ${s.settings.method} row: ${s.final.reproduce}`,
+    `reproduce the ${s.final.results[0]?.method ?? s.settings.method} row: ${s.settings.structured ? s.final.reproduce : `npx evosparse prune --from ${shellWord(s.out)} --out DIR`}`,
   ].join("\n") + "\n";
 };
 
@@ -110,8 +116,9 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
     reportFailure(error);
     return undefined;
   }
-  const log = argv.json ? undefined : (line: string) => process.stderr.write(line + "\n");
   let progress: Progress | undefined;
+  // Lines printed while a progress line is drawn end it first.
+  const log = argv.json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n"));
   const flags = settingsFromFlags(argv, pattern);
   const summary = await runCommand(
     searchJob({
@@ -126,12 +133,20 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
       backend: argv.backend,
       ...(log ? { log } : {}),
       onGeneration: (record, total) => {
-        progress ??= startProgress("generations", total, { quiet: argv.json });
+        progress ??= startProgress("generation", total, { quiet: argv.json });
+        // In the order a narrow terminal keeps them.
         progress.update(record.generation + 1, {
-          evals: String(record.evaluations),
           best: record.best ?? NaN,
           ...(record.median !== undefined ? { median: record.median } : {}),
+          evals: String(record.evaluations),
         });
+      },
+      onFinal: (done, total, what) => {
+        if (done === 0) {
+          progress?.stop();
+          progress = startProgress("final", total, { quiet: argv.json });
+        }
+        progress?.update(done, what === "done" ? {} : { next: what === "dense" ? "dense model" : what });
       },
     }),
   );

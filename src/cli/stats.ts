@@ -6,7 +6,7 @@ import { numberOption, SEED, SEQLEN, WHOLE_POSITIVE, memoryOptions } from "./fla
 import { startProgress, type Progress } from "./progress.ts";
 import { runCommand } from "./run.ts";
 
-interface StatsArgs {
+export interface StatsArgs {
   memory?: number;
   streamed: boolean;
   model: string;
@@ -57,7 +57,7 @@ export const statsCommand = {
         ...(argv.out !== undefined ? { out: argv.out } : {}),
         overwrite: argv.overwrite,
         backend: argv.backend,
-        ...(argv.json ? {} : { log: (line: string) => process.stderr.write(line + "\n") }),
+        ...(argv.json ? {} : { log: (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n")) }),
         onBlock: (done, total) => {
           progress ??= startProgress("blocks", total, { quiet: argv.json });
           progress.update(done);

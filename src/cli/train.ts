@@ -8,7 +8,7 @@ import { train } from "../jobs/train.ts";
 import { startProgress, type Progress } from "./progress.ts";
 import { reportFailure } from "./run.ts";
 
-interface TrainArgs {
+export interface TrainArgs {
   data: string;
   validation: string;
   out: string;

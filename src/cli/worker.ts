@@ -5,7 +5,7 @@ import { workerJob } from "../jobs/worker.ts";
 import { numberOption, WHOLE_POSITIVE } from "./flags.ts";
 import { runCommand } from "./run.ts";
 
-interface WorkerArgs {
+export interface WorkerArgs {
   streamed: boolean;
   queue: string;
   model: string[];

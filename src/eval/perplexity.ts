@@ -25,6 +25,14 @@ export interface PerplexityOptions {
   readonly onProgress?: (windowsDone: number, windowsTotal: number) => void;
 }
 
+/** Each window's summed next-token NLL and scored tokens, one window per group, in window order. */
+export const windowLosses = async (model: NllScorer, windows: readonly Window[]): Promise<{ nll: number; tokens: number }[]> => {
+  const groups: WindowGroup[] = windows.map((w) => ({ ids: Int32Array.from(w.ids), targets: Int32Array.from(w.targets), batch: 1, seqlen: w.ids.length }));
+  const out: { nll: number; tokens: number }[] = [];
+  for (const pass of passesOf(groups, model.passTokens)) for (const r of await model.nllGroups(pass)) out.push({ nll: r.nll, tokens: r.count });
+  return out;
+};
+
 /** ppl = exp(total NLL / scored tokens), summed over windows on the backend. */
 export const perplexity = async (model: NllScorer, windows: readonly Window[], options: PerplexityOptions = {}): Promise<PerplexityResult> => {
   const start = performance.now();

@@ -27,6 +27,7 @@ import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { allocationFitness, methodContext } from "../search/fitness.ts";
 import { loadPlugin } from "../search/registry.ts";
+import { MODULE_EXTENSIONS } from "../user-module.ts";
 import { runFixedMethod, type Trial } from "../search/run-method.ts";
 import { loadSearchSpace } from "../search/space.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
@@ -84,8 +85,8 @@ export const PRUNE_FLAGS: FlagTable<PruneSettings> = {
   metric: { flag: "metric", kind: "choice", choices: PRUNE_METRICS, default: "wanda", describe: "pruning metric" },
   sparsity: { flag: "sparsity", kind: "number", rule: SPARSITY, describe: "target global sparsity (implied by an N:M pattern)" },
   pattern: { flag: "pattern", kind: "pattern", default: "unstructured", describe: "unstructured, or N:M (N zeros in every M consecutive inputs)" },
-  allocation: { flag: "allocation", kind: "path", default: "uniform", describe: "uniform, owl, atp (or any method in plugins/ that needs no search), or an allocation CSV file" },
-  space: { flag: "space", kind: "path", describe: "search-space file of the allocation method (default: its file in search-spaces/)" },
+  allocation: { flag: "allocation", kind: "path", default: "uniform", describe: "an allocation CSV file, or a method that needs no search: a built-in (uniform, owl, atp, ...), a .ts/.mts/.mjs file exporting `plugin`, or an installed package's name" },
+  space: { flag: "space", kind: "path", describe: "search-space file of the allocation method (default: the method's own)" },
   calib: { flag: "calib", kind: "path", default: defaultData("calibration"), describe: "calibration text (.jsonl: documents from --field)" },
   field: { flag: "field", kind: "text", default: "text", describe: "jsonl field holding the text" },
   nsamples: { flag: "nsamples", kind: "number", rule: WHOLE_POSITIVE, default: 128, describe: "calibration windows" },
@@ -142,7 +143,8 @@ export interface PruneReport {
 
 
 /** `--allocation` names a file when it looks like one (a path or a .csv), a method otherwise. */
-const isFile = (allocation: string): boolean => allocation.endsWith(".csv") || allocation.includes("/") || existsSync(allocation);
+const isFile = (allocation: string): boolean =>
+  allocation.endsWith(".csv") || ((allocation.includes("/") || existsSync(allocation)) && !MODULE_EXTENSIONS.some((e) => allocation.endsWith(e)));
 
 export const pruneJob = (request: PruneJobRequest) =>
   Effect.scoped(
@@ -152,11 +154,13 @@ export const pruneJob = (request: PruneJobRequest) =>
       if (pattern.kind === "nm" && request.sparsity !== undefined && Math.abs(request.sparsity - pattern.n / pattern.m) > 1e-12) {
         return yield* new UsageError({ problem: `--sparsity ${request.sparsity} contradicts --pattern ${patternText(pattern)} (sparsity ${pattern.n / pattern.m})` });
       }
-      if (pattern.kind === "unstructured" && request.sparsity === undefined) {
-        return yield* new UsageError({ problem: "--sparsity is required for unstructured pruning" });
+      // An allocation file holds its own sparsity: without --sparsity its global mean is the target.
+      const targetFromFile = pattern.kind === "unstructured" && request.sparsity === undefined && isFile(request.allocation);
+      if (pattern.kind === "unstructured" && request.sparsity === undefined && !targetFromFile) {
+        return yield* new UsageError({ problem: "--sparsity is required for unstructured pruning with a method (an allocation CSV gives its own)" });
       }
-      const target = targetOf(pattern, request.sparsity);
-      if (!(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
+      let target = targetFromFile ? NaN : targetOf(pattern, request.sparsity);
+      if (!targetFromFile && !(target >= 0 && target < 1)) return yield* new UsageError({ problem: `--sparsity ${target} is outside [0, 1)` });
       // The output folder is checked before any work, so a refusal costs nothing.
       yield* attempt(() =>
           checkOutputFolder(request.out, {
@@ -216,7 +220,8 @@ export const pruneJob = (request: PruneJobRequest) =>
       let trials: readonly Trial[] = [];
       let chosen: string | undefined;
       if (isFile(request.allocation)) {
-        allocation = yield* attempt(() => readAllocationCsv(request.allocation, pruner.layout, { target }));
+        allocation = yield* attempt(() => readAllocationCsv(request.allocation, pruner.layout, targetFromFile ? {} : { target }));
+        if (targetFromFile) target = globalSparsity(allocation);
         const mismatch = allocation.find((e) => (pattern.kind === "nm") !== (e.n !== undefined));
         if (mismatch) {
           return yield* new DataError({

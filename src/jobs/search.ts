@@ -21,9 +21,11 @@ import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
 import { generationalProblems, parseScreening, type ScreeningStage } from "../engine/generational.ts";
 import type { Fidelity } from "../engine/genome.ts";
 import { decodeEngineState, type GenerationRecord, type StopReason } from "../engine/state.ts";
-import { attempt, attemptPromise, DataError, UsageError, WorkerError } from "../errors.ts";
+import { attempt, attemptPromise, DataError, UsageError, WorkerError, type EvosparseError } from "../errors.ts";
 import { checkFiniteLoss, evaluationWindows } from "../eval/inputs.ts";
+import { crashPoint } from "../crash-point.ts";
 import { writeFileAtomically } from "../files.ts";
+import { MODULE_EXTENSIONS } from "../user-module.ts";
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
 import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
 import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
@@ -33,11 +35,12 @@ import { queueEvaluator } from "../queue/queue-evaluator.ts";
 import { openRedis } from "../queue/redis.ts";
 import { modelIdentity, setupRecordOf } from "../queue/records.ts";
 import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "../search/evaluators.ts";
-import { FITNESS_MEASURES, methodContext, sizeContext } from "../search/fitness.ts";
+import { methodContext, sizeContext } from "../search/fitness.ts";
+import { fitnessSpec, isBuiltInFitness, loadFitnessMeasure } from "../search/fitness-measure.ts";
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
-import { availablePlugins, loadPlugin } from "../search/registry.ts";
+import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
 import { checkMethod, runMethod } from "../search/run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
@@ -45,7 +48,7 @@ import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { availableParallelism } from "node:os";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
-import { PRUNE_FLAGS } from "./prune.ts";
+import { PRUNE_FLAGS, type PruneSettings } from "./prune.ts";
 import { STRUCTURED_FLAGS } from "./structured-prune.ts";
 
 /** Everything that decides a run's result; saved so a resumed run is the same run. */
@@ -88,13 +91,13 @@ export const SearchSettings = Schema.Struct({
   /** Screening stages of the generational strategy, as `--screen` writes them (64@1024,16@4096). */
   screen: Schema.optional(Schema.String),
   /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
-  fitness: Schema.optional(Schema.Literals(FITNESS_MEASURES)),
+  fitness: Schema.optional(Schema.String),
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
 /** The flag of every search setting (those it shares with prune are prune's): the command's options and messages derive from it. */
 export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
-  method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: ${availablePlugins().join(", ")}` },
+  method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: a built-in (${availablePlugins().join(", ")}), a .ts/.mts/.mjs file exporting \`plugin\`, or an installed package's name` },
   space: { flag: "space", kind: "path", describe: "search-space file (default: the method's file in search-spaces/)" },
   sparsity: PRUNE_FLAGS.sparsity,
   metric: PRUNE_FLAGS.metric,
@@ -128,18 +131,17 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
     describe: "search per-block ratios of whole key/value head groups and MLP channels removed, scored by this importance (--sparsity: the fraction of prunable weights)",
   },
   fusionSteps: STRUCTURED_FLAGS.fusionSteps,
-  start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method (owl, mrp, ...) or an allocation CSV (evopress: the first parent; msp: the first individual)" },
+  start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method or an allocation CSV (for methods that take a start: a staged search's first parent, a generational one's first individual)" },
   screen: {
     flag: "screen",
     kind: "text",
     describe:
-      "multi-stage selection for dsa, msp and msp-nm: CANDIDATES@TOKENS,... (e.g. 64@1024,16@4096): breed that many children, score them on a minibatch of that many fitness tokens, keep the best for the next screen; the best of the last go to the fitness windows with the elites",
+      "multi-stage selection for methods the generational engine runs: CANDIDATES@TOKENS,... (e.g. 64@1024,16@4096): breed that many children, score them on a minibatch of that many fitness tokens, keep the best for the next screen; the best of the last go to the fitness windows with the elites",
   },
   fitness: {
     flag: "fitness",
-    kind: "choice",
-    choices: FITNESS_MEASURES,
-    describe: "fitness: perplexity of the pruned model (ppl, the default) or its KL divergence per token from the dense model (kl)",
+    kind: "text",
+    describe: `fitness: perplexity of the pruned model (ppl, the default), its KL divergence per token from the dense model (kl), or your own measure: a .ts/.mts/.mjs file exporting \`fitness\` or an installed package's name`,
   },
 };
 
@@ -174,6 +176,8 @@ export interface SearchRequest {
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
   readonly onGeneration?: (record: GenerationRecord, total: number) => void;
+  /** The final re-pruning's progress: `done` of `total` measurements (dense, then each allocation), `what` is next. */
+  readonly onFinal?: (done: number, total: number, what: string) => void;
 }
 
 /**
@@ -185,9 +189,13 @@ export const QUEUE_TIMEOUT_SECONDS = 300;
 
 export interface FinalResult {
   readonly method: string;
+  /** Fitness on the search's validation windows, in its calibration mode (null: failed). */
   readonly validation: number | null;
+  /** Test perplexity after the final re-pruning. */
   readonly test: number;
   readonly sparsities: readonly number[];
+  /** Global sparsity of the re-pruned weights (zero weights / prunable weights); absent for structured runs and older runs. */
+  readonly achieved?: number;
 }
 
 export interface SearchSummary {
@@ -255,6 +263,43 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
   };
 };
 
+/**
+ * The prune settings of the run's final protocol for an allocation file: what `prune --from
+ * RUN` starts from, so one command reproduces the reported test number.
+ */
+export const finalPruneSettings = (s: SearchSettings, allocationFile: string): Partial<PruneSettings> => ({
+  model: s.model,
+  ...(s.tokenizer ? { tokenizer: s.tokenizer } : {}),
+  allocation: allocationFile,
+  calib: s.calib,
+  field: s.field,
+  nsamples: s.nsamples,
+  seed: s.calibSeed,
+  seqlen: s.seqlen,
+  batch: s.batch,
+  eval: s.eval,
+  evalFormat: s.evalFormat as TextFormat,
+  ...(s.evalWindows !== undefined ? { evalWindows: s.evalWindows } : {}),
+  metric: s.metric as PruneMetric,
+  pattern: s.pattern as Pattern,
+  ...(s.pattern.kind === "nm" ? {} : { sparsity: s.sparsity }),
+  mode: s.finalMode,
+});
+
+/**
+ * `prune --from RUN`: the final protocol of the search in RUN, its best allocation included.
+ * A structured search re-prunes with its printed command instead.
+ */
+export const pruneSettingsFromRun = (dir: string): Partial<PruneSettings> => {
+  const settings = readSettings(dir);
+  if (settings.structured) {
+    throw new UsageError({ problem: `--from ${dir}: a structured search; run the reproduce command it printed (summary.json: final.reproduce)` });
+  }
+  const best = join(dir, "best-allocation.csv");
+  if (!existsSync(best)) throw new DataError({ file: best, problem: "missing: the search has not finished (continue it with search --resume)" });
+  return finalPruneSettings(settings, best);
+};
+
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string => {
   const shared = {
@@ -291,11 +336,18 @@ const reproduceCommand = (s: SearchSettings, allocationFile: string): string => 
   return [...words, "--out DIR"].join(" ");
 };
 
-/** The same model pruned in the final mode, measured on the test windows. */
+/** The same model pruned in the final mode, measured on the test windows, with the sparsity its weights reached. */
 const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation) =>
   attemptPromise(async () => {
-    await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
-    return (await pruner.perplexity(windows)).ppl;
+    const allocation = toAllocation(sparsities, pruner.layout, pattern);
+    await pruner.apply(allocation);
+    let zeros = 0;
+    let total = 0;
+    for (const o of pruner.outcomes(allocation)) {
+      zeros += o.achieved * o.params;
+      total += o.params;
+    }
+    return { test: (await pruner.perplexity(windows)).ppl, achieved: zeros / total };
   });
 
 const samePath = (a: string | undefined, b: string | undefined): boolean =>
@@ -385,6 +437,9 @@ export const searchJob = (request: SearchRequest) =>
         if (!(given.sparsity >= 0 && given.sparsity < 1)) return yield* new UsageError({ problem: `--sparsity ${given.sparsity} is outside [0, 1)` });
       }
 
+      // The method of a new run, found before its folder is named after it.
+      const newPlugin = request.settings ? yield* attemptPromise(() => loadPlugin(request.settings!.method)) : undefined;
+
       // 2. The run folder, created (or reopened) and locked: one writer at a time.
       let used = false;
       const folder = yield* Effect.acquireRelease(
@@ -393,7 +448,7 @@ export const searchJob = (request: SearchRequest) =>
               ? claimRunFolderToResume(request.resume, "settings.json")
               : claimNewRunFolder({
                   ...(request.out !== undefined ? { dir: request.out } : {}),
-                  base: join(resultsDir(), `${request.settings!.method}-${timestamp()}`),
+                  base: join(resultsDir(), `${newPlugin!.name}-${timestamp()}`),
                   marker: "settings.json",
                 })),
         (f) => Effect.sync(() => releaseRunFolder(f, used)),
@@ -418,9 +473,15 @@ export const searchJob = (request: SearchRequest) =>
         log(`resuming ${dir}${settingsChanged ? ` with ${RESUMABLE_SETTINGS.filter((k) => settings[k] !== saved[k]).map((k) => `${settingFlag(k)} ${settings[k]}`).join(", ")}` : ""}`);
       } else {
         const given = request.settings!;
-        const plugin = yield* attemptPromise(() => loadPlugin(given.method));
-        const space = yield* attempt(() => resolveSpaceFile(plugin, given.space));
-        settings = { ...given, space, seqlen: given.seqlen ?? 0 };
+        const space = yield* attempt(() => resolveSpaceFile(newPlugin!, given.space));
+        // A method file is saved as its absolute path, so the run resumes from anywhere.
+        settings = {
+          ...given,
+          method: yield* attempt(() => methodSpec(given.method)),
+          ...(given.fitness !== undefined ? { fitness: yield* attempt(() => fitnessSpec(given.fitness!)) } : {}),
+          space,
+          seqlen: given.seqlen ?? 0,
+        };
       }
       const plugin = yield* attemptPromise(() => loadPlugin(settings.method));
       const pattern = settings.pattern as Pattern;
@@ -430,11 +491,15 @@ export const searchJob = (request: SearchRequest) =>
       if (settings.fusionSteps !== undefined && settings.structured !== "hywia") {
         return yield* new UsageError({ problem: "--fusion-steps applies to --structured hywia" });
       }
-      if (settings.structured && settings.fitness === "kl") {
-        return yield* new UsageError({ problem: "--fitness kl is for unstructured pruning: a structured search scores perplexity" });
+      if (settings.structured && settings.fitness !== undefined && settings.fitness !== "ppl") {
+        return yield* new UsageError({ problem: `--fitness ${settings.fitness} is for unstructured pruning: a structured search scores perplexity` });
       }
+      // A user's measure is loaded here first, so a bad one is refused before any work.
+      const measure = isBuiltInFitness(settings.fitness) ? undefined : yield* attemptPromise(() => loadFitnessMeasure(settings.fitness!));
+      if (measure && queueAddress) return yield* new UsageError({ problem: `--fitness ${settings.fitness}: queue workers compute ppl and kl; a measure of your own runs with --workers` });
       if (settings.structured && plugin.method.kind === "evolve" && plugin.method.strategy) {
-        return yield* new UsageError({ problem: `method ${plugin.name} searches per linear on token minibatches; a structured search takes a per-block method (${["dsa", "msp"].join(", ")}, ...)` });
+        const perBlock = yield* attemptPromise(() => methodsThat((p) => p.method.kind === "evolve" && p.method.strategy === undefined));
+        return yield* new UsageError({ problem: `method ${plugin.name} searches with its own strategy; a structured search takes a method the generational engine runs (${perBlock}, ...)` });
       }
       if (settings.structured && pattern.kind !== "unstructured") {
         return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
@@ -520,19 +585,23 @@ export const searchJob = (request: SearchRequest) =>
         (name) => attemptPromise(() => loadPlugin(name)),
       );
       // A start allocation: a direct method's (its statistics measured with the others') or a file's.
-      const startFile = settings.start !== undefined && (settings.start.endsWith(".csv") || settings.start.includes("/") || existsSync(settings.start));
+      const startFile =
+        settings.start !== undefined &&
+        (settings.start.endsWith(".csv") || ((settings.start.includes("/") || existsSync(settings.start)) && !MODULE_EXTENSIONS.some((e) => settings.start!.endsWith(e))));
       const startPlugin = settings.start !== undefined && !startFile ? yield* attemptPromise(() => loadPlugin(settings.start!)) : undefined;
       const screening = settings.screen === undefined ? undefined : yield* attempt(() => screeningOf(settings.screen!, settings.population));
       if (screening && (plugin.method.kind !== "evolve" || plugin.method.strategy !== undefined)) {
-        return yield* new UsageError({ problem: `--screen: method ${plugin.name} ${plugin.method.kind === "evolve" ? "runs its own stages (its search space)" : "does not evolve"}; dsa, msp and msp-nm screen` });
+        const screened = yield* attemptPromise(() => methodsThat((p) => p.method.kind === "evolve" && p.method.strategy === undefined));
+        return yield* new UsageError({ problem: `--screen: method ${plugin.name} ${plugin.method.kind === "evolve" ? "runs its own strategy (its search space)" : "does not evolve"}; ${screened} screen` });
       }
       if (screening && settings.structured) return yield* new UsageError({ problem: "--screen: structured fitness has no minibatches" });
       if (settings.start !== undefined && !plugin.startable) {
-        return yield* new UsageError({ problem: `--start: method ${plugin.name} does not start from an allocation (evopress and msp do)` });
+        const startable = yield* attemptPromise(() => methodsThat((p) => p.startable === true));
+        return yield* new UsageError({ problem: `--start: method ${plugin.name} does not start from an allocation (${startable} do)` });
       }
       if (startPlugin && startPlugin.method.kind !== "direct") {
         return yield* new UsageError({
-          problem: `--start ${settings.start}: a start is a direct method (${["uniform", "owl", "mrp"].join(", ")}) or an allocation CSV; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
+          problem: `--start ${settings.start}: a start is a direct method (${yield* attemptPromise(() => methodsThat((p) => p.method.kind === "direct"))}) or an allocation CSV; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
         });
       }
       const measured = yield* attemptPromise(() => methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : [])]));
@@ -555,7 +624,7 @@ export const searchJob = (request: SearchRequest) =>
       used = true;
 
       log(
-        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
+        `${plugin.name}: target ${target}, ${settings.structured ? `structured by ${settings.structured} importance` : `${settings.metric} ${pattern.kind === "nm" ? `${pattern.n}:${pattern.m}` : "unstructured"}`}, fitness ${measure?.name ?? settings.fitness ?? "ppl"} ${settings.structured ? "" : `(${settings.mode}) `}on ${model.windows.length} windows of ${settings.fitnessData}; ` +
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${queueAddress ? `queue ${queueAddress.shown}` : `${workers} worker${workers > 1 ? "s" : ""}`}; folder ${dir}`,
       );
 
@@ -585,8 +654,11 @@ export const searchJob = (request: SearchRequest) =>
           };
           const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
           const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) =>
-            request.onGeneration?.(record, totalGenerations),
+          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) => {
+            request.onGeneration?.(record, totalGenerations);
+            // After the generation's state is saved (tests of resuming crash here).
+            crashPoint("generation", record.generation + 1);
+          },
           ).pipe(
             Effect.mapError((e) =>
               e instanceof WorkerError ? new WorkerError({ problem: `${e.problem}; the search stopped, and every finished generation is saved: continue it with --resume ${dir}` }) : e,
@@ -620,8 +692,16 @@ export const searchJob = (request: SearchRequest) =>
         evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
       );
       log(`final: ${structured ? `cutting structurally by ${settings.structured}` : `re-pruning in ${settings.finalMode} mode`}, perplexity on ${testWindows.length} windows of ${settings.eval}`);
-      const testPerplexity = (sparsities: BlockAllocation) =>
-        structured ? attemptPromise(() => structured.final(sparsities, testWindows)) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities);
+      const measureFinal = (sparsities: BlockAllocation): Effect.Effect<{ readonly test: number; readonly achieved?: number }, EvosparseError> =>
+        structured ? attemptPromise(() => structured.final(sparsities, testWindows)).pipe(Effect.map((test) => ({ test }))) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities);
+      const finalTotal = 2 + baselineRows.length;
+      let finalDone = 0;
+      const testPerplexity = (name: string, sparsities: BlockAllocation) =>
+        Effect.sync(() => request.onFinal?.(finalDone, finalTotal, name)).pipe(
+          Effect.andThen(measureFinal(sparsities)),
+          Effect.tap(() => Effect.sync(() => request.onFinal?.(++finalDone, finalTotal, "done"))),
+        );
+      request.onFinal?.(finalDone, finalTotal, "dense");
       let dense: number;
       if (structured) {
         dense = yield* attemptPromise(() => structured.dense(testWindows));
@@ -631,11 +711,12 @@ export const searchJob = (request: SearchRequest) =>
         yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
         dense = denseResult.ppl;
       }
+      request.onFinal?.(++finalDone, finalTotal, plugin.name);
       const results: FinalResult[] = [
         {
           method: plugin.name,
           validation: outcome.best.fitness,
-          test: yield* testPerplexity(outcome.best.sparsities),
+          ...(yield* testPerplexity(plugin.name, outcome.best.sparsities)),
           sparsities: blockSparsities(bestAllocation),
         },
       ];
@@ -643,7 +724,7 @@ export const searchJob = (request: SearchRequest) =>
         results.push({
           method: row.name,
           validation: row.validation,
-          test: yield* testPerplexity(row.allocation),
+          ...(yield* testPerplexity(row.name, row.allocation)),
           sparsities: blockSparsities(toAllocation(row.allocation, finalModel.pruner.layout, pattern)),
         });
       }
@@ -668,8 +749,12 @@ export const searchJob = (request: SearchRequest) =>
       writeSearchFiles(dir, {
         history: outcome.history,
         summary,
-        fitnessSvg: fitnessChart(outcome.history, `${title}: fitness per generation`),
-        allocationSvg: allocationChart(results.map((r) => ({ label: r.method, sparsities: r.sparsities })), `${title}: sparsity per block`),
+        // Uniform's fitness on the same windows is the line the search must get under.
+        fitnessSvg: fitnessChart(outcome.history, `${title}: fitness per generation`, {
+          yLabel: `validation ${settings.fitness === "kl" ? "KL per token" : measure ? measure.name : "perplexity"} (${settings.fitnessWindows} windows)`,
+          references: baselineRows.flatMap((row) => (row.name === "uniform" && row.validation !== null ? [{ label: "uniform", y: row.validation }] : [])),
+        }),
+        allocationSvg: allocationChart(results.map((r) => ({ label: r.method, sparsities: r.sparsities })), `${title}: sparsity per block`, target),
       });
       return summary;
     }),

@@ -17,7 +17,7 @@ import { blockSourceOf } from "../checkpoint/open.ts";
 import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
 import type { Window } from "../data/windows.ts";
 import { klDivergence, type DenseReference, type KlResult } from "../eval/kl.ts";
-import { perplexity, type PerplexityResult } from "../eval/perplexity.ts";
+import { perplexity, windowLosses, type PerplexityResult } from "../eval/perplexity.ts";
 import { Decoder } from "../model/decoder.ts";
 import type { HostBlock, SourceBlock } from "../model/spec.ts";
 import type { ActivationPlace } from "./activations.ts";
@@ -209,6 +209,16 @@ export class Pruner {
     const start = performance.now();
     try {
       return await perplexity(this.decoder, windows, options);
+    } finally {
+      this.timings.evaluation += (performance.now() - start) / 1000;
+    }
+  }
+
+  /** Each window's summed NLL and scored tokens on the model as installed (a user's fitness measure reads them). */
+  async windowLosses(windows: readonly Window[]): Promise<{ nll: number; tokens: number }[]> {
+    const start = performance.now();
+    try {
+      return await windowLosses(this.decoder, windows);
     } finally {
       this.timings.evaluation += (performance.now() - start) / 1000;
     }

@@ -162,6 +162,9 @@ export const modelDifference = (mine: ModelIdentity, wanted: ModelIdentity): str
 /** The record of a search's setup and its fingerprint. */
 export const setupRecordOf = (setup: FitnessSetup, model: FitnessModel, identity: ModelIdentity): { readonly text: string; readonly fingerprint: string } => {
   const windowRecord = (w: Window) => ({ ids: encodeTokens(w.ids), targets: encodeTokens(w.targets) });
+  // Queue workers compute the built-in measures only (the search refuses a user's with --queue).
+  const fitness = setup.fitness ?? "ppl";
+  if (!(FITNESS_MEASURES as readonly string[]).includes(fitness)) throw new Error(`fitness ${fitness} is not one queue workers compute`);
   const record: SetupRecord = {
     version: RECORD_VERSION,
     model: identity,
@@ -171,7 +174,7 @@ export const setupRecordOf = (setup: FitnessSetup, model: FitnessModel, identity
     pattern: setup.pattern,
     seqlen: setup.seqlen,
     batch: setup.batch ?? 1,
-    fitness: setup.fitness ?? "ppl",
+    fitness: fitness as (typeof FITNESS_MEASURES)[number],
     searchSeed: setup.searchSeed ?? 0,
     seed: setup.seed,
     ...(setup.structured ? { structured: setup.structured } : {}),

@@ -36,6 +36,11 @@ export interface ChartOptions {
   readonly logY?: boolean;
   /** The x values are counts (generations, blocks): x ticks only at whole numbers. */
   readonly integerX?: boolean;
+  /**
+   * Horizontal reference lines (e.g. uniform's fitness, the target sparsity), drawn thin and
+   * grey-dashed across the plot, inside its range, and named in the legend.
+   */
+  readonly references?: ReadonlyArray<{ readonly label: string; readonly y: number }>;
 }
 
 export const MARKER_SHAPES: readonly MarkerShape[] = ["circle", "square", "triangle", "diamond", "triangle-down", "plus", "cross"];
@@ -97,6 +102,28 @@ interface Tick {
   readonly at: number;
   readonly label: string;
 }
+
+/**
+ * [lo, hi] widened to whole steps of its nice ticks, so the first and last ticks cover the
+ * data rather than falling inside it; unchanged when no step fits.
+ */
+const tickDomain = ([lo, hi]: [number, number], count: number, integer = false): [number, number] => {
+  let range: [number, number] = [lo, hi];
+  // Widening can change the step; a few rounds settle on a range whose own ticks end it.
+  for (let round = 0; round < 4; round++) {
+    const ticks = niceTicks(range[0], range[1], count, integer);
+    if (ticks.length < 2) return range;
+    const step = ticks[1]!.at - ticks[0]!.at;
+    // Counts one apart already have a tick at every value.
+    if (integer && step <= 1) return range;
+    const a = Math.floor(range[0] / step) * step;
+    const b = Math.ceil(range[1] / step) * step;
+    if (!(Number.isFinite(a) && Number.isFinite(b) && a < b)) return range;
+    if (ticks[0]!.at <= lo && ticks[ticks.length - 1]!.at >= hi) return range;
+    range = [Math.min(a, range[0]), Math.max(b, range[1])];
+  }
+  return range;
+};
 
 /** Ticks at 1, 2 or 5 times a power of ten, about `count` of them, inside [lo, hi] (lo < hi, both finite). */
 const niceTicks = (lo: number, hi: number, count = 5, integer = false): Tick[] => {
@@ -198,18 +225,24 @@ export const lineChart = (series: readonly Series[], options: ChartOptions): str
   const logY = options.logY ?? false;
   const tr = (y: number) => (logY ? Math.log10(y) : y);
   const usable = ([x, y]: readonly [number, number]) => Number.isFinite(x) && Number.isFinite(tr(y));
+  const references = (options.references ?? []).filter((r) => Number.isFinite(tr(r.y)));
   const all = series.flatMap((s) => s.points).filter(usable);
 
-  const [x0, x1] = domain(
-    all.map(([x]) => x),
-    (c) => Math.max(Math.abs(c) * 0.1, options.integerX ? 0.5 : 1),
-    [0, 1],
+  const [x0, x1] = tickDomain(
+    domain(
+      all.map(([x]) => x),
+      (c) => Math.max(Math.abs(c) * 0.1, options.integerX ? 0.5 : 1),
+      [0, 1],
+    ),
+    8,
+    options.integerX,
   );
+  const ys = [...all.map(([, y]) => y), ...references.map((r) => r.y)];
   // A log axis lives in log10 units, which stay within about ±324 for any finite positive value;
   // bounding it at log10(MAX_VALUE) keeps 10^hi finite for the labels.
   const [y0, y1] = logY
-    ? domain(all.map(([, y]) => tr(y)), () => 0.2, [0, 1], 308.25)
-    : domain(all.map(([, y]) => y), (c) => Math.max(Math.abs(c) * 0.1, 1), [0, 1]);
+    ? domain(ys.map(tr), () => 0.2, [0, 1], 308.25)
+    : tickDomain(domain(ys, (c) => Math.max(Math.abs(c) * 0.1, 1), [0, 1]), 5);
 
   const plotW = width - m.left - m.right;
   const plotH = height - m.top - m.bottom;
@@ -259,6 +292,12 @@ export const lineChart = (series: readonly Series[], options: ChartOptions): str
     return out.filter((r) => r.length > 0);
   });
 
+  // Reference lines under the series, across the plot.
+  references.forEach((r, k) => {
+    const y = f(py(r.y));
+    parts.push(`<line class="reference" data-reference="${k}" x1="${m.left}" y1="${y}" x2="${width - m.right}" y2="${y}" stroke="#555" stroke-width="1" stroke-dasharray="3 3"/>`);
+  });
+
   // All lines first, in series order, then all markers, so no line hides a marker.
   series.forEach((s, k) => {
     if (s.markers) return;
@@ -292,6 +331,12 @@ export const lineChart = (series: readonly Series[], options: ChartOptions): str
     }
     parts.push(marker(st.shape, lx + 14, ly, st.radius, st.color, `${attrs} data-shape="${st.shape}"`));
     parts.push(`<text ${attrs} x="${lx + 34}" y="${ly + 4}">${escapeXml(s.label)}</text>`);
+  });
+  references.forEach((r, k) => {
+    const ly = m.top + 10 + 18 * (series.length + k);
+    const lx = width - m.right + 10;
+    parts.push(`<line class="legend reference" x1="${lx}" y1="${ly}" x2="${lx + 28}" y2="${ly}" stroke="#555" stroke-width="1" stroke-dasharray="3 3"/>`);
+    parts.push(`<text class="legend reference" x="${lx + 34}" y="${ly + 4}">${escapeXml(r.label)}</text>`);
   });
   parts.push("</svg>");
   return parts.join("\n") + "\n";

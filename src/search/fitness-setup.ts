@@ -19,7 +19,8 @@ import { DEFAULT_TOP_K, DenseReference } from "../eval/kl.ts";
 import { memoryBudget } from "../memory/budget.ts";
 import { KL_REFERENCE_PART, modelSizes, planMemory, type MemoryPlan, type Workload } from "../memory/plan.ts";
 import { stageWindows } from "./minibatch.ts";
-import { allocationFitness, type FitnessMeasure } from "./fitness.ts";
+import { allocationFitness } from "./fitness.ts";
+import { isBuiltInFitness, loadFitnessMeasure } from "./fitness-measure.ts";
 import type { BlockAllocation, Pattern } from "./plugin.ts";
 import { structuredFitness, type StructuredFitness } from "./structured-fitness.ts";
 
@@ -32,8 +33,8 @@ export interface FitnessSetup extends CalibrationSetup, PrunerSetup {
   readonly fitnessData: string;
   readonly fitnessWindows: number;
   readonly backend: BackendChoice;
-  /** What fitness measures (default ppl). */
-  readonly fitness?: FitnessMeasure;
+  /** What fitness measures (default ppl): ppl, kl, or a user's measure (its file's absolute path or its package). */
+  readonly fitness?: string;
   /** Seed of the stage minibatches (the search's seed). */
   readonly searchSeed?: number;
   /** Structured pruning: whole groups removed at each block's ratio, scored by this importance. */
@@ -151,6 +152,8 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
     if (structured && setup.fitness === "kl") throw new UsageError({ problem: "--fitness kl is for unstructured pruning; structured searches score perplexity" });
     let disposed = false;
     const reference = setup.fitness === "kl" ? new DenseReference(undefined, setup.referenceBytes) : undefined;
+    // A user's measure (a file's absolute path or a package), loaded on the first candidate.
+    const measure = isBuiltInFitness(setup.fitness) ? undefined : () => loadFitnessMeasure(setup.fitness!);
     // Every window of the fitness text, drawn from for stage minibatches; read when first needed.
     let pool: readonly Window[] | undefined;
     const poolOf = (): readonly Window[] => (pool ??= setup.fitnessTokens?.pool ?? evaluationWindows({ data: setup.fitnessData, format: "text" }, model.tokenizer, model.seqlen));
@@ -166,7 +169,7 @@ export const openFitnessModel = (setup: FitnessSetup, mode: CalibrationMode = se
           if (fidelity?.tokens !== undefined) return Promise.resolve(fitnessFailed("structured fitness has no stage minibatches"));
           return structured.score(sparsities);
         }
-        return allocationFitness(pruner, windowsFor(fidelity), setup.pattern, reference)(sparsities);
+        return allocationFitness(pruner, windowsFor(fidelity), setup.pattern, reference, measure)(sparsities);
       },
       ...(structured ? { structured } : {}),
       checkpoint: model.checkpoint,

@@ -4,10 +4,13 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { initBackend } from "../backend/backend.ts";
+import { loadArchitecturesFromEnvironment } from "../checkpoint/architectures/index.ts";
 import { serve } from "../workers/spawn.ts";
 import { openFitnessModel, type FitnessRequest, type FitnessWorkerData } from "./fitness-setup.ts";
 
 const setup = workerData.data as FitnessWorkerData;
+// The architecture records the run loaded (--architecture), before the model is opened.
+await loadArchitecturesFromEnvironment();
 await initBackend(setup.backend, { share: setup.share });
 const model = openFitnessModel(setup);
 const score = model.score;

@@ -11,6 +11,7 @@ import { fitnessFailed, fitnessOk, type Fitness } from "../engine/genome.ts";
 import type { Pruner } from "../prune/pruner.ts";
 import type { DenseStatistics } from "../prune/dense-statistics.ts";
 import type { BlockStatistics, MethodContext, MethodPlugin } from "./plugin.ts";
+import type { FitnessMeasurePlugin } from "./fitness-measure.ts";
 
 
 /** The numbers a plugin sees of the dense model, read from the run's DenseStatistics. */
@@ -78,9 +79,15 @@ export const FITNESS_MEASURES = ["ppl", "kl"] as const satisfies readonly Fitnes
  * non-finite loss) become a failed Fitness, so a search records them and goes on.
  */
 export const allocationFitness =
-  (pruner: Pruner, windows: readonly Window[], pattern: Pattern, reference?: DenseReference) =>
+  (pruner: Pruner, windows: readonly Window[], pattern: Pattern, reference?: DenseReference, measure?: () => Promise<FitnessMeasurePlugin>) =>
   async (sparsities: BlockAllocation): Promise<Fitness> => {
     try {
+      if (measure) {
+        const scorer = await measure();
+        await pruner.apply(toAllocation(sparsities, pruner.layout, pattern));
+        const losses = await pruner.windowLosses(windows);
+        return { ...fitnessOk(scorer.score(losses)), tokens: losses.reduce((n, w) => n + w.tokens, 0) };
+      }
       if (reference) {
         // Before apply: adding a window's reference installs the dense model.
         await pruner.addDenseReference(windows, reference);

@@ -81,12 +81,19 @@ export type Method<Space> =
     };
 
 export interface MethodPlugin<Space = unknown> {
-  /** The name used on the command line: `--method <name>`. */
+  /**
+   * The method's name in reports and run folders; a built-in's is its folder's, the name
+   * used on the command line (`--method <name>`). A user's plugin is named on the command
+   * line by its file or package instead.
+   */
   readonly name: string;
   readonly describe: string;
   /** Decodes and validates a search-space file; errors name the file and the field. */
   readonly spaceSchema: Schema.Top & { readonly Type: Space };
-  /** The file in search-spaces/ used when --space is not given. */
+  /**
+   * The space file used when --space is not given: a user's plugin keeps it beside its own
+   * file (a path relative to it), a built-in in search-spaces/.
+   */
   readonly defaultSpace: string;
   /**
    * Patterns the method supports; the host refuses other combinations with a clear error.

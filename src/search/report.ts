@@ -48,7 +48,7 @@ export const generationCurve = (history: readonly HistoryRecord[]): Array<Pick<G
  * the search's progress line ("generations: 3/6"): generation record g is plotted at x = g + 1.
  * history.csv keeps the engine's own 0-based `generation` column.
  */
-export const fitnessChart = (history: readonly HistoryRecord[], title: string): string => {
+export const fitnessChart = (history: readonly HistoryRecord[], title: string, options: { yLabel?: string; references?: ReadonlyArray<{ label: string; y: number }> } = {}): string => {
   const curve = generationCurve(history);
   const series = (pick: (c: (typeof curve)[number]) => number | undefined) =>
     curve.flatMap((c) => {
@@ -60,16 +60,16 @@ export const fitnessChart = (history: readonly HistoryRecord[], title: string): 
       { label: "best so far", points: series((c) => c.best), color: "#1f77b4" },
       { label: "generation median", points: series((c) => c.median), color: "#ff7f0e" },
     ],
-    { title, xLabel: "generation", yLabel: "validation perplexity", logY: true, integerX: true },
+    { title, xLabel: "generation", yLabel: options.yLabel ?? "validation perplexity", logY: true, integerX: true, ...(options.references ? { references: options.references } : {}) },
   );
 };
 
 /** Sparsity per block (blocks numbered from 0, as in the allocation CSVs), one series per method. */
-export const allocationChart = (allocations: ReadonlyArray<{ label: string; sparsities: readonly number[] }>, title: string): string => {
+export const allocationChart = (allocations: ReadonlyArray<{ label: string; sparsities: readonly number[] }>, title: string, target?: number): string => {
   const colors = ["#d62728", "#7f7f7f", "#2ca02c", "#9467bd"];
   return lineChart(
     allocations.map((a, k) => ({ label: a.label, points: a.sparsities.map((s, b) => [b, s] as const), color: colors[k % colors.length]! })),
-    { title, xLabel: "block", yLabel: "sparsity", integerX: true },
+    { title, xLabel: "block", yLabel: "sparsity", integerX: true, ...(target !== undefined ? { references: [{ label: `target ${target}`, y: target }] } : {}) },
   );
 };
 

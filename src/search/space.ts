@@ -4,14 +4,15 @@
  * field) becomes one DataError naming the file and the field.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { basename, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { basename, join, resolve } from "node:path";
 import { Result, Schema, SchemaIssue } from "effect";
+import { projectRoot } from "../defaults.ts";
 import { DataError } from "../errors.ts";
 import type { MethodPlugin } from "./plugin.ts";
+import { pluginFolder } from "./registry.ts";
 
-/** The folder of the shipped search spaces. */
-export const searchSpacesDir = fileURLToPath(new URL("../../search-spaces/", import.meta.url));
+/** The folder of the shipped search spaces (at the package's root, from source or compiled). */
+export const searchSpacesDir = join(projectRoot, "search-spaces");
 
 /** `["pre", 2]` -> `pre[2]`, `["bounds", "lo"]` -> `bounds.lo`. */
 const fieldPath = (path: readonly PropertyKey[]): string =>
@@ -52,10 +53,21 @@ export const parseSearchSpace = <Space>(plugin: MethodPlugin<Space>, text: strin
 
 /**
  * The file a space name refers to: a path as given when it exists, otherwise a bare file
- * name in search-spaces/; no name means the plugin's default space.
+ * name in search-spaces/; no name means the plugin's default space, which a user's plugin
+ * keeps beside its own file (a built-in's is in search-spaces/).
  */
 export const resolveSpaceFile = (plugin: MethodPlugin<unknown>, file?: string): string => {
-  if (file === undefined) return join(searchSpacesDir, plugin.defaultSpace);
+  if (file === undefined) {
+    const home = pluginFolder(plugin);
+    if (home !== undefined) {
+      const beside = resolve(home, plugin.defaultSpace);
+      if (existsSync(beside)) return beside;
+      if (!existsSync(join(searchSpacesDir, plugin.defaultSpace))) {
+        throw new DataError({ file: beside, problem: `no such file: the default search space of method ${plugin.name} (give one with --space)` });
+      }
+    }
+    return join(searchSpacesDir, plugin.defaultSpace);
+  }
   if (existsSync(file)) return file;
   const shipped = join(searchSpacesDir, file);
   if (basename(file) === file && existsSync(shipped)) return shipped;

@@ -57,3 +57,13 @@ export const flagWords = <S>(table: FlagTable<S>, settings: Partial<S>): string[
 /** The setting a flag (camelCase, as yargs names it) sets, if any. */
 export const settingOfFlag = <S>(table: FlagTable<S>, camelFlag: string): keyof S | undefined =>
   (Object.keys(table) as (keyof S)[]).find((key) => camelOf(table[key].flag) === camelFlag);
+
+/** Every setting's default, as the command line would fill it in (patterns still as text). */
+export const flagDefaults = <S>(table: FlagTable<S>): Partial<Record<keyof S, string | number>> => {
+  const defaults: Partial<Record<keyof S, string | number>> = {};
+  for (const key of Object.keys(table) as (keyof S)[]) {
+    const value = table[key].default;
+    if (value !== undefined) defaults[key] = value;
+  }
+  return defaults;
+};

@@ -20,6 +20,7 @@ import { notReplaceable, removeStaleStaging } from "../output/folder.ts";
 import { hashString, Rng } from "../rng.ts";
 import { AdamW, DEFAULT_ADAMW } from "./adamw.ts";
 import { sampleBatch } from "./batches.ts";
+import { crashPoint } from "../crash-point.ts";
 import { hasLoraCheckpoint, readLoraCheckpoint, STATE_FILE, writeLoraCheckpoint, type LoraCheckpoint, type LoraSettings } from "./lora-state.ts";
 
 /**
@@ -362,6 +363,7 @@ const saveCheckpoint = async (
     m: moments.m,
     v: moments.v,
   });
+  crashPoint("lora-step", step);
 };
 
 /** Puts a checkpoint's adapters and moments in place; inside tidy, so the uploaded copies are released. */

@@ -6,6 +6,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend, type BackendChoice } from "../backend/backend.ts";
+import { loadArchitecturesFromEnvironment } from "../checkpoint/architectures/index.ts";
 import { Decoder } from "../model/decoder.ts";
 import type { HostBlock, HostGlobals, ModelSpec } from "../model/spec.ts";
 import { serve } from "../workers/spawn.ts";
@@ -30,6 +31,7 @@ export type WorkerRequest =
   | { kind: "state" };
 
 const init = workerData.data as WorkerInit;
+await loadArchitecturesFromEnvironment();
 const backend = await initBackend(init.backend, { share: init.share });
 const spec = init.spec;
 const decoder = Decoder.create(spec, init.globals, { numBlocks: spec.numLayers, load: (i) => init.blocks[i]! }, { trainable: true });

@@ -1,8 +1,20 @@
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 
-/** A worker thread running a TypeScript module; `data` reaches it as workerData.data. */
+/**
+ * The module a worker runs: the TypeScript file from source, its compiled JavaScript beside
+ * it in an installed package (where no .ts file is shipped).
+ */
+export const workerModule = (entry: URL): URL => {
+  if (!entry.pathname.endsWith(".ts") || existsSync(fileURLToPath(entry))) return entry;
+  const compiled = new URL(entry.href.replace(/\.ts$/, ".js"));
+  return existsSync(fileURLToPath(compiled)) ? compiled : entry;
+};
+
+/** A worker thread running a TypeScript (or compiled) module; `data` reaches it as workerData.data. */
 export const spawnTsWorker = (entry: URL, data: unknown): Worker =>
-  new Worker(new URL("./bootstrap.mjs", import.meta.url), { workerData: { entry: entry.href, data } });
+  new Worker(new URL("./bootstrap.mjs", import.meta.url), { workerData: { entry: workerModule(entry).href, data } });
 
 /**
  * Request/response over a worker's message port: one request in flight per worker, replies

@@ -49,6 +49,12 @@ export const evosparse = (...args: string[]): CliResult => {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr, pid: r.pid ?? -1 };
 };
 
+/** Runs `evosparse ARGS --backend wasm` to its end with extra environment variables; `signal` is what ended it, if one did. */
+export const evosparseWithEnv = (env: NodeJS.ProcessEnv, ...args: string[]): CliResult & { readonly signal: NodeJS.Signals | null } => {
+  const r = spawnSync(process.execPath, withBackend(args), { encoding: "utf8", env: { ...childEnv(), ...env } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr, pid: r.pid ?? -1, signal: r.signal };
+};
+
 /** Runs `evosparse ARGS --backend BACKEND` to its end. */
 export const evosparseOn = (backend: string, ...args: string[]): CliResult => {
   const r = spawnSync(process.execPath, withBackend(args, backend), { encoding: "utf8", env: childEnv() });
