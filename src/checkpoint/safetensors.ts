@@ -10,7 +10,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { CheckpointError } from "../errors.ts";
-import { describeWriteError } from "../files.ts";
+import { writeThroughTemporary } from "../files.ts";
 import { bitsPerElement, decodeStorage, encodeStorage, isStorageDtype, storageDtypes } from "./dtype.ts";
 import type { StorageDtype } from "./types.ts";
 
@@ -305,28 +305,9 @@ export function openSafetensors(file: string): SafetensorsFile {
   };
 }
 
-/** Writes to a temporary sibling and renames, so readers never see a half-written file. */
+/** Writes to a temporary sibling and renames (the shared write layer), so readers never see a half-written file. */
 function writeAtomically(file: string, writeContent: (fd: number) => void): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(tmp, "w");
-    writeContent(fd);
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    try {
-      if (fd !== undefined) fs.closeSync(fd);
-      fs.rmSync(tmp, { force: true });
-    } catch {
-      // The write's own error says more than a failed clean-up.
-    }
-    if (e instanceof CheckpointError) throw e;
-    // Never the temporary name: the user asked for `file`.
-    throw new CheckpointError({ file, problem: `cannot write (${describeWriteError(e, file)})` });
-  }
+  writeThroughTemporary(file, writeContent, { sync: true, error: (problem) => new CheckpointError({ file, problem }) });
 }
 
 const byName = (a: { name: string }, b: { name: string }): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);

@@ -1,10 +1,11 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { BackendChoice } from "../backend/backend.ts";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
-import { replaceDir, writeHuggingFace } from "../checkpoint/write-huggingface.ts";
+import { writeHuggingFace } from "../checkpoint/write-huggingface.ts";
 import { UsageError } from "../errors.ts";
-import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, stagingFolder } from "../output/folder.ts";
+import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, stagingFolder, writeStagedFolder } from "../output/folder.ts";
+import { writeNewFile } from "../files.ts";
 import { Rng } from "../rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
@@ -315,18 +316,17 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
 /** Parameters and AdamW moments by name, plus the log: everything a resumed run needs. */
 const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[]): void => {
   const staging = stagingFolder(dir);
-  mkdirSync(staging, { recursive: true });
-  const tensors = s.names.flatMap((name, i) => [
-    { name: `param/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.parameters[i]! },
-    { name: `m/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.m[i]! },
-    { name: `v/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.v[i]! },
-  ]);
-  writeSafetensors(join(staging, "state.safetensors"), tensors);
-  writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
-  writeFileSync(join(staging, "state.json"), JSON.stringify({ step, optimizerStep: s.step, names: s.names, log }));
-  writeFileSync(join(staging, OUTPUT_MARKER), markerContent("train checkpoint", ["state.safetensors", "tokenizer.json", "state.json"]));
-  // The run's own checkpoint folder: each new one replaces the last.
-  replaceDir(staging, dir, { overwrite: true });
+  writeStagedFolder(dir, staging, () => {
+    const tensors = s.names.flatMap((name, i) => [
+      { name: `param/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.parameters[i]! },
+      { name: `m/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.m[i]! },
+      { name: `v/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.v[i]! },
+    ]);
+    writeSafetensors(join(staging, "state.safetensors"), tensors);
+    writeNewFile(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
+    writeNewFile(join(staging, "state.json"), JSON.stringify({ step, optimizerStep: s.step, names: s.names, log }));
+    writeNewFile(join(staging, OUTPUT_MARKER), markerContent("train checkpoint", ["state.safetensors", "tokenizer.json", "state.json"]));
+  });
 };
 
 const readCheckpoint = (dir: string) => {
