@@ -1,4 +1,5 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import { CheckpointError } from "../errors.ts";
 import {
@@ -32,8 +33,9 @@ export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; 
   if (!existsSync(file)) throw new CheckpointError({ file, problem: "no config.json: not a Hugging Face model folder" });
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(file, "utf8"));
+    raw = JSON.parse(readBoundedUtf8(file, "config", { error: (problem) => new CheckpointError({ file, problem }) }));
   } catch (e) {
+    if (e instanceof CheckpointError) throw e;
     throw new CheckpointError({ file, problem: `invalid JSON (${(e as Error).message})` });
   }
   const modelType = typeof raw === "object" && raw !== null ? (raw as { model_type?: unknown }).model_type : undefined;

@@ -11,6 +11,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { CheckpointError } from "../errors.ts";
 import { writeThroughTemporary } from "../files.ts";
+import { openRegularFile, readBoundedUtf8 } from "../reads.ts";
 import { bitsPerElement, decodeStorage, encodeStorage, isStorageDtype, storageDtypes } from "./dtype.ts";
 import type { StorageDtype } from "./types.ts";
 
@@ -246,21 +247,8 @@ async function readBytesAsync(fd: number, name: string, entry: SafetensorsEntry,
 }
 
 function openFd(file: string): { fd: number; size: number } {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, "r");
-  } catch (e) {
-    throw new CheckpointError({ file, problem: `cannot open: ${describeIoError(e)}` });
-  }
-  try {
-    const stat = fs.fstatSync(fd);
-    if (!stat.isFile()) throw new CheckpointError({ file, problem: "is not a regular file" });
-    return { fd, size: stat.size };
-  } catch (e) {
-    fs.closeSync(fd);
-    if (e instanceof CheckpointError) throw e;
-    throw new CheckpointError({ file, problem: `cannot stat: ${describeIoError(e)}` });
-  }
+  // Only a regular file: a named pipe would block the open, a device never ends.
+  return openRegularFile(file, { error: (problem) => new CheckpointError({ file, problem }) });
 }
 
 /** Opens a safetensors file, reading and validating its header only. */
@@ -367,12 +355,7 @@ export function writeSafetensors(file: string, tensors: readonly TensorToWrite[]
 }
 
 function readIndex(indexPath: string): { metadata: Record<string, string>; weightMap: Map<string, string> } {
-  let text: string;
-  try {
-    text = fs.readFileSync(indexPath, "utf8");
-  } catch (e) {
-    throw new CheckpointError({ file: indexPath, problem: `cannot open: ${describeIoError(e)}` });
-  }
+  const text = readBoundedUtf8(indexPath, "index", { error: (problem) => new CheckpointError({ file: indexPath, problem }) });
   let index: unknown;
   try {
     index = JSON.parse(text);
@@ -386,6 +369,11 @@ function readIndex(indexPath: string): { metadata: Record<string, string>; weigh
   for (const [name, shard] of Object.entries(index.weight_map)) {
     if (typeof shard !== "string" || shard === "") {
       throw new CheckpointError({ file: indexPath, problem: `weight_map entry ${name} does not name a shard file` });
+    }
+    // A shard is a file of the model's own folder: an absolute path or one climbing out of
+    // the folder would read whatever file the index names.
+    if (path.isAbsolute(shard) || shard.split(/[\\/]/).some((part) => part === ".." || part === "") || shard.includes("\0")) {
+      throw new CheckpointError({ file: indexPath, problem: `weight_map entry ${name} names the shard ${JSON.stringify(shard)} outside the model's folder; shards must be files of the folder itself` });
     }
     weightMap.set(name, shard);
   }

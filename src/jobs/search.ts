@@ -6,7 +6,8 @@
  * The run folder holds settings.json (written first) and engine-state.json (after every
  * generation), so `--resume DIR` continues a killed run with its own settings.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity, layoutOf } from "../allocation/allocation.ts";
@@ -235,8 +236,9 @@ const readSettings = (dir: string): SearchSettings => {
   if (!existsSync(file)) throw new DataError({ file, problem: "no settings.json: not a search folder, or the run never started" });
   let json: unknown;
   try {
-    json = JSON.parse(readFileSync(file, "utf8"));
+    json = JSON.parse(readBoundedUtf8(file, "state"));
   } catch (e) {
+    if (e instanceof DataError) throw e;
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
   try {
@@ -253,8 +255,9 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
       if (!existsSync(file)) return undefined;
       let json: unknown;
       try {
-        json = JSON.parse(readFileSync(file, "utf8"));
+        json = JSON.parse(readBoundedUtf8(file, "state"));
       } catch (e) {
+        if (e instanceof DataError) throw e;
         throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
       }
       return decodeEngineState(json, file);
@@ -387,8 +390,9 @@ const finishedSummary = (dir: string): SearchSummary | undefined => {
   const file = join(dir, "summary.json");
   if (!existsSync(file)) return undefined;
   try {
-    return JSON.parse(readFileSync(file, "utf8")) as SearchSummary;
+    return JSON.parse(readBoundedUtf8(file, "state")) as SearchSummary;
   } catch (e) {
+    if (e instanceof DataError) throw e;
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
 };

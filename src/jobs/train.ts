@@ -1,4 +1,5 @@
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import type { BackendChoice } from "../backend/backend.ts";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
@@ -331,13 +332,13 @@ const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJso
 
 const readCheckpoint = (dir: string) => {
   const file = join(dir, "state.json");
-  const meta = decodeTrainingState(readFileSync(file, "utf8"), file);
+  const meta = decodeTrainingState(readBoundedUtf8(file, "state"), file);
   const st = openSafetensors(join(dir, "state.safetensors"));
   try {
     return {
       step: meta.step,
       log: meta.log,
-      tokenizerJson: JSON.parse(readFileSync(join(dir, "tokenizer.json"), "utf8")) as object,
+      tokenizerJson: JSON.parse(readBoundedUtf8(join(dir, "tokenizer.json"), "tokenizer")) as object,
       parameters: meta.names.map((n) => st.read(`param/${n}`)),
       optimizer: { step: meta.optimizerStep, m: meta.names.map((n) => st.read(`m/${n}`)), v: meta.names.map((n) => st.read(`v/${n}`)) },
     };

@@ -6,10 +6,11 @@
  * listing its files; `--overwrite` replaces only a folder whose marker lists everything in
  * it, and never a folder holding one of the command's inputs.
  */
-import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import { DataError, isEvosparseError, UsageError } from "../errors.ts";
 import { describeWriteError, entryKind, unwritableEntry } from "../files.ts";
+import { readBoundedUtf8 } from "../reads.ts";
 
 /** The marker written into every folder evosparse writes. */
 export const OUTPUT_MARKER = ".evosparse-output.json";
@@ -30,7 +31,7 @@ export const notReplaceable = (dir: string): string | undefined => {
   if (!existsSync(file)) return `it was not written by evosparse (no ${OUTPUT_MARKER})`;
   let marker: Partial<OutputMarker>;
   try {
-    marker = JSON.parse(readFileSync(file, "utf8")) as Partial<OutputMarker>;
+    marker = JSON.parse(readBoundedUtf8(file, "record")) as Partial<OutputMarker>;
   } catch {
     return `its ${OUTPUT_MARKER} is damaged`;
   }

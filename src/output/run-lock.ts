@@ -14,6 +14,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { DataError, UsageError } from "../errors.ts";
 import { describeWriteError, writeNewFile } from "../files.ts";
+import { readBoundedUtf8 } from "../reads.ts";
 import { processAlive } from "./folder.ts";
 
 export const LOCK_FILE = "run.lock";
@@ -41,7 +42,7 @@ const startTicksOf = (pid: number): number | null => {
 
 const readOwner = (file: string): LockOwner | undefined => {
   try {
-    const owner = JSON.parse(readFileSync(file, "utf8")) as LockOwner;
+    const owner = JSON.parse(readBoundedUtf8(file, "record")) as LockOwner;
     return typeof owner.pid === "number" && typeof owner.host === "string" ? owner : undefined;
   } catch {
     return undefined;

@@ -6,7 +6,8 @@
  * settings: resuming with others would give weights that neither run describes.
  * state.json is read back through a Schema, so a damaged file is one clear error naming it.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import { Result, Schema } from "effect";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
@@ -113,7 +114,7 @@ export const readLoraCheckpoint = (
   expected: { readonly settings: LoraSettings; readonly names: readonly string[]; readonly shapes: readonly (readonly number[])[] },
 ): LoraCheckpoint => {
   const file = join(dir, STATE_FILE);
-  const state = decodeLoraState(readFileSync(file, "utf8"), file);
+  const state = decodeLoraState(readBoundedUtf8(file, "state"), file);
   const refuse = (problem: string): never => {
     throw new DataError({ file, problem: `${problem}; resume with that run's settings, or remove ${dir} to start afresh` });
   };
