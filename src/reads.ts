@@ -4,6 +4,7 @@
  * limit fitting what it is, checked from the file's size before a byte is read, so a wrong
  * path costs one line instead of all the machine's memory.
  */
+import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { DataError } from "./errors.ts";
 import { describeKind, type EntryKind } from "./files.ts";
@@ -162,4 +163,17 @@ export const readHead = (file: string, length: number, options: ReadOptions & { 
   } finally {
     closeSync(fd);
   }
+};
+
+/** SHA-256 of a regular file, read in chunks (checkpoints can be many gigabytes). */
+export const fileDigest = (file: string, options: ReadOptions = {}): string => {
+  const { fd } = openRegularFile(file, options);
+  const hash = createHash("sha256");
+  const buffer = Buffer.allocUnsafe(8 << 20);
+  try {
+    for (let n; (n = readSync(fd, buffer, 0, buffer.length, null)) > 0; ) hash.update(buffer.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
 };

@@ -6,8 +6,9 @@
  * The run folder holds settings.json (written first) and engine-state.json (after every
  * generation), so `--resume DIR` continues a killed run with its own settings.
  */
-import { existsSync } from "node:fs";
-import { readBoundedUtf8 } from "../reads.ts";
+import { existsSync, statSync } from "node:fs";
+import { fileDigest, readBoundedUtf8 } from "../reads.ts";
+import { checkStamp, stamp, type Provenance } from "../output/provenance.ts";
 import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity, layoutOf } from "../allocation/allocation.ts";
@@ -242,13 +243,33 @@ const readSettings = (dir: string): SearchSettings => {
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
   try {
-    return Schema.decodeUnknownSync(SearchSettings)(json);
+    return Schema.decodeUnknownSync(SearchSettings)(json, { onExcessProperty: "error" });
   } catch (e) {
     throw new DataError({ file, problem: `invalid settings: ${(e as Error).message.replace(/\n\s*/g, " ")}` });
   }
 };
 
-const engineCheckpoint = (dir: string): EngineCheckpoint => {
+/**
+ * What made a search's saved state: every setting that decides its result (not those a
+ * resumed run may change), and the bytes of the model and of every file the settings name.
+ */
+export const searchProvenance = (settings: SearchSettings): Provenance => {
+  const decisive = Object.fromEntries(
+    (Object.keys(settings) as (keyof SearchSettings)[])
+      .filter((key) => !(RESUMABLE_SETTINGS as readonly string[]).includes(key) && settings[key] !== undefined)
+      .map((key) => [settingFlag(key), settings[key]]),
+  );
+  const files: Record<string, string> = {};
+  for (const f of modelIdentity(settings.model).files) files[`model ${f.name}`] = f.sha256;
+  const named: readonly (keyof SearchSettings)[] = ["tokenizer", "space", "calib", "fitnessData", "eval", "start"];
+  for (const key of named) {
+    const path = settings[key];
+    if (typeof path === "string" && !path.startsWith("brown:") && existsSync(path) && statSync(path).isFile()) files[`${settingFlag(key)} ${path}`] = fileDigest(path);
+  }
+  return { settings: decisive, files };
+};
+
+const engineCheckpoint = (dir: string, made: Provenance): EngineCheckpoint => {
   const file = join(dir, "engine-state.json");
   return {
     load: () => {
@@ -260,9 +281,9 @@ const engineCheckpoint = (dir: string): EngineCheckpoint => {
         if (e instanceof DataError) throw e;
         throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
       }
-      return decodeEngineState(json, file);
+      return decodeEngineState(checkStamp(json, made, file, "start a new search"), file);
     },
-    save: (state) => writeFileAtomically(file, JSON.stringify(state)),
+    save: (state) => writeFileAtomically(file, JSON.stringify(stamp(state, made))),
   };
 };
 
@@ -519,6 +540,12 @@ export const searchJob = (request: SearchRequest) =>
       if (settings.seqlen > context) return yield* new UsageError({ problem: `--seqlen ${settings.seqlen} exceeds the context of ${settings.model} (${context})` });
       if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternText(pattern)} does not fit ${settings.model}: ${mismatch}` });
 
+      // What makes this run, checked now against a saved state's record (before any work),
+      // and written with every state it saves.
+      const made = yield* attempt(() => searchProvenance(settings));
+      const savedState = engineCheckpoint(dir, made);
+      if (request.resume) yield* attempt(() => savedState.load());
+
       const backend = yield* initBackendEffect(request.backend);
       log(`backend: ${describeBackend(backend)}`);
 
@@ -658,7 +685,7 @@ export const searchJob = (request: SearchRequest) =>
           };
           const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
           const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) => {
+          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, savedState, (record) => {
             request.onGeneration?.(record, totalGenerations);
             // After the generation's state is saved (tests of resuming crash here).
             crashPoint("generation", record.generation + 1);

@@ -1,10 +1,12 @@
 import { existsSync, rmSync } from "node:fs";
-import { readBoundedUtf8 } from "../reads.ts";
+import { fileDigest, readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import type { BackendChoice } from "../backend/backend.ts";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
 import { writeHuggingFace } from "../checkpoint/write-huggingface.ts";
-import { UsageError } from "../errors.ts";
+import { DataError, UsageError } from "../errors.ts";
+import { checkStamp, stamp, type Provenance } from "../output/provenance.ts";
+import { isBrownSource } from "../data/brown.ts";
 import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, stagingFolder, writeStagedFolder } from "../output/folder.ts";
 import { writeNewFile } from "../files.ts";
 import { Rng } from "../rng.ts";
@@ -196,7 +198,8 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
   }
   refuseExcessWorkers(o);
   const trainText = readTextFile(o.data);
-  const resumed = o.resume && existsSync(join(ckptDir, "state.json")) ? readCheckpoint(ckptDir) : undefined;
+  const made = trainingProvenance(o);
+  const resumed = o.resume && existsSync(join(ckptDir, "state.json")) ? readCheckpoint(ckptDir, made) : undefined;
   const tokenizerJson = resumed?.tokenizerJson ?? buildTokenizer(trainText, o.vocabSize);
   const tokenizer = huggingFaceTokenizer(tokenizerJson, undefined, o.data);
   const spec = llamaSpec(o.size, tokenizer.vocabSize);
@@ -274,7 +277,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
       log.push(entry);
       o.onStep?.(entry);
       if (o.checkpointEvery > 0 && (step + 1) % o.checkpointEvery === 0 && !last) {
-        writeCheckpoint(ckptDir, step + 1, await state(), tokenizerJson, log);
+        writeCheckpoint(ckptDir, step + 1, await state(), tokenizerJson, log, made);
       }
     }
     const final = await state();
@@ -315,7 +318,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
 };
 
 /** Parameters and AdamW moments by name, plus the log: everything a resumed run needs. */
-const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[]): void => {
+const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[], made: Provenance): void => {
   const staging = stagingFolder(dir);
   writeStagedFolder(dir, staging, () => {
     const tensors = s.names.flatMap((name, i) => [
@@ -325,14 +328,50 @@ const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJso
     ]);
     writeSafetensors(join(staging, "state.safetensors"), tensors);
     writeNewFile(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
-    writeNewFile(join(staging, "state.json"), JSON.stringify({ step, optimizerStep: s.step, names: s.names, log }));
+    writeNewFile(join(staging, "state.json"), JSON.stringify(stamp({ step, optimizerStep: s.step, names: s.names, log }, made)));
     writeNewFile(join(staging, OUTPUT_MARKER), markerContent("train checkpoint", ["state.safetensors", "tokenizer.json", "state.json"]));
   });
 };
 
-const readCheckpoint = (dir: string) => {
+/**
+ * What made a training run's checkpoint: every setting its weights depend on (the worker
+ * count included: gradients are summed per worker) and the bytes of its texts. How often
+ * it checkpoints, evaluates or logs is not among them.
+ */
+const trainingProvenance = (o: TrainOptions): Provenance => {
+  const files: Record<string, string> = {};
+  for (const [flag, path] of [["--data", o.data], ["--validation", o.validation]] as const) {
+    if (path !== undefined && !isBrownSource(path)) files[`${flag} ${path}`] = fileDigest(path, { error: (problem) => new DataError({ file: path, problem }) });
+  }
+  const s = o.size;
+  return {
+    settings: {
+      "--data": o.data,
+      "--validation": o.validation ?? null,
+      "--dim": s.hiddenSize,
+      "--layers": s.numLayers,
+      "--heads": s.numHeads,
+      "--kv-heads": s.numKvHeads,
+      "--ffn": s.intermediateSize,
+      "--context": s.contextLength,
+      "--vocab": o.vocabSize,
+      "--steps": o.steps,
+      "--batch": o.batch,
+      "--seqlen": o.seqlen,
+      "--lr": o.lr,
+      "--warmup": o.warmupSteps,
+      "--weight-decay": o.weightDecay,
+      "--seed": o.seed,
+      "--workers": Math.max(1, Math.min(o.workers, o.batch)),
+      "--eval-windows": o.evalWindows,
+    },
+    files,
+  };
+};
+
+const readCheckpoint = (dir: string, made: Provenance) => {
   const file = join(dir, "state.json");
-  const meta = decodeTrainingState(readBoundedUtf8(file, "state"), file);
+  const meta = decodeTrainingState(readBoundedUtf8(file, "state"), file, (json) => checkStamp(json, made, file, `remove ${dir} to start afresh`));
   const st = openSafetensors(join(dir, "state.safetensors"));
   try {
     return {
