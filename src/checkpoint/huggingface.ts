@@ -62,6 +62,15 @@ export const openHuggingFace = (dir: string): Checkpoint => {
   try {
     const prefix = arch.prefixes.find((p) => st.tensors.has(arch.globalNames(spec, p).embed)) ?? arch.prefixes[0]!;
     const globals = globalSlots(arch, spec, prefix);
+    // The config's block count against the file's tensors before a slot per block is made:
+    // a config claiming a million blocks is refused at once, not after building them all.
+    const perBlock = blockSlotList(blockSlots(arch, spec, prefix, 0)).length;
+    if (spec.numLayers * perBlock > st.tensors.size) {
+      throw new CheckpointError({
+        file: configFile,
+        problem: `gives ${spec.numLayers} blocks, which need at least ${spec.numLayers * perBlock} tensors, but ${st.path} holds ${st.tensors.size}: this config.json does not describe these weights`,
+      });
+    }
     const blocks = Array.from({ length: spec.numLayers }, (_, i) => blockSlots(arch, spec, prefix, i));
     if (blockShapes) checkBlockShapes(st, spec, blocks, configFile);
     validate(st, arch, globals, blocks);

@@ -40,7 +40,7 @@ import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "
 import { methodContext, sizeContext } from "../search/fitness.ts";
 import { fitnessSpec, isBuiltInFitness, loadFitnessMeasure } from "../search/fitness-measure.ts";
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
-import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
+import { describePlan, formatBytes, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
@@ -52,6 +52,11 @@ import { availableParallelism } from "node:os";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { PRUNE_FLAGS, type PruneSettings } from "./prune.ts";
 import { STRUCTURED_FLAGS } from "./structured-prune.ts";
+
+/** What one individual of a generation holds besides its genes (its record, cache entry and key), measured high. */
+const INDIVIDUAL_BYTES = 4096;
+/** What one gene (a linear's or block's value) of an individual holds across its copies. */
+const GENE_BYTES = 64;
 
 /** Everything that decides a run's result; saved so a resumed run is the same run. */
 export const SearchSettings = Schema.Struct({
@@ -598,6 +603,16 @@ export const searchJob = (request: SearchRequest) =>
       probed.close();
       if ("refused" in planned) return yield* new UsageError({ problem: `${settings.model}: this search ${planned.refused}; try fewer --nsamples, a shorter --seqlen${memoryOptions.memoryMib !== undefined ? " or a larger --memory" : ""}` });
       const memoryPlan = planned;
+      // The engine's own memory: every individual of a generation (and the children screened
+      // for it) with its genome, history record and cache entry, planned with the rest.
+      const screened = settings.screen === undefined ? 0 : Math.max(0, ...parseScreening(settings.screen).map((st) => st.candidates));
+      const individuals = Math.max(settings.population, screened) * 2;
+      const engineBytes = individuals * (INDIVIDUAL_BYTES + GENE_BYTES * probedSpec.numLayers * probedSpec.linears.length);
+      if (memoryPlan.peakBytes + engineBytes > memoryPlan.budget.bytes) {
+        return yield* new UsageError({
+          problem: `--population ${settings.population}${screened > 0 ? ` (--screen ${settings.screen})` : ""}: the search would hold about ${formatBytes(engineBytes)} of individuals beside the model's ${formatBytes(memoryPlan.peakBytes)}, more than the ${formatBytes(memoryPlan.budget.bytes)} ${memoryPlan.budget.source === "--memory" ? "given by --memory" : "available"}; use a smaller --population`,
+        });
+      }
       if (!queueAddress && workers < request.workers) {
         log(`--workers ${request.workers} capped at ${workers}: ${workers < availableParallelism() ? `${workers} fit in the memory available` : `this machine has ${availableParallelism()} cores`} (the history does not depend on the worker count)`);
       }
