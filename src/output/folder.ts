@@ -99,6 +99,7 @@ export interface OutputCheck {
  * staging folders that writers killed earlier left beside it.
  */
 export const checkOutputFolder = (dir: string, check: OutputCheck): void => {
+  if (dir.trim() === "") throw new UsageError({ problem: `${check.flag} needs a folder name; it was given an empty one` });
   const input = inputInside(dir, check.inputs);
   if (input !== undefined) {
     throw new UsageError({ problem: `${check.flag} ${dir} holds the input ${input}: writing there would destroy it; choose another folder` });
@@ -157,6 +158,7 @@ export const removeStaleStaging = (dir: string): string[] => {
  * folder), new unless --overwrite, and its folder writable.
  */
 export const checkOutputFile = (file: string, check: OutputCheck): void => {
+  if (file.trim() === "") throw new UsageError({ problem: `${check.flag} needs a file name; it was given an empty one` });
   const refused = unwritableEntry(file, "file");
   if (refused !== undefined) throw new UsageError({ problem: `${check.flag} ${file} ${refused}; choose another name` });
   if (entryKind(file) === "file") {

@@ -26,6 +26,7 @@ const contents = (dir: string): string[] => readdirSync(dir).filter((name) => na
  */
 export const claimNewRunFolder = (options: { readonly dir?: string; readonly base: string; readonly marker: string }): RunFolder => {
   const explicit = options.dir !== undefined;
+  if (options.dir !== undefined && options.dir.trim() === "") throw new UsageError({ problem: "--out needs a folder name; it was given an empty one" });
   for (let k = 1; ; k++) {
     const dir = resolve(options.dir ?? (k === 1 ? options.base : `${options.base}-${k}`));
     const refused = unwritableEntry(dir, "folder");
