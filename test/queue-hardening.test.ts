@@ -1,0 +1,69 @@
+/**
+ * Queue faults end in one line: a password is masked even in a URL that does not parse,
+ * and a database index the server lacks is refused before any work instead of a stack
+ * trace and a wait on database 0. Runs against a redis-server of the test's own.
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { maskPassword, parseQueueAddress } from "../src/queue/address.ts";
+import { redisMissing, startTestRedis, type TestRedis } from "./helpers/redis.ts";
+
+const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
+const root = mkdtempSync(join(tmpdir(), "evosparse-queue-hardening-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const run = (...args: string[]) => {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env: { ...process.env, CI: "true" }, timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+};
+
+describe("queue addresses", () => {
+  it("property: no refusal of a URL shows its password, parsed or not", () => {
+    const secret = fc.string({ minLength: 4, maxLength: 12 }).filter((s) => /^[A-Za-z0-9]+$/.test(s));
+    fc.assert(
+      fc.property(secret, fc.constantFrom("host:99999x", "host:abc", "ho st:1", "host:6379/zz", "[::1", "host:6379?x=1"), fc.constantFrom("redis", "rediss", "http"), (password, rest, scheme) => {
+        const text = `${scheme}://user:${password}@${rest}`;
+        try {
+          parseQueueAddress(text);
+        } catch (e) {
+          expect((e as Error).message).not.toContain(password);
+          return;
+        }
+      }),
+      { numRuns: 100 },
+    );
+    expect(maskPassword("redis://user:pw@host")).toBe("redis://user:***@host");
+  });
+
+  it("the command line masks an unparsable URL's password", () => {
+    const r = run("worker", "--queue", "redis://user:s3cr3tpw@host:99999x");
+    expect(r.code).toBe(2);
+    expect(r.stderr).not.toContain("s3cr3tpw");
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+  });
+});
+
+describe.skipIf(redisMissing !== undefined)(`a database the server lacks${redisMissing ? ` (skipped: ${redisMissing})` : ""}`, () => {
+  let redis: TestRedis;
+  beforeAll(async () => {
+    redis = await startTestRedis();
+  });
+  afterAll(async () => redis?.dispose());
+
+  it("search and worker: one line naming the database, no stack trace, no run folder", () => {
+    const out = join(root, "run");
+    const search = run("search", "--sparsity", "0.7", "--queue", `${redis.url}/99`, "--out", out, "--backend", "wasm");
+    expect(search.code).toBe(1);
+    const lines = search.stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"));
+    expect(lines).toEqual([expect.stringMatching(/queue: Redis at .*\/99 has no database 99 \(ERR DB index is out of range\)/)]);
+    expect(search.stderr).not.toMatch(/\n\s+at /);
+    expect(existsSync(out)).toBe(false);
+    const worker = run("worker", "--queue", `${redis.url}/99`);
+    expect(worker.code).toBe(1);
+    expect(worker.stderr).toMatch(/has no database 99/);
+    expect(worker.stderr).not.toMatch(/\n\s+at /);
+  });
+});
