@@ -9,7 +9,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Worker } from "bullmq";
+import { Effect, Exit, Scope } from "effect";
 import { maskPassword, parseQueueAddress } from "../src/queue/address.ts";
+import { PREFIX, queueName } from "../src/queue/keys.ts";
+import { queueEvaluator, resultProblem } from "../src/queue/queue-evaluator.ts";
 import { redisMissing, startTestRedis, type TestRedis } from "./helpers/redis.ts";
 
 const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
@@ -66,4 +70,52 @@ describe.skipIf(redisMissing !== undefined)(`a database the server lacks${redisM
     expect(worker.stderr).toMatch(/has no database 99/);
     expect(worker.stderr).not.toMatch(/\n\s+at /);
   });
+});
+
+describe("finished-job records are checked before they are believed", () => {
+  const fingerprint = "a".repeat(64);
+  const asked = { fingerprint, allocation: [0.5, 0.6] };
+  it("property: a record is believed only when it is the job asked for with a possible value", () => {
+    fc.assert(
+      fc.property(fc.double({ noNaN: true, noDefaultInfinity: true }), fc.constantFrom("ppl", "kl"), fc.boolean(), (value, measure, same) => {
+        const data = same ? asked : { ...asked, allocation: [0.6, 0.5] };
+        const problem = resultProblem(data, { ok: true, value }, asked, measure);
+        const possible = measure === "kl" ? value >= 0 : value >= 1;
+        expect(problem === undefined).toBe(same && possible);
+      }),
+      { numRuns: 200 },
+    );
+    expect(resultProblem(asked, { bogus: 1 }, asked, "ppl")).toMatch(/^is damaged/);
+    expect(resultProblem({ nonsense: true }, { ok: true, value: 2 }, asked, "ppl")).toMatch(/^has a damaged payload/);
+  });
+
+  it.skipIf(redisMissing !== undefined)("a corrupt or forged finished record is computed again, and the search gets the real fitness", async () => {
+    const redis = await startTestRedis();
+    const connection = { host: "127.0.0.1", port: redis.port };
+    try {
+      // A worker that leaves forged and damaged results for the two jobs, then goes.
+      const forger = new Worker(queueName(fingerprint), async (job) => (job.data.allocation[0] === 0.5 ? { ok: true, value: 0.001 } : { bogus: true }), { connection, prefix: PREFIX });
+      const lines: string[] = [];
+      const record = { text: JSON.stringify({ fitness: "ppl" }), fingerprint };
+      const options = { address: parseQueueAddress(redis.url), record, timeoutSeconds: 30, log: (l: string) => lines.push(l), after: "", workerHint: "" };
+      const scope = Effect.runSync(Scope.make());
+      const evaluator = await Effect.runPromise(Scope.provide(scope)(queueEvaluator(options)));
+      const first = await Promise.race([
+        Effect.runPromise(evaluator.evaluate([[0.5, 0.6], [0.7, 0.6]])),
+        new Promise((done) => setTimeout(() => done("still pending"), 3000)),
+      ]);
+      // Neither stored result is believed: both jobs wait for a real computation.
+      expect(first).toBe("still pending");
+      await forger.close();
+      expect(lines.some((l) => /stored result is 0\.001, which no perplexity can be; computing it again/.test(l))).toBe(true);
+      expect(lines.some((l) => /stored result is damaged/.test(l))).toBe(true);
+      const honest = new Worker(queueName(fingerprint), async (job) => ({ ok: true, value: 10 + job.data.allocation[0] }), { connection, prefix: PREFIX });
+      const results = await Effect.runPromise(evaluator.evaluate([[0.5, 0.6], [0.7, 0.6]]));
+      expect(results).toEqual([{ ok: true, value: 10.5 }, { ok: true, value: 10.7 }]);
+      await honest.close();
+      await Effect.runPromise(Scope.close(scope, Exit.void));
+    } finally {
+      await redis.dispose();
+    }
+  }, 60_000);
 });
