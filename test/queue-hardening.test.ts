@@ -3,17 +3,18 @@
  * and a database index the server lacks is refused before any work instead of a stack
  * trace and a wait on database 0. Runs against a redis-server of the test's own.
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Worker } from "bullmq";
+import { Queue, Worker } from "bullmq";
 import { Effect, Exit, Scope } from "effect";
 import { maskPassword, parseQueueAddress } from "../src/queue/address.ts";
 import { PREFIX, queueName } from "../src/queue/keys.ts";
 import { queueEvaluator, resultProblem } from "../src/queue/queue-evaluator.ts";
+import { jobIdOf } from "../src/queue/records.ts";
 import { redisMissing, startTestRedis, type TestRedis } from "./helpers/redis.ts";
 
 const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
@@ -93,27 +94,64 @@ describe("finished-job records are checked before they are believed", () => {
     const redis = await startTestRedis();
     const connection = { host: "127.0.0.1", port: redis.port };
     try {
-      // A worker that leaves forged and damaged results for the two jobs, then goes.
-      const forger = new Worker(queueName(fingerprint), async (job) => (job.data.allocation[0] === 0.5 ? { ok: true, value: 0.001 } : { bogus: true }), { connection, prefix: PREFIX });
+      // Records injected first: the two jobs the search will ask for, finished by a forger
+      // with a forged value and with a damaged result.
+      const queue = new Queue(queueName(fingerprint), { connection, prefix: PREFIX });
+      const allocations = [[0.5, 0.6], [0.7, 0.6]];
+      let finished = 0;
+      const forged = new Promise<void>((done) => {
+        const forger = new Worker(queueName(fingerprint), async (job) => (job.data.allocation[0] === 0.5 ? { ok: true, value: 0.001 } : { bogus: true }), { connection, prefix: PREFIX });
+        forger.on("completed", () => {
+          if (++finished === 2) void forger.close().then(() => done());
+        });
+      });
+      await queue.addBulk(allocations.map((allocation) => ({ name: "fitness", data: { fingerprint, allocation }, opts: { jobId: jobIdOf(fingerprint, allocation, undefined) } })));
+      await forged;
+      await queue.close();
+      // The search, with an honest worker: neither stored result is believed.
+      const honest = new Worker(queueName(fingerprint), async (job) => ({ ok: true, value: 10 + job.data.allocation[0] }), { connection, prefix: PREFIX });
       const lines: string[] = [];
       const record = { text: JSON.stringify({ fitness: "ppl" }), fingerprint };
       const options = { address: parseQueueAddress(redis.url), record, timeoutSeconds: 30, log: (l: string) => lines.push(l), after: "", workerHint: "" };
       const scope = Effect.runSync(Scope.make());
       const evaluator = await Effect.runPromise(Scope.provide(scope)(queueEvaluator(options)));
-      const first = await Promise.race([
-        Effect.runPromise(evaluator.evaluate([[0.5, 0.6], [0.7, 0.6]])),
-        new Promise((done) => setTimeout(() => done("still pending"), 3000)),
-      ]);
-      // Neither stored result is believed: both jobs wait for a real computation.
-      expect(first).toBe("still pending");
-      await forger.close();
+      const results = await Effect.runPromise(evaluator.evaluate(allocations));
+      expect(results).toEqual([{ ok: true, value: 10.5 }, { ok: true, value: 10.7 }]);
       expect(lines.some((l) => /stored result is 0\.001, which no perplexity can be; computing it again/.test(l))).toBe(true);
       expect(lines.some((l) => /stored result is damaged/.test(l))).toBe(true);
-      const honest = new Worker(queueName(fingerprint), async (job) => ({ ok: true, value: 10 + job.data.allocation[0] }), { connection, prefix: PREFIX });
-      const results = await Effect.runPromise(evaluator.evaluate([[0.5, 0.6], [0.7, 0.6]]));
-      expect(results).toEqual([{ ok: true, value: 10.5 }, { ok: true, value: 10.7 }]);
       await honest.close();
       await Effect.runPromise(Scope.close(scope, Exit.void));
+    } finally {
+      await redis.dispose();
+    }
+  }, 60_000);
+});
+
+describe.skipIf(redisMissing !== undefined)("a worker that lost Redis", () => {
+  it("stops on the first SIGTERM, in one line, with no raw client errors", async () => {
+    const redis = await startTestRedis();
+    try {
+      const child = spawn(process.execPath, [bin, "worker", "--queue", redis.url, "--backend", "wasm"], { env: { ...process.env, CI: "true" } });
+      let output = "";
+      const waitFor = (pattern: RegExp) =>
+        new Promise<void>((done, fail) => {
+          const check = () => (pattern.test(output) ? done() : undefined);
+          child.stdout.on("data", (d) => ((output += d), check()));
+          child.stderr.on("data", (d) => ((output += d), check()));
+          child.once("exit", () => (pattern.test(output) ? done() : fail(new Error(`exited before ${pattern}: ${output}`))));
+          check();
+        });
+      await waitFor(/waiting for searches/);
+      await redis.stop();
+      await waitFor(/lost Redis/);
+      const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)));
+      const signalled = performance.now();
+      child.kill("SIGTERM");
+      const code = await exited;
+      expect(performance.now() - signalled).toBeLessThan(10_000);
+      expect(code).toBe(0);
+      expect(output).toMatch(/Redis is away: the jobs in hand cannot report their results/);
+      expect(output).not.toMatch(/\[ioredis\]|Unhandled error event|ECONNREFUSED\n\s+at /);
     } finally {
       await redis.dispose();
     }

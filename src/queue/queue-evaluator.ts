@@ -90,7 +90,12 @@ class QueueClient {
     const { fingerprint, text } = options.record;
     const redis = await openRedis(options.address, "evosparse-search");
     const queue = new Queue(queueName(fingerprint), { connection: redis, prefix: PREFIX });
-    const events = new QueueEvents(queueName(fingerprint), { connection: redis.duplicate(), prefix: PREFIX });
+    const eventsConnection = redis.duplicate();
+    // Connection errors are the outage watcher's to report, in one line: never ioredis's raw ones.
+    eventsConnection.on("error", () => {});
+    const events = new QueueEvents(queueName(fingerprint), { connection: eventsConnection, prefix: PREFIX });
+    events.on("error", () => {});
+    queue.on("error", () => {});
     const watch = watchOutages(redis, options.address, options.timeoutSeconds, options.log, options.after);
     const client = new QueueClient(options, redis, queue, events, watch);
     try {
