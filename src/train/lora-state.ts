@@ -59,7 +59,7 @@ export const decodeLoraState = (text: string, file: string): LoraState => {
   } catch (e) {
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
-  const result = Schema.decodeUnknownResult(LoraState)(json);
+  const result = Schema.decodeUnknownResult(LoraState)(json, { onExcessProperty: "error" });
   if (Result.isFailure(result)) throw new DataError({ file, problem: `invalid LoRA state: ${result.failure.message.replace(/\n\s*/g, " ")}` });
   return result.success;
 };
