@@ -5,7 +5,8 @@
  * there. TypeScript files are loaded through tsx only when one is named, so an installed
  * evosparse (compiled JavaScript) compiles nothing at start.
  */
-import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { existsSync, realpathSync, statSync } from "node:fs";
+import { readBoundedUtf8 } from "./reads.ts";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { DataError, UsageError } from "./errors.ts";
@@ -44,8 +45,9 @@ const packageEntry = (dir: string): string | undefined => {
   const file = join(dir, "package.json");
   let json: { exports?: unknown; main?: unknown; module?: unknown };
   try {
-    json = JSON.parse(readFileSync(file, "utf8"));
+    json = JSON.parse(readBoundedUtf8(file, "config"));
   } catch (e) {
+    if (e instanceof DataError) throw e;
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
   const pick = (target: unknown): string | undefined => {

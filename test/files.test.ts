@@ -100,7 +100,7 @@ describe("the safetensors writer's temporary file", () => {
     const { error, text } = failureOf(() => writeSafetensors(file, []));
     expect(error).toBeInstanceOf(CheckpointError);
     expect((error as CheckpointError).file).toBe(file);
-    expect((error as CheckpointError).problem).toBe("cannot write (no such folder)");
+    expect((error as CheckpointError).problem).toBe("cannot be written (no such folder)");
     expect(text).not.toMatch(/\.tmp/);
   });
 });

@@ -194,7 +194,7 @@ describe("writeSafetensors then openSafetensors", () => {
 
   it("reports a folder it cannot write into", () => {
     const file = path.join(root, "no-such-dir", "m.safetensors");
-    expectCheckpointError(() => writeSafetensors(file, []), file, "cannot write");
+    expectCheckpointError(() => writeSafetensors(file, []), file, "cannot be written");
   });
 });
 
@@ -263,9 +263,9 @@ describe("bad files", () => {
 
   it("reports a missing file and a folder", () => {
     const missing = path.join(root, "absent.safetensors");
-    expectCheckpointError(() => openSafetensors(missing), missing, "cannot open");
+    expectCheckpointError(() => openSafetensors(missing), missing, "no such file");
     const dir = freshDir();
-    expectCheckpointError(() => openSafetensors(dir), dir, "not a regular file");
+    expectCheckpointError(() => openSafetensors(dir), dir, "is a folder, not a file");
   });
 
   it("lists integer tensors but refuses to read them, naming the dtype", () => {

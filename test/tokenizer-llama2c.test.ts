@@ -199,8 +199,8 @@ describe("llama2.c tokenizer file errors", () => {
 
   it("names a missing file", () => {
     const file = join(tmpdir(), "no-such-dir-evosparse", "tokenizer.bin");
-    expectTokenizerError(() => loadLlama2cTokenizer(file), /cannot read/, file);
-    expectTokenizerError(() => loadTokenizer(file), /cannot (open|read)/, file);
+    expectTokenizerError(() => loadLlama2cTokenizer(file), /no such file/, file);
+    expectTokenizerError(() => loadTokenizer(file), /no such file/, file);
   });
 
   it("rejects a file cut short", () => {

@@ -2,7 +2,7 @@
  * Allocation files: one CSV row per block and prunable linear, so a user can read, edit
  * or hand-write an allocation and have it checked against the model before pruning.
  */
-import { readFileSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { parse } from "csv-parse/sync";
 import { stringify } from "csv-stringify/sync";
 import { DataError } from "../errors.ts";
@@ -34,13 +34,7 @@ export const formatAllocationCsv = (allocation: Allocation): string =>
 export const writeAllocationCsv = (file: string, allocation: Allocation): void => writeFileAtomically(file, formatAllocationCsv(allocation));
 
 export const readAllocationCsv = (file: string, layout: Layout, options: ReadOptions = {}): Allocation => {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (cause) {
-    throw new DataError({ file, problem: `cannot be read: ${(cause as Error).message}` });
-  }
-  return parseAllocationCsv(text, file, layout, options);
+  return parseAllocationCsv(readBoundedUtf8(file, "allocation"), file, layout, options);
 };
 
 interface CsvRow {

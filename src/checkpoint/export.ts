@@ -5,7 +5,7 @@
  * permutes them on load. Their tokenizer.bin becomes a tokenizer.json that encodes the
  * same ids.
  */
-import { readFileSync } from "node:fs";
+import { readTokenizerFile } from "../tokenizer/read-file.ts";
 import { Effect } from "effect";
 import { DataError, isEvosparseError } from "../errors.ts";
 import type { HostBlock, ModelSpec } from "../model/spec.ts";
@@ -51,7 +51,7 @@ export const exportHuggingFace = (
     ? {}
     : tokenizer.endsWith(".json")
       ? { tokenizerFile: tokenizer }
-      : { tokenizerJson: llamaJsonFromLlama2c(readFileSync(tokenizer)) };
+      : { tokenizerJson: llamaJsonFromLlama2c(readTokenizerFile(tokenizer)) };
   const writePolicy = {
     ...(policy.overwrite !== undefined ? { overwrite: policy.overwrite } : {}),
     ...(policy.command ? { command: policy.command } : {}),

@@ -1,4 +1,5 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import { CheckpointError } from "../errors.ts";
 import {
@@ -32,8 +33,9 @@ export const readConfig = (dir: string): { arch: Architecture; spec: ModelSpec; 
   if (!existsSync(file)) throw new CheckpointError({ file, problem: "no config.json: not a Hugging Face model folder" });
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(file, "utf8"));
+    raw = JSON.parse(readBoundedUtf8(file, "config", { error: (problem) => new CheckpointError({ file, problem }) }));
   } catch (e) {
+    if (e instanceof CheckpointError) throw e;
     throw new CheckpointError({ file, problem: `invalid JSON (${(e as Error).message})` });
   }
   const modelType = typeof raw === "object" && raw !== null ? (raw as { model_type?: unknown }).model_type : undefined;
@@ -60,6 +62,15 @@ export const openHuggingFace = (dir: string): Checkpoint => {
   try {
     const prefix = arch.prefixes.find((p) => st.tensors.has(arch.globalNames(spec, p).embed)) ?? arch.prefixes[0]!;
     const globals = globalSlots(arch, spec, prefix);
+    // The config's block count against the file's tensors before a slot per block is made:
+    // a config claiming a million blocks is refused at once, not after building them all.
+    const perBlock = blockSlotList(blockSlots(arch, spec, prefix, 0)).length;
+    if (spec.numLayers * perBlock > st.tensors.size) {
+      throw new CheckpointError({
+        file: configFile,
+        problem: `gives ${spec.numLayers} blocks, which need at least ${spec.numLayers * perBlock} tensors, but ${st.path} holds ${st.tensors.size}: this config.json does not describe these weights`,
+      });
+    }
     const blocks = Array.from({ length: spec.numLayers }, (_, i) => blockSlots(arch, spec, prefix, i));
     if (blockShapes) checkBlockShapes(st, spec, blocks, configFile);
     validate(st, arch, globals, blocks);

@@ -1,4 +1,5 @@
-import { closeSync, fstatSync, openSync, readdirSync, readSync } from "node:fs";
+import { closeSync, readdirSync, readSync } from "node:fs";
+import { openRegularFile } from "../reads.ts";
 import { dirname, join } from "node:path";
 import { CheckpointError } from "../errors.ts";
 import { hostGlobalSource, type GlobalSource, type HostBlock, type HostGlobals, type HostTensor, type ModelSpec } from "../model/spec.ts";
@@ -140,14 +141,9 @@ export const findLlama2cTokenizer = (checkpointFile: string): string | undefined
 };
 
 export const openLlama2c = (file: string, tokenizerPath?: string): Checkpoint => {
-  let fd: number;
+  // Only a regular file: a named pipe would block the open, a device never ends.
+  const { fd, size } = openRegularFile(file, { error: (problem) => new CheckpointError({ file, problem }) });
   try {
-    fd = openSync(file, "r");
-  } catch (e) {
-    throw new CheckpointError({ file, problem: `cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
-  }
-  try {
-    const size = fstatSync(fd).size;
     const h = readHeader(fd, file, size);
     const { offsets, totalFloats, kv } = layout(h);
     const headerBytes = h.version === 0 ? LEGACY_HEADER_BYTES : V1_HEADER_BYTES;

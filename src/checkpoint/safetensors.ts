@@ -10,7 +10,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { CheckpointError } from "../errors.ts";
-import { describeWriteError } from "../files.ts";
+import { writeThroughTemporary } from "../files.ts";
+import { openRegularFile, readBoundedUtf8 } from "../reads.ts";
 import { bitsPerElement, decodeStorage, encodeStorage, isStorageDtype, storageDtypes } from "./dtype.ts";
 import type { StorageDtype } from "./types.ts";
 
@@ -246,21 +247,8 @@ async function readBytesAsync(fd: number, name: string, entry: SafetensorsEntry,
 }
 
 function openFd(file: string): { fd: number; size: number } {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, "r");
-  } catch (e) {
-    throw new CheckpointError({ file, problem: `cannot open: ${describeIoError(e)}` });
-  }
-  try {
-    const stat = fs.fstatSync(fd);
-    if (!stat.isFile()) throw new CheckpointError({ file, problem: "is not a regular file" });
-    return { fd, size: stat.size };
-  } catch (e) {
-    fs.closeSync(fd);
-    if (e instanceof CheckpointError) throw e;
-    throw new CheckpointError({ file, problem: `cannot stat: ${describeIoError(e)}` });
-  }
+  // Only a regular file: a named pipe would block the open, a device never ends.
+  return openRegularFile(file, { error: (problem) => new CheckpointError({ file, problem }) });
 }
 
 /** Opens a safetensors file, reading and validating its header only. */
@@ -305,28 +293,9 @@ export function openSafetensors(file: string): SafetensorsFile {
   };
 }
 
-/** Writes to a temporary sibling and renames, so readers never see a half-written file. */
+/** Writes to a temporary sibling and renames (the shared write layer), so readers never see a half-written file. */
 function writeAtomically(file: string, writeContent: (fd: number) => void): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(tmp, "w");
-    writeContent(fd);
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    try {
-      if (fd !== undefined) fs.closeSync(fd);
-      fs.rmSync(tmp, { force: true });
-    } catch {
-      // The write's own error says more than a failed clean-up.
-    }
-    if (e instanceof CheckpointError) throw e;
-    // Never the temporary name: the user asked for `file`.
-    throw new CheckpointError({ file, problem: `cannot write (${describeWriteError(e, file)})` });
-  }
+  writeThroughTemporary(file, writeContent, { sync: true, error: (problem) => new CheckpointError({ file, problem }) });
 }
 
 const byName = (a: { name: string }, b: { name: string }): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
@@ -386,12 +355,7 @@ export function writeSafetensors(file: string, tensors: readonly TensorToWrite[]
 }
 
 function readIndex(indexPath: string): { metadata: Record<string, string>; weightMap: Map<string, string> } {
-  let text: string;
-  try {
-    text = fs.readFileSync(indexPath, "utf8");
-  } catch (e) {
-    throw new CheckpointError({ file: indexPath, problem: `cannot open: ${describeIoError(e)}` });
-  }
+  const text = readBoundedUtf8(indexPath, "index", { error: (problem) => new CheckpointError({ file: indexPath, problem }) });
   let index: unknown;
   try {
     index = JSON.parse(text);
@@ -405,6 +369,11 @@ function readIndex(indexPath: string): { metadata: Record<string, string>; weigh
   for (const [name, shard] of Object.entries(index.weight_map)) {
     if (typeof shard !== "string" || shard === "") {
       throw new CheckpointError({ file: indexPath, problem: `weight_map entry ${name} does not name a shard file` });
+    }
+    // A shard is a file of the model's own folder: an absolute path or one climbing out of
+    // the folder would read whatever file the index names.
+    if (path.isAbsolute(shard) || shard.split(/[\\/]/).some((part) => part === ".." || part === "") || shard.includes("\0")) {
+      throw new CheckpointError({ file: indexPath, problem: `weight_map entry ${name} names the shard ${JSON.stringify(shard)} outside the model's folder; shards must be files of the folder itself` });
     }
     weightMap.set(name, shard);
   }

@@ -1,8 +1,7 @@
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { constants, copyFileSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { DataError, isEvosparseError, UsageError } from "../errors.ts";
-import { describeWriteError } from "../files.ts";
-import { markerContent, notReplaceable, OUTPUT_MARKER, stagingFolder, swapFolder } from "../output/folder.ts";
+import { writeNewFile } from "../files.ts";
+import { markerContent, namedByTarget, OUTPUT_MARKER, replaceDir, stagingFolder } from "../output/folder.ts";
 import type { HostBlock, HostGlobals, HostTensor, ModelSpec } from "../model/spec.ts";
 import { architectureFor } from "./architectures/index.ts";
 import { encodeFrom } from "./convert.ts";
@@ -70,12 +69,12 @@ export const writeHuggingFace = (
     for (const slot of slotList(slots)) entries.push([slot, () => blockEntries(slots, blockAt(i)).find(([s]) => s.name === slot.name)![1]]);
   }
 
-  mkdirSync(dirname(dir), { recursive: true });
   const staging = stagingFolder(dir);
-  mkdirSync(staging);
   try {
+    mkdirSync(dirname(dir), { recursive: true });
+    mkdirSync(staging);
     const config = { ...arch.configFromSpec(spec), torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype] };
-    writeFileSync(join(staging, "config.json"), JSON.stringify(config, null, 2) + "\n");
+    writeNewFile(join(staging, "config.json"), JSON.stringify(config, null, 2) + "\n");
     writeSafetensors(
       join(staging, "model.safetensors"),
       entries.map(([slot, t]) => ({
@@ -93,33 +92,16 @@ export const writeHuggingFace = (
       })),
       { format: "pt" },
     );
-    if (options.tokenizerJson) writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(options.tokenizerJson));
-    else if (options.tokenizerFile) copyFileSync(options.tokenizerFile, join(staging, "tokenizer.json"));
-    for (const [name, content] of Object.entries(options.extraFiles ?? {})) writeFileSync(join(staging, name), typeof content === "function" ? content() : content);
-    writeFileSync(join(staging, OUTPUT_MARKER), markerContent(options.command ?? "evosparse", readdirSync(staging)));
+    if (options.tokenizerJson) writeNewFile(join(staging, "tokenizer.json"), JSON.stringify(options.tokenizerJson));
+    else if (options.tokenizerFile) copyFileSync(options.tokenizerFile, join(staging, "tokenizer.json"), constants.COPYFILE_EXCL);
+    for (const [name, content] of Object.entries(options.extraFiles ?? {})) writeNewFile(join(staging, name), typeof content === "function" ? content() : content);
+    writeNewFile(join(staging, OUTPUT_MARKER), markerContent(options.command ?? "evosparse", readdirSync(staging)));
     replaceDir(staging, dir, { overwrite: options.overwrite ?? false });
   } catch (e) {
     rmSync(staging, { recursive: true, force: true });
     // A file-system error names the hidden staging folder: name the folder asked for instead.
-    throw isEvosparseError(e) ? e : new DataError({ file: dir, problem: `cannot be written (${describeWriteError(e, dir)})` });
+    throw namedByTarget(e, staging, dir);
   }
 };
 
-/**
- * Moves a finished staging folder into place. An absent or empty target is simply taken;
- * a non-empty one is replaced only with `overwrite` and only when evosparse wrote all of it
- * (checked again here: another process may have written there since the command began).
- */
-export const replaceDir = (staging: string, dir: string, policy: { readonly overwrite: boolean }): void => {
-  if (existsSync(dir) && readdirSync(dir).length > 0) {
-    const why = policy.overwrite ? notReplaceable(dir) : "it already exists and is not empty (add --overwrite to replace a folder evosparse wrote)";
-    if (why !== undefined) throw new UsageError({ problem: `${dir} is not replaced: ${why}` });
-    const old = swapFolder(dir);
-    renameSync(dir, old);
-    renameSync(staging, dir);
-    rmSync(old, { recursive: true, force: true });
-  } else {
-    // rename(2) replaces an empty folder in one step.
-    renameSync(staging, dir);
-  }
-};
+export { replaceDir } from "../output/folder.ts";

@@ -124,7 +124,7 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
     searchJob({
       ...(argv.resume
         ? { resume: argv.resume, given: givenSettings(flags, given) }
-        : { settings: flags, ...(argv.out ? { out: argv.out } : {}) }),
+        : { settings: flags, ...(argv.out !== undefined ? { out: argv.out } : {}) }),
       workers: argv.workers,
       streamed: argv.streamed ?? false,
       ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),

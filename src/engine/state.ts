@@ -110,7 +110,7 @@ const EngineStateV0 = Schema.Struct({
 type EngineStateV0 = typeof EngineStateV0.Type;
 
 const decodeWith = <S extends Schema.ConstraintDecoder<unknown>>(schema: S, json: unknown, file: string): S["Type"] => {
-  const result = Schema.decodeUnknownResult(schema)(json);
+  const result = Schema.decodeUnknownResult(schema)(json, { onExcessProperty: "error" });
   if (Result.isFailure(result)) {
     throw new DataError({ file, problem: `invalid search state: ${result.failure.message.replace(/\n\s*/g, " ")}` });
   }

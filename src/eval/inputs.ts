@@ -5,7 +5,7 @@
  */
 import { Effect } from "effect";
 import type { Checkpoint } from "../checkpoint/types.ts";
-import { readEvaluationDocuments, type TextFormat } from "../data/text-source.ts";
+import { readEvaluationDocuments, readTextPrefix, type TextFormat } from "../data/text-source.ts";
 import { contiguousWindows, documentWindows, type Window } from "../data/windows.ts";
 import { CheckpointError, DataError, TokenizerError, UsageError } from "../errors.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
@@ -45,6 +45,11 @@ export const evaluationWindows = (
   tokenizer: Tokenizer,
   seqlen: number,
 ): Window[] => {
+  if (request.format === "text" && request.maxWindows !== undefined) {
+    const textPerWindow = request.bos ? seqlen - 1 : seqlen;
+    const tokens = leadingTokens(request.data, tokenizer, request.maxWindows * textPerWindow);
+    if (tokens !== undefined) return windowsOfTokens(request, tokenizer, seqlen, tokens);
+  }
   const documents = readEvaluationDocuments(request.data, request.format, request.field);
   const bosFor = (why: string): number => {
     if (tokenizer.bosId === undefined) throw new UsageError({ problem: `${why} needs a BOS token, and the tokenizer has none` });
@@ -53,7 +58,14 @@ export const evaluationWindows = (
   if (request.format === "stories") {
     return documentWindows(documents.map((d) => tokenizer.encode(d)), seqlen, bosFor("--format stories"), request.maxWindows);
   }
-  const tokens = tokenizer.encode(documents[0]!);
+  return windowsOfTokens(request, tokenizer, seqlen, tokenizer.encode(documents[0]!));
+};
+
+const windowsOfTokens = (request: WindowRequest, tokenizer: Tokenizer, seqlen: number, tokens: readonly number[]): Window[] => {
+  const bosFor = (why: string): number => {
+    if (tokenizer.bosId === undefined) throw new UsageError({ problem: `${why} needs a BOS token, and the tokenizer has none` });
+    return tokenizer.bosId;
+  };
   const windows = contiguousWindows(tokens, seqlen, {
     ...(request.bos ? { bos: bosFor("--bos") } : {}),
     ...(request.maxWindows !== undefined ? { maxWindows: request.maxWindows } : {}),
@@ -62,6 +74,30 @@ export const evaluationWindows = (
     throw new DataError({ file: request.data, problem: `only ${tokens.length} tokens: not one window of ${seqlen}` });
   }
   return windows;
+};
+
+/** First bytes read for a window limit: generous, so one read is usually enough. */
+const BYTES_PER_TOKEN_GUESS = 8;
+
+/**
+ * The first `count` tokens of a text as tokenising the whole text would give them, reading
+ * and tokenising only as much of it as they need (memory and time follow the windows, not
+ * the file): prefixes ending at a line break, doubled until two successive ones agree on
+ * those tokens (a token never reaches back across the text added after them). Undefined
+ * when the prefix would be the whole text: the caller then reads and tokenises it whole,
+ * as without a limit.
+ */
+export const leadingTokens = (file: string, tokenizer: Tokenizer, count: number): number[] | undefined => {
+  let bytes = Math.max(64 * 1024, count * BYTES_PER_TOKEN_GUESS);
+  let previous: number[] | undefined;
+  for (;;) {
+    const text = readTextPrefix(file, bytes);
+    if (text === undefined) return undefined;
+    const tokens = tokenizer.encode(text);
+    if (previous !== undefined && tokens.length >= count && previous.every((id, i) => tokens[i] === id)) return previous;
+    previous = tokens.length > count ? tokens.slice(0, count) : undefined;
+    bytes *= 2;
+  }
 };
 
 /**

@@ -2,6 +2,7 @@
  * The prune command's pipeline: checkpoint -> calibration -> allocation -> masks ->
  * evaluation -> a Hugging Face folder with allocation.csv and report.json.
  */
+import { dirname, resolve } from "node:path";
 import { existsSync } from "node:fs";
 import { Effect } from "effect";
 import { globalSparsity, type Allocation } from "../allocation/allocation.ts";
@@ -14,7 +15,8 @@ import { attempt, attemptPromise, DataError, UsageError } from "../errors.ts";
 import { checkOutputFolder, stagingFolder } from "../output/folder.ts";
 import type { StorageDtype } from "../checkpoint/types.ts";
 import { memoryReport, type MemoryReport } from "../memory/plan.ts";
-import { planRun } from "./memory.ts";
+import { planOrRefuse, planRun } from "./memory.ts";
+import type { Checkpoint } from "../checkpoint/types.ts";
 import { CALIBRATION_MODES } from "../prune/pipeline.ts";
 import { PRUNE_METRICS } from "../prune/prune-linear.ts";
 import { TEXT_FORMATS } from "../data/text-source.ts";
@@ -170,9 +172,17 @@ export const pruneJob = (request: PruneJobRequest) =>
           }));
 
       const backend = yield* initBackendEffect(request.backend);
+      const memoryOptions = { scratchNear: dirname(resolve(request.out)), ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) };
+      const workloadOf = (cp: Checkpoint, seqlen: number, windows: number) => {
+        const dtype: StorageDtype = request.dtype === undefined || request.dtype === "auto" ? cp.storageDtype : request.dtype;
+        return {
+          forward: { seqlen, batch: request.batch ?? 1 },
+          calibration: { windows, sparsegpt: request.metric === "sparsegpt", keepHessians: false, storeBytes: dtype === "F32" ? 4 : 2 },
+        };
+      };
       const t0 = performance.now();
       const model = yield* Effect.acquireRelease(
-        attempt(() => openCalibratedModel({ ...request, field: request.field ?? "text" })),
+        attempt(() => openCalibratedModel({ ...request, field: request.field ?? "text", beforeDrawing: (cp, seqlen) => void planOrRefuse(cp, backend.name, workloadOf(cp, seqlen, request.nsamples), memoryOptions) })),
         (m) => Effect.sync(() => m.close()),
       );
       const { checkpoint, tokenizer, seqlen, calibration } = model;
@@ -181,16 +191,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       log(`backend: ${describeBackend(backend)}`);
       log(`${calibration.length} calibration windows of ${seqlen} tokens from ${request.calib}`);
       const dtype: StorageDtype = request.dtype === undefined || request.dtype === "auto" ? checkpoint.storageDtype : request.dtype;
-      const plan = yield* planRun(
-        checkpoint,
-        backend.name,
-        {
-          forward: { seqlen, batch: request.batch ?? 1 },
-          calibration: { windows: calibration.length, sparsegpt: request.metric === "sparsegpt", keepHessians: false, storeBytes: dtype === "F32" ? 4 : 2 },
-        },
-        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
-        log,
-      );
+      const plan = yield* planRun(checkpoint, backend.name, workloadOf(checkpoint, seqlen, calibration.length), memoryOptions, log);
       // Pruned blocks the plan keeps on disk wait beside the output, under a name a later run
       // clears if this one is killed (output/folder.ts).
       const scratch = plan.spill ? stagingFolder(request.out) : undefined;

@@ -6,7 +6,9 @@
  * The run folder holds settings.json (written first) and engine-state.json (after every
  * generation), so `--resume DIR` continues a killed run with its own settings.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
+import { fileDigest, readBoundedUtf8 } from "../reads.ts";
+import { checkStamp, stamp, type Provenance } from "../output/provenance.ts";
 import { join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity, layoutOf } from "../allocation/allocation.ts";
@@ -38,7 +40,7 @@ import { inProcessEvaluator, workerPoolEvaluator, type FitnessEvaluator } from "
 import { methodContext, sizeContext } from "../search/fitness.ts";
 import { fitnessSpec, isBuiltInFitness, loadFitnessMeasure } from "../search/fitness-measure.ts";
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
-import { describePlan, memoryReport, type MemoryReport } from "../memory/plan.ts";
+import { describePlan, formatBytes, memoryReport, type MemoryReport } from "../memory/plan.ts";
 import type { BlockAllocation, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
@@ -50,6 +52,11 @@ import { availableParallelism } from "node:os";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { PRUNE_FLAGS, type PruneSettings } from "./prune.ts";
 import { STRUCTURED_FLAGS } from "./structured-prune.ts";
+
+/** What one individual of a generation holds besides its genes (its record, cache entry and key), measured high. */
+const INDIVIDUAL_BYTES = 4096;
+/** What one gene (a linear's or block's value) of an individual holds across its copies. */
+const GENE_BYTES = 64;
 
 /** Everything that decides a run's result; saved so a resumed run is the same run. */
 export const SearchSettings = Schema.Struct({
@@ -235,31 +242,53 @@ const readSettings = (dir: string): SearchSettings => {
   if (!existsSync(file)) throw new DataError({ file, problem: "no settings.json: not a search folder, or the run never started" });
   let json: unknown;
   try {
-    json = JSON.parse(readFileSync(file, "utf8"));
+    json = JSON.parse(readBoundedUtf8(file, "state"));
   } catch (e) {
+    if (e instanceof DataError) throw e;
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
   try {
-    return Schema.decodeUnknownSync(SearchSettings)(json);
+    return Schema.decodeUnknownSync(SearchSettings)(json, { onExcessProperty: "error" });
   } catch (e) {
     throw new DataError({ file, problem: `invalid settings: ${(e as Error).message.replace(/\n\s*/g, " ")}` });
   }
 };
 
-const engineCheckpoint = (dir: string): EngineCheckpoint => {
+/**
+ * What made a search's saved state: every setting that decides its result (not those a
+ * resumed run may change), and the bytes of the model and of every file the settings name.
+ */
+export const searchProvenance = (settings: SearchSettings): Provenance => {
+  const decisive = Object.fromEntries(
+    (Object.keys(settings) as (keyof SearchSettings)[])
+      .filter((key) => !(RESUMABLE_SETTINGS as readonly string[]).includes(key) && settings[key] !== undefined)
+      .map((key) => [settingFlag(key), settings[key]]),
+  );
+  const files: Record<string, string> = {};
+  for (const f of modelIdentity(settings.model).files) files[`model ${f.name}`] = f.sha256;
+  const named: readonly (keyof SearchSettings)[] = ["tokenizer", "space", "calib", "fitnessData", "eval", "start"];
+  for (const key of named) {
+    const path = settings[key];
+    if (typeof path === "string" && !path.startsWith("brown:") && existsSync(path) && statSync(path).isFile()) files[`${settingFlag(key)} ${path}`] = fileDigest(path);
+  }
+  return { settings: decisive, files };
+};
+
+const engineCheckpoint = (dir: string, made: Provenance): EngineCheckpoint => {
   const file = join(dir, "engine-state.json");
   return {
     load: () => {
       if (!existsSync(file)) return undefined;
       let json: unknown;
       try {
-        json = JSON.parse(readFileSync(file, "utf8"));
+        json = JSON.parse(readBoundedUtf8(file, "state"));
       } catch (e) {
+        if (e instanceof DataError) throw e;
         throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
       }
-      return decodeEngineState(json, file);
+      return decodeEngineState(checkStamp(json, made, file, "start a new search"), file);
     },
-    save: (state) => writeFileAtomically(file, JSON.stringify(state)),
+    save: (state) => writeFileAtomically(file, JSON.stringify(stamp(state, made))),
   };
 };
 
@@ -387,8 +416,9 @@ const finishedSummary = (dir: string): SearchSummary | undefined => {
   const file = join(dir, "summary.json");
   if (!existsSync(file)) return undefined;
   try {
-    return JSON.parse(readFileSync(file, "utf8")) as SearchSummary;
+    return JSON.parse(readBoundedUtf8(file, "state")) as SearchSummary;
   } catch (e) {
+    if (e instanceof DataError) throw e;
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
 };
@@ -515,6 +545,12 @@ export const searchJob = (request: SearchRequest) =>
       if (settings.seqlen > context) return yield* new UsageError({ problem: `--seqlen ${settings.seqlen} exceeds the context of ${settings.model} (${context})` });
       if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternText(pattern)} does not fit ${settings.model}: ${mismatch}` });
 
+      // What makes this run, checked now against a saved state's record (before any work),
+      // and written with every state it saves.
+      const made = yield* attempt(() => searchProvenance(settings));
+      const savedState = engineCheckpoint(dir, made);
+      if (request.resume) yield* attempt(() => savedState.load());
+
       const backend = yield* initBackendEffect(request.backend);
       log(`backend: ${describeBackend(backend)}`);
 
@@ -567,6 +603,16 @@ export const searchJob = (request: SearchRequest) =>
       probed.close();
       if ("refused" in planned) return yield* new UsageError({ problem: `${settings.model}: this search ${planned.refused}; try fewer --nsamples, a shorter --seqlen${memoryOptions.memoryMib !== undefined ? " or a larger --memory" : ""}` });
       const memoryPlan = planned;
+      // The engine's own memory: every individual of a generation (and the children screened
+      // for it) with its genome, history record and cache entry, planned with the rest.
+      const screened = settings.screen === undefined ? 0 : Math.max(0, ...parseScreening(settings.screen).map((st) => st.candidates));
+      const individuals = Math.max(settings.population, screened) * 2;
+      const engineBytes = individuals * (INDIVIDUAL_BYTES + GENE_BYTES * probedSpec.numLayers * probedSpec.linears.length);
+      if (memoryPlan.peakBytes + engineBytes > memoryPlan.budget.bytes) {
+        return yield* new UsageError({
+          problem: `--population ${settings.population}${screened > 0 ? ` (--screen ${settings.screen})` : ""}: the search would hold about ${formatBytes(engineBytes)} of individuals beside the model's ${formatBytes(memoryPlan.peakBytes)}, more than the ${formatBytes(memoryPlan.budget.bytes)} ${memoryPlan.budget.source === "--memory" ? "given by --memory" : "available"}; use a smaller --population`,
+        });
+      }
       if (!queueAddress && workers < request.workers) {
         log(`--workers ${request.workers} capped at ${workers}: ${workers < availableParallelism() ? `${workers} fit in the memory available` : `this machine has ${availableParallelism()} cores`} (the history does not depend on the worker count)`);
       }
@@ -654,7 +700,7 @@ export const searchJob = (request: SearchRequest) =>
           };
           const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
           const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, engineCheckpoint(dir), (record) => {
+          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, savedState, (record) => {
             request.onGeneration?.(record, totalGenerations);
             // After the generation's state is saved (tests of resuming crash here).
             crashPoint("generation", record.generation + 1);

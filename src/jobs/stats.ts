@@ -12,7 +12,7 @@ import { writeFileAtomically } from "../files.ts";
 import { checkOutputFile } from "../output/folder.ts";
 import { DenseStatistics, type LinearStatistics } from "../prune/dense-statistics.ts";
 import { openCalibratedModel } from "../prune/setup.ts";
-import { planRun } from "./memory.ts";
+import { planOrRefuse, planRun } from "./memory.ts";
 
 export interface StatsRequest {
   readonly model: string;
@@ -50,20 +50,16 @@ export const statsJob = (request: StatsRequest) =>
         yield* attempt(() => checkOutputFile(out, { flag: "--out", overwrite: request.overwrite ?? false, inputs: [request.model, request.tokenizer, request.calib] }));
       }
       const backend = yield* initBackendEffect(request.backend);
+      const memoryOptions = { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) };
+      const workloadOf = (seqlen: number, windows: number) => ({ forward: { seqlen, batch: 1 }, calibration: { windows, sparsegpt: false, keepHessians: false } });
       const model = yield* Effect.acquireRelease(
-        attempt(() => openCalibratedModel(request)),
+        attempt(() => openCalibratedModel({ ...request, beforeDrawing: (cp, seqlen) => void planOrRefuse(cp, backend.name, workloadOf(seqlen, request.nsamples), memoryOptions) })),
         (m) => Effect.sync(() => m.close()),
       );
       const { checkpoint, seqlen, calibration: windows } = model;
       const spec = checkpoint.spec;
       request.log?.(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens`);
-      const plan = yield* planRun(
-        checkpoint,
-        backend.name,
-        { forward: { seqlen, batch: 1 }, calibration: { windows: windows.length, sparsegpt: false, keepHessians: false } },
-        { ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) },
-        request.log,
-      );
+      const plan = yield* planRun(checkpoint, backend.name, workloadOf(seqlen, windows.length), memoryOptions, request.log);
       const statistics = yield* Effect.acquireRelease(
         Effect.sync(
           () =>

@@ -278,6 +278,14 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       if (allocationFile) {
         const allocation = yield* attempt(() => readAllocationCsv(allocationFile, layoutOf(spec), { target }));
         ratios = blockSparsities(allocation);
+        // A per-linear allocation (from an unstructured search) has no meaning per group:
+        // whole groups go at one ratio per block, so each block takes its weighted mean. Said, not silent.
+        const mixed = ratios.flatMap((r, block) => (allocation.some((e) => e.block === block && Math.abs(e.sparsity - r) > 1e-9) ? [block] : []));
+        if (mixed.length > 0) {
+          log(
+            `${allocationFile}: the linears of ${mixed.length === 1 ? `block ${mixed[0]}` : `${mixed.length} blocks`} have different sparsities; structured pruning removes whole groups at one ratio per block, so each block takes the weighted mean of its linears (${mixed.slice(0, 4).map((b) => `block ${b}: ${ratios[b]!.toFixed(4)}`).join(", ")}${mixed.length > 4 ? ", ..." : ""})`,
+          );
+        }
       } else if (s.allocation === "uniform") {
         ratios = Array.from({ length: spec.numLayers }, () => target);
       } else {

@@ -1,10 +1,14 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
+import { fileDigest, readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import type { BackendChoice } from "../backend/backend.ts";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
-import { replaceDir, writeHuggingFace } from "../checkpoint/write-huggingface.ts";
-import { UsageError } from "../errors.ts";
-import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, stagingFolder } from "../output/folder.ts";
+import { writeHuggingFace } from "../checkpoint/write-huggingface.ts";
+import { DataError, UsageError } from "../errors.ts";
+import { checkStamp, stamp, type Provenance } from "../output/provenance.ts";
+import { isBrownSource } from "../data/brown.ts";
+import { checkOutputFolder, markerContent, OUTPUT_MARKER, removeStaleStaging, stagingFolder, writeStagedFolder } from "../output/folder.ts";
+import { writeNewFile } from "../files.ts";
 import { Rng } from "../rng.ts";
 import { readTextFile } from "../data/text-source.ts";
 import { contiguousWindows } from "../data/windows.ts";
@@ -194,7 +198,8 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
   }
   refuseExcessWorkers(o);
   const trainText = readTextFile(o.data);
-  const resumed = o.resume && existsSync(join(ckptDir, "state.json")) ? readCheckpoint(ckptDir) : undefined;
+  const made = trainingProvenance(o);
+  const resumed = o.resume && existsSync(join(ckptDir, "state.json")) ? readCheckpoint(ckptDir, made) : undefined;
   const tokenizerJson = resumed?.tokenizerJson ?? buildTokenizer(trainText, o.vocabSize);
   const tokenizer = huggingFaceTokenizer(tokenizerJson, undefined, o.data);
   const spec = llamaSpec(o.size, tokenizer.vocabSize);
@@ -272,7 +277,7 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
       log.push(entry);
       o.onStep?.(entry);
       if (o.checkpointEvery > 0 && (step + 1) % o.checkpointEvery === 0 && !last) {
-        writeCheckpoint(ckptDir, step + 1, await state(), tokenizerJson, log);
+        writeCheckpoint(ckptDir, step + 1, await state(), tokenizerJson, log, made);
       }
     }
     const final = await state();
@@ -313,31 +318,66 @@ export const train = async (o: TrainOptions): Promise<TrainResult> => {
 };
 
 /** Parameters and AdamW moments by name, plus the log: everything a resumed run needs. */
-const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[]): void => {
+const writeCheckpoint = (dir: string, step: number, s: WorkerState, tokenizerJson: object, log: readonly StepLog[], made: Provenance): void => {
   const staging = stagingFolder(dir);
-  mkdirSync(staging, { recursive: true });
-  const tensors = s.names.flatMap((name, i) => [
-    { name: `param/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.parameters[i]! },
-    { name: `m/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.m[i]! },
-    { name: `v/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.v[i]! },
-  ]);
-  writeSafetensors(join(staging, "state.safetensors"), tensors);
-  writeFileSync(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
-  writeFileSync(join(staging, "state.json"), JSON.stringify({ step, optimizerStep: s.step, names: s.names, log }));
-  writeFileSync(join(staging, OUTPUT_MARKER), markerContent("train checkpoint", ["state.safetensors", "tokenizer.json", "state.json"]));
-  // The run's own checkpoint folder: each new one replaces the last.
-  replaceDir(staging, dir, { overwrite: true });
+  writeStagedFolder(dir, staging, () => {
+    const tensors = s.names.flatMap((name, i) => [
+      { name: `param/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.parameters[i]! },
+      { name: `m/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.m[i]! },
+      { name: `v/${name}`, dtype: "F32" as const, shape: s.shapes[i]!, data: s.v[i]! },
+    ]);
+    writeSafetensors(join(staging, "state.safetensors"), tensors);
+    writeNewFile(join(staging, "tokenizer.json"), JSON.stringify(tokenizerJson));
+    writeNewFile(join(staging, "state.json"), JSON.stringify(stamp({ step, optimizerStep: s.step, names: s.names, log }, made)));
+    writeNewFile(join(staging, OUTPUT_MARKER), markerContent("train checkpoint", ["state.safetensors", "tokenizer.json", "state.json"]));
+  });
 };
 
-const readCheckpoint = (dir: string) => {
+/**
+ * What made a training run's checkpoint: every setting its weights depend on (the worker
+ * count included: gradients are summed per worker) and the bytes of its texts. How often
+ * it checkpoints, evaluates or logs is not among them.
+ */
+const trainingProvenance = (o: TrainOptions): Provenance => {
+  const files: Record<string, string> = {};
+  for (const [flag, path] of [["--data", o.data], ["--validation", o.validation]] as const) {
+    if (path !== undefined && !isBrownSource(path)) files[`${flag} ${path}`] = fileDigest(path, { error: (problem) => new DataError({ file: path, problem }) });
+  }
+  const s = o.size;
+  return {
+    settings: {
+      "--data": o.data,
+      "--validation": o.validation ?? null,
+      "--dim": s.hiddenSize,
+      "--layers": s.numLayers,
+      "--heads": s.numHeads,
+      "--kv-heads": s.numKvHeads,
+      "--ffn": s.intermediateSize,
+      "--context": s.contextLength,
+      "--vocab": o.vocabSize,
+      "--steps": o.steps,
+      "--batch": o.batch,
+      "--seqlen": o.seqlen,
+      "--lr": o.lr,
+      "--warmup": o.warmupSteps,
+      "--weight-decay": o.weightDecay,
+      "--seed": o.seed,
+      "--workers": Math.max(1, Math.min(o.workers, o.batch)),
+      "--eval-windows": o.evalWindows,
+    },
+    files,
+  };
+};
+
+const readCheckpoint = (dir: string, made: Provenance) => {
   const file = join(dir, "state.json");
-  const meta = decodeTrainingState(readFileSync(file, "utf8"), file);
+  const meta = decodeTrainingState(readBoundedUtf8(file, "state"), file, (json) => checkStamp(json, made, file, `remove ${dir} to start afresh`));
   const st = openSafetensors(join(dir, "state.safetensors"));
   try {
     return {
       step: meta.step,
       log: meta.log,
-      tokenizerJson: JSON.parse(readFileSync(join(dir, "tokenizer.json"), "utf8")) as object,
+      tokenizerJson: JSON.parse(readBoundedUtf8(join(dir, "tokenizer.json"), "tokenizer")) as object,
       parameters: meta.names.map((n) => st.read(`param/${n}`)),
       optimizer: { step: meta.optimizerStep, m: meta.names.map((n) => st.read(`m/${n}`)), v: meta.names.map((n) => st.read(`v/${n}`)) },
     };

@@ -131,6 +131,8 @@ export interface MemoryBudget {
   readonly backendBytes: number;
   /** Whether the backend's tensors live in this process's memory (wasm, native, cpu). */
   readonly backendInProcess: boolean;
+  /** Free space where the run's scratch folder goes (what waits on disk must fit there); unlimited when absent. */
+  readonly diskBytes?: number;
 }
 
 export interface MemoryPart {
@@ -259,10 +261,14 @@ export const planMemory = (
       }
     }
   }
+  // What waits on disk: calibration states there, pruned blocks and ranks spilled.
+  const diskOf = (c: Choices): number =>
+    (c.activations === "disk" && w.calibration ? Math.max(1, w.copies ?? 1) * 2 * w.calibration.windows * w.forward.seqlen * m.hidden * 4 : 0) + (c.spill ? spillable : 0);
   const fits = (c: Choices) => {
     const parts = memoryParts(m, w, c);
     const t = totals(parts, budget);
-    return { parts, ...t, ok: t.peak <= budget.bytes && t.backend <= budget.backendBytes * HEAP_USABLE };
+    const disk = diskOf(c);
+    return { parts, ...t, disk, ok: t.peak <= budget.bytes && t.backend <= budget.backendBytes * HEAP_USABLE && disk <= (budget.diskBytes ?? Infinity) };
   };
   // Candidates are in order of preference; duplicates (a pass already minimal) are harmless.
   for (const c of candidates) {
@@ -280,7 +286,10 @@ export const planMemory = (
   const leanest = fits({ streamed: true, streamedHead: true, passTokens: minimalPass, activations: w.calibration && canSpill ? "disk" : w.calibration ? "host" : "device", spill: canSpill });
   const heavy = [...leanest.parts].sort((a, b) => b.bytes - a.bytes).slice(0, 3).map((p) => `${p.what} ${formatBytes(p.bytes)}`).join(", ");
   const overBackend = leanest.backend > budget.backendBytes * HEAP_USABLE;
-  const refused = overBackend
+  const overDisk = leanest.peak <= budget.bytes && !overBackend && leanest.disk > (budget.diskBytes ?? Infinity);
+  const refused = overDisk
+    ? `needs about ${formatBytes(leanest.disk)} of scratch space on disk (what does not fit the ${formatBytes(budget.bytes)} of memory waits there), more than the ${formatBytes(budget.diskBytes!)} free there`
+    : overBackend
     ? `needs about ${formatBytes(leanest.backend)} on the backend even streamed (${heavy}), more than its ${formatBytes(budget.backendBytes)} heap holds`
     : `needs about ${formatBytes(leanest.peak)} even streamed (${heavy}), more than the ${formatBytes(budget.bytes)} ${budget.source === "--memory" ? "given by --memory" : "available"}`;
   return { refused, parts: leanest.parts, peakBytes: leanest.peak };

@@ -6,9 +6,11 @@
  * listing its files; `--overwrite` replaces only a folder whose marker lists everything in
  * it, and never a folder holding one of the command's inputs.
  */
-import { accessSync, constants, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join, resolve, sep } from "node:path";
-import { DataError, UsageError } from "../errors.ts";
+import { DataError, isEvosparseError, UsageError } from "../errors.ts";
+import { describeWriteError, entryKind, unwritableEntry } from "../files.ts";
+import { readBoundedUtf8 } from "../reads.ts";
 
 /** The marker written into every folder evosparse writes. */
 export const OUTPUT_MARKER = ".evosparse-output.json";
@@ -29,7 +31,7 @@ export const notReplaceable = (dir: string): string | undefined => {
   if (!existsSync(file)) return `it was not written by evosparse (no ${OUTPUT_MARKER})`;
   let marker: Partial<OutputMarker>;
   try {
-    marker = JSON.parse(readFileSync(file, "utf8")) as Partial<OutputMarker>;
+    marker = JSON.parse(readBoundedUtf8(file, "record")) as Partial<OutputMarker>;
   } catch {
     return `its ${OUTPUT_MARKER} is damaged`;
   }
@@ -97,12 +99,14 @@ export interface OutputCheck {
  * staging folders that writers killed earlier left beside it.
  */
 export const checkOutputFolder = (dir: string, check: OutputCheck): void => {
+  if (dir.trim() === "") throw new UsageError({ problem: `${check.flag} needs a folder name; it was given an empty one` });
   const input = inputInside(dir, check.inputs);
   if (input !== undefined) {
     throw new UsageError({ problem: `${check.flag} ${dir} holds the input ${input}: writing there would destroy it; choose another folder` });
   }
+  const refused = unwritableEntry(dir, "folder");
+  if (refused !== undefined) throw new UsageError({ problem: `${check.flag} ${dir} ${refused}; choose another name` });
   if (existsSync(dir)) {
-    if (!statSync(dir).isDirectory()) throw new UsageError({ problem: `${check.flag} ${dir} is a file, not a folder; choose another name` });
     if (readdirSync(dir).length > 0) {
       if (!check.overwrite) {
         throw new UsageError({
@@ -154,11 +158,65 @@ export const removeStaleStaging = (dir: string): string[] => {
  * folder), new unless --overwrite, and its folder writable.
  */
 export const checkOutputFile = (file: string, check: OutputCheck): void => {
-  if (existsSync(file)) {
-    if (statSync(file).isDirectory()) throw new UsageError({ problem: `${check.flag} ${file} is a folder, not a file` });
+  if (file.trim() === "") throw new UsageError({ problem: `${check.flag} needs a file name; it was given an empty one` });
+  const refused = unwritableEntry(file, "file");
+  if (refused !== undefined) throw new UsageError({ problem: `${check.flag} ${file} ${refused}; choose another name` });
+  if (entryKind(file) === "file") {
     const input = check.inputs.find((i) => i !== undefined && existsSync(i) && isWithin(file, i));
     if (input !== undefined) throw new UsageError({ problem: `${check.flag} ${file} is part of the input ${input}: writing it would destroy it; choose another file` });
     if (!check.overwrite) throw new UsageError({ problem: `${check.flag} ${file} already exists; choose a new file, or add --overwrite to replace it` });
   }
   checkWritable(file);
+};
+
+/**
+ * Moves a finished staging folder into place. An absent or empty target is simply taken;
+ * a non-empty one is replaced only with `overwrite` and only when evosparse wrote all of it
+ * (checked again here: another process may have written there since the command began).
+ */
+export const replaceDir = (staging: string, dir: string, policy: { readonly overwrite: boolean }): void => {
+  const refused = unwritableEntry(dir, "folder");
+  if (refused !== undefined) throw new DataError({ file: dir, problem: refused });
+  if (existsSync(dir) && readdirSync(dir).length > 0) {
+    const why = policy.overwrite ? notReplaceable(dir) : "it already exists and is not empty (add --overwrite to replace a folder evosparse wrote)";
+    if (why !== undefined) throw new UsageError({ problem: `${dir} is not replaced: ${why}` });
+    const old = swapFolder(dir);
+    renameSync(dir, old);
+    renameSync(staging, dir);
+    rmSync(old, { recursive: true, force: true });
+  } else {
+    // rename(2) replaces an empty folder in one step.
+    renameSync(staging, dir);
+  }
+};
+
+/**
+ * A folder of this run's own (a training or recovery checkpoint) written whole: `fill`
+ * writes into a fresh staging folder beside `dir`, which then replaces `dir` (the run's
+ * previous checkpoint). A failure removes the staging folder and names `dir`, never the
+ * hidden staging name.
+ */
+export const writeStagedFolder = (dir: string, staging: string, fill: () => void): void => {
+  try {
+    mkdirSync(staging);
+    fill();
+    replaceDir(staging, dir, { overwrite: true });
+  } catch (e) {
+    throw namedByTarget(e, staging, dir);
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+};
+
+/**
+ * The error of a write into `staging`, named by the folder the user asked for: a disk-full
+ * or read-only message must never show the hidden staging name.
+ */
+export const namedByTarget = (e: unknown, staging: string, dir: string): Error => {
+  if (isEvosparseError(e)) {
+    if (!("file" in e) || !e.file.startsWith(staging)) return e;
+    const inside = e.file.slice(staging.length).replace(/^\//, "");
+    return new DataError({ file: dir, problem: inside === "" ? e.problem : `${inside} ${e.problem}` });
+  }
+  return new DataError({ file: dir, problem: `cannot be written (${describeWriteError(e, dir)})` });
 };

@@ -3,9 +3,10 @@
  * anything, so two processes never write one folder, and given up at the end. A new run
  * that fails before its first file is written leaves no folder behind.
  */
-import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { DataError, UsageError } from "../errors.ts";
+import { DataError, isEvosparseError, UsageError } from "../errors.ts";
+import { describeWriteError, unwritableEntry } from "../files.ts";
 import { checkWritable } from "./folder.ts";
 import { acquireRunLock, LOCK_FILE, type RunLock } from "./run-lock.ts";
 
@@ -25,10 +26,12 @@ const contents = (dir: string): string[] => readdirSync(dir).filter((name) => na
  */
 export const claimNewRunFolder = (options: { readonly dir?: string; readonly base: string; readonly marker: string }): RunFolder => {
   const explicit = options.dir !== undefined;
+  if (options.dir !== undefined && options.dir.trim() === "") throw new UsageError({ problem: "--out needs a folder name; it was given an empty one" });
   for (let k = 1; ; k++) {
     const dir = resolve(options.dir ?? (k === 1 ? options.base : `${options.base}-${k}`));
+    const refused = unwritableEntry(dir, "folder");
+    if (refused !== undefined) throw new UsageError({ problem: `--out ${dir} ${refused}; choose another name` });
     if (existsSync(dir)) {
-      if (!statSync(dir).isDirectory()) throw new UsageError({ problem: `--out ${dir} is a file, not a folder; choose another name` });
       const inside = contents(dir);
       if (inside.length > 0) {
         if (!explicit) continue;
@@ -40,8 +43,16 @@ export const claimNewRunFolder = (options: { readonly dir?: string; readonly bas
       }
     }
     checkWritable(dir);
-    const created = mkdirSync(dir, { recursive: true });
-    const lock = acquireRunLock(dir);
+    let created: string | undefined;
+    let lock: RunLock;
+    try {
+      created = mkdirSync(dir, { recursive: true });
+      lock = acquireRunLock(dir);
+    } catch (e) {
+      // Nothing of this run may stay behind: the folders it created are removed.
+      removeCreated(dir, created);
+      throw isEvosparseError(e) ? e : new DataError({ file: dir, problem: `cannot be created (${describeWriteError(e, dir)})` });
+    }
     // Checked again under the lock: another run may have written here since.
     if (contents(dir).length > 0) {
       lock.release();
@@ -55,6 +66,8 @@ export const claimNewRunFolder = (options: { readonly dir?: string; readonly bas
 /** The folder of a run to resume: it must hold `marker` (its settings); locked. */
 export const claimRunFolderToResume = (dir: string, marker: string): RunFolder => {
   const path = resolve(dir);
+  const refused = unwritableEntry(path, "folder");
+  if (refused !== undefined) throw new UsageError({ problem: `--resume ${dir} ${refused}; give the run folder itself` });
   if (!existsSync(join(path, marker))) {
     throw new DataError({ file: join(path, marker), problem: `no ${marker}: not a search folder, or the run never started` });
   }
@@ -67,17 +80,22 @@ export const claimRunFolderToResume = (dir: string, marker: string): RunFolder =
  */
 export const releaseRunFolder = (folder: RunFolder, used: boolean): void => {
   folder.lock.release();
-  if (used || folder.created === undefined) return;
+  if (!used) removeCreated(folder.dir, folder.created);
+};
+
+/** Removes the empty folders from `dir` up to `created`, the first one a run created. */
+const removeCreated = (dir: string, created: string | undefined): void => {
+  if (created === undefined) return;
   // Empty folders only, from the run folder up to the first one created: another run may
   // have put its own folder beside this one meanwhile.
-  let at = folder.dir;
+  let at = dir;
   for (;;) {
     try {
       rmdirSync(at);
     } catch {
       return;
     }
-    if (at === folder.created) return;
+    if (at === created) return;
     const up = dirname(at);
     if (up === at) return;
     at = up;

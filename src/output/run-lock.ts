@@ -9,10 +9,12 @@
  * later), which the next run takes over. Locks of another host cannot be checked from here
  * and are refused with a message saying how to clear them.
  */
-import { linkSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { linkSync, readFileSync, rmSync, unlinkSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { UsageError } from "../errors.ts";
+import { DataError, UsageError } from "../errors.ts";
+import { describeWriteError, writeNewFile } from "../files.ts";
+import { readBoundedUtf8 } from "../reads.ts";
 import { processAlive } from "./folder.ts";
 
 export const LOCK_FILE = "run.lock";
@@ -40,7 +42,7 @@ const startTicksOf = (pid: number): number | null => {
 
 const readOwner = (file: string): LockOwner | undefined => {
   try {
-    const owner = JSON.parse(readFileSync(file, "utf8")) as LockOwner;
+    const owner = JSON.parse(readBoundedUtf8(file, "record")) as LockOwner;
     return typeof owner.pid === "number" && typeof owner.host === "string" ? owner : undefined;
   } catch {
     return undefined;
@@ -73,7 +75,13 @@ export const acquireRunLock = (dir: string): RunLock => {
   // Written whole under a private name, then linked: link fails if a lock exists, so the
   // check and the claim are one step, and no reader ever sees a half-written lock.
   const draft = join(dir, `.${LOCK_FILE}.${owner.token}`);
-  writeFileSync(draft, JSON.stringify(owner) + "\n");
+  try {
+    writeNewFile(draft, JSON.stringify(owner) + "\n");
+  } catch (e) {
+    rmSync(draft, { force: true });
+    // A full or read-only disk: name the run folder, never the hidden draft.
+    throw new DataError({ file: dir, problem: `cannot be locked for this run (${describeWriteError(e, file)})` });
+  }
   try {
     for (let attempt = 0; ; attempt++) {
       try {

@@ -32,6 +32,11 @@ export interface CalibrationSetup {
    * data): `calib` is then not read.
    */
   readonly calibrationTokens?: readonly Int32Array[];
+  /**
+   * Called with the checkpoint and the window length before any calibration window is
+   * drawn; throws to refuse the run (its memory plan for `nsamples` windows).
+   */
+  readonly beforeDrawing?: (checkpoint: Checkpoint, seqlen: number) => void;
 }
 
 export interface CalibratedModel {
@@ -55,6 +60,7 @@ export const openCalibratedModel = (setup: CalibrationSetup): CalibratedModel =>
     if (seqlen > context) throw new UsageError({ problem: `--seqlen ${seqlen} exceeds the model's context of ${context}` });
     const mismatch = setup.pattern?.kind === "nm" ? nmMismatch(checkpoint.spec, setup.pattern.m) : undefined;
     if (mismatch) throw new UsageError({ problem: `--pattern ${patternText(setup.pattern!)} does not fit ${setup.model}: ${mismatch}` });
+    setup.beforeDrawing?.(checkpoint, seqlen);
     const tokenizer = tokenizerFor(checkpoint);
     const calibration = setup.calibrationTokens ? [...setup.calibrationTokens] : calibrationWindows({ source: setup.calib, field: setup.field ?? "text", samples: setup.nsamples, seqlen, seed: setup.seed }, tokenizer);
     return { checkpoint, tokenizer, seqlen, calibration, close: () => checkpoint.close() };

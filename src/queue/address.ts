@@ -13,12 +13,26 @@ export interface QueueAddress {
 
 const FORM = "redis://[user:password@]host:port[/db] or rediss:// for TLS";
 
+/** The text with any password of a `scheme://user:password@host` form replaced by ***. */
+export const maskPassword = (text: string): string => text.replace(/^([^:/]*:\/\/[^:@/]*:)[^@]*@/, "$1***@").replace(/^([^:/]*:\/\/:)[^@]*@/, "$1***@");
+
+/** The database index of an address (0 when none is given). */
+export const databaseOf = (address: QueueAddress): number => {
+  try {
+    const db = new URL(address.url).pathname.replace(/^\//, "");
+    return db === "" ? 0 : Number(db);
+  } catch {
+    return 0;
+  }
+};
+
 export const parseQueueAddress = (text: string, flag = "--queue"): QueueAddress => {
   let url: URL;
   try {
     url = new URL(text);
   } catch {
-    throw new UsageError({ problem: `${flag} ${JSON.stringify(text)} is not a URL: expected ${FORM}` });
+    // Even unparsed, a password is never shown: whatever stands between "//user:" and "@" is masked.
+    throw new UsageError({ problem: `${flag} ${JSON.stringify(maskPassword(text))} is not a URL: expected ${FORM}` });
   }
   const shownUrl = new URL(url.href);
   if (shownUrl.password) shownUrl.password = "***";

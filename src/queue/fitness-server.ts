@@ -70,6 +70,10 @@ interface Accepted {
 
 const short = (fingerprint: string) => fingerprint.slice(0, 12);
 
+/** A clean-up step that may wait on an absent Redis: at most two seconds. */
+const bounded = (step: Promise<unknown>): Promise<unknown> =>
+  Promise.race([step.catch(() => {}), new Promise((done) => setTimeout(done, 2000).unref())]);
+
 export class FitnessServer {
   private readonly runs = new Map<string, Run>();
   /** Runs refused or failed to build, with why (never retried: the record cannot change). */
@@ -267,6 +271,16 @@ export class FitnessServer {
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.timer);
+    // With Redis away, nothing can be finished or handed back: every command would wait
+    // for it forever. The jobs in hand go back to the queue when their locks expire.
+    if (this.redis.status !== "ready") {
+      this.options.log("Redis is away: the jobs in hand cannot report their results; they go back to the queue when their locks expire");
+      this.watch.stop();
+      await Promise.allSettled([...this.runs.values()].map((run) => bounded(run.worker.close(true)).then(() => bounded(run.scorer.close()))));
+      this.runs.clear();
+      this.redis.disconnect();
+      return;
+    }
     await this.discovering;
     for (const run of [...this.runs.values()]) await this.leave(run, "the worker is stopping");
     this.watch.stop();

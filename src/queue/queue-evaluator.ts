@@ -14,7 +14,7 @@ import type { FitnessEvaluator } from "../search/evaluators.ts";
 import type { BlockAllocation } from "../search/plugin.ts";
 import type { QueueAddress } from "./address.ts";
 import { HEARTBEAT_MS, KEEP_SECONDS, PREFIX, queueName, refusalsKey, SEARCHES_KEY, setupKey } from "./keys.ts";
-import { decodeJobResult, jobIdOf, type FitnessJob } from "./records.ts";
+import { decodeFitnessJob, decodeJobResult, jobIdOf, type FitnessJob } from "./records.ts";
 import { openRedis, watchOutages } from "./redis.ts";
 
 export interface QueueEvaluatorOptions {
@@ -46,6 +46,31 @@ interface Pending {
   readonly waiters: Array<{ resolve: (f: Fitness) => void; reject: (e: unknown) => void }>;
 }
 
+/**
+ * Why a finished job's record cannot be believed, or undefined: its payload is not the job
+ * asked for, its result does not decode, or its value is one the measure cannot give (a
+ * perplexity below 1, a KL divergence below 0).
+ */
+export const resultProblem = (data: unknown, result: unknown, asked: FitnessJob, measure: string): string | undefined => {
+  let job: FitnessJob;
+  try {
+    job = decodeFitnessJob(data);
+  } catch (e) {
+    return `has a damaged payload (${(e as Error).message})`;
+  }
+  if (JSON.stringify([job.fingerprint, job.allocation, job.fidelity ?? null]) !== JSON.stringify([asked.fingerprint, asked.allocation, asked.fidelity ?? null])) {
+    return "belongs to another candidate";
+  }
+  let fitness: Fitness;
+  try {
+    fitness = decodeJobResult(result);
+  } catch (e) {
+    return `is damaged (${(e as Error).message})`;
+  }
+  if (fitness.ok && (measure === "kl" ? fitness.value < 0 : fitness.value < 1)) return `is ${fitness.value}, which no ${measure === "kl" ? "KL divergence" : "perplexity"} can be`;
+  return undefined;
+};
+
 class QueueClient {
   private readonly pending = new Map<string, Pending>();
   private readonly refusals = new Set<string>();
@@ -65,7 +90,12 @@ class QueueClient {
     const { fingerprint, text } = options.record;
     const redis = await openRedis(options.address, "evosparse-search");
     const queue = new Queue(queueName(fingerprint), { connection: redis, prefix: PREFIX });
-    const events = new QueueEvents(queueName(fingerprint), { connection: redis.duplicate(), prefix: PREFIX });
+    const eventsConnection = redis.duplicate();
+    // Connection errors are the outage watcher's to report, in one line: never ioredis's raw ones.
+    eventsConnection.on("error", () => {});
+    const events = new QueueEvents(queueName(fingerprint), { connection: eventsConnection, prefix: PREFIX });
+    events.on("error", () => {});
+    queue.on("error", () => {});
     const watch = watchOutages(redis, options.address, options.timeoutSeconds, options.log, options.after);
     const client = new QueueClient(options, redis, queue, events, watch);
     try {
@@ -129,12 +159,31 @@ class QueueClient {
     };
     if (!job) return settle({ error: new QueueError({ problem: `job ${id} finished but was removed before its result was read` }) });
     if (state === "failed") return settle({ error: new QueueError({ problem: `job ${id} failed on every attempt: ${job.failedReason}` }) });
-    try {
-      settle({ fitness: decodeJobResult(job.returnvalue) });
-    } catch (e) {
-      settle({ error: new QueueError({ problem: `job ${id}: ${(e as Error).message}` }) });
+    // A finished record is checked before it is believed: it must be the job asked for, and
+    // its result must decode and be a fitness this measure can give. Anything else (a
+    // damaged or forged record, kept for days) is computed again, never an abort.
+    const distrust = resultProblem(job.data, job.returnvalue, pending.data, this.measure);
+    if (distrust !== undefined) {
+      this.options.log(`queue: job ${id}'s stored result ${distrust}; computing it again`);
+      await job.remove().catch(() => {});
+      this.pending.set(id, pending);
+      await this.add([[id, pending.data]]);
+      return;
     }
+    settle({ fitness: decodeJobResult(job.returnvalue) });
   }
+
+  /** The run's fitness measure, from its setup record: what a plausible result is. */
+  private get measure(): string {
+    return this.measureOf ??= (() => {
+      try {
+        return (JSON.parse(this.options.record.text) as { fitness?: string }).fitness ?? "ppl";
+      } catch {
+        return "ppl";
+      }
+    })();
+  }
+  private measureOf: string | undefined;
 
   private add(jobs: ReadonlyArray<readonly [string, FitnessJob]>) {
     return this.queue.addBulk(

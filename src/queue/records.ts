@@ -12,7 +12,8 @@
  * only when everything that decides a fitness is the same.
  */
 import { createHash } from "node:crypto";
-import { closeSync, openSync, readdirSync, readSync, statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
+import { fileDigest } from "../reads.ts";
 import { basename, join } from "node:path";
 import { Schema } from "effect";
 import { PatternSchema } from "../allocation/pattern.ts";
@@ -118,18 +119,7 @@ const decodeTokens = (text: string): Int32Array => {
   return out;
 };
 
-/** SHA-256 of a file, read in chunks (checkpoints can be many gigabytes). */
-const digestOf = (path: string): string => {
-  const hash = createHash("sha256");
-  const buffer = Buffer.allocUnsafe(8 << 20);
-  const fd = openSync(path, "r");
-  try {
-    for (let n; (n = readSync(fd, buffer, 0, buffer.length, null)) > 0; ) hash.update(buffer.subarray(0, n));
-  } finally {
-    closeSync(fd);
-  }
-  return hash.digest("hex");
-};
+const digestOf = (path: string): string => fileDigest(path);
 
 /** The files whose bytes decide a model's outputs: the weights and, for a folder, its config. */
 const WEIGHT_FILE = /^(config\.json|.*\.safetensors|.*\.safetensors\.index\.json)$/;

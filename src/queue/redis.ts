@@ -5,7 +5,7 @@
  */
 import { Redis } from "ioredis";
 import { QueueError } from "../errors.ts";
-import type { QueueAddress } from "./address.ts";
+import { databaseOf, type QueueAddress } from "./address.ts";
 
 /** How long the first connection may take before the address is called unreachable. */
 const CONNECT_SECONDS = 5;
@@ -20,6 +20,7 @@ const reason = (e: unknown): string => {
  * commands issued during an outage wait for the reconnection instead of failing.
  */
 export const openRedis = async (address: QueueAddress, name: string): Promise<Redis> => {
+  await checkDatabase(address);
   const redis = new Redis(address.url, {
     maxRetriesPerRequest: null,
     lazyConnect: true,
@@ -39,6 +40,33 @@ export const openRedis = async (address: QueueAddress, name: string): Promise<Re
   } catch (e) {
     redis.disconnect();
     throw new QueueError({ problem: `Redis at ${address.shown} is unreachable (${reason(first ?? e)})` });
+  }
+};
+
+/**
+ * A database index the server does not have is one line before any real connection: left
+ * to the client, the failed SELECT is a stack trace, the connection stays on database 0
+ * and the work waits forever.
+ */
+const checkDatabase = async (address: QueueAddress): Promise<void> => {
+  const db = databaseOf(address);
+  if (db === 0) return;
+  const url = new URL(address.url);
+  url.pathname = "";
+  const probe = new Redis(url.href, { lazyConnect: true, maxRetriesPerRequest: 0, connectTimeout: CONNECT_SECONDS * 1000, retryStrategy: () => null });
+  probe.on("error", () => {});
+  try {
+    await probe.connect();
+  } catch (e) {
+    probe.disconnect();
+    throw new QueueError({ problem: `Redis at ${address.shown} is unreachable (${reason(e)})` });
+  }
+  try {
+    await probe.select(db);
+  } catch (e) {
+    throw new QueueError({ problem: `Redis at ${address.shown} has no database ${db} (${reason(e)}); use a database index the server has (0 to its "databases" setting less one)` });
+  } finally {
+    probe.disconnect();
   }
 };
 

@@ -8,6 +8,7 @@
 import { Effect } from "effect";
 import type { Bounds } from "../allocation/project.ts";
 import { effectiveBounds } from "../allocation/space-schema.ts";
+import { UsageError } from "../errors.ts";
 import { Rng } from "../rng.ts";
 import type { ScreeningStage } from "../engine/generational.ts";
 import type { Fidelity, Fitness } from "../engine/genome.ts";
@@ -128,7 +129,17 @@ export const runMethod = <Space>(
         checkpoint,
         onGeneration,
       });
-      if (!result.best) return yield* Effect.fail(new Error(`every evaluation of the search failed; see the history (first error: ${result.history.find((r) => r.error)?.error})`));
+      if (!result.best) {
+        // No evaluation at all: the budget stopped the search before its first.
+        if (result.history.length === 0 && settings.budgetTokens !== undefined) {
+          return yield* new UsageError({
+            problem: `--budget-tokens ${settings.budgetTokens} is less than one fitness evaluation costs, so the search stopped before its first; give a larger budget (an evaluation on the fitness windows costs ${evaluator.tokensOf?.(undefined as unknown as Fidelity) ?? "more"} tokens)`,
+          });
+        }
+        if (result.history.length === 0) return yield* new UsageError({ problem: "the search stopped before its first evaluation: give a larger budget" });
+        const firstError = result.history.find((r) => r.error)?.error;
+        return yield* Effect.fail(new Error(`every evaluation of the search failed; see the history${firstError !== undefined ? ` (first error: ${firstError})` : ""}`));
+      }
       const genome = method.genome(context, space);
       return {
         best: { genome: genome.describe(result.best.genome), encoded: genome.encode(result.best.genome), fitness: result.best.fitness, sparsities: result.best.phenotype },

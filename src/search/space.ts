@@ -3,8 +3,9 @@
  * plugin only ever sees a valid space. Every problem (unreadable file, bad JSON, a wrong
  * field) becomes one DataError naming the file and the field.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
+import { readBoundedUtf8 } from "../reads.ts";
 import { Result, Schema, SchemaIssue } from "effect";
 import { projectRoot } from "../defaults.ts";
 import { DataError } from "../errors.ts";
@@ -77,11 +78,5 @@ export const resolveSpaceFile = (plugin: MethodPlugin<unknown>, file?: string): 
 /** Reads and validates a search space for `plugin` (its default space when `file` is absent). */
 export const loadSearchSpace = <Space>(plugin: MethodPlugin<Space>, file?: string): Space => {
   const path = resolveSpaceFile(plugin as MethodPlugin<unknown>, file);
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (error) {
-    throw new DataError({ file: path, problem: `cannot read: ${(error as Error).message}` });
-  }
-  return parseSearchSpace(plugin, text, path);
+  return parseSearchSpace(plugin, readBoundedUtf8(path, "space"), path);
 };

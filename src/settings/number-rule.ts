@@ -49,6 +49,12 @@ export const parseNumberFlag = (flag: string, raw: unknown, rule: NumberRule): n
   }
   const shown = typeof raw === "string" ? raw.trim() : String(raw);
   if (!Number.isFinite(value)) refuse(shown);
+  if (rule.whole && Number.isInteger(value) && !Number.isSafeInteger(value)) {
+    // A whole number all the same, only too large to be held exactly: say so.
+    throw new UsageError({
+      problem: value > 0 ? `--${flag} ${shown} is too large: the largest whole number it takes is ${Number.MAX_SAFE_INTEGER}` : `--${flag} ${shown} is too small: the smallest whole number it takes is ${Number.MIN_SAFE_INTEGER}`,
+    });
+  }
   if (rule.whole && !Number.isSafeInteger(value)) refuse(shown);
   if (rule.min !== undefined && (value < rule.min || (rule.minExclusive && value === rule.min))) refuse(shown);
   if (rule.max !== undefined && (value > rule.max || (rule.maxExclusive && value === rule.max))) refuse(shown);

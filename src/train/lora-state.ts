@@ -6,13 +6,14 @@
  * settings: resuming with others would give weights that neither run describes.
  * state.json is read back through a Schema, so a damaged file is one clear error naming it.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { readBoundedUtf8 } from "../reads.ts";
 import { join } from "node:path";
 import { Result, Schema } from "effect";
 import { openSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
-import { replaceDir } from "../checkpoint/write-huggingface.ts";
 import { DataError } from "../errors.ts";
-import { markerContent, OUTPUT_MARKER, stagingFolder } from "../output/folder.ts";
+import { markerContent, OUTPUT_MARKER, stagingFolder, writeStagedFolder } from "../output/folder.ts";
+import { writeNewFile } from "../files.ts";
 
 const Count = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0));
 
@@ -58,7 +59,7 @@ export const decodeLoraState = (text: string, file: string): LoraState => {
   } catch (e) {
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
-  const result = Schema.decodeUnknownResult(LoraState)(json);
+  const result = Schema.decodeUnknownResult(LoraState)(json, { onExcessProperty: "error" });
   if (Result.isFailure(result)) throw new DataError({ file, problem: `invalid LoRA state: ${result.failure.message.replace(/\n\s*/g, " ")}` });
   return result.success;
 };
@@ -77,21 +78,16 @@ export const hasLoraCheckpoint = (dir: string): boolean => existsSync(join(dir, 
 /** Written whole in a staging folder and moved into place, so a run killed mid-write leaves the previous checkpoint. */
 export const writeLoraCheckpoint = (dir: string, c: LoraCheckpoint): void => {
   const staging = stagingFolder(dir);
-  try {
-    mkdirSync(staging, { recursive: true });
+  writeStagedFolder(dir, staging, () => {
     const tensors = c.state.names.flatMap((name, i) => [
       { name: `param/${name}`, dtype: "F32" as const, shape: c.shapes[i]!, data: c.values[i]! },
       { name: `m/${name}`, dtype: "F32" as const, shape: c.shapes[i]!, data: c.m[i]! },
       { name: `v/${name}`, dtype: "F32" as const, shape: c.shapes[i]!, data: c.v[i]! },
     ]);
     writeSafetensors(join(staging, TENSORS_FILE), tensors);
-    writeFileSync(join(staging, STATE_FILE), JSON.stringify(c.state));
-    writeFileSync(join(staging, OUTPUT_MARKER), markerContent("lora checkpoint", [TENSORS_FILE, STATE_FILE]));
-    // The run's own checkpoint folder: each new one replaces the last.
-    replaceDir(staging, dir, { overwrite: true });
-  } finally {
-    rmSync(staging, { recursive: true, force: true });
-  }
+    writeNewFile(join(staging, STATE_FILE), JSON.stringify(c.state));
+    writeNewFile(join(staging, OUTPUT_MARKER), markerContent("lora checkpoint", [TENSORS_FILE, STATE_FILE]));
+  });
 };
 
 const SETTING_KEYS = ["rank", "alpha", "lr", "batch", "seqlen", "seed", "steps", "model", "weights", "tokens"] as const;
@@ -118,7 +114,7 @@ export const readLoraCheckpoint = (
   expected: { readonly settings: LoraSettings; readonly names: readonly string[]; readonly shapes: readonly (readonly number[])[] },
 ): LoraCheckpoint => {
   const file = join(dir, STATE_FILE);
-  const state = decodeLoraState(readFileSync(file, "utf8"), file);
+  const state = decodeLoraState(readBoundedUtf8(file, "state"), file);
   const refuse = (problem: string): never => {
     throw new DataError({ file, problem: `${problem}; resume with that run's settings, or remove ${dir} to start afresh` });
   };

@@ -28,14 +28,19 @@ export const TrainingState = Schema.Struct({
 });
 export type TrainingState = typeof TrainingState.Type;
 
-export const decodeTrainingState = (text: string, file: string): TrainingState => {
-  let json: unknown;
+/**
+ * Decodes a state.json's text. `check` sees the parsed file first and gives the state to
+ * decode (the training job checks the record of what made the state there).
+ */
+export const decodeTrainingState = (text: string, file: string, check: (json: unknown) => unknown = (json) => json): TrainingState => {
+  let parsed: unknown;
   try {
-    json = JSON.parse(text);
+    parsed = JSON.parse(text);
   } catch (e) {
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
-  const result = Schema.decodeUnknownResult(TrainingState)(json);
+  const json = check(parsed);
+  const result = Schema.decodeUnknownResult(TrainingState)(json, { onExcessProperty: "error" });
   if (Result.isFailure(result)) throw new DataError({ file, problem: `invalid training state: ${result.failure.message.replace(/\n\s*/g, " ")}` });
   return result.success;
 };

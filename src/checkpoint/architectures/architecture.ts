@@ -71,6 +71,13 @@ export const decodeConfig = <S extends Schema.Top>(
 /** A positive whole number, for sizes in config.json. */
 export const Size = Schema.Int.check(Schema.isGreaterThan(0));
 
+/**
+ * A positive finite number, for epsilons, RoPE bases and scaling factors: zero or a
+ * negative value there would make every forward overflow or divide by zero, and be blamed
+ * on the text; it is config.json's field that is wrong.
+ */
+export const Positive = Schema.Finite.check(Schema.isGreaterThan(0));
+
 /** bos/eos ids are a number, a list (LLaMA-3 instruct lists several eos ids) or null. */
 export const TokenId = Schema.optional(Schema.NullOr(Schema.Union([Schema.Number, Schema.Array(Schema.Number)])));
 

@@ -7,6 +7,7 @@ import {
   blockShapesConfig,
   decodeConfig,
   firstId,
+  Positive,
   requireDivisible,
   Size,
   TokenId,
@@ -16,10 +17,10 @@ import {
 const Llama3Scaling = Schema.Struct({
   rope_type: Schema.optional(Schema.String),
   type: Schema.optional(Schema.String),
-  factor: Schema.Number,
-  low_freq_factor: Schema.optional(Schema.Number),
-  high_freq_factor: Schema.optional(Schema.Number),
-  original_max_position_embeddings: Schema.optional(Schema.Number),
+  factor: Positive,
+  low_freq_factor: Schema.optional(Positive),
+  high_freq_factor: Schema.optional(Positive),
+  original_max_position_embeddings: Schema.optional(Size),
 });
 
 /** The config fields LLaMA 1/2/3, Mistral and Qwen2 share (transformers' names). */
@@ -33,8 +34,8 @@ const LlamaConfig = Schema.Struct({
   num_key_value_heads: Schema.optional(Schema.NullOr(Size)),
   head_dim: Schema.optional(Schema.NullOr(Size)),
   max_position_embeddings: Schema.optional(Size),
-  rms_norm_eps: Schema.optional(Schema.Number),
-  rope_theta: Schema.optional(Schema.Number),
+  rms_norm_eps: Schema.optional(Positive),
+  rope_theta: Schema.optional(Positive),
   rope_scaling: Schema.optional(Schema.NullOr(Llama3Scaling)),
   hidden_act: Schema.optional(Schema.String),
   tie_word_embeddings: Schema.optional(Schema.Boolean),
@@ -42,7 +43,7 @@ const LlamaConfig = Schema.Struct({
   mlp_bias: Schema.optional(Schema.Boolean),
   bos_token_id: TokenId,
   eos_token_id: TokenId,
-  sliding_window: Schema.optional(Schema.NullOr(Schema.Number)),
+  sliding_window: Schema.optional(Schema.NullOr(Size)),
   use_sliding_window: Schema.optional(Schema.Boolean),
 });
 
