@@ -293,7 +293,7 @@ describe("every command refuses settings that would give wrong numbers", () => {
 
   it("window counts are positive everywhere: 0 is refused by eval, prune and search alike", () => {
     for (const [args, flag] of [
-      [["eval"], "--max-windows"],
+      [["eval"], "--eval-windows"],
       [["prune", "--sparsity", "0.5", "--out", fresh("p")], "--eval-windows"],
       [["search", "--sparsity", "0.5"], "--eval-windows"],
       [["search", "--sparsity", "0.5"], "--fitness-windows"],
@@ -303,6 +303,10 @@ describe("every command refuses settings that would give wrong numbers", () => {
       expect(r.code, flag).toBe(2);
       expect(oneLine(r.stderr)).toBe(`evosparse: ${flag} 0 is not a whole number >= 1 (see --help)`);
     }
+    // eval's older name for the same option is refused the same way, under the name prune uses.
+    const alias = run("eval", "--max-windows", "0");
+    expect(alias.code).toBe(2);
+    expect(oneLine(alias.stderr)).toBe("evosparse: --eval-windows 0 is not a whole number >= 1 (see --help)");
   });
 
   it("a value that is not a number is shown as typed", () => {
