@@ -112,7 +112,7 @@ describe("evosparse prune on the embedded model (Hugging Face input)", () => {
     expect(usage.code).toBe(2);
     const unknown = evosparse("prune", ...common, "--sparsity", "0.5", "--allocation", "nonsense", "--out", out);
     expect(unknown.code).toBe(2);
-    expect(unknown.stderr).toMatch(/unknown method "nonsense"; known: .*owl/);
+    expect(unknown.stderr).toMatch(/unknown method "nonsense"; built-in: .*owl/);
     expect(existsSync(out)).toBe(false);
   });
 

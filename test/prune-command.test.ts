@@ -71,7 +71,7 @@ describe.skipIf(!haveAssets)("evosparse prune on stories260K (llama2.c input)", 
     expect(usage.code).toBe(2);
     const unknown = run("prune", ...common, "--sparsity", "0.5", "--allocation", "nonsense", "--out", out);
     expect(unknown.code).toBe(2);
-    expect(unknown.stderr).toMatch(/unknown method "nonsense"; known: .*owl/);
+    expect(unknown.stderr).toMatch(/unknown method "nonsense"; built-in: .*owl/);
   });
 
   it("a run killed before it finishes leaves no folder under the output name", async () => {
