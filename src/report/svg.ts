@@ -113,9 +113,9 @@ const tickDomain = ([lo, hi]: [number, number], count: number, integer = false):
   for (let round = 0; round < 4; round++) {
     const ticks = niceTicks(range[0], range[1], count, integer);
     if (ticks.length < 2) return range;
-    const step = ticks[1]!.at - ticks[0]!.at;
-    // Counts one apart already have a tick at every value.
-    if (integer && step <= 1) return range;
+    // The step itself, not the difference of two ticks (which can miss it by an ulp and
+    // widen the range to just short of a tick).
+    const step = niceStep(range[0], range[1], count, integer);
     const a = Math.floor(range[0] / step) * step;
     const b = Math.ceil(range[1] / step) * step;
     if (!(Number.isFinite(a) && Number.isFinite(b) && a < b)) return range;
@@ -125,23 +125,30 @@ const tickDomain = ([lo, hi]: [number, number], count: number, integer = false):
   return range;
 };
 
-/** Ticks at 1, 2 or 5 times a power of ten, about `count` of them, inside [lo, hi] (lo < hi, both finite). */
-const niceTicks = (lo: number, hi: number, count = 5, integer = false): Tick[] => {
+/** The step of `niceTicks`: 1, 2 or 5 times a power of ten, about `count` steps over [lo, hi]; 0 when there is no extent. */
+const niceStep = (lo: number, hi: number, count: number, integer: boolean): number => {
   const half = hi / 2 - lo / 2;
-  if (!(half > 0)) return [];
+  if (!(half > 0)) return 0;
   const rough = (half / count) * 2;
   const step = Math.pow(10, Math.floor(Math.log10(rough)));
   const mult = [1, 2, 5, 10].find((m) => half / (step * m) <= count / 2) ?? 10;
-  let s = step * mult;
-  if (integer && s < 1) s = 1;
+  const s = step * mult;
+  return integer && s < 1 ? 1 : s;
+};
+
+/** Ticks at 1, 2 or 5 times a power of ten, about `count` of them, inside [lo, hi] (lo < hi, both finite). */
+const niceTicks = (lo: number, hi: number, count = 5, integer = false): Tick[] => {
+  const s = niceStep(lo, hi, count, integer);
   if (!(s > 0) || !Number.isFinite(s)) return [];
   const ticks: Tick[] = [];
   // Integer multiples of the step, not a running sum, so no rounding drift accumulates.
-  const first = Math.ceil(lo / s);
-  const last = Math.floor(hi / s);
+  // A tick within a billionth of a step of an end counts as on it: k * s / s need not give k back.
+  const slack = s * 1e-9;
+  const first = Math.ceil((lo - slack) / s);
+  const last = Math.floor((hi + slack) / s);
   for (let k = first; k <= last && ticks.length <= 4 * count; k++) {
     const t = k * s;
-    if (t >= lo && t <= hi && Number.isFinite(t)) ticks.push({ at: t, label: tickLabel(t, s) });
+    if (t >= lo - slack && t <= hi + slack && Number.isFinite(t)) ticks.push({ at: t, label: tickLabel(t, s) });
   }
   return ticks;
 };
