@@ -10,10 +10,10 @@ import { join } from "node:path";
 import { stringify } from "csv-stringify/sync";
 import { Effect } from "effect";
 import type { BackendChoice } from "../src/backend/backend.ts";
-import { resultsDir } from "../src/defaults.ts";
+import { defaultBaselines, resultsDir } from "../src/defaults.ts";
 import { writeFileAtomically } from "../src/files.ts";
 import type { CalibrationMode } from "../src/prune/pipeline.ts";
-import { searchJob, type SearchSettings, type SearchSummary } from "../src/jobs/search.ts";
+import { searchJob, type GivenSettings, type SearchSettings, type SearchSummary } from "../src/jobs/search.ts";
 import { plugin as evopressPlugin } from "../plugins/evopress/index.ts";
 import { Rng } from "../src/rng.ts";
 import { methodContext } from "../src/search/fitness.ts";
@@ -23,11 +23,6 @@ import { brownSetup, storiesSetup, type ModelSetup } from "./quality.ts";
 const SPARSITY = 0.7;
 /** `--metrics=wanda,sparsegpt` (both by default). */
 const SEARCH_METRICS = (process.argv.find((a) => a.startsWith("--metrics="))?.split("=")[1]?.split(",") ?? ["wanda", "sparsegpt"]) as Array<"wanda" | "sparsegpt">;
-/**
- * `--variants=evopress` runs only the rows whose label starts with one of these, separated
- * by `|` (labels hold commas), and skips the fidelity table.
- */
-const VARIANT_FILTER = process.argv.find((a) => a.startsWith("--variants="))?.slice("--variants=".length).split("|");
 const SEED = 0;
 const POPULATION = 12;
 const GENERATIONS = 8;
@@ -68,48 +63,102 @@ const runOne = (settings: ReturnType<typeof settingsFor>, out: string, workers: 
 const fmt = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : x.toFixed(2));
 
 /**
- * The comparison at equal cost: every method's search spends at most BUDGET_TOKENS fitness
- * tokens (`--budget-tokens`, every stage's counted), three seeds each; the deterministic
- * methods (uniform, owl, atp, mrp) once. EvoPress runs a stage plan scaled to the budget
- * (EVOPRESS_SPACE): the published one, (8, 2048) -> (2, 16384) -> (1, 65536) with 64
- * offspring, costs about 460k tokens a generation, more than the whole budget. Of the
- * scaled plans tried on stories260K with Wanda (three seeds each, test perplexity), 8
- * offspring with (2, 1024) -> (1, 4096) (about 20k tokens, nine generations) did best:
- * 179.9, against 214.9 for 16 offspring with (4, 512) -> (2, 2048) -> (1, 8192) (five
- * generations), 199.0 for (2, 512) -> (1, 2048), 246.7 for (4, 1024) -> (1, 8192), and
- * worse with levels of 0.02 or 0.1; on the embedded model it matched the five-generation
- * plan (65.9 against 66.3). EvoPress is also run at three times the budget, to see what a
- * method at the budget must reach to equal EvoPress with a third of its tokens.
+ * The defaults' table: every search as a new user runs it, `evosparse search --method M
+ * --fitness kl --budget-tokens T` with nothing else set (no space file, no --start, no
+ * --generations: the run derives its plan from the budget and warm-starts from the best
+ * baseline), against every training-free allocation the run re-prunes beside it
+ * (--baselines: the default list and MRP). Test perplexity is measured on held-out text
+ * the calibration and validation never saw (stories260K: the first 46 TinyStories
+ * validation stories, checked disjoint from both ranges). The grid: BUDGETS x SEEDS x
+ * models x metrics; `--budgets=`, `--seeds=`, `--searches=`, `--models=` narrow it.
  */
-const BUDGET_TOKENS = 200_000;
-const SEEDS = [0, 1, 2] as const;
-const EVOPRESS_SPACE = { levelSize: 0.05, maxLevels: 8, offspring: 8, stages: [{ survivors: 2, tokens: 1024 }, { survivors: 1, tokens: 4096 }] };
-/** Ours: the same plan with the surrogate pre-screening 32 drawn children for the 8 scored. */
-const PRESCREEN_SPACE = { ...EVOPRESS_SPACE, prescreen: { pool: 32, warmup: 16 } };
+const listArg = (name: string): string[] | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3).split(",");
+const BUDGETS = (listArg("budgets") ?? ["200000", "800000"]).map(Number);
+const SEEDS = (listArg("seeds") ?? ["0", "1", "2"]).map(Number);
+const SEARCHES = listArg("searches") ?? ["evopress", "dsa", "msp"];
+const MODELS = listArg("models");
+const BASELINES = [...defaultBaselines, "mrp"];
 
-interface Variant {
-  readonly label: string;
-  readonly method: string;
-  readonly seeded: boolean;
-  readonly overrides: Partial<SearchSettings>;
-}
+/** A search with the defaults: only the model's data, the metric, the seed and the budget are set. */
+const defaultsSettings = (setup: ModelSetup, method: string, metric: "wanda" | "sparsegpt", seed: number, budgetTokens: number): GivenSettings => ({
+  method,
+  sparsity: SPARSITY,
+  metric,
+  pattern: { kind: "unstructured" },
+  model: setup.model,
+  calib: setup.calibration,
+  field: "text",
+  nsamples: 128,
+  calibSeed: 0,
+  seqlen: setup.seqlen,
+  fitnessData: setup.validation,
+  fitnessWindows: 8,
+  eval: setup.evaluation,
+  evalFormat: "text",
+  ...(setup.evalWindows !== undefined ? { evalWindows: setup.evalWindows } : {}),
+  population: 16,
+  seed,
+  mode: "dense",
+  finalMode: "sequential",
+  batch: 4,
+  fitness: "kl",
+  budgetTokens,
+  baselines: BASELINES.join(","),
+});
 
-const variants = (space: string, prescreen: string): Variant[] => [
-  { label: "uniform", method: "uniform", seeded: false, overrides: {} },
-  { label: "owl", method: "owl", seeded: false, overrides: {} },
-  { label: "atp", method: "atp", seeded: false, overrides: {} },
-  { label: "mrp", method: "mrp", seeded: false, overrides: {} },
-  { label: "dsa (ppl)", method: "dsa", seeded: true, overrides: {} },
-  { label: "msp (ppl)", method: "msp", seeded: true, overrides: {} },
-  { label: "evopress (kl)", method: "evopress", seeded: true, overrides: { space, fitness: "kl" } },
-  { label: "evopress (kl, start owl)", method: "evopress", seeded: true, overrides: { space, fitness: "kl", start: "owl" } },
-  { label: "evopress (kl, prescreen)", method: "evopress", seeded: true, overrides: { space: prescreen, fitness: "kl" } },
-  { label: "evopress (kl, 3x tokens)", method: "evopress", seeded: true, overrides: { space, fitness: "kl", budgetTokens: 3 * BUDGET_TOKENS } },
-  { label: "msp (kl, start owl)", method: "msp", seeded: true, overrides: { fitness: "kl", start: "owl" } },
-  // Multi-stage selection for a generational method: half the population, each generation
-  // screening 24 children on 1024 tokens (two windows) before the best 5 reach the fitness windows.
-  { label: "msp (kl, start owl, screened)", method: "msp", seeded: true, overrides: { fitness: "kl", start: "owl", population: 6, screen: "24@1024" } },
-];
+type Row = { label: string; kind: "baseline" | "search"; budget: number; seed: number; test: number; validation: number | null; evaluations: number; generations: number; tokens: number; seconds: number; winner: string };
+
+const defaultsTable = async (setup: ModelSetup, scratch: string, backend: BackendChoice, metric: "wanda" | "sparsegpt", budget: number): Promise<void> => {
+  const rows: Row[] = [];
+  let dense = NaN;
+  let testWindows = 0;
+  for (const method of SEARCHES) {
+    for (const seed of SEEDS) {
+      log(`${setup.name}, ${metric}, ${budget} tokens: ${method} with the defaults, seed ${seed}`);
+      const out = join(scratch, `${setup.name}-${metric}-${budget}-${method}-${seed}`);
+      const summary = await Effect.runPromise(searchJob({ settings: defaultsSettings(setup, method, metric, seed, budget), out, workers: 1, backend, log: (line) => log(`  ${line}`) }));
+      dense = summary.final.dense;
+      testWindows = summary.final.windows;
+      const history = readFileSync(join(out, "history.csv"), "utf8").trim().split("\n");
+      const column = history[0]!.split(",").indexOf("tokens");
+      const tokens = history.slice(1).reduce((n, line) => n + Number(line.split(",")[column]), 0);
+      const [own, ...others] = summary.final.results;
+      rows.push({ label: method, kind: "search", budget, seed, test: own!.test, validation: own!.validation, evaluations: summary.evaluations, generations: summary.generations, tokens, seconds: summary.searchSeconds, winner: summary.winner ?? "" });
+      // The baselines are the same in every run (calibration seed 0): kept once.
+      for (const r of others) {
+        if (!rows.some((x) => x.label === r.method)) rows.push({ label: r.method, kind: "baseline", budget, seed: 0, test: r.test, validation: r.validation, evaluations: 0, generations: 0, tokens: 0, seconds: 0, winner: "" });
+      }
+      rmSync(join(out, "cache"), { recursive: true, force: true });
+    }
+  }
+  console.log(`\n### ${setup.name}: ${metric} at ${SPARSITY * 100}% unstructured, searches with the defaults at ${budget} fitness tokens\n`);
+  for (const note of setup.notes) console.log(`- ${note}`);
+  console.log(
+    `- searches: \`evosparse search --method M --fitness kl --budget-tokens ${budget}\` and the model's data, nothing else (128 calibration windows, 8 fitness windows, dense fitness, plan derived from the budget, warm start from the best baseline); seeds ${SEEDS.join(", ")}`,
+  );
+  console.log(`- test: every allocation re-pruned sequentially (the standard protocol), perplexity on ${testWindows} held-out windows of ${setup.seqlen} (dense ${fmt(dense)}); searches: mean (min-max) over seeds\n`);
+  const baselines = rows.filter((r) => r.kind === "baseline");
+  const owl = baselines.find((r) => r.label === "owl")?.test;
+  const bestBaseline = baselines.reduce((b, r) => (r.test < b.test ? r : b), baselines[0]!);
+  console.log("| allocation | test ppl | vs OWL | vs best baseline | generations | fitness tokens | search s | the run's winner by validation |");
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+  const ratio = (x: number, y: number | undefined) => (y === undefined ? "-" : `${(x / y).toFixed(2)}x`);
+  for (const r of baselines) console.log(`| ${r.label} | ${fmt(r.test)} | ${ratio(r.test, owl)} | ${ratio(r.test, bestBaseline.test)} | | | | |`);
+  for (const method of SEARCHES) {
+    const of = rows.filter((r) => r.kind === "search" && r.label === method);
+    if (of.length === 0) continue;
+    const mean = of.reduce((n, r) => n + r.test, 0) / of.length;
+    const avg = (f: (r: Row) => number) => (of.reduce((n, r) => n + f(r), 0) / of.length).toFixed(0);
+    console.log(`| ${method} (defaults) | ${meanAndSpread(of.map((r) => r.test))} | ${ratio(mean, owl)} | ${ratio(mean, bestBaseline.test)} | ${avg((r) => r.generations)} | ${avg((r) => r.tokens)} | ${avg((r) => r.seconds)} | ${of.map((r) => r.winner).join(", ")} |`);
+  }
+  for (const method of SEARCHES) {
+    const of = rows.filter((r) => r.kind === "search" && r.label === method);
+    if (of.length === 0) continue;
+    const beats = of.filter((r) => r.test < bestBaseline.test).length;
+    console.log(`\n- ${method} with the defaults beats the best training-free allocation (${bestBaseline.label}, ${fmt(bestBaseline.test)}) on held-out test perplexity in ${beats} of ${of.length} seeds`);
+  }
+  writeRows(setup, metric, budget, rows, dense);
+};
 
 const meanAndSpread = (xs: readonly number[]): string => {
   const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -117,66 +166,16 @@ const meanAndSpread = (xs: readonly number[]): string => {
   return `${fmt(mean)} (${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))})`;
 };
 
-const methodsTable = async (setup: ModelSetup, scratch: string, backend: BackendChoice, metric: "wanda" | "sparsegpt"): Promise<void> => {
-  const space = join(scratch, "evopress-bench.json");
-  writeFileAtomically(space, JSON.stringify(EVOPRESS_SPACE));
-  const prescreen = join(scratch, "evopress-prescreen-bench.json");
-  writeFileAtomically(prescreen, JSON.stringify(PRESCREEN_SPACE));
-  const rows: Row[] = [];
-  let dense = NaN;
-  let testWindows = 0;
-  for (const v of variants(space, prescreen).filter((v) => !VARIANT_FILTER || VARIANT_FILTER.some((f) => v.label.startsWith(f)))) {
-    for (const seed of v.seeded ? SEEDS : [0]) {
-      log(`${setup.name}, ${metric}: ${v.label}, seed ${seed}`);
-      const out = join(scratch, `${setup.name}-${metric}-${v.label.replace(/[^a-z0-9]+/g, "-")}-${seed}`);
-      const summary = await runOne(settingsFor(setup, v.method, { metric, seed, budgetTokens: BUDGET_TOKENS, generations: 100_000, population: POPULATION, ...v.overrides }), out, 1, backend);
-      const own = summary.final.results[0]!;
-      dense = summary.final.dense;
-      testWindows = summary.final.windows;
-      const history = readFileSync(join(out, "history.csv"), "utf8").trim().split("\n").slice(1);
-      const tokens = history.reduce((n, line) => n + Number(line.split(",").at(-2)), 0);
-      rows.push({ label: v.label, seed, test: own.test, validation: own.validation, evaluations: summary.evaluations, tokens, seconds: summary.searchSeconds });
-    }
-  }
-  console.log(`\n### ${setup.name}: allocation methods at ${SPARSITY * 100}% unstructured, ${metric}, at most ${BUDGET_TOKENS} fitness tokens\n`);
-  for (const note of setup.notes) console.log(`- ${note}`);
-  console.log(
-    `- searches (dsa, msp, evopress): seeds ${SEEDS.join(", ")}, each stopped before ${BUDGET_TOKENS} fitness tokens; dsa and msp population ${POPULATION}, ` +
-      `fitness on ${FITNESS_WINDOWS} validation windows of ${setup.seqlen} (dense calibration mode); evopress: ${JSON.stringify(EVOPRESS_SPACE)}, stages on fresh minibatches of the validation text; ${NSAMPLES} calibration windows`,
-  );
-  console.log(`- test: every allocation re-pruned sequentially (the standard protocol), perplexity on the first ${testWindows} windows of ${setup.seqlen} (dense ${fmt(dense)}); mean (min-max) over seeds\n`);
-  console.log("| method | test ppl | fitness tokens | evaluations | search s |");
-  console.log("| --- | ---: | ---: | ---: | ---: |");
-  const labels = [...new Set(rows.map((r) => r.label))];
-  const testOf = (label: string) => rows.filter((r) => r.label === label).map((r) => r.test);
-  for (const label of labels) {
-    const of = rows.filter((r) => r.label === label);
-    const avg = (f: (r: (typeof rows)[number]) => number) => of.reduce((n, r) => n + f(r), 0) / of.length;
-    console.log(`| ${label} | ${meanAndSpread(of.map((r) => r.test))} | ${avg((r) => r.tokens).toFixed(0)} | ${avg((r) => r.evaluations).toFixed(0)} | ${avg((r) => r.seconds).toFixed(1)} |`);
-  }
-  const mean = (label: string) => testOf(label).reduce((a, b) => a + b, 0) / testOf(label).length;
-  if (!labels.includes("owl") || !labels.includes("evopress (kl)")) return writeRows(setup, metric, rows, dense);
-  const best = labels.filter((l) => l !== "evopress (kl)" && !l.includes("3x")).reduce((b, l) => (mean(l) < mean(b) ? l : b));
-  console.log(`\n- evopress beats owl: ${mean("evopress (kl)") < mean("owl") ? "yes" : "no"} (${fmt(mean("evopress (kl)"))} vs ${fmt(mean("owl"))})`);
-  console.log(`- best other method, ${best}, beats evopress at equal tokens: ${mean(best) < mean("evopress (kl)") ? "yes" : "no"} (${fmt(mean(best))} vs ${fmt(mean("evopress (kl)"))})`);
-  if (labels.includes("evopress (kl, 3x tokens)")) {
-    const triple = mean("evopress (kl, 3x tokens)");
-    console.log(`- ${best} at the budget reaches evopress at three times it: ${mean(best) <= triple ? "yes" : "no"} (${fmt(mean(best))} vs ${fmt(triple)})`);
-  }
-  writeRows(setup, metric, rows, dense);
-};
-
-type Row = { label: string; seed: number; test: number; validation: number | null; evaluations: number; tokens: number; seconds: number };
-
-/** results/bench/search-<model>-<metric>.csv (with --variants, -partial.csv: a full run's file is kept). */
-const writeRows = (setup: ModelSetup, metric: string, rows: readonly Row[], dense: number): void => {
+/** results/bench/search-<model>-<metric>-<budget>.csv (a narrowed grid: -partial.csv, so a full run's file is kept). */
+const writeRows = (setup: ModelSetup, metric: string, budget: number, rows: readonly Row[], dense: number): void => {
   const dir = join(resultsDir(), "bench");
   mkdirSync(dir, { recursive: true });
+  const partial = listArg("seeds") || listArg("searches") || listArg("budgets") || MODELS ? "-partial" : "";
   writeFileAtomically(
-    join(dir, `search-${setup.name}-${metric}${VARIANT_FILTER ? "-partial" : ""}.csv`),
+    join(dir, `search-${setup.name}-${metric}-${budget}${partial}.csv`),
     stringify(
-      rows.map((r) => [setup.name, metric, r.label, r.seed, SPARSITY, setup.seqlen, r.validation ?? "", r.test, dense, r.evaluations, r.tokens, r.seconds]),
-      { header: true, columns: ["model", "metric", "method", "seed", "sparsity", "seqlen", "fitness", "test_ppl", "dense_ppl", "evaluations", "fitness_tokens", "search_seconds"] },
+      rows.map((r) => [setup.name, metric, r.label, r.kind, budget, r.seed, SPARSITY, setup.seqlen, r.validation ?? "", r.test, dense, r.generations, r.evaluations, r.tokens, r.seconds, r.winner]),
+      { header: true, columns: ["model", "metric", "allocation", "kind", "budget_tokens", "seed", "sparsity", "seqlen", "validation_kl", "test_ppl", "dense_ppl", "generations", "evaluations", "fitness_tokens", "search_seconds", "winner"] },
     ),
   );
 };
@@ -244,6 +243,9 @@ const spearman = (a: readonly number[], b: readonly number[]): number => {
   return num / Math.sqrt(da * db);
 };
 
+/** The levels the fidelity measurement walks (EvoPress's level arithmetic; the stage plan is not used). */
+const FIDELITY_SPACE = { levelSize: 0.05, maxLevels: 8, offspring: 8, stages: [{ survivors: 1, tokens: 1024 }] };
+
 /** Candidates and minibatch of the fidelity measurement. */
 const FIDELITY_CANDIDATES = 16;
 const FIDELITY_TOKENS = 2048;
@@ -267,7 +269,7 @@ const fidelityTable = async (setup: ModelSetup, metric: "wanda" | "sparsegpt", b
     const context = await methodContext(dense.pruner, SPARSITY, { kind: "unstructured" }, []);
     const plugin = evopressPlugin;
     if (plugin.method.kind !== "evolve") throw new Error("evopress is an evolve method");
-    const genome = plugin.method.genome(context, EVOPRESS_SPACE as never);
+    const genome = plugin.method.genome(context, FIDELITY_SPACE as never);
     const rng = new Rng(11);
     const candidates = Array.from({ length: FIDELITY_CANDIDATES }, (_, i) => {
       let g = genome.create(rng, 0);
@@ -305,11 +307,11 @@ export const searchMethodsSection = async (assets: string, backend: BackendChoic
   try {
     console.log("\n## Search: allocation methods compared by test perplexity\n");
     if (!haveAssets) console.log(`(stories260K skipped: ${assets} is absent)`);
-    const setups = [...(haveAssets ? [storiesSetup(assets, scratch)] : []), brownSetup()];
+    const setups = [...(haveAssets ? [storiesSetup(assets, scratch)] : []), brownSetup()].filter((s) => !MODELS || MODELS.includes(s.name));
     for (const metric of SEARCH_METRICS) {
       for (const setup of setups) {
-        if (!VARIANT_FILTER) await fidelityTable(setup, metric, backend);
-        await methodsTable(setup, scratch, backend, metric);
+        if (process.argv.includes("--fidelity")) await fidelityTable(setup, metric, backend);
+        for (const budget of BUDGETS) await defaultsTable(setup, scratch, backend, metric, budget);
       }
     }
   } finally {

@@ -26,3 +26,9 @@ export const defaultData = (part: "train" | "validation" | "calibration" | "test
  * evosparse writes beside the user's work and never inside its own package.
  */
 export const resultsDir = (): string => resolve(process.cwd(), "results");
+
+/**
+ * Training-free allocations a search scores beside itself (`--baselines`), re-prunes at
+ * the end and may start from: the ones a user would otherwise pick instead of a search.
+ */
+export const defaultBaselines: readonly string[] = ["uniform", "owl", "atp", "dlp", "alphapruning"];

@@ -10,7 +10,7 @@ import { DataError, UsageError } from "../src/errors.ts";
 import { Rng } from "../src/rng.ts";
 import type { BlockAllocation, MethodContext } from "../src/search/plugin.ts";
 import { runMethod } from "../src/search/run-method.ts";
-import { loadSearchSpace, parseSearchSpace } from "../src/search/space.ts";
+import { loadSearchSpace, parseSearchSpace, resolveSpaceFile } from "../src/search/space.ts";
 import { levelGrid, plugin, type EvoPressSpace, type Levels } from "../plugins/evopress/index.ts";
 
 import { fakeClock, store, type Clocked } from "./helpers/engine.ts";
@@ -135,7 +135,7 @@ describe("evopress genome", () => {
         expect(parent.every((level) => level === 0)).toBe(true);
         expect(genome.decode(parent)).toEqual(context.linears.map(() => context.target));
         for (let generation = 0; generation < 8; generation++) {
-          const children = drawChildren(genome, parent, { offspring: space.offspring, stages: space.stages }, rng.split(generation + 1));
+          const children = drawChildren(genome, parent, { offspring: space.offspring!, stages: space.stages! }, rng.split(generation + 1));
           // No duplicates within a generation, and none equal to the parent.
           const keys = children.map((c) => genome.key(c));
           expect(new Set([genome.key(parent), ...keys]).size).toBe(children.length + 1);
@@ -225,8 +225,19 @@ describe("evopress genome", () => {
 // ---------------------------------------------------------------- the search space
 
 describe("evopress search space", () => {
-  it("the shipped space is EvoPress's published search: 64 offspring, stages 8 / 2048 -> 2 / 16384 -> 1 / 65536", () => {
-    expect(loadSearchSpace(plugin)).toEqual({
+  it("the default space holds the levels and leaves the stage plan to the run's budget", () => {
+    const space = loadSearchSpace(plugin);
+    expect(space).toEqual({ levelSize: 0.01, maxLevels: 8 });
+    expect(plugin.stagedPlan!(space)).toBeUndefined();
+    expect(() => method.strategy!(contextOf([10, 10], 2, 0.5, { lo: 0, hi: 0.99 }), space)).toThrow(/no stage plan/);
+    const planned = plugin.withStagedPlan!(space, { offspring: 8, stages: [{ survivors: 2, tokens: 100 }, { survivors: 1, tokens: 400 }] });
+    expect(plugin.stagedPlan!(planned)).toEqual({ offspring: 8, stages: [{ survivors: 2, tokens: 100 }, { survivors: 1, tokens: 400 }] });
+    expect(method.strategy!(contextOf([10, 10], 2, 0.5, { lo: 0, hi: 0.99 }), planned).name).toBe("staged");
+  });
+
+  it("evopress-published.json is EvoPress's published search: 64 offspring, stages 8 / 2048 -> 2 / 16384 -> 1 / 65536", () => {
+    const published = loadSearchSpace(plugin, resolveSpaceFile(plugin, "evopress-published.json"));
+    expect(published).toEqual({
       levelSize: 0.01,
       maxLevels: 8,
       offspring: 64,
@@ -236,7 +247,7 @@ describe("evopress search space", () => {
         { survivors: 1, tokens: 65536 },
       ],
     });
-    expect(method.strategy!(contextOf([10, 10], 2, 0.5, { lo: 0, hi: 0.99 }), loadSearchSpace(plugin)).name).toBe("staged");
+    expect(method.strategy!(contextOf([10, 10], 2, 0.5, { lo: 0, hi: 0.99 }), published).name).toBe("staged");
   });
 
   const base = { levelSize: 0.01, offspring: 16, stages: [{ survivors: 4, tokens: 256 }, { survivors: 1, tokens: 1024 }] };
@@ -250,7 +261,7 @@ describe("evopress search space", () => {
     ["a zero maxLevels", { ...base, maxLevels: 0 }, /maxLevels: 0 is below 1/],
     ["bounds reaching 1", { ...base, bounds: { lo: 0, hi: 1 } }, /bounds\.hi: 1 is outside \[0, 1\)/],
     ["a misspelt field", { ...base, offsprings: 4 }, /offsprings: unknown field/],
-    ["a missing field", { levelSize: 0.01, offspring: 4 }, /stages: missing/],
+    ["offspring without stages", { levelSize: 0.01, offspring: 4 }, /stages: give offspring and stages together/],
   ];
   for (const [what, json, pattern] of cases) {
     it(`${what} is a DataError naming the file and the field`, () => {
@@ -363,10 +374,10 @@ describe("evopress search on the engine, with a fake noisy host", () => {
         const again = fakeClock();
         expect(await run(search(again, seed, generations, limits), again)).toEqual(whole);
         // The best is the parent with its score on the last stage of the last whole generation.
-        const finals = whole.history.filter((r) => r.stage === toySpace.stages.length - 1);
+        const finals = whole.history.filter((r) => r.stage === toySpace.stages!.length - 1);
         const lastGeneration = Math.max(...finals.map((r) => r.generation));
         const final = finals.filter((r) => r.generation === lastGeneration);
-        if (final.length === toySpace.stages[1]!.survivors + 1) {
+        if (final.length === toySpace.stages![1]!.survivors + 1) {
           expect(whole.best!.fitness).toBe(Math.min(...final.map((r) => r.fitness!)));
           expect(keyOf(whole.best!.phenotype)).toBe(final.find((r) => r.fitness === whole.best!.fitness)!.key);
         }

@@ -14,6 +14,7 @@ describe("evosparse search on the embedded model", () => {
   const small = [
     "--model", embeddedModel, "--calib", "brown:calibration", "--fitness-data", "brown:validation", "--eval", "brown:test",
     "--nsamples", "2", "--seqlen", "128", "--fitness-windows", "1", "--eval-windows", "2", "--sparsity", "0.6", "--seed", "3",
+    "--baselines", "uniform,owl",
   ];
 
   it("DSA: the same history and best with 1 and 2 workers; the printed reproduce command re-prunes to the reported test perplexity", () => {

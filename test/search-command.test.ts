@@ -27,6 +27,7 @@ describe.skipIf(!haveAssets)("evosparse search on stories260K", () => {
   const small = [
     "--model", model, "--calib", text, "--fitness-data", text, "--eval", test, "--nsamples", "8", "--seqlen", "128",
     "--fitness-windows", "2", "--eval-windows", "4", "--sparsity", "0.6", "--seed", "3",
+    "--baselines", "uniform,owl",
   ];
 
   it("DSA: the same history and best with 1 and 2 workers; the best allocation re-pruned by `prune` gives the reported perplexity", () => {

@@ -57,6 +57,7 @@ describe("evosparse search --start", () => {
   const small = [
     "--model", embeddedModel, "--calib", "brown:calibration", "--fitness-data", "brown:validation", "--eval", "brown:test",
     "--nsamples", "2", "--seqlen", "64", "--fitness-windows", "2", "--eval-windows", "2", "--sparsity", "0.6", "--seed", "3",
+    "--baselines", "uniform,owl",
   ];
 
   it("msp starts from OWL's allocation: its first individual scores as the OWL row", () => {

@@ -15,6 +15,7 @@ describe("evosparse search --structured", () => {
   const small = [
     "--model", embeddedModel, "--calib", "brown:calibration", "--fitness-data", "brown:validation", "--eval", "brown:test",
     "--nsamples", "2", "--seqlen", "128", "--fitness-windows", "2", "--eval-windows", "2", "--sparsity", "0.4", "--seed", "3",
+    "--baselines", "uniform,owl",
   ];
 
   it("hywia with DSA: 1 and 2 workers agree; the reproduce command cuts the best allocation to the reported test perplexity", () => {

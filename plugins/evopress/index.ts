@@ -34,6 +34,8 @@ const StageSchema = Schema.Struct({
   survivors: atLeastOne,
   /** Fitness tokens of the stage's fresh minibatch; absent: the run's fitness windows. */
   tokens: Schema.optional(atLeastOne),
+  /** Score this stage with the run's final pruning protocol (sequential) on the same minibatch. */
+  exact: Schema.optional(Schema.Boolean),
 });
 
 export const EvoPressSpaceSchema = Schema.Struct({
@@ -41,10 +43,13 @@ export const EvoPressSpaceSchema = Schema.Struct({
   levelSize: Schema.Finite.check(Schema.makeFilter((v: number) => (v > 0 && v <= 1) || `${v} is outside (0, 1]`)),
   /** Most levels a linear may move away from the target, either way; absent: only the bounds limit it. */
   maxLevels: Schema.optional(atLeastOne),
-  /** Children per generation (λ). */
-  offspring: atLeastOne.check(Schema.makeFilter((v: number) => v <= maxOffspring || `${v} is above ${maxOffspring}`)),
-  stages: Schema.Array(StageSchema).check(
-    Schema.makeFilter((stages: readonly unknown[]) => stages.length > 0 || "empty: list at least one stage"),
+  /**
+   * Children per generation (λ) and the selection stages. Absent (both): the run derives
+   * them from its budget (src/search/plan.ts); `evopress-published.json` holds EvoPress's own.
+   */
+  offspring: Schema.optional(atLeastOne.check(Schema.makeFilter((v: number) => v <= maxOffspring || `${v} is above ${maxOffspring}`))),
+  stages: Schema.optional(
+    Schema.Array(StageSchema).check(Schema.makeFilter((stages: readonly unknown[]) => stages.length > 0 || "empty: list at least one stage")),
   ),
   bounds: Schema.optional(BoundsSchema),
   /**
@@ -53,9 +58,15 @@ export const EvoPressSpaceSchema = Schema.Struct({
    * are known (src/engine/staged.ts).
    */
   prescreen: Schema.optional(Schema.Struct({ pool: atLeastOne, warmup: atLeastOne, memory: Schema.optional(atLeastOne) })),
+  /** Ours, off by default: the last stage of a plan the run derives scores with the final protocol (sequential pruning). */
+  exactLastStage: Schema.optional(Schema.Boolean),
 }).check(
   Schema.makeFilter(
-    ({ offspring, stages, prescreen }: { readonly offspring: number; readonly stages: readonly { readonly survivors: number }[]; readonly prescreen?: { readonly pool: number } }) => {
+    ({ offspring, stages, prescreen }: { readonly offspring?: number; readonly stages?: readonly { readonly survivors: number }[]; readonly prescreen?: { readonly pool: number } }) => {
+      if ((offspring === undefined) !== (stages === undefined)) {
+        return [{ path: [offspring === undefined ? "offspring" : "stages"], issue: "give offspring and stages together, or neither (the run derives both from its budget)" }];
+      }
+      if (offspring === undefined || stages === undefined) return [];
       const sizes = stageSizes(offspring, stages);
       const problems = stages.flatMap((stage, s) => {
         const problem = survivorsProblem(stage.survivors, sizes[s]!, s === stages.length - 1);
@@ -242,8 +253,20 @@ export const plugin: MethodPlugin<EvoPressSpace> = {
   method: {
     kind: "evolve",
     genome: evoPressGenome,
-    strategy: (_, space) => staged({ offspring: space.offspring, stages: space.stages, ...(space.prescreen ? { prescreen: space.prescreen } : {}) }),
+    strategy: (_, space) => {
+      if (space.offspring === undefined || space.stages === undefined) throw new UsageError({ problem: "evopress: the search space has no stage plan, and the run derived none" });
+      return staged({ offspring: space.offspring, stages: space.stages, ...(space.prescreen ? { prescreen: space.prescreen } : {}) });
+    },
   },
+  stagedPlan: (space) =>
+    space.offspring !== undefined && space.stages !== undefined
+      ? { offspring: space.offspring, stages: space.stages.map((s) => ({ survivors: s.survivors, tokens: s.tokens ?? 0, ...(s.exact ? { exact: true } : {}) })) }
+      : undefined,
+  withStagedPlan: (space, plan) => ({
+    ...space,
+    offspring: plan.offspring,
+    stages: plan.stages.map((s, i) => ({ survivors: s.survivors, tokens: s.tokens, ...(s.exact || (space.exactLastStage && i === plan.stages.length - 1) ? { exact: true } : {}) })),
+  }),
   // Every level of every linear: EvoPress's database of pruned levels.
   levels: (context, space) => {
     const grid = levelGrid(context, space);

@@ -104,3 +104,52 @@ export const atpBetaGrid = (
   grid.push(betaMax);
   return grid;
 };
+
+export interface DlpOptions extends BlockOptions {
+  /** Half the spread of block densities; DLP's published value for LLaMA at 70% is 0.15. */
+  readonly alpha?: number;
+}
+
+/**
+ * DLP (Chen et al., 2025, ironartisan/DLP `get_dlp_ratios`): block l's score x_l is the
+ * mean Wanda score over its weights; its importance is 1 - x_l / sum(x), min-max scaled to
+ * [0, 2α] and centred on the density 1 - S, so blocks with larger mean scores keep fewer
+ * weights. The shared projection then makes the parameter-weighted mean exactly S.
+ */
+export const dlp = (meanScores: readonly number[], target: number, options: DlpOptions = {}): number[] => {
+  checkBlocks(meanScores.length);
+  const alpha = options.alpha ?? 0.15;
+  if (!Number.isFinite(alpha) || alpha < 0) throw new RangeError(`DLP alpha ${alpha} is not a finite non-negative number`);
+  for (const x of meanScores) if (!Number.isFinite(x)) throw new RangeError(`DLP layer score ${x} is not a finite number`);
+  const scores = meanScores.map(Math.abs);
+  const total = scores.reduce((a, b) => a + b, 0);
+  const importance = scores.map((x) => (total > 0 ? 1 - x / total : 1));
+  const scaled = minmax(importance).map((v) => v * 2 * alpha);
+  const mean = scaled.reduce((a, b) => a + b, 0) / scaled.length;
+  return project(scaled.map((v) => 1 - (v - mean + (1 - target))), target, options);
+};
+
+export interface AlphaPruningOptions extends BlockOptions {
+  /** Ratios span [1 - ε, 1 + ε] of the target; AlphaPruning's LLaMA-2-7B value for Wanda at 70% is 0.3. */
+  readonly epsilon?: number;
+}
+
+/**
+ * AlphaPruning (Lu et al., NeurIPS 2024, haiquanlu/AlphaPruning `ww_sparsity`, block-wise
+ * mapping): block l's metric is the mean heavy-tail exponent α of its linears; it is
+ * mapped linearly onto [1 - ε, 1 + ε] and scaled so the parameter-weighted mean sparsity
+ * is S, so blocks with larger α (lighter tails, less well trained) are pruned more. The
+ * projection only matters where a block would leave the bounds.
+ */
+export const alphaPruning = (blockAlphas: readonly number[], target: number, options: AlphaPruningOptions = {}): number[] => {
+  checkBlocks(blockAlphas.length);
+  const epsilon = options.epsilon ?? 0.3;
+  if (!Number.isFinite(epsilon) || epsilon < 0 || epsilon >= 1) throw new RangeError(`AlphaPruning epsilon ${epsilon} is not in [0, 1)`);
+  for (const a of blockAlphas) if (!Number.isFinite(a)) throw new RangeError(`AlphaPruning alpha ${a} is not a finite number`);
+  const ratios = minmax(blockAlphas).map((v) => v * 2 * epsilon + (1 - epsilon));
+  const weights = options.weights ?? blockAlphas.map(() => 1);
+  const total = weights.reduce((a, b) => a + b, 0);
+  const weighted = ratios.reduce((n, r, l) => n + r * weights[l]!, 0);
+  const scaler = weighted > 0 ? (total * target) / weighted : 0;
+  return project(ratios.map((r) => r * scaler), target, options);
+};

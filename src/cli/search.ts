@@ -6,7 +6,7 @@ import type { BackendChoice } from "../backend/backend.ts";
 import type { TextFormat } from "../data/text-source.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
-import { QUEUE_TIMEOUT_SECONDS, RESUMABLE_SETTINGS, SEARCH_FLAGS, searchJob, settingFlag, type GivenSettings, type SearchSettings, type SearchSummary } from "../jobs/search.ts";
+import { beatenLine, QUEUE_TIMEOUT_SECONDS, RESUMABLE_SETTINGS, SEARCH_FLAGS, searchJob, settingFlag, type FlaggedSettings, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
 import { camelOf, shellWord } from "../settings/flag-table.ts";
 import type { Pattern } from "../search/plugin.ts";
 import { UsageError } from "../errors.ts";
@@ -36,7 +36,7 @@ export interface SearchArgs {
   evalFormat: TextFormat;
   evalWindows?: number;
   population: number;
-  generations: number;
+  generations?: number;
   budgetEvals?: number;
   budgetTokens?: number;
   timeBudget?: number;
@@ -52,6 +52,7 @@ export interface SearchArgs {
   fusionSteps?: number;
   fitness?: string;
   start?: string;
+  baselines?: string;
   out?: string;
   resume?: string;
   json: boolean;
@@ -71,10 +72,13 @@ export const comparisonTable = (s: SearchSummary): string => {
   // A user's measure is saved as its file's path: its file name says which.
   const fitness = `fitness ${basename(t.fitness ?? "ppl").replace(/\.[cm]?[jt]s$/, "")} (${t.structured ? "structured" : t.mode}, ${t.fitnessWindows} windows)`;
   const test = `test ppl (${t.structured ? "structured" : s.final.mode}, ${s.final.windows} windows)`;
+  // The winner by validation fitness is marked; the test column is only read, never chosen on.
   const rows = s.final.results.map(
     (r) =>
-      `| ${r.method} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} | ${r.achieved === undefined ? "-" : `${(r.achieved * 100).toFixed(2)}%`} |`,
+      `| ${r.method}${r.method === s.winner ? " (best validation)" : ""} | ${r.validation === null ? "failed" : r.validation.toFixed(3)} | ${r.test.toFixed(3)} | ${r.achieved === undefined ? "-" : `${(r.achieved * 100).toFixed(2)}%`} |`,
   );
+  const beaten = s.winner !== undefined && s.winner !== s.settings.method ? [beatenLine(s.settings.method, s.winner, s.final.results, s.settings.fitness ?? "ppl"), ""] : [];
+  const baselineFiles = s.final.results.filter((r) => r.method !== s.settings.method).map((r) => `${r.method}-allocation.csv`);
   return [
     `best ${s.final.results[0]?.method ?? s.settings.method}: ${s.best.genome} (validation ${s.settings.fitness === "kl" ? "KL per token" : s.settings.fitness === undefined || s.settings.fitness === "ppl" ? "perplexity" : basename(s.settings.fitness).replace(/\.[cm]?[jt]s$/, "")} ${s.best.fitness.toFixed(4)}; ${s.evaluations} evaluations in ${s.generations} generations, ${s.searchSeconds.toFixed(0)} s, stopped by ${s.stoppedBy})`,
     "",
@@ -84,7 +88,8 @@ export const comparisonTable = (s: SearchSummary): string => {
     "| --- | ---: | ---: | ---: |",
     ...rows,
     "",
-    `wrote ${s.out}: best-allocation.csv, history.csv, summary.json, fitness.svg, allocation.svg`,
+    ...beaten,
+    `wrote ${s.out}: best-allocation.csv, ${baselineFiles.length > 0 ? `${baselineFiles.join(", ")}, ` : ""}history.csv, summary.json, fitness.svg, allocation.svg`,
     `reproduce the ${s.final.results[0]?.method ?? s.settings.method} row: ${s.settings.structured ? s.final.reproduce : `npx evosparse prune --from ${shellWord(s.out)} --out DIR`}`,
   ].join("\n") + "\n";
 };
@@ -100,7 +105,7 @@ const settingsFromFlags = (argv: SearchArgs, pattern: Pattern): GivenSettings =>
 const givenSettings = (flags: GivenSettings, given: ReadonlySet<string>): Partial<GivenSettings> => {
   const picked: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(flags)) {
-    if (given.has(camelOf(SEARCH_FLAGS[key as keyof SearchSettings].flag))) picked[key] = value;
+    if (given.has(camelOf(SEARCH_FLAGS[key as keyof FlaggedSettings].flag))) picked[key] = value;
   }
   return picked as Partial<GivenSettings>;
 };

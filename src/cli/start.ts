@@ -4,7 +4,7 @@ import { comparisonTable, runSearch, type SearchArgs } from "./search.ts";
 
 /**
  * The first-run job: a short DSA search on the embedded model at 70% (Wanda), then its
- * best allocation, uniform and OWL re-pruned with the standard protocol and compared on
+ * best allocation and the default baselines re-pruned with the standard protocol and compared on
  * the held-out test text. Sized to take a few minutes on two cores.
  */
 export const startArgs = (backend: BackendChoice): SearchArgs => ({
@@ -35,7 +35,7 @@ export const startArgs = (backend: BackendChoice): SearchArgs => ({
 
 export const startCommand = {
   command: "start",
-  describe: "Run the main job: a short DSA search on the embedded model, compared with uniform and OWL",
+  describe: "Run the main job: a short DSA search on the embedded model, compared with the training-free baselines",
   builder: {},
   handler: async (argv: { backend: BackendChoice }) => {
     process.stderr.write("a short DSA search on the embedded model (70% sparsity, Wanda); evosparse search --help shows every setting\n");

@@ -52,8 +52,11 @@ export interface EvolveOptions<G, P, E = never, R = never> extends Partial<Gener
    */
   readonly evaluate: (batch: readonly P[], fidelity: Fidelity) => Effect.Effect<readonly Fitness[], E, R>;
   readonly seed: number;
-  /** Maximum number of generations, the first included. */
-  readonly generations: number;
+  /**
+   * Maximum number of generations, the first included; absent: no cap, the run ends on a
+   * budget (one of the budgets is then required).
+   */
+  readonly generations?: number;
   /** Maximum real (uncached) evaluations; the last generation is cut short to respect it. */
   readonly budgetEvals?: number;
   /**
@@ -169,10 +172,10 @@ export const evolve = <G, P, E = never, R = never>(
           if (stage === 0) return yield* Effect.die(new Error(`strategy ${strategy.name} proposed no candidates for generation ${generation}`));
           break;
         }
-        const { genomes, tokens } = proposal;
-        const fidelity: Fidelity = { generation, stage, ...(tokens !== undefined ? { tokens } : {}) };
+        const { genomes, tokens, exact } = proposal;
+        const fidelity: Fidelity = { generation, stage, ...(tokens !== undefined ? { tokens } : {}), ...(exact ? { exact } : {}) };
         // Default-fidelity scores are kept for the run; others only for this stage.
-        const known = tokens === undefined ? cache : new Map<string, StoredFitness>();
+        const known = tokens === undefined && !exact ? cache : new Map<string, StoredFitness>();
         const phenotypes = genomes.map((g) => genome.decode(g));
         const keys = phenotypes.map(options.phenotypeKey);
 
@@ -236,7 +239,7 @@ export const evolve = <G, P, E = never, R = never>(
             continue;
           }
           // Only default-fidelity scores are comparable across the run.
-          if (tokens !== undefined) continue;
+          if (tokens !== undefined || exact) continue;
           values.push(fitness.value);
           // A strategy with a leader names the best itself, once the generation ends.
           if (leads) continue;
@@ -320,6 +323,9 @@ export const checkEngineLimits = (options: EngineLimits): Effect.Effect<Limits, 
     problems.push(...generationalProblems(options));
   }
   whole("generations", options.generations, 1);
+  if (options.generations === undefined && options.budgetEvals === undefined && options.budgetTokens === undefined && options.timeBudgetSeconds === undefined) {
+    problems.push("a search without a generation cap needs a budget (evaluations, tokens or seconds) to end on");
+  }
   whole("evaluation budget", options.budgetEvals, 1);
   whole("token budget", options.budgetTokens, 1);
   whole("patience", options.patience, 1);
@@ -328,7 +334,7 @@ export const checkEngineLimits = (options: EngineLimits): Effect.Effect<Limits, 
   }
   if (problems.length > 0) return Effect.fail(new UsageError({ problem: problems.join("; ") }));
   return Effect.succeed({
-    generations: options.generations,
+    generations: options.generations ?? Infinity,
     budgetEvals: options.budgetEvals ?? Infinity,
     budgetTokens: options.budgetTokens ?? Infinity,
     timeBudgetSeconds: options.timeBudgetSeconds ?? Infinity,

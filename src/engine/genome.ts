@@ -54,6 +54,11 @@ export interface Fidelity {
   readonly generation: number;
   readonly stage: number;
   readonly tokens?: number;
+  /**
+   * Score with the host's most faithful (and dearest) fitness on the same tokens, e.g. the
+   * final protocol's pruning; such scores are cached only within their stage.
+   */
+  readonly exact?: true;
 }
 
 export const fitnessOk = (value: number): Fitness =>

@@ -35,6 +35,8 @@ export interface Stage {
   readonly survivors: number;
   /** Fitness tokens of the stage's minibatch; undefined: the host's default fitness set. */
   readonly tokens?: number;
+  /** Score this stage with the host's most faithful fitness (Fidelity.exact). */
+  readonly exact?: boolean;
 }
 
 export interface StagedOptions {
@@ -153,7 +155,7 @@ export const staged = <G, P>(options: StagedOptions): Strategy<G, P, StagedState
   const stages = options.stages.map((s) => ({ ...s }));
   const last = stages.length - 1;
   const parentOf = (state: StagedState<G>, genome: Genome<G, P>, rng: Rng): G => state.parent ?? genome.create(rng.split(0), 0);
-  const tokensOf = (s: number) => (stages[s]!.tokens !== undefined ? { tokens: stages[s]!.tokens } : {});
+  const tokensOf = (s: number) => ({ ...(stages[s]!.tokens !== undefined ? { tokens: stages[s]!.tokens } : {}), ...(stages[s]!.exact ? { exact: true as const } : {}) });
   const relative = (genome: Genome<G, P>, g: G, parent: G): number[] => {
     const p = genome.features!(parent);
     return genome.features!(g).map((v, i) => v - p[i]!);

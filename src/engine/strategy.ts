@@ -37,6 +37,8 @@ export interface Proposal<G> {
   readonly genomes: readonly G[];
   /** Fitness tokens to score them on (see Fidelity); undefined: the host's default. */
   readonly tokens?: number;
+  /** Score them with the host's most faithful fitness (see Fidelity). */
+  readonly exact?: true;
 }
 
 export interface Scored<G> {

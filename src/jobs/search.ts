@@ -18,7 +18,7 @@ import { PatternSchema, patternText, targetOf, toAllocation } from "../allocatio
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
 import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
-import { defaultData, resultsDir } from "../defaults.ts";
+import { defaultBaselines, defaultData, resultsDir } from "../defaults.ts";
 import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
 import { generationalProblems, parseScreening, type ScreeningStage } from "../engine/generational.ts";
 import type { Fidelity } from "../engine/genome.ts";
@@ -41,11 +41,12 @@ import { methodContext, sizeContext } from "../search/fitness.ts";
 import { fitnessSpec, isBuiltInFitness, loadFitnessMeasure } from "../search/fitness-measure.ts";
 import { openFitnessModel, planFitness, referenceBytesOf, runningOf, type FitnessModel, type FitnessSetup } from "../search/fitness-setup.ts";
 import { describePlan, formatBytes, memoryReport, type MemoryReport } from "../memory/plan.ts";
-import type { BlockAllocation, Pattern } from "../search/plugin.ts";
+import type { BlockAllocation, MethodPlugin, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
-import { checkMethod, runMethod } from "../search/run-method.ts";
+import { checkMethod, runFixedMethod, runMethod } from "../search/run-method.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
+import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, screenPlanFor, screenText, stagedPlanFor, stagedTokens, type DerivedPlan, type StagedPlan } from "../search/plan.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { availableParallelism } from "node:os";
@@ -79,7 +80,8 @@ export const SearchSettings = Schema.Struct({
   evalFormat: Schema.Literals(TEXT_FORMATS),
   evalWindows: Schema.optional(Schema.Int),
   population: Schema.Int,
-  generations: Schema.Int,
+  /** Generations at most; absent: as many as the budget pays for (10 without a budget). */
+  generations: Schema.optional(Schema.Int),
   budgetEvals: Schema.optional(Schema.Int),
   /** Fitness tokens the search may spend, every stage's included. */
   budgetTokens: Schema.optional(Schema.Int),
@@ -99,11 +101,32 @@ export const SearchSettings = Schema.Struct({
   screen: Schema.optional(Schema.String),
   /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
   fitness: Schema.optional(Schema.String),
+  /** Training-free allocations scored beside the search, comma-separated; absent (runs of earlier versions): uniform and OWL. */
+  baselines: Schema.optional(Schema.String),
+  /**
+   * The stage plan the run derived from its budget (or its default without one), kept so a
+   * resumed run searches with the same plan; absent when the space file fixes one.
+   */
+  plan: Schema.optional(
+    Schema.Struct({
+      offspring: Schema.Int,
+      stages: Schema.Array(Schema.Struct({ survivors: Schema.Int, tokens: Schema.Int, exact: Schema.optional(Schema.Boolean) })),
+      tokensPerGeneration: Schema.Int,
+      generations: Schema.Int,
+      from: Schema.String,
+    }),
+  ),
 });
 export type SearchSettings = typeof SearchSettings.Type;
 
+/** Generations of a run given no budget and no --generations. */
+export const DEFAULT_GENERATIONS = 10;
+
+/** The settings a flag sets; the others the run records itself (its derived plan). */
+export type FlaggedSettings = Omit<SearchSettings, "plan">;
+
 /** The flag of every search setting (those it shares with prune are prune's): the command's options and messages derive from it. */
-export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
+export const SEARCH_FLAGS: FlagTable<FlaggedSettings> = {
   method: { flag: "method", kind: "text", default: "dsa", describe: `allocation method: a built-in (${availablePlugins().join(", ")}), a .ts/.mts/.mjs file exporting \`plugin\`, or an installed package's name` },
   space: { flag: "space", kind: "path", describe: "search-space file (default: the method's file in search-spaces/)" },
   sparsity: PRUNE_FLAGS.sparsity,
@@ -122,7 +145,12 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
   evalFormat: PRUNE_FLAGS.evalFormat,
   evalWindows: PRUNE_FLAGS.evalWindows,
   population: { flag: "population", kind: "number", rule: WHOLE_POSITIVE, default: 16, describe: "individuals per generation" },
-  generations: { flag: "generations", kind: "number", rule: WHOLE_POSITIVE, default: 10, describe: "generations at most" },
+  generations: {
+    flag: "generations",
+    kind: "number",
+    rule: WHOLE_POSITIVE,
+    describe: `generations at most (default: as many as --budget-tokens, --budget-evals or --time-budget pay for; ${DEFAULT_GENERATIONS} without a budget)`,
+  },
   budgetEvals: { flag: "budget-evals", kind: "number", rule: WHOLE_POSITIVE, describe: "stop after this many fitness evaluations" },
   budgetTokens: { flag: "budget-tokens", kind: "number", rule: WHOLE_POSITIVE, describe: "stop before the fitness tokens spent (every stage's) would pass this many" },
   timeBudgetSeconds: { flag: "time-budget", kind: "number", rule: { min: 0, minExclusive: true }, describe: "stop after the generation that passes this many seconds" },
@@ -138,7 +166,12 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
     describe: "search per-block ratios of whole key/value head groups and MLP channels removed, scored by this importance (--sparsity: the fraction of prunable weights)",
   },
   fusionSteps: STRUCTURED_FLAGS.fusionSteps,
-  start: { flag: "start", kind: "path", describe: "start the search from this allocation instead of uniform: a direct method or an allocation CSV (for methods that take a start: a staged search's first parent, a generational one's first individual)" },
+  start: {
+    flag: "start",
+    kind: "path",
+    describe:
+      "the allocation the search starts from (evopress: the first parent; msp: the first individual): a direct method (uniform, owl, ...), an allocation CSV, or best (the default: the baseline that scores best on the first stage's minibatch)",
+  },
   screen: {
     flag: "screen",
     kind: "text",
@@ -149,6 +182,11 @@ export const SEARCH_FLAGS: FlagTable<SearchSettings> = {
     flag: "fitness",
     kind: "text",
     describe: `fitness: perplexity of the pruned model (ppl, the default), its KL divergence per token from the dense model (kl), or your own measure: a .ts/.mts/.mjs file exporting \`fitness\` or an installed package's name`,
+  },
+  baselines: {
+    flag: "baselines",
+    kind: "text",
+    describe: `training-free allocations scored beside the search and re-pruned at the end, comma-separated (default: ${defaultBaselines.join(",")})`,
   },
 };
 
@@ -162,7 +200,7 @@ export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonl
 export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "budgetTokens", "timeBudgetSeconds", "patience"] as const;
 
 /** The command-line flag of a setting, for messages. */
-export const settingFlag = (key: keyof SearchSettings): string => `--${SEARCH_FLAGS[key].flag}`;
+export const settingFlag = (key: keyof FlaggedSettings): string => `--${SEARCH_FLAGS[key].flag}`;
 
 export interface SearchRequest {
   /** Settings of a new run. */
@@ -233,7 +271,42 @@ export interface SearchSummary {
   readonly memory?: MemoryReport;
   /** Set when `--resume` found the run finished and did nothing. */
   readonly alreadyFinished?: true;
+  /** The allocation of the final table with the best validation fitness (the search's or a baseline's). */
+  readonly winner?: string;
+  /** The warm start: the baseline the search started from, and every candidate's score on the first stage's minibatch. */
+  readonly start?: WarmStart;
 }
+
+export interface WarmStart {
+  readonly method: string;
+  /** Tokens of the minibatch the candidates were scored on. */
+  readonly tokens: number;
+  readonly scores: Readonly<Record<string, number>>;
+}
+
+/** A training-free allocation scored beside the search. */
+interface BaselineRow {
+  readonly name: string;
+  /** A grid method's chosen candidate. */
+  readonly label?: string;
+  readonly allocation: BlockAllocation;
+  readonly validation: number | null;
+  /** In the final table (uniform may be scored only as a start candidate). */
+  readonly compared: boolean;
+}
+
+/** The final row with the lowest validation fitness; the search's row wins ties (it comes first). */
+export const winnerOf = (results: readonly FinalResult[]): string | undefined => {
+  let best: FinalResult | undefined;
+  for (const r of results) if (r.validation !== null && (best === undefined || r.validation < best.validation!)) best = r;
+  return best?.method;
+};
+
+/** The one line a run prints when a baseline beats its search on validation. */
+export const beatenLine = (method: string, winner: string, results: readonly FinalResult[], fitness: string): string => {
+  const of = (name: string) => results.find((r) => r.method === name)?.validation;
+  return `${winner} beats the ${method} search on validation ${fitness} (${of(winner)?.toFixed(4)} against ${of(method)?.toFixed(4) ?? "failed"}): best-allocation.csv holds the search's best, ${winner}-allocation.csv ${winner}'s`;
+};
 
 const timestamp = (d = new Date()): string => d.toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
 
@@ -259,14 +332,18 @@ const readSettings = (dir: string): SearchSettings => {
  * resumed run may change), and the bytes of the model and of every file the settings name.
  */
 export const searchProvenance = (settings: SearchSettings): Provenance => {
+  // The stage plan is not among them: it is derived from the budget (which a resumed run may
+  // change) and the space (whose bytes are recorded), a time budget's only once the rate is
+  // measured, and a resumed run keeps the one settings.json recorded.
   const decisive = Object.fromEntries(
     (Object.keys(settings) as (keyof SearchSettings)[])
+      .filter((key): key is keyof FlaggedSettings => key in SEARCH_FLAGS)
       .filter((key) => !(RESUMABLE_SETTINGS as readonly string[]).includes(key) && settings[key] !== undefined)
       .map((key) => [settingFlag(key), settings[key]]),
   );
   const files: Record<string, string> = {};
   for (const f of modelIdentity(settings.model).files) files[`model ${f.name}`] = f.sha256;
-  const named: readonly (keyof SearchSettings)[] = ["tokenizer", "space", "calib", "fitnessData", "eval", "start"];
+  const named: readonly (keyof FlaggedSettings)[] = ["tokenizer", "space", "calib", "fitnessData", "eval", "start"];
   for (const key of named) {
     const path = settings[key];
     if (typeof path === "string" && !path.startsWith("brown:") && existsSync(path) && statSync(path).isFile()) files[`${settingFlag(key)} ${path}`] = fileDigest(path);
@@ -382,11 +459,11 @@ const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWi
 const samePath = (a: string | undefined, b: string | undefined): boolean =>
   a === b || (a !== undefined && b !== undefined && !a.startsWith("brown:") && resolve(a) === resolve(b));
 
-const sameSetting = (key: keyof SearchSettings, a: unknown, b: unknown): boolean =>
+const sameSetting = (key: keyof FlaggedSettings, a: unknown, b: unknown): boolean =>
   SEARCH_FLAGS[key].kind === "path" ? samePath(a as string | undefined, b as string | undefined) : JSON.stringify(a) === JSON.stringify(b);
 
 
-const shown = (key: keyof SearchSettings, value: unknown): string => flagText(SEARCH_FLAGS[key], value);
+const shown = (key: keyof FlaggedSettings, value: unknown): string => flagText(SEARCH_FLAGS[key], value);
 
 /**
  * The saved settings with the allowed changes applied; a flag that would change anything
@@ -395,7 +472,7 @@ const shown = (key: keyof SearchSettings, value: unknown): string => flagText(SE
 export const resumedSettings = (saved: SearchSettings, given: Partial<GivenSettings>, file: string): SearchSettings => {
   const changed: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(given)) {
-    const key = name as keyof SearchSettings;
+    const key = name as keyof FlaggedSettings;
     if (value === undefined || sameSetting(key, value, saved[key])) continue;
     if ((RESUMABLE_SETTINGS as readonly string[]).includes(key)) {
       changed[key] = value;
@@ -421,6 +498,87 @@ const finishedSummary = (dir: string): SearchSummary | undefined => {
     if (e instanceof DataError) throw e;
     throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
   }
+};
+
+/** `--start best`: the baseline that scores best on the first stage's minibatch. */
+export const BEST_START = "best";
+
+/** A plan the run derives only once it has measured its rate (a time budget). */
+type DeferredPlan = "staged" | "screen";
+
+/** The budget in tokens a time budget stands for, at the measured rate; a tenth is left for the rest of a generation's work. */
+const tokensOfTime = (seconds: number, tokensPerSecond: number): number => Math.max(1, Math.floor(0.9 * seconds * tokensPerSecond));
+
+type RecordedPlan = NonNullable<SearchSettings["plan"]>;
+
+const recordPlan = (derived: DerivedPlan<StagedPlan>, from: string): RecordedPlan => ({
+  offspring: derived.plan.offspring,
+  stages: derived.plan.stages.map((st) => ({ survivors: st.survivors, tokens: st.tokens, ...(st.exact ? { exact: true } : {}) })),
+  tokensPerGeneration: derived.tokensPerGeneration,
+  generations: derived.generations,
+  from,
+});
+
+/**
+ * The run's stage plan: the one its space fixes, the one it recorded, or one derived from
+ * its budget (src/search/plan.ts) and recorded in its settings; for generational methods a
+ * screening plan (`--screen`) when none was given. A time budget's plan is deferred until
+ * the run has measured its rate.
+ */
+const planOf = (plugin: MethodPlugin<unknown>, space: unknown, settings: SearchSettings, windowTokens: number, resumed: boolean): { settings: SearchSettings; space: unknown; deferred?: DeferredPlan } => {
+  const budget = settings.budgetTokens;
+  if (plugin.stagedPlan && plugin.withStagedPlan) {
+    if (plugin.stagedPlan(space) !== undefined) return { settings, space };
+    if (settings.plan) return { settings, space: plugin.withStagedPlan(space, settings.plan) };
+    if (resumed) {
+      // A run of an earlier version recorded no plan: its default space then held the published one.
+      const published = plugin.stagedPlan(loadSearchSpace(plugin, `${plugin.name}-published.json`))!;
+      return { settings, space: plugin.withStagedPlan(space, published) };
+    }
+    if (budget === undefined && settings.timeBudgetSeconds !== undefined) return { settings, space, deferred: "staged" };
+    const plan =
+      budget !== undefined
+        ? recordPlan(stagedPlanFor(budget, windowTokens), `--budget-tokens ${budget}`)
+        : recordPlan(
+            { plan: defaultStagedPlan(windowTokens), tokensPerGeneration: stagedTokens(defaultStagedPlan(windowTokens), windowTokens), generations: settings.generations ?? DEFAULT_GENERATIONS },
+            "no budget: the default plan",
+          );
+    const planned = plugin.withStagedPlan(space, plan);
+    // Recorded as the space turned it: stages it scores with the final protocol say so.
+    return { settings: { ...settings, plan: { ...plan, stages: plugin.stagedPlan(planned)!.stages.map((st) => ({ ...st })) } }, space: planned };
+  }
+  const generational = plugin.method.kind === "evolve" && plugin.method.strategy === undefined;
+  if (generational && settings.screen === undefined && !settings.structured && !resumed) {
+    if (budget !== undefined) {
+      const derived = screenPlanFor(budget, windowTokens, settings.population, settings.fitnessWindows * windowTokens);
+      return { settings: { ...settings, screen: screenText(derived.plan) }, space };
+    }
+    if (settings.timeBudgetSeconds !== undefined) return { settings, space, deferred: "screen" };
+  }
+  return { settings, space };
+};
+
+/** The baselines of a run: its setting, or uniform and OWL for runs of earlier versions; the method itself is left out. */
+const baselineNamesOf = (text: string | undefined, method: string): string[] => {
+  const names = (text ?? "uniform,owl").split(",").map((n) => n.trim()).filter((n) => n.length > 0);
+  const known = availablePlugins();
+  for (const name of names) if (!known.includes(name)) throw new UsageError({ problem: `--baselines: unknown method "${name}"; known: ${known.join(", ")}` });
+  return [...new Set(names)].filter((n) => n !== method);
+};
+
+/** A run has a budget to end on (tokens, evaluations or seconds). */
+const hasBudget = (s: GivenSettings): boolean => s.budgetTokens !== undefined || s.budgetEvals !== undefined || s.timeBudgetSeconds !== undefined;
+
+/** The settings as the engine runs them: without a budget and without --generations, DEFAULT_GENERATIONS. */
+const engineLimitsOf = <S extends GivenSettings>(s: S): S => (s.generations === undefined && !hasBudget(s) ? { ...s, generations: DEFAULT_GENERATIONS } : s);
+
+/** The largest stage a time budget's plan may take, in windows: what the memory plan allowed for. */
+const timePlanStageWindows = (s: SearchSettings): number => Math.max(s.fitnessWindows, 16);
+
+/** The fidelity the first stage of generation 0 scores on; undefined: the fitness windows. */
+const firstFidelity = (plugin: MethodPlugin<unknown>, space: unknown, screening: readonly ScreeningStage[] | undefined): Fidelity | undefined => {
+  const tokens = plugin.stagedPlan?.(space)?.stages[0]?.tokens ?? screening?.[0]?.tokens;
+  return tokens !== undefined && tokens > 0 ? { generation: 0, stage: 0, tokens } : undefined;
 };
 
 /** `--screen` as screening stages, checked against the population. */
@@ -463,7 +621,7 @@ export const searchJob = (request: SearchRequest) =>
       if (!request.resume && !request.settings) return yield* new UsageError({ problem: "a search needs settings or --resume" });
       if (request.settings) {
         const given = request.settings;
-        yield* checkEngineLimits(given);
+        yield* checkEngineLimits(engineLimitsOf(given));
         if (!(given.sparsity >= 0 && given.sparsity < 1)) return yield* new UsageError({ problem: `--sparsity ${given.sparsity} is outside [0, 1)` });
       }
 
@@ -492,7 +650,7 @@ export const searchJob = (request: SearchRequest) =>
         const saved = yield* attempt(() => readSettings(dir));
         settings = yield* attempt(() => resumedSettings(saved, request.given ?? {}, join(dir, "settings.json")));
         settingsChanged = JSON.stringify(settings) !== JSON.stringify(saved);
-        yield* checkEngineLimits(settings);
+        yield* checkEngineLimits(engineLimitsOf(settings));
         const finished = finishedSummary(dir);
         if (finished && !settingsChanged) {
           // A finished run is not run again: its files stay as they are.
@@ -511,6 +669,9 @@ export const searchJob = (request: SearchRequest) =>
           ...(given.fitness !== undefined ? { fitness: yield* attempt(() => fitnessSpec(given.fitness!)) } : {}),
           space,
           seqlen: given.seqlen ?? 0,
+          // The defaults a new run records, so that a resumed run keeps them.
+          baselines: given.baselines ?? defaultBaselines.join(","),
+          ...(given.start === undefined && newPlugin!.startable ? { start: BEST_START } : {}),
         };
       }
       const plugin = yield* attemptPromise(() => loadPlugin(settings.method));
@@ -534,7 +695,7 @@ export const searchJob = (request: SearchRequest) =>
       if (settings.structured && pattern.kind !== "unstructured") {
         return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
       }
-      const space = yield* attempt(() => loadSearchSpace(plugin, settings.space));
+      let space = yield* attempt(() => loadSearchSpace(plugin, settings.space));
 
       // 3. The model: its context and shapes decide whether the settings can run at all.
       const probe = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
@@ -543,6 +704,14 @@ export const searchJob = (request: SearchRequest) =>
       probe.close();
       if (settings.seqlen === 0) settings = { ...settings, seqlen: context };
       if (settings.seqlen > context) return yield* new UsageError({ problem: `--seqlen ${settings.seqlen} exceeds the context of ${settings.model} (${context})` });
+
+      // The stage plan: the space's, the one the run recorded, or one derived from the budget
+      // (a time budget's waits for the measured rate, below). Scored tokens of a fitness window.
+      const windowTokens = Math.max(1, settings.seqlen - 1);
+      const planned_ = yield* attempt(() => planOf(plugin, space, settings, windowTokens, request.resume !== undefined));
+      settings = planned_.settings;
+      space = planned_.space;
+      const deferredPlan = planned_.deferred;
       if (mismatch) return yield* new UsageError({ problem: `--pattern ${patternText(pattern)} does not fit ${settings.model}: ${mismatch}` });
 
       // What makes this run, checked now against a saved state's record (before any work),
@@ -583,6 +752,7 @@ export const searchJob = (request: SearchRequest) =>
         0,
         ...((space as { stages?: readonly { tokens?: number }[] }).stages ?? []).map((st) => st.tokens ?? 0),
         ...(settings.screen === undefined ? [] : parseScreening(settings.screen).map((st) => st.tokens)),
+        ...(deferredPlan !== undefined ? [timePlanStageWindows(settings) * windowTokens] : []),
       );
       const probed = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
       const probedSpec = probed.spec;
@@ -625,18 +795,25 @@ export const searchJob = (request: SearchRequest) =>
         (m) => Effect.sync(() => m.dispose()),
       );
       const target = targetOf(pattern, settings.sparsity);
-      // The baselines re-pruned at the end see the same statistics as the method.
-      const baselines = yield* Effect.forEach(
-        ["uniform", "owl"].filter((name) => name !== plugin.name),
-        (name) => attemptPromise(() => loadPlugin(name)),
+      // The baselines scored beside the search and re-pruned at the end see the same statistics as the method.
+      const baselineNames = yield* attempt(() => baselineNamesOf(settings.baselines, plugin.name));
+      const baselines = (yield* Effect.forEach(baselineNames, (name) => attemptPromise(() => loadPlugin(name)))).filter(
+        (other) => other.patterns.includes(pattern.kind),
       );
-      // A start allocation: a direct method's (its statistics measured with the others') or a file's.
+      for (const other of baselines) {
+        if (other.method.kind === "evolve") return yield* new UsageError({ problem: `--baselines: ${other.name} is a search, not a training-free allocation` });
+      }
+      // A start allocation: the best baseline's (chosen below), a direct method's (its statistics measured with the others') or a file's.
+      const bestStart = settings.start === BEST_START;
       const startFile =
         settings.start !== undefined &&
+        !bestStart &&
         (settings.start.endsWith(".csv") || ((settings.start.includes("/") || existsSync(settings.start)) && !MODULE_EXTENSIONS.some((e) => settings.start!.endsWith(e))));
-      const startPlugin = settings.start !== undefined && !startFile ? yield* attemptPromise(() => loadPlugin(settings.start!)) : undefined;
-      const screening = settings.screen === undefined ? undefined : yield* attempt(() => screeningOf(settings.screen!, settings.population));
-      if (screening && (plugin.method.kind !== "evolve" || plugin.method.strategy !== undefined)) {
+      const startPlugin = settings.start !== undefined && !bestStart && !startFile ? yield* attemptPromise(() => loadPlugin(settings.start!)) : undefined;
+      // Uniform is a start candidate even when it is not a baseline.
+      const uniformPlugin = bestStart && !baselines.some((b) => b.name === "uniform") ? yield* attemptPromise(() => loadPlugin("uniform")) : undefined;
+      let screening = settings.screen === undefined ? undefined : yield* attempt(() => screeningOf(settings.screen!, settings.population));
+      if ((screening || deferredPlan === "screen") && (plugin.method.kind !== "evolve" || plugin.method.strategy !== undefined)) {
         const screened = yield* attemptPromise(() => methodsThat((p) => p.method.kind === "evolve" && p.method.strategy === undefined));
         return yield* new UsageError({ problem: `--screen: method ${plugin.name} ${plugin.method.kind === "evolve" ? "runs its own strategy (its search space)" : "does not evolve"}; ${screened} screen` });
       }
@@ -647,10 +824,12 @@ export const searchJob = (request: SearchRequest) =>
       }
       if (startPlugin && startPlugin.method.kind !== "direct") {
         return yield* new UsageError({
-          problem: `--start ${settings.start}: a start is a direct method (${yield* attemptPromise(() => methodsThat((p) => p.method.kind === "direct"))}) or an allocation CSV; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
+          problem: `--start ${settings.start}: a start is a direct method (${yield* attemptPromise(() => methodsThat((p) => p.method.kind === "direct"))}), an allocation CSV or ${BEST_START}; for ${startPlugin.name}, prune with it and start from its allocation.csv`,
         });
       }
-      const measured = yield* attemptPromise(() => methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : [])]));
+      const measured = yield* attemptPromise(() =>
+        methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : []), ...(uniformPlugin ? [uniformPlugin] : [])]),
+      );
       let context_ = measured;
       if (startPlugin && startPlugin.method.kind === "direct") {
         const method = startPlugin.method;
@@ -666,7 +845,8 @@ export const searchJob = (request: SearchRequest) =>
       );
 
       // 4. Everything checked: the run's first file.
-      if (!request.resume || settingsChanged) writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
+      const writeSettings = () => writeFileAtomically(join(dir, "settings.json"), JSON.stringify(settings, null, 2) + "\n");
+      if (!request.resume || settingsChanged) writeSettings();
       used = true;
 
       log(
@@ -678,16 +858,27 @@ export const searchJob = (request: SearchRequest) =>
       // worker reads them.
       if (levels) yield* attemptPromise(() => model.pruner.prepareLevels(log));
 
-      // The search and the baselines' validation fitness, in a scope of their own: worker
+      // The baselines, the warm start and the search, in a scope of their own: worker
       // threads (each with its model) end with it, before the final re-pruning takes memory.
       let evaluationSeconds = 0;
-      const { outcome, baselineRows } = yield* Effect.scoped(
+      const { outcome, baselineRows, bestValidation, warmStart } = yield* Effect.scoped(
         Effect.gen(function* () {
-          const pool: FitnessEvaluator = queueAddress
+          const pooled: FitnessEvaluator = queueAddress
             ? yield* queueEvaluatorFor(queueAddress, setup, model, settings, request, dir, log)
             : workers > 1
               ? yield* workerPoolEvaluator(setup, workers)
               : inProcessEvaluator(model);
+          // Stages scored with the final protocol: a model of their own, in the final mode, on this thread.
+          let exactModel: FitnessModel | undefined;
+          yield* Effect.addFinalizer(() => Effect.sync(() => exactModel?.dispose()));
+          const pool: FitnessEvaluator = {
+            workers: pooled.workers,
+            evaluate: (batch, fidelity) => {
+              if (!fidelity?.exact) return pooled.evaluate(batch, fidelity);
+              exactModel ??= openFitnessModel({ ...setup, running: { ...running, materialise: true } }, settings.finalMode);
+              return inProcessEvaluator(exactModel).evaluate(batch, fidelity);
+            },
+          };
           const evaluator: FitnessEvaluator & { tokensOf(fidelity: Fidelity): number } = {
             workers: pool.workers,
             // The main thread's copy draws the same windows as every worker.
@@ -699,8 +890,80 @@ export const searchJob = (request: SearchRequest) =>
               }),
           };
           const phenotypeKey = (s: BlockAllocation) => model.pruner.allocationKey(toAllocation(s, model.pruner.layout, pattern));
-          const totalGenerations = plugin.method.kind === "evolve" ? settings.generations : 1;
-          const outcome = yield* runMethod(plugin, space, context_, { ...settings, ...(screening ? { screening } : {}) }, evaluator, phenotypeKey, savedState, (record) => {
+
+          // The baselines' validation fitness (a grid's candidates included), which also
+          // measures how many fitness tokens a second this run scores.
+          let baselineStart = performance.now();
+          let firstDone = false;
+          let timedEvaluations = 0;
+          const baselineRows: BaselineRow[] = [];
+          for (const other of [...baselines, ...(uniformPlugin ? [uniformPlugin] : [])]) {
+            // The first evaluation also builds what every later one reuses (the dense references): the rate is timed after it.
+            const counted = (batch: readonly BlockAllocation[]) =>
+              evaluator.evaluate(batch).pipe(
+                Effect.tap(() =>
+                  Effect.sync(() => {
+                    if (firstDone) timedEvaluations += batch.length;
+                    else baselineStart = performance.now();
+                    firstDone = true;
+                  }),
+                ),
+              );
+            const fixed = yield* runFixedMethod(other, context_, loadSearchSpace(other), counted);
+            const [validation] = fixed.trials.length > 0 ? [fixed.trials.find((t) => t.allocation === fixed.allocation)!.fitness] : yield* counted([fixed.allocation]);
+            baselineRows.push({ name: other.name, ...(fixed.label !== undefined ? { label: fixed.label } : {}), allocation: fixed.allocation, validation: validation!.ok ? validation!.value : null, compared: other !== uniformPlugin });
+          }
+          const timedTokens = Math.max(1, timedEvaluations) * model.tokensOf();
+          const tokensPerSecond = timedTokens / Math.max(1e-3, (performance.now() - baselineStart) / 1000);
+
+          // A time budget's plan, from the rate just measured.
+          if (deferredPlan !== undefined && settings.timeBudgetSeconds !== undefined) {
+            const budget = tokensOfTime(settings.timeBudgetSeconds, tokensPerSecond);
+            const from = `--time-budget ${settings.timeBudgetSeconds} at ${tokensPerSecond.toFixed(0)} fitness tokens a second`;
+            if (deferredPlan === "staged") {
+              const plan = recordPlan(stagedPlanFor(budget, windowTokens, timePlanStageWindows(settings)), from);
+              space = plugin.withStagedPlan!(space, plan);
+              settings = { ...settings, plan: { ...plan, stages: plugin.stagedPlan!(space)!.stages.map((st) => ({ ...st })) } };
+            } else {
+              const derived = screenPlanFor(budget, windowTokens, settings.population, settings.fitnessWindows * windowTokens);
+              settings = { ...settings, screen: screenText(derived.plan) };
+              screening = yield* attempt(() => screeningOf(settings.screen!, settings.population));
+            }
+            writeSettings();
+          }
+          const plan = settings.plan;
+          if (plan) {
+            log(
+              `plan (${plan.from}): ${describeStagedPlan(plan, windowTokens)}; ${plan.tokensPerGeneration} tokens a generation, ` +
+                `${settings.generations !== undefined ? `at most ${settings.generations} generations` : `about ${plan.generations} generations in the budget`}${plan.generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the budget is small for windows of ${windowTokens} tokens)` : ""}`,
+            );
+          } else if (screening && settings.screen !== undefined) {
+            const perGeneration = (settings.population - 1) * model.tokensOf() + screening.reduce((n, st) => n + st.candidates * Math.ceil(st.tokens / windowTokens) * windowTokens, 0);
+            const budget = settings.budgetTokens;
+            log(`plan: --screen ${settings.screen}, then ${settings.population - 1} places on the fitness windows; about ${perGeneration} tokens a generation${budget !== undefined ? `, ${Math.floor(budget / perGeneration)} generations in the budget` : ""}`);
+          }
+
+          // The warm start: the baseline that scores best on the minibatch the first stage scores on.
+          let warmStart: WarmStart | undefined;
+          if (bestStart) {
+            const first = firstFidelity(plugin, space, screening);
+            const candidates = baselineRows.filter((row) => row.validation !== null);
+            const scores = first === undefined ? candidates.map((row) => row.validation!) : (yield* evaluator.evaluate(candidates.map((row) => row.allocation), first)).map((f) => (f.ok ? f.value : Infinity));
+            let pick = -1;
+            scores.forEach((v, k) => {
+              if (Number.isFinite(v) && (pick < 0 || v < scores[pick]!)) pick = k;
+            });
+            if (pick >= 0) {
+              const chosen = candidates[pick]!;
+              context_ = { ...context_, start: { label: chosen.name, sparsities: chosen.allocation } };
+              warmStart = { method: chosen.name, tokens: first?.tokens ?? model.tokensOf(), scores: Object.fromEntries(candidates.map((row, k) => [row.name, scores[k]!])) };
+              log(`start: ${chosen.name}, the best of ${candidates.map((row, k) => `${row.name} ${scores[k]!.toFixed(4)}`).join(", ")} on the first stage's ${first === undefined ? "fitness windows" : `minibatch of ${first.tokens} tokens`}`);
+            }
+          }
+
+          const totalGenerations = plugin.method.kind === "evolve" ? (settings.generations ?? settings.plan?.generations ?? DEFAULT_GENERATIONS) : 1;
+          const engineRun = { ...engineLimitsOf(settings), ...(screening ? { screening } : {}) };
+          const outcome = yield* runMethod(plugin, space, context_, engineRun, evaluator, phenotypeKey, savedState, (record) => {
             request.onGeneration?.(record, totalGenerations);
             // After the generation's state is saved (tests of resuming crash here).
             crashPoint("generation", record.generation + 1);
@@ -710,14 +973,10 @@ export const searchJob = (request: SearchRequest) =>
               e instanceof WorkerError ? new WorkerError({ problem: `${e.problem}; the search stopped, and every finished generation is saved: continue it with --resume ${dir}` }) : e,
             ),
           );
-          const baselineRows: { readonly name: string; readonly allocation: BlockAllocation; readonly validation: number | null }[] = [];
-          for (const other of baselines) {
-            if (!other.patterns.includes(pattern.kind) || other.method.kind !== "direct") continue;
-            const allocation = other.method.allocate(context_, loadSearchSpace(other));
-            const [validation] = yield* evaluator.evaluate([allocation]);
-            baselineRows.push({ name: other.name, allocation, validation: validation!.ok ? validation!.value : null });
-          }
-          return { outcome, baselineRows };
+          // The search's best on the fitness windows the baselines were scored on (a staged
+          // search's own score is from its last minibatch).
+          const [best] = yield* evaluator.evaluate([outcome.best.sparsities]);
+          return { outcome, baselineRows: baselineRows.filter((row) => row.compared), bestValidation: best!.ok ? best!.value : null, warmStart };
         }),
       );
       const searchSeconds = outcome.seconds;
@@ -761,19 +1020,24 @@ export const searchJob = (request: SearchRequest) =>
       const results: FinalResult[] = [
         {
           method: plugin.name,
-          validation: outcome.best.fitness,
+          validation: bestValidation,
           ...(yield* testPerplexity(plugin.name, outcome.best.sparsities)),
           sparsities: blockSparsities(bestAllocation),
         },
       ];
       for (const row of baselineRows) {
+        const allocation = toAllocation(row.allocation, finalModel.pruner.layout, pattern);
+        // Each baseline's allocation beside the search's best, so the winner can be pruned whichever it is.
+        writeAllocationCsv(join(dir, `${row.name}-allocation.csv`), allocation);
         results.push({
           method: row.name,
           validation: row.validation,
           ...(yield* testPerplexity(row.name, row.allocation)),
-          sparsities: blockSparsities(toAllocation(row.allocation, finalModel.pruner.layout, pattern)),
+          sparsities: blockSparsities(allocation),
         });
       }
+      const winner = winnerOf(results);
+      if (winner !== undefined && winner !== plugin.name) log(beatenLine(plugin.name, winner, results, settings.fitness ?? "ppl"));
 
       const summary: SearchSummary = {
         settings,
@@ -790,6 +1054,8 @@ export const searchJob = (request: SearchRequest) =>
         final: { mode: settings.finalMode, data: settings.eval, seqlen: settings.seqlen, windows: testWindows.length, dense, results, reproduce: reproduceCommand(settings, join(dir, "best-allocation.csv")) },
         out: dir,
         memory: memoryReport(memoryPlan),
+        ...(winner !== undefined ? { winner } : {}),
+        ...(warmStart ? { start: warmStart } : {}),
       };
       const title = `${plugin.name}, ${settings.structured ? `structured (${settings.structured})` : settings.metric} at ${(globalSparsity(bestAllocation) * 100).toFixed(1)}%`;
       writeSearchFiles(dir, {

@@ -29,6 +29,7 @@ import { nonOutlierRatio, OWL_M, outlierShare, type PrunedWeights } from "./outl
 import type { PruneMetric } from "./prune-linear.ts";
 import { groupSize, keepFromRanks, memoryRanks, prunedInGroup, ranksOf, type RankGroup, type Ranks, type RankStore } from "./ranks.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
+import { powerLawAlpha, squaredSingularValues } from "./spectra.ts";
 import { emptyTimings, timed, type StageTimings } from "./timings.ts";
 
 /** Weights of a block that represent it in element scores and MRP's ratios (all of a smaller block). */
@@ -86,6 +87,8 @@ interface BlockKnowledge {
   readonly share: number;
   /** Each linear's own outlier share on the run's metric scores. */
   readonly linearShares: readonly number[];
+  /** Mean Wanda score over all the block's prunable weights (DLP's layer score). */
+  readonly wandaMean: number;
 }
 
 export class DenseStatistics {
@@ -93,6 +96,7 @@ export class DenseStatistics {
   private inputs: Map<string, LinearInputStats>[] | undefined;
   private blocks: BlockKnowledge[] | undefined;
   private traces: Map<string, number> | undefined;
+  private alphas: readonly number[] | undefined;
   private readonly rankStore: RankStore;
   private ranksReady = false;
 
@@ -243,7 +247,14 @@ export class DenseStatistics {
         all.set(p, at);
         at += p.length;
       }
-      blocks.push({ sample: { scores: sampled, ranks: sampleRanks, all }, share: outlierShare(wanda), linearShares: metricScores.map((s) => outlierShare([s], OWL_M)) });
+      let wandaSum = 0;
+      for (const scores of wanda) for (let i = 0; i < scores.length; i++) wandaSum += scores[i]!;
+      blocks.push({
+        sample: { scores: sampled, ranks: sampleRanks, all },
+        share: outlierShare(wanda),
+        linearShares: metricScores.map((s) => outlierShare([s], OWL_M)),
+        wandaMean: total > 0 ? wandaSum / total : 0,
+      });
       this.options.onBlock?.(b);
     }
     this.blocks ??= blocks;
@@ -330,6 +341,31 @@ export class DenseStatistics {
   /** Fisher trace of each block (the sum over its linears). */
   fisherTraces(): readonly number[] {
     return blockTraces(this.linearFisherTraces(), this.spec.numLayers);
+  }
+
+  /** Mean Wanda score of each block over all its prunable weights (DLP). */
+  wandaMeans(): readonly number[] {
+    return Array.from({ length: this.spec.numLayers }, (_, b) => this.knowledge(b).wandaMean);
+  }
+
+  /**
+   * The heavy-tail exponent α of every prunable linear's weight spectrum, in layout order
+   * (AlphaPruning; src/prune/spectra.ts). From the weights alone, measured on first use
+   * and kept for the run.
+   */
+  linearSpectralAlphas(): readonly number[] {
+    if (!this.alphas) {
+      const alphas: number[] = [];
+      for (let b = 0; b < this.spec.numLayers; b++) {
+        const dense = this.checkpoint.readBlock(b);
+        for (const name of this.spec.linears) {
+          const [rows, cols] = this.shapeOf(b, name);
+          alphas.push(timed(this.timings, "scoring", () => powerLawAlpha(squaredSingularValues(dense.linears[name]!.weight.data, rows, cols))));
+        }
+      }
+      this.alphas = alphas;
+    }
+    return this.alphas;
   }
 
   /** The element scores of block l's prunable linears, concatenated in layout order (its sample for large blocks). */

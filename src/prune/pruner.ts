@@ -229,10 +229,11 @@ export class Pruner {
    * blocks installed for it (call before `apply`: it may restore the dense model).
    */
   async addDenseReference(windows: readonly Window[], reference: DenseReference): Promise<void> {
-    const missing = windows.filter((w) => !reference.has(w));
-    if (missing.length === 0) return;
+    if (windows.every((w) => reference.has(w))) return;
     this.restoreDense();
-    await reference.add(this.decoder, missing);
+    // All the windows, not only the missing ones: the reference keeps every window it is
+    // given when it makes room, so none this evaluation reads is dropped.
+    await reference.add(this.decoder, windows);
   }
 
   /** KL(dense || model as installed) per token; the windows' dense reference added first. */

@@ -20,6 +20,8 @@ export const blockStatistics = (dense: DenseStatistics): BlockStatistics => ({
   fisherTraces: () => dense.fisherTraces(),
   elementScores: (block) => dense.blockElementScores(block),
   nonOutlierRatio: (block, sparsity, pruned) => dense.nonOutlierRatio(block, sparsity, pruned),
+  meanWandaScores: () => dense.wandaMeans(),
+  spectralAlphas: () => dense.linearSpectralAlphas(),
 });
 
 /**
@@ -37,6 +39,7 @@ export const methodContext = async (
   if (needs.size > 0) await pruner.statistics.prepare({ scores: needs.has("scores"), fisher: needs.has("fisher") });
   return {
     blocks: pruner.spec.numLayers,
+    metric: pruner.options.metric,
     blockParams: blockParams(pruner.layout),
     linears: pruner.layout,
     target,

@@ -15,6 +15,7 @@ import type { Bounds } from "../allocation/project.ts";
 import type { Genome } from "../engine/genome.ts";
 import type { Strategy } from "../engine/strategy.ts";
 import type { BlockAllocation, Pattern } from "../allocation/pattern.ts";
+import type { StagedPlan } from "./plan.ts";
 
 // A plugin's whole interface is this module, so it re-exports the allocation types it uses.
 export type { BlockAllocation, Pattern } from "../allocation/pattern.ts";
@@ -34,12 +35,21 @@ export interface BlockStatistics {
    * docs/methods.md, "MRP"). Deterministic.
    */
   nonOutlierRatio(block: number, sparsity: number, pruned?: "excluded" | "zero"): number;
+  /** DLP's layer score: the mean Wanda score over each block's prunable weights (needs "scores"). */
+  meanWandaScores?(): readonly number[];
+  /**
+   * AlphaPruning's heavy-tail exponent α of each prunable linear's weight spectrum
+   * (MethodContext.linears order), fitted as AlphaPruning fits it (docs/methods.md).
+   */
+  spectralAlphas?(): readonly number[];
 }
 
 export type StatisticsNeed = "scores" | "fisher";
 
 export interface MethodContext {
   readonly blocks: number;
+  /** The run's pruning metric, for methods whose published settings differ by metric. */
+  readonly metric?: "wanda" | "magnitude" | "sparsegpt";
   /** Prunable weights of each block: the weights of every mean and projection. */
   readonly blockParams: readonly number[];
   /**
@@ -118,4 +128,12 @@ export interface MethodPlugin<Space = unknown> {
    * sizes, target and bounds, not its statistics.
    */
   levels?(context: MethodContext, space: Space): readonly (readonly number[])[];
+  /**
+   * A staged method's plan (children and stages) as its space fixes it; undefined when the
+   * space leaves it to the run, which then derives one from its budget and hands it back
+   * through `withStagedPlan` (src/search/plan.ts). A stage without tokens reads 0 (the
+   * run's fitness windows).
+   */
+  stagedPlan?(space: Space): StagedPlan | undefined;
+  withStagedPlan?(space: Space, plan: StagedPlan): Space;
 }

@@ -73,7 +73,8 @@ export const checkMethod = <Space>(plugin: MethodPlugin<Space>, context: MethodC
 export interface EngineRun {
   readonly seed: number;
   readonly population: number;
-  readonly generations: number;
+  /** Absent: no cap, the run ends on its budget. */
+  readonly generations?: number;
   readonly budgetEvals?: number;
   readonly budgetTokens?: number;
   readonly timeBudgetSeconds?: number;
@@ -119,7 +120,7 @@ export const runMethod = <Space>(
         evaluate: (batch, fidelity) => evaluator.evaluate(batch, fidelity),
         seed: settings.seed,
         population: settings.population,
-        generations: settings.generations,
+        ...(settings.generations !== undefined ? { generations: settings.generations } : {}),
         ...(settings.budgetEvals !== undefined ? { budgetEvals: settings.budgetEvals } : {}),
         ...(settings.budgetTokens !== undefined ? { budgetTokens: settings.budgetTokens } : {}),
         ...(evaluator.tokensOf ? { tokensOf: (f: Fidelity) => evaluator.tokensOf!(f) } : {}),

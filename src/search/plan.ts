@@ -1,0 +1,130 @@
+/**
+ * Stage plans derived from a fitness budget. A search given `--budget-tokens` (or
+ * `--time-budget`, turned into tokens by the measured rate) and no plan of its own gets one
+ * sized to the budget: many cheap generations (MIN_GENERATIONS at least, where the budget
+ * allows one window per stage) rather than a few expensive ones, and no generation cap, so
+ * the run ends when the budget does.
+ *
+ * Costs are counted in whole fitness windows: a stage of t tokens draws windows until it
+ * holds t scored tokens, so a plan's stage asks for a whole number of windows' tokens.
+ */
+
+/** Generations a derived plan aims for at least. */
+export const MIN_GENERATIONS = 30;
+
+export interface PlanStage {
+  readonly survivors: number;
+  readonly tokens: number;
+  /** Scored with the run's final protocol (Fidelity.exact). */
+  readonly exact?: boolean;
+}
+
+/** A staged (1+λ) plan: λ children, then stages on growing minibatches. */
+export interface StagedPlan {
+  readonly offspring: number;
+  readonly stages: readonly PlanStage[];
+}
+
+/** Shapes of a staged plan in window units, richest first: λ, then (survivors, windows) per stage. */
+const STAGED_SHAPES: readonly { readonly offspring: number; readonly stages: readonly (readonly [number, number])[] }[] = [
+  // EvoPress's 1:4:16 token ladder with 16 children, as its published plans scale it.
+  { offspring: 16, stages: [[4, 1], [2, 4], [1, 16]] },
+  // Fewer children on larger minibatches before more children on smaller ones: at 70% on
+  // stories260K, 8 children with 3 then 9 windows of 512 tokens did better than 16 on 1 then 4.
+  { offspring: 8, stages: [[2, 3], [1, 9]] },
+  { offspring: 8, stages: [[2, 2], [1, 6]] },
+  { offspring: 8, stages: [[2, 1], [1, 4]] },
+  { offspring: 8, stages: [[2, 1], [1, 2]] },
+  { offspring: 4, stages: [[1, 1]] },
+];
+
+/** Windows one generation of a staged plan costs when every child is new: stage s scores its candidates on its windows. */
+export const stagedWindows = (offspring: number, stages: readonly (readonly [number, number])[]): number =>
+  stages.reduce((n, [, windows], s) => n + (s === 0 ? offspring : stages[s - 1]![0]) * windows + (s === stages.length - 1 ? windows : 0), 0);
+
+/** Tokens one generation of a plan costs when every child is new, windows holding `windowTokens` scored tokens each. */
+export const stagedTokens = (plan: StagedPlan, windowTokens: number): number =>
+  plan.stages.reduce((n, stage, s) => {
+    const candidates = (s === 0 ? plan.offspring : plan.stages[s - 1]!.survivors) + (s === plan.stages.length - 1 ? 1 : 0);
+    return n + candidates * Math.ceil(stage.tokens / windowTokens) * windowTokens;
+  }, 0);
+
+export interface DerivedPlan<P> {
+  readonly plan: P;
+  /** Tokens one generation costs when every candidate is new (cached ones are free). */
+  readonly tokensPerGeneration: number;
+  /** Generations the budget pays for at that cost; more when candidates repeat. */
+  readonly generations: number;
+}
+
+const checkBudget = (budgetTokens: number, windowTokens: number): void => {
+  if (!(Number.isFinite(budgetTokens) && budgetTokens >= 1)) throw new RangeError(`a budget of ${budgetTokens} tokens: a positive number is needed`);
+  if (!(Number.isInteger(windowTokens) && windowTokens >= 1)) throw new RangeError(`windows of ${windowTokens} tokens: a whole number >= 1 is needed`);
+};
+
+/**
+ * The staged plan for a budget: the richest shape whose generation, each stage's windows
+ * scaled by the largest whole factor that fits, leaves MIN_GENERATIONS in the budget; the
+ * cheapest shape at one window a stage when none does.
+ */
+export const stagedPlanFor = (budgetTokens: number, windowTokens: number, maxStageWindows = Infinity): DerivedPlan<StagedPlan> => {
+  checkBudget(budgetTokens, windowTokens);
+  const perGeneration = Math.floor(budgetTokens / windowTokens / MIN_GENERATIONS);
+  const shape = STAGED_SHAPES.find((s) => stagedWindows(s.offspring, s.stages) <= perGeneration) ?? STAGED_SHAPES[STAGED_SHAPES.length - 1]!;
+  const widest = Math.max(...shape.stages.map(([, windows]) => windows));
+  const scale = Math.max(1, Math.min(Math.floor(perGeneration / stagedWindows(shape.offspring, shape.stages)), Math.floor(maxStageWindows / widest)));
+  const plan: StagedPlan = { offspring: shape.offspring, stages: shape.stages.map(([survivors, windows]) => ({ survivors, tokens: windows * scale * windowTokens })) };
+  const tokensPerGeneration = stagedTokens(plan, windowTokens);
+  return { plan, tokensPerGeneration, generations: Math.floor(budgetTokens / tokensPerGeneration) };
+};
+
+/** The plan of a run without a budget: 16 children on one window, the best 4 and the parent on four. */
+export const defaultStagedPlan = (windowTokens: number): StagedPlan => ({
+  offspring: 16,
+  stages: [
+    { survivors: 4, tokens: windowTokens },
+    { survivors: 1, tokens: 4 * windowTokens },
+  ],
+});
+
+/** A generational GA's screening plan: candidates per screen on how many tokens. */
+export interface ScreenPlan {
+  readonly screen: readonly { readonly candidates: number; readonly tokens: number }[];
+}
+
+/** `--screen` text of a plan: 64@1024,16@4096. */
+export const screenText = (plan: ScreenPlan): string => plan.screen.map((s) => `${s.candidates}@${s.tokens}`).join(",");
+
+/**
+ * The screening plan of a generational method (dsa, msp) for a budget. Each generation
+ * scores the population's places after the elite on the fitness windows (`fitnessTokens`
+ * each), which the plan cannot change; the screens before them get what the budget has left
+ * for MIN_GENERATIONS: 4 candidates per place on one window, then 2 per place on four
+ * windows when that fits too, else one screen of 2 per place on one window. When even the
+ * fitness windows alone leave fewer generations, the cheapest screen is kept and the
+ * derived generation count says how few.
+ */
+export const screenPlanFor = (budgetTokens: number, windowTokens: number, population: number, fitnessTokens: number, elites = Math.min(1, population - 1)): DerivedPlan<ScreenPlan> => {
+  checkBudget(budgetTokens, windowTokens);
+  const places = Math.max(1, population - elites);
+  const full = places * fitnessTokens;
+  const perGeneration = budgetTokens / MIN_GENERATIONS;
+  const options: ScreenPlan[] = [
+    { screen: [{ candidates: 4 * population, tokens: windowTokens }, { candidates: 2 * population, tokens: 4 * windowTokens }] },
+    { screen: [{ candidates: 4 * population, tokens: windowTokens }] },
+    { screen: [{ candidates: 2 * population, tokens: windowTokens }] },
+  ];
+  const cost = (plan: ScreenPlan) => full + plan.screen.reduce((n, s) => n + s.candidates * Math.ceil(s.tokens / windowTokens) * windowTokens, 0);
+  const plan = options.find((p) => cost(p) <= perGeneration) ?? options[options.length - 1]!;
+  return { plan, tokensPerGeneration: cost(plan), generations: Math.floor(budgetTokens / cost(plan)) };
+};
+
+/** One line saying what a staged plan does: candidates of each stage and their minibatch. */
+export const describeStagedPlan = (plan: StagedPlan, windowTokens: number): string =>
+  plan.stages
+    .map((stage, s) => {
+      const windows = Math.ceil(stage.tokens / windowTokens);
+      const who = s === 0 ? `${plan.offspring} children` : `the best ${plan.stages[s - 1]!.survivors}`;
+      return `${who}${s === plan.stages.length - 1 ? " and the parent" : ""} on ${windows} window${windows > 1 ? "s" : ""} (${stage.tokens} tokens${stage.exact ? ", sequential pruning" : ""})`;
+    })
+    .join(", then ");

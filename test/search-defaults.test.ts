@@ -1,0 +1,95 @@
+/**
+ * A search with the defaults on the embedded model: the stage plan derived from
+ * --budget-tokens (recorded, ends on the budget, >= 90% of it spent), the warm start (the
+ * baseline with the best score on the first stage's minibatch), the same history with 1
+ * and 2 workers and after a resume, and the baselines setting.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { defaultBaselines } from "../src/defaults.ts";
+import { beatenLine, winnerOf, type FinalResult } from "../src/jobs/search.ts";
+import { embeddedModel, errorLines, evosparse, historyOf, jsonOf, tempRoot } from "./helpers/embedded.ts";
+
+const root = tempRoot("search-defaults");
+
+const spentTokens = (dir: string): number => {
+  const [header, ...lines] = readFileSync(join(dir, "history.csv"), "utf8").trim().split("\n");
+  const column = header!.split(",").indexOf("tokens");
+  return lines.reduce((n, l) => n + Number(l.split(",")[column]), 0);
+};
+
+describe("evosparse search with the defaults", () => {
+  const budget = 12_000;
+  const small = [
+    "search", "--method", "evopress", "--fitness", "kl", "--model", embeddedModel, "--nsamples", "2", "--seqlen", "64",
+    "--eval-windows", "2", "--sparsity", "0.6", "--seed", "3", "--budget-tokens", String(budget),
+  ];
+  const baselines = ["--baselines", "uniform,owl,atp"];
+
+  it("derives and records a plan from the budget, warm-starts from the best baseline, and agrees across workers and a resume", () => {
+    const one = join(root, "one");
+    const a = jsonOf(evosparse(...small, ...baselines, "--out", one, "--json"));
+    // The plan: recorded in the settings, paid for at least 30 times by the budget; the run ends on the budget.
+    const plan = a.settings.plan;
+    expect(plan.from).toBe(`--budget-tokens ${budget}`);
+    expect(plan.generations).toBeGreaterThanOrEqual(30);
+    expect(JSON.parse(readFileSync(join(one, "settings.json"), "utf8")).plan).toEqual(plan);
+    expect(a.settings.generations).toBeUndefined();
+    expect(a.stoppedBy).toBe("budget");
+    expect(a.generations).toBeGreaterThanOrEqual(30);
+    const spent = spentTokens(one);
+    expect(spent).toBeLessThanOrEqual(budget);
+    expect(spent).toBeGreaterThanOrEqual(0.9 * budget);
+    // The warm start: the candidate with the lowest score on the first stage's minibatch.
+    const scores = a.start.scores as Record<string, number>;
+    expect(Object.keys(scores).sort()).toEqual(["atp", "owl", "uniform"]);
+    expect(a.start.tokens).toBe(plan.stages[0].tokens);
+    expect(scores[a.start.method]).toBe(Math.min(...Object.values(scores)));
+    // The final table: the search and every baseline, the winner the lowest validation fitness.
+    expect(a.final.results.map((r: FinalResult) => r.method)).toEqual(["evopress", "uniform", "owl", "atp"]);
+    expect(a.winner).toBe(winnerOf(a.final.results));
+    for (const name of ["uniform", "owl", "atp"]) expect(readFileSync(join(one, `${name}-allocation.csv`), "utf8")).toMatch(/^block,linear,params,sparsity,n,m/);
+
+    // Two workers: the same history.
+    const two = join(root, "two");
+    jsonOf(evosparse(...small, ...baselines, "--out", two, "--workers", "2", "--json"));
+    expect(historyOf(two)).toEqual(historyOf(one));
+
+    // Stopped after 5 generations, then resumed without a cap: the same history as one run.
+    const resumed = join(root, "resumed");
+    jsonOf(evosparse(...small, ...baselines, "--out", resumed, "--generations", "5", "--json"));
+    const c = jsonOf(evosparse("search", "--resume", resumed, "--generations", "100000", "--json"));
+    expect(c.settings.plan).toEqual(plan);
+    expect(historyOf(resumed)).toEqual(historyOf(one));
+
+    // --start uniform opts out of the warm start: no start recorded, a different search.
+    // Without --baselines: the default list.
+    const cold = jsonOf(evosparse(...small, "--out", join(root, "cold"), "--start", "uniform", "--json"));
+    expect(cold.start).toBeUndefined();
+    expect(cold.settings.start).toBe("uniform");
+    expect(cold.settings.baselines).toBe(defaultBaselines.join(","));
+    expect(cold.final.results.map((r: FinalResult) => r.method)).toEqual(["evopress", ...defaultBaselines]);
+  }, 1_200_000);
+
+  it("refuses an unknown baseline in one line, before writing anything", () => {
+    const out = join(root, "refused");
+    const r = evosparse(...small, "--baselines", "uniform,nosuch", "--out", out);
+    expect(r.code).not.toBe(0);
+    expect(existsSync(out)).toBe(false);
+    expect(errorLines(r.stderr)).toEqual([`evosparse: --baselines: unknown method "nosuch"; known: ${["alphapruning", "atp", "dlp", "dsa", "evopress", "mrp", "msp", "msp-nm", "owl", "uniform"].join(", ")}`]);
+  });
+});
+
+describe("the winner of the final table", () => {
+  const row = (method: string, validation: number | null): FinalResult => ({ method, validation, test: 1, sparsities: [] });
+  it("is the lowest validation fitness, the search's on a tie, and a beaten search says so in one line", () => {
+    expect(winnerOf([row("evopress", 3.6), row("owl", 3.7)])).toBe("evopress");
+    expect(winnerOf([row("evopress", 3.627), row("owl", 3.599), row("uniform", 4)])).toBe("owl");
+    expect(winnerOf([row("evopress", 3.6), row("owl", 3.6)])).toBe("evopress");
+    expect(winnerOf([row("evopress", null), row("owl", 3.6)])).toBe("owl");
+    const line = beatenLine("evopress", "owl", [row("evopress", 3.627), row("owl", 3.599)], "kl");
+    expect(line).toBe("owl beats the evopress search on validation kl (3.5990 against 3.6270): best-allocation.csv holds the search's best, owl-allocation.csv owl's");
+    expect(line).not.toMatch(/\n/);
+  });
+});

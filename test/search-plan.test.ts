@@ -1,0 +1,143 @@
+/**
+ * Plans derived from a budget (src/search/plan.ts): run on the engine with no generation
+ * cap, a derived plan never passes its token budget and spends at least 90% of it, with
+ * at least 30 generations wherever the budget pays for one window a stage.
+ */
+import { Clock, Effect } from "effect";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { evolve, type EvolveOptions } from "../src/engine/evolve.ts";
+import { fitnessOk, type Fidelity } from "../src/engine/genome.ts";
+import { staged } from "../src/engine/staged.ts";
+import { MIN_GENERATIONS, screenPlanFor, stagedPlanFor, stagedTokens } from "../src/search/plan.ts";
+import { loadSearchSpace } from "../src/search/space.ts";
+import { plugin as evopress } from "../plugins/evopress/index.ts";
+import { fakeClock, sphere, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
+
+const run = (options: EvolveOptions<Vector, Vector>, time: Clocked) => Effect.runPromise(evolve(options).pipe(Effect.provideService(Clock.Clock, time.clock)));
+const spent = (history: readonly { tokens: number }[]) => history.reduce((n, r) => n + r.tokens, 0);
+
+/** A host whose stages draw whole windows of `windowTokens` scored tokens, as the fitness text does. */
+const hostOf = (time: Clocked, windowTokens: number, fitnessTokens: number) => {
+  const tokensOf = (f: Fidelity): number => (f.tokens === undefined ? fitnessTokens : Math.ceil(f.tokens / windowTokens) * windowTokens);
+  const evaluate = (batch: readonly Vector[], fidelity: Fidelity) =>
+    Effect.sync(() =>
+      batch.map((v) => {
+        time.advance(5);
+        // Minibatch noise: a different score per (generation, stage).
+        return { ...fitnessOk(sphere(v) + ((fidelity.generation * 7 + (fidelity.stage ?? 0)) % 5) / 10), tokens: tokensOf(fidelity) };
+      }),
+    );
+  return { tokensOf, evaluate };
+};
+
+describe("a staged plan derived from the budget", () => {
+  it("never passes the budget, spends at least 90% of it, and pays for at least 30 generations (property)", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 8, max: 600 }), fc.integer({ min: 5 * MIN_GENERATIONS, max: 3000 }), fc.nat(50), async (windowTokens, windows, seed) => {
+        const budget = windows * windowTokens + (seed % windowTokens);
+        const derived = stagedPlanFor(budget, windowTokens);
+        expect(derived.generations).toBeGreaterThanOrEqual(MIN_GENERATIONS);
+        expect(derived.tokensPerGeneration).toBe(stagedTokens(derived.plan, windowTokens));
+        expect(derived.generations * derived.tokensPerGeneration).toBeLessThanOrEqual(budget);
+        const time = fakeClock();
+        const host = hostOf(time, windowTokens, 8 * windowTokens);
+        const result = await run(
+          {
+            genome: vectorGenome(24, 1000),
+            phenotypeKey: (v) => v.join(","),
+            ...host,
+            seed,
+            budgetTokens: budget,
+            strategy: staged<Vector, Vector>(derived.plan),
+          },
+          time,
+        );
+        expect(result.stoppedBy).toBe("budget");
+        expect(spent(result.history)).toBeLessThanOrEqual(budget);
+        expect(spent(result.history)).toBeGreaterThanOrEqual(0.9 * budget);
+        expect(result.generations).toBeGreaterThanOrEqual(MIN_GENERATIONS);
+      }),
+      { numRuns: 25 },
+    );
+  });
+
+  it("gives a richer plan to a larger budget, and the cheapest one (fewer generations, said) to a budget too small for 30", () => {
+    const small = stagedPlanFor(200_000, 511);
+    const large = stagedPlanFor(800_000, 511);
+    expect(large.tokensPerGeneration).toBeGreaterThan(small.tokensPerGeneration);
+    expect(large.plan.offspring).toBeGreaterThanOrEqual(small.plan.offspring);
+    const tiny = stagedPlanFor(20 * 511, 511);
+    expect(tiny.plan.stages.map((s) => s.tokens)).toEqual([511]);
+    expect(tiny.generations).toBeLessThan(MIN_GENERATIONS);
+    expect(() => stagedPlanFor(0, 511)).toThrow(RangeError);
+    expect(() => stagedPlanFor(1000, 0)).toThrow(RangeError);
+  });
+});
+
+describe("a screening plan derived from the budget", () => {
+  it("never passes the budget and spends at least 90% of it with the generational strategy (property)", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 8, max: 300 }), fc.integer({ min: 2, max: 12 }), fc.integer({ min: 1, max: 4 }), fc.nat(50), async (windowTokens, population, fitnessWindows, seed) => {
+        const fitnessTokens = fitnessWindows * windowTokens;
+        const budget = MIN_GENERATIONS * (population * fitnessTokens + 8 * population * windowTokens) + seed;
+        const derived = screenPlanFor(budget, windowTokens, population, fitnessTokens);
+        expect(derived.generations).toBeGreaterThanOrEqual(MIN_GENERATIONS);
+        const time = fakeClock();
+        const result = await run(
+          {
+            genome: vectorGenome(24, 1000),
+            phenotypeKey: (v) => v.join(","),
+            ...hostOf(time, windowTokens, fitnessTokens),
+            seed,
+            population,
+            budgetTokens: budget,
+            screening: derived.plan.screen,
+          },
+          time,
+        );
+        expect(result.stoppedBy).toBe("budget");
+        expect(spent(result.history)).toBeLessThanOrEqual(budget);
+        expect(spent(result.history)).toBeGreaterThanOrEqual(0.9 * budget);
+      }),
+      { numRuns: 20 },
+    );
+  });
+});
+
+describe("a stage scored with the final protocol (exact)", () => {
+  it("is asked with Fidelity.exact on its own tokens, and its scores never count as the run's best default-fidelity scores", async () => {
+    const seen: Fidelity[] = [];
+    const time = fakeClock();
+    const host = hostOf(time, 10, 80);
+    const result = await run(
+      {
+        genome: vectorGenome(12, 100),
+        phenotypeKey: (v) => v.join(","),
+        tokensOf: host.tokensOf,
+        evaluate: (batch, fidelity) => {
+          seen.push(fidelity);
+          return host.evaluate(batch, fidelity);
+        },
+        seed: 4,
+        generations: 5,
+        strategy: staged<Vector, Vector>({ offspring: 4, stages: [{ survivors: 2, tokens: 10 }, { survivors: 1, tokens: 40, exact: true }] }),
+      },
+      time,
+    );
+    expect(seen.filter((f) => f.stage === 0).every((f) => f.exact === undefined && f.tokens === 10)).toBe(true);
+    expect(seen.filter((f) => f.stage === 1).every((f) => f.exact === true && f.tokens === 40)).toBe(true);
+    expect(seen.filter((f) => f.stage === 1)).toHaveLength(5);
+    // The staged leader is the parent with its exact last-stage score.
+    const last = result.history.filter((r) => r.stage === 1 && r.generation === 4);
+    expect(result.best!.fitness).toBe(Math.min(...last.map((r) => r.fitness!)));
+  });
+
+  it("is the last stage of a derived evopress plan when the space asks for it, and is recorded so", () => {
+    const space = { ...loadSearchSpace(evopress), exactLastStage: true };
+    const planned = evopress.withStagedPlan!(space, stagedPlanFor(800_000, 511).plan);
+    const stages = evopress.stagedPlan!(planned)!.stages;
+    expect(stages.map((st) => st.exact ?? false)).toEqual([...stages.slice(0, -1).map(() => false), true]);
+    expect(evopress.stagedPlan!(evopress.withStagedPlan!(loadSearchSpace(evopress), stagedPlanFor(800_000, 511).plan))!.stages.some((st) => st.exact)).toBe(false);
+  });
+});
