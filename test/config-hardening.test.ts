@@ -5,27 +5,14 @@
  * blocks than the file holds, and settings whose memory cannot fit (--nsamples,
  * --population), are refused before any work, in one line.
  */
-import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { cpSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
 import { defaultModel } from "../src/defaults.ts";
+import { oneLine, runCli, scratchFolder } from "./helpers/cli.ts";
 
-const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
-const run = (...args: string[]) => {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env: { ...process.env, CI: "true" }, timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-};
-const root = mkdtempSync(join(tmpdir(), "evosparse-config-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-let counter = 0;
-const fresh = (name: string) => join(root, `${name}-${++counter}`);
-const oneLine = (stderr: string): string => {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"));
-  expect(lines).toHaveLength(1);
-  return lines[0]!;
-};
+const { fresh } = scratchFolder("evosparse-config-");
+const run = (...args: string[]) => runCli(args, { timeout: 60_000 });
 const config = JSON.parse(readFileSync(join(defaultModel(), "config.json"), "utf8")) as Record<string, unknown>;
 const modelWith = (changes: Record<string, unknown>): string => {
   const dir = fresh("model");

@@ -5,11 +5,10 @@
  * text. The commands run for real on the embedded model.
  */
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { cpSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import fc from "fast-check";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { brownText } from "../src/data/brown.ts";
 import { contiguousWindows } from "../src/data/windows.ts";
 import { defaultModel } from "../src/defaults.ts";
@@ -18,21 +17,10 @@ import { evaluationWindows } from "../src/eval/inputs.ts";
 import { readBounded, READ_LIMITS } from "../src/reads.ts";
 import { loadTokenizer } from "../src/tokenizer/tokenizer.ts";
 import { expectTaggedError } from "./helpers/errors.ts";
+import { oneLine, runCli, scratchFolder } from "./helpers/cli.ts";
 
-const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
-const run = (...args: string[]) => {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env: { ...process.env, CI: "true" }, timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-};
-const root = mkdtempSync(join(tmpdir(), "evosparse-inputs-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-let counter = 0;
-const fresh = (name: string) => join(root, `${name}-${++counter}`);
-const oneLine = (stderr: string): string => {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"));
-  expect(lines).toHaveLength(1);
-  return lines[0]!;
-};
+const { root, fresh } = scratchFolder("evosparse-inputs-");
+const run = (...args: string[]) => runCli(args, { timeout: 60_000 });
 const fifo = (): string | undefined => {
   const path = fresh("pipe");
   return spawnSync("mkfifo", [path]).status === 0 ? path : undefined;

@@ -3,24 +3,13 @@
  * name, a token budget below one evaluation, and a per-linear allocation given to a
  * structured prune (averaged per block, and said so). The commands run for real.
  */
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { oneLine, runCli, scratchFolder } from "./helpers/cli.ts";
 
-const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
-const root = mkdtempSync(join(tmpdir(), "evosparse-messages-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-const run = (...args: string[]) => {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", cwd: root, env: { ...process.env, CI: "true" } });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-};
-const oneLine = (stderr: string): string => {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"));
-  expect(lines).toHaveLength(1);
-  return lines[0]!;
-};
+const { root } = scratchFolder("evosparse-messages-");
+const run = (...args: string[]) => runCli(args, { cwd: root });
 
 describe("messages", () => {
   it("a whole number too large to hold exactly is refused as too large", () => {

@@ -7,32 +7,20 @@
  * mounts (test/helpers/small-disk.ts).
  */
 import { spawnSync } from "node:child_process";
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import fc from "fast-check";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { DataError } from "../src/errors.ts";
 import { entryKind, writeFileAtomically } from "../src/files.ts";
 import { expectTaggedError } from "./helpers/errors.ts";
 import { runOnSmallDisk, smallDiskMissing } from "./helpers/small-disk.ts";
+import { oneLine, runCli, scratchFolder } from "./helpers/cli.ts";
 
-const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
-const run = (...args: string[]) => {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env: { ...process.env, CI: "true" } });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-};
-const root = mkdtempSync(join(tmpdir(), "evosparse-outputs-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-let counter = 0;
-const fresh = (name: string) => join(root, `${name}-${++counter}`);
+const { fresh } = scratchFolder("evosparse-outputs-");
+const run = (...args: string[]) => runCli(args);
 
 const mkfifo = (path: string): boolean => spawnSync("mkfifo", [path]).status === 0;
-const oneLine = (stderr: string): string => {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"));
-  expect(lines).toHaveLength(1);
-  return lines[0]!;
-};
 
 describe("the write layer", () => {
   it("refuses a link, a pipe or a device as a target, and leaves it and what it points at unchanged", () => {

@@ -4,29 +4,18 @@
  * and so is `train --resume` with another learning rate, seed or text. An unchanged resume
  * goes on. The commands run for real on the embedded model.
  */
-import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { cpSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { brownText } from "../src/data/brown.ts";
 import { defaultModel } from "../src/defaults.ts";
 import { train, type TrainOptions } from "../src/jobs/train.ts";
 import { checkStamp, stamp, type Provenance } from "../src/output/provenance.ts";
+import { oneLine, runCli, scratchFolder } from "./helpers/cli.ts";
 
-const bin = resolve(import.meta.dirname, "..", "bin", "evosparse.mjs");
-const run = (...args: string[]) => {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", env: { ...process.env, CI: "true" } });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-};
-const root = mkdtempSync(join(tmpdir(), "evosparse-provenance-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-const oneLine = (stderr: string): string => {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("evosparse:"));
-  expect(lines).toHaveLength(1);
-  return lines[0]!;
-};
+const { root } = scratchFolder("evosparse-provenance-");
+const run = (...args: string[]) => runCli(args);
 
 describe("the stamp", () => {
   const made: Provenance = { settings: { "--lr": 0.003, "--seed": 0 }, files: { "--data a.txt": "ab".repeat(32) } };

@@ -374,6 +374,15 @@ const engineCheckpoint = (dir: string, made: Provenance): EngineCheckpoint => {
  * RUN` starts from, so one command reproduces the reported test number.
  */
 export const finalPruneSettings = (s: SearchSettings, allocationFile: string): Partial<PruneSettings> => ({
+  ...finalProtocol(s, allocationFile),
+  metric: s.metric as PruneMetric,
+  pattern: s.pattern as Pattern,
+  ...(s.pattern.kind === "nm" ? {} : { sparsity: s.sparsity }),
+  mode: s.finalMode,
+});
+
+/** What every final re-pruning of the run shares, structured or not: the model, calibration and test windows. */
+const finalProtocol = (s: SearchSettings, allocationFile: string): Partial<PruneSettings> => ({
   model: s.model,
   ...(s.tokenizer ? { tokenizer: s.tokenizer } : {}),
   allocation: allocationFile,
@@ -386,10 +395,6 @@ export const finalPruneSettings = (s: SearchSettings, allocationFile: string): P
   eval: s.eval,
   evalFormat: s.evalFormat as TextFormat,
   ...(s.evalWindows !== undefined ? { evalWindows: s.evalWindows } : {}),
-  metric: s.metric as PruneMetric,
-  pattern: s.pattern as Pattern,
-  ...(s.pattern.kind === "nm" ? {} : { sparsity: s.sparsity }),
-  mode: s.finalMode,
 });
 
 /**
@@ -408,20 +413,7 @@ export const pruneSettingsFromRun = (dir: string): Partial<PruneSettings> => {
 
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string => {
-  const shared = {
-    model: s.model,
-    tokenizer: s.tokenizer,
-    allocation: allocationFile,
-    calib: s.calib,
-    field: s.field,
-    nsamples: s.nsamples,
-    seed: s.calibSeed,
-    seqlen: s.seqlen,
-    batch: s.batch,
-    eval: s.eval,
-    evalFormat: s.evalFormat,
-    evalWindows: s.evalWindows,
-  };
+  const shared = finalProtocol(s, allocationFile);
   // npx finds the bin of the installed package, so the command runs as printed.
   const words = s.structured
     ? [
@@ -432,12 +424,7 @@ const reproduceCommand = (s: SearchSettings, allocationFile: string): string => 
       ]
     : [
         "npx evosparse prune",
-        ...flagWords(PRUNE_FLAGS, {
-          ...shared,
-          metric: s.metric,
-          ...(s.pattern.kind === "nm" ? { pattern: s.pattern as Pattern } : { sparsity: s.sparsity }),
-          mode: s.finalMode,
-        }),
+        ...flagWords(PRUNE_FLAGS, { ...finalPruneSettings(s, allocationFile), ...(s.pattern.kind === "nm" ? {} : { pattern: undefined }) }),
       ];
   return [...words, "--out DIR"].join(" ");
 };
