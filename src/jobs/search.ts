@@ -199,6 +199,9 @@ export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonl
  */
 export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "budgetTokens", "timeBudgetSeconds", "patience"] as const;
 
+/** Settings the run records but no flag gives: the stage plan, derived from the budget and the space. */
+export const DERIVED_SETTINGS = ["plan"] as const;
+
 /** The command-line flag of a setting, for messages. */
 export const settingFlag = (key: keyof FlaggedSettings): string => `--${SEARCH_FLAGS[key].flag}`;
 
@@ -337,7 +340,7 @@ export const searchProvenance = (settings: SearchSettings): Provenance => {
   // measured, and a resumed run keeps the one settings.json recorded.
   const decisive = Object.fromEntries(
     (Object.keys(settings) as (keyof SearchSettings)[])
-      .filter((key): key is keyof FlaggedSettings => key in SEARCH_FLAGS)
+      .filter((key): key is keyof FlaggedSettings => !(DERIVED_SETTINGS as readonly string[]).includes(key))
       .filter((key) => !(RESUMABLE_SETTINGS as readonly string[]).includes(key) && settings[key] !== undefined)
       .map((key) => [settingFlag(key), settings[key]]),
   );
