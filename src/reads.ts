@@ -165,15 +165,29 @@ export const readHead = (file: string, length: number, options: ReadOptions & { 
   }
 };
 
+/**
+ * Digests already taken by this process, by the file's identity and its last change: a
+ * search hashes its model for its saved state and again for a queue's setup record, and a
+ * model of many gigabytes takes seconds each time. Any write changes ctime, so a changed
+ * file is hashed again.
+ */
+const digests = new Map<string, string>();
+
 /** SHA-256 of a regular file, read in chunks (checkpoints can be many gigabytes). */
 export const fileDigest = (file: string, options: ReadOptions = {}): string => {
   const { fd } = openRegularFile(file, options);
-  const hash = createHash("sha256");
-  const buffer = Buffer.allocUnsafe(8 << 20);
   try {
+    const st = fstatSync(fd, { bigint: true });
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const known = digests.get(key);
+    if (known !== undefined) return known;
+    const hash = createHash("sha256");
+    const buffer = Buffer.allocUnsafe(8 << 20);
     for (let n; (n = readSync(fd, buffer, 0, buffer.length, null)) > 0; ) hash.update(buffer.subarray(0, n));
+    const digest = hash.digest("hex");
+    digests.set(key, digest);
+    return digest;
   } finally {
     closeSync(fd);
   }
-  return hash.digest("hex");
 };
