@@ -87,6 +87,10 @@ const domain = (values: readonly number[], flatHalfWidth: (centre: number) => nu
   return [lo, hi];
 };
 
+/** Smallest and largest of the values; an empty list has none to cover ([+Inf, -Inf]). */
+const extent = (values: readonly number[]): [number, number] =>
+  values.reduce<[number, number]>(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
+
 /** Fraction of the way from lo to hi, overflow-safe (see `domain`). */
 const fraction = (v: number, lo: number, hi: number) => (v / 2 - lo / 2) / (hi / 2 - lo / 2);
 
@@ -104,10 +108,11 @@ interface Tick {
 }
 
 /**
- * [lo, hi] widened to whole steps of its nice ticks, so the first and last ticks cover the
- * data rather than falling inside it; unchanged when no step fits.
+ * The padded domain [lo, hi], widened to whole steps of its nice ticks when its first and last
+ * ticks would fall inside the data [dataLo, dataHi] (the values before padding); unchanged
+ * when they already cover it or no step fits.
  */
-const tickDomain = ([lo, hi]: [number, number], count: number, integer = false): [number, number] => {
+const tickDomain = ([lo, hi]: [number, number], [dataLo, dataHi]: readonly [number, number], count: number, integer = false): [number, number] => {
   let range: [number, number] = [lo, hi];
   // Widening can change the step; a few rounds settle on a range whose own ticks end it.
   for (let round = 0; round < 4; round++) {
@@ -119,7 +124,7 @@ const tickDomain = ([lo, hi]: [number, number], count: number, integer = false):
     const a = Math.floor(range[0] / step) * step;
     const b = Math.ceil(range[1] / step) * step;
     if (!(Number.isFinite(a) && Number.isFinite(b) && a < b)) return range;
-    if (ticks[0]!.at <= lo && ticks[ticks.length - 1]!.at >= hi) return range;
+    if (ticks[0]!.at <= dataLo && ticks[ticks.length - 1]!.at >= dataHi) return range;
     range = [Math.min(a, range[0]), Math.max(b, range[1])];
   }
   return range;
@@ -146,8 +151,10 @@ const niceTicks = (lo: number, hi: number, count = 5, integer = false): Tick[] =
   const slack = s * 1e-9;
   const first = Math.ceil((lo - slack) / s);
   const last = Math.floor((hi + slack) / s);
-  for (let k = first; k <= last && ticks.length <= 4 * count; k++) {
-    const t = k * s;
+  // Far from zero, k + 1 can equal k (beyond 2^53): the loop is bounded by its steps, not by k.
+  if (!(last - first <= 4 * count + 1)) return [];
+  for (let i = 0; i <= last - first && ticks.length <= 4 * count; i++) {
+    const t = (first + i) * s;
     if (t >= lo - slack && t <= hi + slack && Number.isFinite(t)) ticks.push({ at: t, label: tickLabel(t, s) });
   }
   return ticks;
@@ -235,12 +242,10 @@ export const lineChart = (series: readonly Series[], options: ChartOptions): str
   const references = (options.references ?? []).filter((r) => Number.isFinite(tr(r.y)));
   const all = series.flatMap((s) => s.points).filter(usable);
 
+  const xs = all.map(([x]) => x);
   const [x0, x1] = tickDomain(
-    domain(
-      all.map(([x]) => x),
-      (c) => Math.max(Math.abs(c) * 0.1, options.integerX ? 0.5 : 1),
-      [0, 1],
-    ),
+    domain(xs, (c) => Math.max(Math.abs(c) * 0.1, options.integerX ? 0.5 : 1), [0, 1]),
+    extent(xs),
     8,
     options.integerX,
   );
@@ -249,7 +254,7 @@ export const lineChart = (series: readonly Series[], options: ChartOptions): str
   // bounding it at log10(MAX_VALUE) keeps 10^hi finite for the labels.
   const [y0, y1] = logY
     ? domain(ys.map(tr), () => 0.2, [0, 1], 308.25)
-    : tickDomain(domain(ys, (c) => Math.max(Math.abs(c) * 0.1, 1), [0, 1]), 5);
+    : tickDomain(domain(ys, (c) => Math.max(Math.abs(c) * 0.1, 1), [0, 1]), extent(ys), 5);
 
   const plotW = width - m.left - m.right;
   const plotH = height - m.top - m.bottom;
