@@ -5,8 +5,9 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { evaluate, prune, stats, UsageError } from "../src/api/index.ts";
+import { evaluate, prune, search, stats, UsageError } from "../src/api/index.ts";
 import { evosparse, jsonOf, tempRoot } from "./helpers/embedded.ts";
+import { oneLine } from "./helpers/cli.ts";
 
 const root = tempRoot("api");
 const small = { nsamples: 2, seqlen: 128, backend: "wasm" as const };
@@ -27,6 +28,26 @@ describe("the API", () => {
     expect(existsSync(join(root, "pruned", "model.safetensors"))).toBe(true);
     await expect(prune({ ...small, allocation: "owl", out: join(root, "refused") })).rejects.toBeInstanceOf(UsageError);
     await expect(prune({ ...small, allocation: "owl", out: join(root, "refused") })).rejects.toThrow(/--sparsity is required/);
+  });
+
+  it("settings are checked as the command line checks its flags: the same refusals, and an unknown name is one", async () => {
+    const refusal = async (call: Promise<unknown>): Promise<string> => {
+      const e = await call.then(() => undefined, (e: unknown) => e);
+      expect(e).toBeInstanceOf(UsageError);
+      return (e as Error).message;
+    };
+    const out = join(root, "never");
+    for (const [flag, value, setting] of [["population", "0", { population: 0 }], ["fitness-windows", "2.5", { fitnessWindows: 2.5 }], ["mode", "weird", { mode: "weird" }]] as const) {
+      const cli = evosparse("search", "--method", "uniform", "--sparsity", "0.5", `--${flag}`, value, "--out", out);
+      expect(cli.code).toBe(2);
+      const message = await refusal(search({ method: "uniform", sparsity: 0.5, out, ...(setting as object) }));
+      expect(message).toMatch(new RegExp(`^--${flag} `));
+      expect(oneLine(cli.stderr)).toContain(message);
+    }
+    expect(await refusal(search({ method: "uniform", sparsity: 0.5, out, generation: 3 } as never))).toMatch(/unknown setting "generation" \(did you mean generations\?\)/);
+    expect(await refusal(prune({ sparsity: 0.5, out, nsample: 2 } as never))).toMatch(/unknown setting "nsample" \(did you mean nsamples\?\)/);
+    expect(await refusal(prune({ sparsity: 1.5, out }))).toMatch(/--sparsity 1.5 is not a number in \[0, 1\)/);
+    expect(existsSync(out)).toBe(false);
   });
 
   it("stats gives the rows of the stats command and writes its CSV when asked", async () => {

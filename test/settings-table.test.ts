@@ -10,6 +10,8 @@ import { program } from "../src/cli/program.ts";
 import { PRUNE_FLAGS, type PruneSettings } from "../src/jobs/prune.ts";
 import { DERIVED_SETTINGS, SEARCH_FLAGS, SearchSettings } from "../src/jobs/search.ts";
 import { flagWords, shellWord } from "../src/settings/flag-table.ts";
+import { SetupRecord } from "../src/queue/records.ts";
+import { Schema } from "effect";
 
 const parse = async (args: string[]): Promise<Record<string, unknown>> => {
   let parsed: Record<string, unknown> | undefined;
@@ -53,6 +55,23 @@ describe("settings and their flags", () => {
     for (const key of DERIVED_SETTINGS) expect(Object.keys(SearchSettings.fields)).toContain(key);
     const flags = Object.values(SEARCH_FLAGS).map((s) => s.flag);
     expect(new Set(flags).size).toBe(flags.length);
+  });
+
+  it("the queue's setup record decodes a setting as settings.json does: a value one refuses, the other refuses", () => {
+    // The record's field for each search setting it carries (record name -> setting name).
+    const carried = { metric: "metric", mode: "mode", pattern: "pattern", seqlen: "seqlen", batch: "batch", searchSeed: "seed", seed: "calibSeed" } as const;
+    const value = fc.oneof(fc.string(), fc.integer({ min: -4, max: 4096 }), fc.double(), fc.constantFrom("wanda", "dense", "sequential", { kind: "unstructured" }, { kind: "nm", n: 2, m: 4 }));
+    fc.assert(
+      fc.property(fc.constantFrom(...Object.keys(carried)), value, (field, v) => {
+        const setting = carried[field as keyof typeof carried];
+        const decodes = (schema: Schema.Top) => Schema.is(schema as never)(v);
+        const record = (SetupRecord.fields as Record<string, Schema.Top>)[field]!;
+        // The record only narrows a setting (a resolved window length, a batch of one or more).
+        if (decodes(record)) expect(decodes((SearchSettings.fields as Record<string, Schema.Top>)[setting]!)).toBe(true);
+        else if (decodes((SearchSettings.fields as Record<string, Schema.Top>)[setting]!)) expect(["seqlen", "batch"]).toContain(field);
+      }),
+      { numRuns: 400 },
+    );
   });
 
   it("every flag of the tables is an option of its command (its --help lists it)", () => {

@@ -19,7 +19,7 @@ import { pruneSettingsFromRun, SEARCH_FLAGS, searchJob, type GivenSettings, type
 import { statsJob, type StatsRequest } from "../jobs/stats.ts";
 import type { LinearStatistics } from "../prune/dense-statistics.ts";
 import { patternOf, type Pattern } from "../allocation/pattern.ts";
-import { flagDefaults } from "../settings/flag-table.ts";
+import { checkSettings, flagDefaults, type FlagTable } from "../settings/flag-table.ts";
 
 export type { SearchSummary, FinalResult, SearchSettings, GivenSettings } from "../jobs/search.ts";
 export type { PruneReport, PruneSettings, PruneEvaluation } from "../jobs/prune.ts";
@@ -103,18 +103,24 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
 
 const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "overwrite", "from"] as const;
 
-const settingsPart = <T extends object>(options: T): Record<string, unknown> =>
-  Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k)));
+/**
+ * The settings among a function's options, checked by the command's flag table as the
+ * command line checks its flags: an unknown name or a value a flag would refuse rejects
+ * with the same UsageError.
+ */
+const settingsPart = <T extends object, S>(options: T, table: FlagTable<S>): Record<string, unknown> =>
+  checkSettings(table, Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k)))) as Record<string, unknown>;
 
 /** `evosparse search`: a method's search, its best allocation re-pruned and compared on the test text. */
 export const search = async (options: SearchOptions): Promise<SearchSummary> => {
   const pattern = patternOf(options.pattern ?? "unstructured");
-  const given = { ...flagDefaults(SEARCH_FLAGS), ...settingsPart(options), pattern } as Record<string, unknown>;
+  const part = settingsPart(options, SEARCH_FLAGS);
+  const given = { ...flagDefaults(SEARCH_FLAGS), ...part, pattern } as Record<string, unknown>;
   if (pattern.kind === "nm") given.sparsity = pattern.n / pattern.m;
   return run(
     searchJob({
       ...(options.resume !== undefined
-        ? { resume: options.resume, given: settingsPart(options) as Partial<GivenSettings> }
+        ? { resume: options.resume, given: part as Partial<GivenSettings> }
         : { settings: given as unknown as GivenSettings, ...(options.out !== undefined ? { out: options.out } : {}) }),
       workers: options.workers ?? 1,
       ...(options.queue !== undefined ? { queue: options.queue } : {}),
@@ -139,7 +145,7 @@ export type PruneOptions = Partial<Omit<PruneSettings, "pattern">> &
 export const prune = async (options: PruneOptions): Promise<PruneReport> => {
   const fromRun = options.from !== undefined ? pruneSettingsFromRun(options.from) : {};
   const pattern = options.pattern !== undefined ? patternOf(options.pattern) : (fromRun.pattern ?? patternOf("unstructured"));
-  const settings = { ...flagDefaults(PRUNE_FLAGS), ...fromRun, ...settingsPart(options), pattern } as unknown as PruneSettings;
+  const settings = { ...flagDefaults(PRUNE_FLAGS), ...fromRun, ...settingsPart(options, PRUNE_FLAGS), pattern } as unknown as PruneSettings;
   return run(pruneJob({ ...settings, out: options.out, ...(options.overwrite ? { overwrite: true } : {}), ...runOptions(options) }));
 };
 
@@ -187,7 +193,7 @@ export const stats = (options: StatsOptions = {}): Promise<readonly LinearStatis
       seed: 0,
       metric: "wanda",
       // Of stats's own settings, `out` and `overwrite` name its CSV file.
-      ...settingsPart(options),
+      ...Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k))),
       ...(options.out !== undefined ? { out: options.out } : {}),
       ...(options.overwrite ? { overwrite: true } : {}),
       ...runOptions(options),

@@ -15,6 +15,18 @@ import { statsCommand } from "./stats.ts";
 import { trainCommand } from "./train.ts";
 import { workerCommand } from "./worker.ts";
 
+/**
+ * A yargs validation message on one line, a refused choice worded as the settings' own checks
+ * word it (`--mode "weird" is not one of dense, sequential`), so the CLI and the API say the same.
+ */
+const yargsProblem = (message: string): string => {
+  const choices = [...message.matchAll(/Argument: ([\w-]+), Given: (.*?), Choices: (.*)/g)];
+  if (choices.length > 0) {
+    return choices.map(([, flag, given, list]) => `--${flag} ${given!.trim()} is not one of ${list!.replace(/"/g, "").trim()}`).join("; ");
+  }
+  return message.replace(/\s*\n\s*/g, " ").trim();
+};
+
 export const COMMANDS = [evalCommand, startCommand, trainCommand, statsCommand, pruneCommand, searchCommand, workerCommand] as const;
 
 export interface ProgramOptions {
@@ -63,7 +75,7 @@ export const program = (args: readonly string[], options: ProgramOptions = {}): 
       // yargs reports its own validation failures as YError, and option coercions throw
       // our UsageError: both are usage errors (exit 2).
       const usage = !error || error.name === "YError";
-      const failure = usage ? new UsageError({ problem: `${message ?? error?.message} (see --help)` }) : error;
+      const failure = usage ? new UsageError({ problem: `${yargsProblem(message ?? error?.message ?? "")} (see --help)` }) : error;
       if (options.onFailure) return options.onFailure(failure);
       reportFailure(failure);
       // yargs would otherwise go on to run the command with the rejected arguments.

@@ -14,10 +14,10 @@ import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity, layoutOf } from "../allocation/allocation.ts";
 import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
 import { nmMismatch } from "../allocation/nm.ts";
-import { PatternSchema, patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
+import { patternText, targetOf, toAllocation } from "../allocation/pattern.ts";
 import { describeBackend, initBackendEffect, type BackendChoice } from "../backend/backend.ts";
 import { openCheckpointSync } from "../checkpoint/open.ts";
-import { TEXT_FORMATS, type TextFormat } from "../data/text-source.ts";
+import type { TextFormat } from "../data/text-source.ts";
 import { defaultBaselines, defaultData, resultsDir } from "../defaults.ts";
 import { checkEngineLimits, type EngineCheckpoint } from "../engine/evolve.ts";
 import { generationalProblems, parseScreening, type ScreeningStage } from "../engine/generational.ts";
@@ -30,7 +30,7 @@ import { writeFileAtomically } from "../files.ts";
 import { MODULE_EXTENSIONS } from "../user-module.ts";
 import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../output/run-folder.ts";
 import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
-import { PRUNE_METRICS, type PruneMetric } from "../prune/prune-linear.ts";
+import type { PruneMetric } from "../prune/prune-linear.ts";
 import type { Pruner } from "../prune/pruner.ts";
 import { parseQueueAddress, type QueueAddress } from "../queue/address.ts";
 import { queueEvaluator } from "../queue/queue-evaluator.ts";
@@ -45,6 +45,7 @@ import type { BlockAllocation, MethodPlugin, Pattern } from "../search/plugin.ts
 import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
 import { checkMethod, runFixedMethod, runMethod } from "../search/run-method.ts";
+import { SearchSettings } from "../search/settings.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
 import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, screenPlanFor, screenText, stagedPlanFor, stagedTokens, type DerivedPlan, type StagedPlan } from "../search/plan.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
@@ -60,64 +61,7 @@ const INDIVIDUAL_BYTES = 4096;
 const GENE_BYTES = 64;
 
 /** Everything that decides a run's result; saved so a resumed run is the same run. */
-export const SearchSettings = Schema.Struct({
-  method: Schema.String,
-  space: Schema.String,
-  sparsity: Schema.Number,
-  metric: Schema.Literals(PRUNE_METRICS),
-  pattern: PatternSchema,
-  model: Schema.String,
-  tokenizer: Schema.optional(Schema.String),
-  calib: Schema.String,
-  field: Schema.String,
-  nsamples: Schema.Int,
-  /** Seed of the calibration windows: 0 like the prune command, whatever the search seed. */
-  calibSeed: Schema.Int,
-  seqlen: Schema.Int,
-  fitnessData: Schema.String,
-  fitnessWindows: Schema.Int,
-  eval: Schema.String,
-  evalFormat: Schema.Literals(TEXT_FORMATS),
-  evalWindows: Schema.optional(Schema.Int),
-  population: Schema.Int,
-  /** Generations at most; absent: as many as the budget pays for (10 without a budget). */
-  generations: Schema.optional(Schema.Int),
-  budgetEvals: Schema.optional(Schema.Int),
-  /** Fitness tokens the search may spend, every stage's included. */
-  budgetTokens: Schema.optional(Schema.Int),
-  timeBudgetSeconds: Schema.optional(Schema.Number),
-  patience: Schema.optional(Schema.Int),
-  seed: Schema.Int,
-  mode: Schema.Literals(CALIBRATION_MODES),
-  finalMode: Schema.Literals(CALIBRATION_MODES),
-  batch: Schema.Int,
-  /** Structured pruning: whole head groups and channels removed at each block's ratio, scored by this importance. */
-  structured: Schema.optional(Schema.Literals(STRUCTURED_IMPORTANCES)),
-  /** HyWIA: steps learning its fusion weights. */
-  fusionSteps: Schema.optional(Schema.Int),
-  /** An allocation the method starts from instead of uniform: a direct method's name or an allocation CSV. */
-  start: Schema.optional(Schema.String),
-  /** Screening stages of the generational strategy, as `--screen` writes them (64@1024,16@4096). */
-  screen: Schema.optional(Schema.String),
-  /** What fitness measures: perplexity (absent, as in runs before the choice existed) or KL from the dense model. */
-  fitness: Schema.optional(Schema.String),
-  /** Training-free allocations scored beside the search, comma-separated; absent (runs of earlier versions): uniform and OWL. */
-  baselines: Schema.optional(Schema.String),
-  /**
-   * The stage plan the run derived from its budget (or its default without one), kept so a
-   * resumed run searches with the same plan; absent when the space file fixes one.
-   */
-  plan: Schema.optional(
-    Schema.Struct({
-      offspring: Schema.Int,
-      stages: Schema.Array(Schema.Struct({ survivors: Schema.Int, tokens: Schema.Int, exact: Schema.optional(Schema.Boolean) })),
-      tokensPerGeneration: Schema.Int,
-      generations: Schema.Int,
-      from: Schema.String,
-    }),
-  ),
-});
-export type SearchSettings = typeof SearchSettings.Type;
+export { SearchSettings };
 
 /** Generations of a run given no budget and no --generations. */
 export const DEFAULT_GENERATIONS = 10;

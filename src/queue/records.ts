@@ -16,14 +16,11 @@ import { readdirSync, statSync } from "node:fs";
 import { fileDigest } from "../reads.ts";
 import { basename, join } from "node:path";
 import { Schema } from "effect";
-import { PatternSchema } from "../allocation/pattern.ts";
 import type { Window } from "../data/windows.ts";
 import type { Fidelity, Fitness } from "../engine/genome.ts";
-import { CALIBRATION_MODES } from "../prune/pipeline.ts";
-import { PRUNE_METRICS } from "../prune/prune-linear.ts";
-import { STRUCTURED_IMPORTANCES } from "../prune/structured.ts";
 import { FITNESS_MEASURES } from "../search/fitness.ts";
 import type { FitnessModel, FitnessSetup } from "../search/fitness-setup.ts";
+import { SearchSettings, StructuredImportanceSchema } from "../search/settings.ts";
 
 export const RECORD_VERSION = 1;
 
@@ -35,23 +32,28 @@ const WindowRecord = Schema.Struct({ ids: Tokens, targets: Tokens });
 
 const ModelFile = Schema.Struct({ name: Schema.String, bytes: Count, sha256: Hex64 });
 
+/** The search's own settings schema gives each setting's field, so the record decodes a setting as settings.json does. */
+const setting = SearchSettings.fields;
+
 export const SetupRecord = Schema.Struct({
   version: Schema.Literal(RECORD_VERSION),
   /** A single checkpoint file (llama2.c) or a Hugging Face folder's weight and config files. */
   model: Schema.Struct({ kind: Schema.Literals(["file", "folder"]), files: Schema.Array(ModelFile) }),
   /** The backend family the fitnesses must be computed with (results differ in the last bits). */
   backend: Schema.String,
-  metric: Schema.Literals(PRUNE_METRICS),
-  mode: Schema.Literals(CALIBRATION_MODES),
-  pattern: PatternSchema,
-  seqlen: Schema.Int.check(Schema.isGreaterThanOrEqualTo(2)),
-  batch: Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)),
+  metric: setting.metric,
+  mode: setting.mode,
+  pattern: setting.pattern,
+  // A resolved window length (settings.json's 0 means "the model's context", never sent).
+  seqlen: setting.seqlen.check(Schema.isGreaterThanOrEqualTo(2)),
+  batch: setting.batch.check(Schema.isGreaterThanOrEqualTo(1)),
+  /** Queue workers compute the built-in measures only (a search refuses a user's with --queue). */
   fitness: Schema.Literals(FITNESS_MEASURES),
   /** The seed of the stage minibatches (the search's seed). */
-  searchSeed: Schema.Int,
+  searchSeed: setting.seed,
   /** The calibration seed (structured fitness draws from it too). */
-  seed: Schema.Int,
-  structured: Schema.optional(Schema.Struct({ importance: Schema.Literals(STRUCTURED_IMPORTANCES), target: Schema.Finite, fusionSteps: Schema.optional(Count) })),
+  seed: setting.calibSeed,
+  structured: Schema.optional(Schema.Struct({ importance: StructuredImportanceSchema, target: Schema.Finite, fusionSteps: setting.fusionSteps })),
   calibration: Schema.Array(Tokens),
   windows: Schema.Array(WindowRecord),
   pool: Schema.Array(WindowRecord),

@@ -5,7 +5,8 @@
  * line's options, the settings read from them, the flags a resumed run may not change and
  * the commands printed for reproduction all derive from that pair.
  */
-import type { NumberRule } from "./number-rule.ts";
+import { UsageError } from "../errors.ts";
+import { parseNumberFlag, type NumberRule } from "./number-rule.ts";
 
 interface FlagBase {
   /** The flag without its dashes, e.g. "calib-seed". */
@@ -66,4 +67,41 @@ export const flagDefaults = <S>(table: FlagTable<S>): Partial<Record<keyof S, st
     if (value !== undefined) defaults[key] = value;
   }
   return defaults;
+};
+
+/**
+ * Settings given by name (the API's options, a queue's or a file's record) checked as the
+ * command line checks its flags: a name the table does not hold, a number its rule refuses,
+ * a value outside a flag's choices or text that is not text is a UsageError naming the flag.
+ * Numbers come back as numbers (the command line's text too); patterns are left to the caller.
+ */
+export const checkSettings = <S>(table: FlagTable<S>, given: Readonly<Record<string, unknown>>): Partial<S> => {
+  const keys = Object.keys(table) as (keyof S & string)[];
+  const out: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(given)) {
+    if (value === undefined) continue;
+    if (!(keys as string[]).includes(name)) {
+      const near = keys.find((k) => k.toLowerCase().startsWith(name.toLowerCase().slice(0, 4)));
+      throw new UsageError({ problem: `unknown setting ${JSON.stringify(name)}${near ? ` (did you mean ${near}?)` : ""}; the settings are ${keys.join(", ")}` });
+    }
+    const spec = table[name as keyof S];
+    switch (spec.kind) {
+      case "number":
+        out[name] = parseNumberFlag(spec.flag, value, spec.rule);
+        break;
+      case "choice":
+        if (typeof value !== "string" || !spec.choices.includes(value)) {
+          throw new UsageError({ problem: `--${spec.flag} ${JSON.stringify(value)} is not one of ${spec.choices.join(", ")}` });
+        }
+        out[name] = value;
+        break;
+      case "pattern":
+        out[name] = value;
+        break;
+      default:
+        if (typeof value !== "string" || value === "") throw new UsageError({ problem: `--${spec.flag} takes a non-empty text, not ${JSON.stringify(value)}` });
+        out[name] = value;
+    }
+  }
+  return out as Partial<S>;
 };
