@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { pruneStructured } from "../src/api/index.ts";
 import { embeddedModel, errorLines, evosparse, historyOf, jsonOf, reproduceArgs, tempRoot } from "./helpers/embedded.ts";
 
 const root = tempRoot("search-structured");
@@ -18,7 +19,7 @@ describe("evosparse search --structured", () => {
     "--baselines", "uniform,owl",
   ];
 
-  it("hywia with DSA: 1 and 2 workers agree; the reproduce command cuts the best allocation to the reported test perplexity", () => {
+  it("hywia with DSA: 1 and 2 workers agree; the reproduce command and prune --from cut the best allocation to the reported test perplexity", async () => {
     const one = join(root, "one");
     const two = join(root, "two");
     const args = ["search", "--structured", "hywia", "--fusion-steps", "4", "--method", "dsa", "--space", "dsa-small.json", ...small, "--population", "3", "--generations", "2"];
@@ -39,6 +40,15 @@ describe("evosparse search --structured", () => {
     // The smaller model: whole groups gone, about the requested share of the prunable weights.
     expect(report.parameters.removed).toBeLessThanOrEqual(0.4 + 1e-9);
     expect(report.parameters.removed).toBeGreaterThan(0.35);
+
+    // `prune --from RUN` needs nothing else: the run's importance, fusion steps and protocol.
+    const fromRun = jsonOf(evosparse("prune", "--from", one, "--out", join(root, "from-run"), "--json"));
+    expect(fromRun.structured).toBe("hywia");
+    expect(fromRun.evaluation.pruned).toBe(summary.final.results[0].test);
+    expect(fromRun.ratios).toEqual(report.ratios);
+    // The API's structured prune reads the run the same way.
+    const api = await pruneStructured({ from: one, out: join(root, "from-api"), backend: "wasm" });
+    expect(api.evaluation!.pruned).toBe(summary.final.results[0].test);
   });
 
   it("refuses an N:M pattern with --structured, and a resumed run with another importance", () => {

@@ -15,8 +15,11 @@ import { defaultData, defaultModel } from "../defaults.ts";
 import type { GenerationRecord } from "../engine/state.ts";
 import { evaluate as evaluateJob, type EvalReport } from "../jobs/eval.ts";
 import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../jobs/prune.ts";
-import { pruneSettingsFromRun, SEARCH_FLAGS, searchJob, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
+import { protocolFromRun, SEARCH_FLAGS, searchJob, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
 import { statsJob, type StatsRequest } from "../jobs/stats.ts";
+import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
+import type { StructuredImportance } from "../prune/structured.ts";
+import { UsageError } from "../errors.ts";
 import type { LinearStatistics } from "../prune/dense-statistics.ts";
 import { patternOf, type Pattern } from "../allocation/pattern.ts";
 import { checkSettings, flagDefaults, type FlagTable } from "../settings/flag-table.ts";
@@ -27,6 +30,8 @@ export type { EvalReport } from "../jobs/eval.ts";
 export type { LinearStatistics } from "../prune/dense-statistics.ts";
 export type { GenerationRecord } from "../engine/state.ts";
 export type { BackendChoice } from "../backend/backend.ts";
+export type { StructuredPruneReport, StructuredSettings } from "../jobs/structured-prune.ts";
+export type { StructuredImportance } from "../prune/structured.ts";
 export { UsageError, DataError, CheckpointError, WorkerError, isEvosparseError, type EvosparseError } from "../errors.ts";
 
 // The engine: searches over any genome, with an injected evaluate.
@@ -101,7 +106,7 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly onGeneration?: (record: GenerationRecord, total: number) => void;
   };
 
-const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "overwrite", "from"] as const;
+const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "overwrite", "from", "importance"] as const;
 
 /**
  * The settings among a function's options, checked by the command's flag table as the
@@ -141,12 +146,50 @@ export type PruneOptions = Partial<Omit<PruneSettings, "pattern">> &
     readonly from?: string;
   };
 
+/** The prune settings of options: the command's defaults, a run's final protocol (`from`), then the options. */
+const pruneSettingsOf = (options: PruneOptions, fromRun: Partial<PruneSettings>): PruneSettings => {
+  const pattern = options.pattern !== undefined ? patternOf(options.pattern) : (fromRun.pattern ?? patternOf("unstructured"));
+  return { ...flagDefaults(PRUNE_FLAGS), ...fromRun, ...settingsPart(options, PRUNE_FLAGS), pattern } as unknown as PruneSettings;
+};
+
 /** `evosparse prune`: a model pruned with an allocation (a method or a CSV), written as a Hugging Face folder. */
 export const prune = async (options: PruneOptions): Promise<PruneReport> => {
-  const fromRun = options.from !== undefined ? pruneSettingsFromRun(options.from) : {};
-  const pattern = options.pattern !== undefined ? patternOf(options.pattern) : (fromRun.pattern ?? patternOf("unstructured"));
-  const settings = { ...flagDefaults(PRUNE_FLAGS), ...fromRun, ...settingsPart(options, PRUNE_FLAGS), pattern } as unknown as PruneSettings;
+  const protocol = options.from !== undefined ? protocolFromRun(options.from) : undefined;
+  if (protocol?.structured) {
+    throw new UsageError({ problem: `from ${options.from}: a structured search; re-prune its best with pruneStructured({ from })` });
+  }
+  const settings = pruneSettingsOf(options, protocol?.prune ?? {});
   return run(pruneJob({ ...settings, out: options.out, ...(options.overwrite ? { overwrite: true } : {}), ...runOptions(options) }));
+};
+
+export type PruneStructuredOptions = Omit<PruneOptions, "pattern"> &
+  Partial<StructuredSettings> & {
+    /** Required unless `from` names a structured search, whose importance it takes. */
+    readonly importance?: StructuredImportance;
+    /** Continue the LoRA recovery from OUT.recovery. */
+    readonly resume?: boolean;
+  };
+
+/** `evosparse prune --structured`: whole key/value head groups and MLP channels removed; the smaller model written. */
+export const pruneStructured = async (options: PruneStructuredOptions): Promise<StructuredPruneReport> => {
+  const protocol = options.from !== undefined ? protocolFromRun(options.from) : undefined;
+  const importance = options.importance ?? (protocol?.structured ? protocol.importance : undefined);
+  if (importance === undefined) throw new UsageError({ problem: "pruneStructured needs an importance (or `from` a structured search)" });
+  const { importance: _i, resume, ...rest } = options;
+  const structuredPart = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([k]) => k in STRUCTURED_FLAGS));
+  const pruneOnly = Object.fromEntries(Object.entries(rest).filter(([k]) => !(k in STRUCTURED_FLAGS))) as unknown as PruneOptions;
+  const structured = { ...(protocol?.structured ? protocol.settings : {}), ...checkSettings(STRUCTURED_FLAGS, structuredPart(rest)) };
+  return run(
+    structuredPruneJob({
+      ...structured,
+      importance,
+      settings: pruneSettingsOf(pruneOnly, protocol?.prune ?? {}),
+      out: options.out,
+      ...(options.overwrite ? { overwrite: true } : {}),
+      ...(resume ? { resume: true } : {}),
+      ...runOptions(options),
+    }),
+  );
 };
 
 export interface EvaluateOptions extends RunOptions {

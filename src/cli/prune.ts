@@ -5,7 +5,7 @@ import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type 
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
 import { hideBin } from "yargs/helpers";
-import { pruneSettingsFromRun } from "../jobs/search.ts";
+import { protocolFromRun } from "../jobs/search.ts";
 import { givenFlags, memoryOptions, settingsFromArgv, tableOptions } from "./flags.ts";
 import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
@@ -46,9 +46,9 @@ const structuredSummary = (r: StructuredPruneReport): string => {
   return lines.join("\n") + "\n";
 };
 
-/** Structured pruning: the prune settings, and the structured ones. */
-const runStructured = async (importance: StructuredImportance, settings: PruneSettings, argv: PruneArgs, log?: (line: string) => void) => {
-  const structured = settingsFromArgv(STRUCTURED_FLAGS, argv as unknown as Record<string, unknown>) as StructuredSettings;
+/** Structured pruning: the prune settings, and the structured ones (a run's, under those given here). */
+const runStructured = async (importance: StructuredImportance, settings: PruneSettings, argv: PruneArgs, log?: (line: string) => void, fromRun: Partial<StructuredSettings> = {}) => {
+  const structured = { ...fromRun, ...settingsFromArgv(STRUCTURED_FLAGS, argv as unknown as Record<string, unknown>) } as StructuredSettings;
   const report = await runCommand(
     structuredPruneJob({
       ...structured,
@@ -109,14 +109,24 @@ export const pruneCommand = {
   handler: async (argv: PruneArgs) => {
     const log = argv.json ? undefined : (line: string) => process.stderr.write(line + "\n");
     let settings: PruneSettings;
+    let importance = argv.structured;
+    let structuredFromRun: Partial<StructuredSettings> = {};
     try {
       settings = settingsFromArgv(PRUNE_FLAGS, argv as unknown as Record<string, unknown>) as PruneSettings;
-      // --from RUN: the search's final protocol, under the flags written on the command line.
-      if (argv.from !== undefined) settings = { ...settings, ...pruneSettingsFromRun(argv.from), ...explicitSettings(settings, givenFlags(hideBin(process.argv))) };
+      // --from RUN: the search's final protocol (a structured run's importance and settings
+      // too), under the flags written on the command line.
+      if (argv.from !== undefined) {
+        const protocol = protocolFromRun(argv.from);
+        settings = { ...settings, ...protocol.prune, ...explicitSettings(settings, givenFlags(hideBin(process.argv))) };
+        if (protocol.structured) {
+          importance ??= protocol.importance;
+          structuredFromRun = protocol.settings;
+        }
+      }
     } catch (error) {
       return reportFailure(error);
     }
-    if (argv.structured) return runStructured(argv.structured, settings, argv, log);
+    if (importance) return runStructured(importance, settings, argv, log, structuredFromRun);
     const misplaced = Object.values(STRUCTURED_FLAGS).find((f) => (argv as unknown as Record<string, unknown>)[camelOf(f.flag)] !== undefined);
     if (misplaced) return reportFailure(new UsageError({ problem: `--${misplaced.flag} applies to structured pruning: give --structured KIND with it` }));
     if (argv.resume) return reportFailure(new UsageError({ problem: "--resume continues a structured prune's LoRA recovery: give --structured KIND with it" }));

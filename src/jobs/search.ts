@@ -53,7 +53,7 @@ import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { availableParallelism } from "node:os";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { PRUNE_FLAGS, type PruneSettings } from "./prune.ts";
-import { STRUCTURED_FLAGS } from "./structured-prune.ts";
+import { STRUCTURED_FLAGS, type StructuredSettings } from "./structured-prune.ts";
 
 /** What one individual of a generation holds besides its genes (its record, cache entry and key), measured high. */
 const INDIVIDUAL_BYTES = 4096;
@@ -344,31 +344,43 @@ const finalProtocol = (s: SearchSettings, allocationFile: string): Partial<Prune
   ...(s.evalWindows !== undefined ? { evalWindows: s.evalWindows } : {}),
 });
 
+/** What a structured run's final re-pruning adds to the prune settings. */
+export interface StructuredProtocol {
+  readonly prune: Partial<PruneSettings>;
+  readonly importance: StructuredImportance;
+  readonly settings: Partial<StructuredSettings>;
+}
+
+/** The final protocol of a run: prune settings, and for a structured run its importance and settings. */
+export type RunProtocol = { readonly prune: Partial<PruneSettings>; readonly structured?: undefined } | (StructuredProtocol & { readonly structured: true });
+
 /**
- * `prune --from RUN`: the final protocol of the search in RUN, its best allocation included.
- * A structured search re-prunes with its printed command instead.
+ * `prune --from RUN`: the final protocol of the search in RUN, its best allocation included,
+ * so one command reproduces the reported test number, structured or not.
  */
-export const pruneSettingsFromRun = (dir: string): Partial<PruneSettings> => {
+export const protocolFromRun = (dir: string): RunProtocol => {
   const settings = readSettings(dir);
-  if (settings.structured) {
-    throw new UsageError({ problem: `--from ${dir}: a structured search; run the reproduce command it printed (summary.json: final.reproduce)` });
-  }
   const best = join(dir, "best-allocation.csv");
   if (!existsSync(best)) throw new DataError({ file: best, problem: "missing: the search has not finished (continue it with search --resume)" });
-  return finalPruneSettings(settings, best);
+  if (settings.structured) return { structured: true, ...structuredFinal({ ...settings, structured: settings.structured }, best) };
+  return { prune: finalPruneSettings(settings, best) };
 };
+
+/** A structured run's final protocol: the shared one, its target, and the structured settings. */
+const structuredFinal = (s: SearchSettings & { structured: StructuredImportance }, allocationFile: string): StructuredProtocol => ({
+  // HyWIA checks its fusion on validation windows: the search's fitness windows.
+  prune: { ...finalProtocol(s, allocationFile), sparsity: s.sparsity, valid: s.fitnessData, validWindows: s.fitnessWindows },
+  importance: s.structured,
+  settings: s.fusionSteps !== undefined ? { fusionSteps: s.fusionSteps } : {},
+});
 
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string => {
-  const shared = finalProtocol(s, allocationFile);
   // npx finds the bin of the installed package, so the command runs as printed.
   const words = s.structured
-    ? [
-        `npx evosparse prune --structured ${s.structured}`,
-        // HyWIA checks its fusion on validation windows: the search's fitness windows.
-        ...flagWords(PRUNE_FLAGS, { ...shared, sparsity: s.sparsity, valid: s.fitnessData, validWindows: s.fitnessWindows }),
-        ...flagWords(STRUCTURED_FLAGS, { fusionSteps: s.fusionSteps }),
-      ]
+    ? ((f) => [`npx evosparse prune --structured ${f.importance}`, ...flagWords(PRUNE_FLAGS, f.prune), ...flagWords(STRUCTURED_FLAGS, f.settings)])(
+        structuredFinal({ ...s, structured: s.structured }, allocationFile),
+      )
     : [
         "npx evosparse prune",
         ...flagWords(PRUNE_FLAGS, { ...finalPruneSettings(s, allocationFile), ...(s.pattern.kind === "nm" ? {} : { pattern: undefined }) }),
