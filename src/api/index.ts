@@ -113,8 +113,11 @@ const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "work
  * command line checks its flags: an unknown name or a value a flag would refuse rejects
  * with the same UsageError.
  */
-const settingsPart = <T extends object, S>(options: T, table: FlagTable<S>): Record<string, unknown> =>
-  checkSettings(table, Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k)))) as Record<string, unknown>;
+const settingsPart = <T extends object, S>(options: T, table: FlagTable<S>): Record<string, unknown> => checkSettings(table, givenSettings(options)) as Record<string, unknown>;
+
+/** The options that are settings (not how the run goes), as given. */
+const givenSettings = <T extends object>(options: T): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k)));
 
 /** `evosparse search`: a method's search, its best allocation re-pruned and compared on the test text. */
 export const search = async (options: SearchOptions): Promise<SearchSummary> => {
@@ -236,7 +239,7 @@ export const stats = (options: StatsOptions = {}): Promise<readonly LinearStatis
       seed: 0,
       metric: "wanda",
       // Of stats's own settings, `out` and `overwrite` name its CSV file.
-      ...Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && !(RUN_KEYS as readonly string[]).includes(k))),
+      ...givenSettings(options),
       ...(options.out !== undefined ? { out: options.out } : {}),
       ...(options.overwrite ? { overwrite: true } : {}),
       ...runOptions(options),

@@ -377,10 +377,9 @@ const structuredFinal = (s: SearchSettings & { structured: StructuredImportance 
 /** The prune command that re-prunes an allocation of the run as the final report did. */
 const reproduceCommand = (s: SearchSettings, allocationFile: string): string => {
   // npx finds the bin of the installed package, so the command runs as printed.
-  const words = s.structured
-    ? ((f) => [`npx evosparse prune --structured ${f.importance}`, ...flagWords(PRUNE_FLAGS, f.prune), ...flagWords(STRUCTURED_FLAGS, f.settings)])(
-        structuredFinal({ ...s, structured: s.structured }, allocationFile),
-      )
+  const structured = s.structured ? structuredFinal({ ...s, structured: s.structured }, allocationFile) : undefined;
+  const words = structured
+    ? [`npx evosparse prune --structured ${structured.importance}`, ...flagWords(PRUNE_FLAGS, structured.prune), ...flagWords(STRUCTURED_FLAGS, structured.settings)]
     : [
         "npx evosparse prune",
         ...flagWords(PRUNE_FLAGS, { ...finalPruneSettings(s, allocationFile), ...(s.pattern.kind === "nm" ? {} : { pattern: undefined }) }),
