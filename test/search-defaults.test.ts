@@ -72,6 +72,45 @@ describe("evosparse search with the defaults", () => {
     expect(cold.final.results.map((r: FinalResult) => r.method)).toEqual(["evopress", ...defaultBaselines]);
   }, 1_200_000);
 
+  it("prunes the last stage's candidates with the final protocol by default under Wanda, counting their calibration in the budget", () => {
+    const budget = 40_000;
+    const args = [...small.slice(0, -2), "--budget-tokens", String(budget), "--baselines", "uniform,owl"];
+    const dir = join(root, "exact");
+    const a = jsonOf(evosparse(...args, "--out", dir, "--json"));
+    const plan = a.settings.plan;
+    const last = plan.stages.length - 1;
+    // All of the run's calibration windows by default (the final protocol itself): recorded.
+    expect(a.settings.exactCalibration).toBe(2);
+    expect(last).toBeGreaterThan(0);
+    expect(plan.stages.map((st: { exact?: boolean }) => st.exact === true)).toEqual(plan.stages.map((_: unknown, i: number) => i === last));
+    expect(plan.generations).toBeGreaterThanOrEqual(30);
+    // The warm start is judged as the parent is: pruned sequentially.
+    expect(a.start.exact).toBe(true);
+    // Every exact evaluation spent its minibatch and the 2 calibration windows of 64 tokens; the budget holds them all.
+    const [header, ...lines] = readFileSync(join(dir, "history.csv"), "utf8").trim().split("\n");
+    const column = (name: string) => header!.split(",").indexOf(name);
+    const fresh = lines.map((l) => l.split(",")).filter((f) => f[column("cached")] === "false");
+    const exactTokens = fresh.filter((f) => Number(f[column("stage")]) === last).map((f) => Number(f[column("tokens")]));
+    expect(exactTokens.length).toBeGreaterThan(0);
+    expect(new Set(exactTokens)).toEqual(new Set([plan.stages[last].tokens + 2 * 64]));
+    const spent = spentTokens(dir);
+    expect(spent).toBeLessThanOrEqual(budget);
+    expect(spent).toBeGreaterThanOrEqual(0.9 * budget);
+    // Stopped after 4 generations and resumed: the same history, exact scores included.
+    const resumed = join(root, "exact-resumed");
+    jsonOf(evosparse(...args, "--out", resumed, "--generations", "4", "--json"));
+    jsonOf(evosparse("search", "--resume", resumed, "--generations", "100000", "--json"));
+    expect(historyOf(resumed)).toEqual(historyOf(dir));
+
+    // Magnitude prunes alike in both modes: no exact stage.
+    const m = jsonOf(evosparse(...args, "--metric", "magnitude", "--generations", "1", "--out", join(root, "exact-magnitude"), "--json"));
+    expect(m.settings.plan.stages.some((st: { exact?: boolean }) => st.exact === true)).toBe(false);
+    // More calibration windows than the run has: refused in one line.
+    const refused = evosparse(...args, "--exact-calibration", "3", "--out", join(root, "exact-refused"));
+    expect(refused.code).not.toBe(0);
+    expect(errorLines(refused.stderr)).toEqual(["evosparse: --exact-calibration 3 is above --nsamples 2: the exact stage prunes with the first of the run's calibration windows"]);
+  }, 600_000);
+
   it("refuses an unknown baseline in one line, before writing anything", () => {
     const out = join(root, "refused");
     const r = evosparse(...small, "--baselines", "uniform,nosuch", "--out", out);

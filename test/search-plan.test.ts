@@ -17,9 +17,12 @@ import { fakeClock, sphere, vectorGenome, type Clocked, type Vector } from "./he
 const run = (options: EvolveOptions<Vector, Vector>, time: Clocked) => Effect.runPromise(evolve(options).pipe(Effect.provideService(Clock.Clock, time.clock)));
 const spent = (history: readonly { tokens: number }[]) => history.reduce((n, r) => n + r.tokens, 0);
 
-/** A host whose stages draw whole windows of `windowTokens` scored tokens, as the fitness text does. */
-const hostOf = (time: Clocked, windowTokens: number, fitnessTokens: number) => {
-  const tokensOf = (f: Fidelity): number => (f.tokens === undefined ? fitnessTokens : Math.ceil(f.tokens / windowTokens) * windowTokens);
+/**
+ * A host whose stages draw whole windows of `windowTokens` scored tokens, as the fitness
+ * text does; an exact evaluation also forwards `exactTokens` of calibration.
+ */
+const hostOf = (time: Clocked, windowTokens: number, fitnessTokens: number, exactTokens = 0) => {
+  const tokensOf = (f: Fidelity): number => (f.tokens === undefined ? fitnessTokens : Math.ceil(f.tokens / windowTokens) * windowTokens) + (f.exact ? exactTokens : 0);
   const evaluate = (batch: readonly Vector[], fidelity: Fidelity) =>
     Effect.sync(() =>
       batch.map((v) => {
@@ -32,16 +35,25 @@ const hostOf = (time: Clocked, windowTokens: number, fitnessTokens: number) => {
 };
 
 describe("a staged plan derived from the budget", () => {
-  it("never passes the budget, spends at least 90% of it, and pays for at least 30 generations (property)", async () => {
+  it("never passes the budget, spends at least 90% of it, and pays for at least 30 generations, an exact last stage's calibration counted (property)", async () => {
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 8, max: 600 }), fc.integer({ min: 5 * MIN_GENERATIONS, max: 3000 }), fc.nat(50), async (windowTokens, windows, seed) => {
-        const budget = windows * windowTokens + (seed % windowTokens);
-        const derived = stagedPlanFor(budget, windowTokens);
+      fc.asyncProperty(
+        fc.integer({ min: 8, max: 600 }),
+        fc.integer({ min: 5 * MIN_GENERATIONS, max: 3000 }),
+        fc.nat(50),
+        fc.option(fc.integer({ min: 0, max: 4 }), { nil: undefined }),
+        async (windowTokens, windows, seed, exactWindows) => {
+        // An exact stage's calibration: whole windows of windowTokens + 1 tokens, and a budget that pays for them.
+        const exactTokens = exactWindows === undefined ? undefined : exactWindows * (windowTokens + 1);
+        const budget = windows * windowTokens * (exactWindows === undefined ? 1 : 3 + exactWindows) + (seed % windowTokens);
+        const derived = stagedPlanFor(budget, windowTokens, Infinity, exactTokens);
         expect(derived.generations).toBeGreaterThanOrEqual(MIN_GENERATIONS);
-        expect(derived.tokensPerGeneration).toBe(stagedTokens(derived.plan, windowTokens));
+        expect(derived.tokensPerGeneration).toBe(stagedTokens(derived.plan, windowTokens, exactTokens ?? 0));
         expect(derived.generations * derived.tokensPerGeneration).toBeLessThanOrEqual(budget);
+        // Only the last stage is exact, and only when asked.
+        expect(derived.plan.stages.map((st) => st.exact === true)).toEqual(derived.plan.stages.map((_, i) => exactTokens !== undefined && i === derived.plan.stages.length - 1));
         const time = fakeClock();
-        const host = hostOf(time, windowTokens, 8 * windowTokens);
+        const host = hostOf(time, windowTokens, 8 * windowTokens, exactTokens);
         const result = await run(
           {
             genome: vectorGenome(24, 1000),
@@ -57,7 +69,8 @@ describe("a staged plan derived from the budget", () => {
         expect(spent(result.history)).toBeLessThanOrEqual(budget);
         expect(spent(result.history)).toBeGreaterThanOrEqual(0.9 * budget);
         expect(result.generations).toBeGreaterThanOrEqual(MIN_GENERATIONS);
-      }),
+        },
+      ),
       { numRuns: 25 },
     );
   });
@@ -133,11 +146,15 @@ describe("a stage scored with the final protocol (exact)", () => {
     expect(result.best!.fitness).toBe(Math.min(...last.map((r) => r.fitness!)));
   });
 
-  it("is the last stage of a derived evopress plan when the space asks for it, and is recorded so", () => {
-    const space = { ...loadSearchSpace(evopress), exactLastStage: true };
-    const planned = evopress.withStagedPlan!(space, stagedPlanFor(800_000, 511).plan);
-    const stages = evopress.stagedPlan!(planned)!.stages;
-    expect(stages.map((st) => st.exact ?? false)).toEqual([...stages.slice(0, -1).map(() => false), true]);
-    expect(evopress.stagedPlan!(evopress.withStagedPlan!(loadSearchSpace(evopress), stagedPlanFor(800_000, 511).plan))!.stages.some((st) => st.exact)).toBe(false);
+  it("is the last stage of a derived evopress plan as the space says, else as the run's plan says", () => {
+    const plain = stagedPlanFor(800_000, 511).plan;
+    const exact = stagedPlanFor(800_000, 511, Infinity, 8 * 512).plan;
+    const lastOnly = (stages: readonly { exact?: boolean }[]) => [...stages.slice(0, -1).map(() => false), true];
+    const exactOf = (space: object, plan: typeof plain) => evopress.stagedPlan!(evopress.withStagedPlan!(space as never, plan))!.stages.map((st) => st.exact ?? false);
+    const space = loadSearchSpace(evopress);
+    expect(exactOf({ ...space, exactLastStage: true }, plain)).toEqual(lastOnly(plain.stages));
+    expect(exactOf({ ...space, exactLastStage: false }, exact).some((e) => e)).toBe(false);
+    expect(exactOf(space, exact)).toEqual(lastOnly(exact.stages));
+    expect(exactOf(space, plain).some((e) => e)).toBe(false);
   });
 });

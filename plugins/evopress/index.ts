@@ -58,7 +58,11 @@ export const EvoPressSpaceSchema = Schema.Struct({
    * are known (src/engine/staged.ts).
    */
   prescreen: Schema.optional(Schema.Struct({ pool: atLeastOne, warmup: atLeastOne, memory: Schema.optional(atLeastOne) })),
-  /** Ours, off by default: the last stage of a plan the run derives scores with the final protocol (sequential pruning). */
+  /**
+   * Ours: whether the last stage of a plan the run derives scores with the final protocol
+   * (sequential pruning). Absent: the run decides (on where the protocol differs from the
+   * dense fitness at the cost of a forward: Wanda pruned sequentially).
+   */
   exactLastStage: Schema.optional(Schema.Boolean),
 }).check(
   Schema.makeFilter(
@@ -265,7 +269,12 @@ export const plugin: MethodPlugin<EvoPressSpace> = {
   withStagedPlan: (space, plan) => ({
     ...space,
     offspring: plan.offspring,
-    stages: plan.stages.map((s, i) => ({ survivors: s.survivors, tokens: s.tokens, ...(s.exact || (space.exactLastStage && i === plan.stages.length - 1) ? { exact: true } : {}) })),
+    // The space's exactLastStage, when given, decides the last stage; otherwise the run's plan does.
+    stages: plan.stages.map((s, i) => {
+      const last = i === plan.stages.length - 1;
+      const exact = last && space.exactLastStage !== undefined ? space.exactLastStage : s.exact === true;
+      return { survivors: s.survivors, tokens: s.tokens, ...(exact ? { exact: true } : {}) };
+    }),
   }),
   // Every level of every linear: EvoPress's database of pruned levels.
   levels: (context, space) => {

@@ -52,6 +52,7 @@ export interface SearchArgs {
   fusionSteps?: number;
   fitness?: string;
   start?: string;
+  exactCalibration?: number;
   baselines?: string;
   out?: string;
   resume?: string;

@@ -6,7 +6,10 @@
  * the run ends when the budget does.
  *
  * Costs are counted in whole fitness windows: a stage of t tokens draws windows until it
- * holds t scored tokens, so a plan's stage asks for a whole number of windows' tokens.
+ * holds t scored tokens, so a plan's stage asks for a whole number of windows' tokens. A
+ * stage scored with the final protocol (exact) also forwards the calibration windows its
+ * sequential prune runs on, for every candidate: `exactTokens` more each, counted in the
+ * budget like fitness tokens.
  */
 
 /** Generations a derived plan aims for at least. */
@@ -38,15 +41,17 @@ const STAGED_SHAPES: readonly { readonly offspring: number; readonly stages: rea
   { offspring: 4, stages: [[1, 1]] },
 ];
 
-/** Windows one generation of a staged plan costs when every child is new: stage s scores its candidates on its windows. */
-export const stagedWindows = (offspring: number, stages: readonly (readonly [number, number])[]): number =>
-  stages.reduce((n, [, windows], s) => n + (s === 0 ? offspring : stages[s - 1]![0]) * windows + (s === stages.length - 1 ? windows : 0), 0);
+/** Candidates stage s of a plan scores: the children, or the survivors of the stage before (the parent joins the last). */
+const stageCandidates = (offspring: number, survivorsBefore: number | undefined, last: boolean): number => (survivorsBefore ?? offspring) + (last ? 1 : 0);
 
-/** Tokens one generation of a plan costs when every child is new, windows holding `windowTokens` scored tokens each. */
-export const stagedTokens = (plan: StagedPlan, windowTokens: number): number =>
+/**
+ * Tokens one generation of a plan costs when every child is new, windows holding
+ * `windowTokens` scored tokens each, and each candidate of an exact stage `exactTokens` more.
+ */
+export const stagedTokens = (plan: StagedPlan, windowTokens: number, exactTokens = 0): number =>
   plan.stages.reduce((n, stage, s) => {
-    const candidates = (s === 0 ? plan.offspring : plan.stages[s - 1]!.survivors) + (s === plan.stages.length - 1 ? 1 : 0);
-    return n + candidates * Math.ceil(stage.tokens / windowTokens) * windowTokens;
+    const candidates = stageCandidates(plan.offspring, plan.stages[s - 1]?.survivors, s === plan.stages.length - 1);
+    return n + candidates * (Math.ceil(stage.tokens / windowTokens) * windowTokens + (stage.exact ? exactTokens : 0));
   }, 0);
 
 export interface DerivedPlan<P> {
@@ -65,16 +70,25 @@ const checkBudget = (budgetTokens: number, windowTokens: number): void => {
 /**
  * The staged plan for a budget: the richest shape whose generation, each stage's windows
  * scaled by the largest whole factor that fits, leaves MIN_GENERATIONS in the budget; the
- * cheapest shape at one window a stage when none does.
+ * cheapest shape at one window a stage when none does. With `exactTokens`, the last stage
+ * is exact and each of its candidates costs that many tokens more (its calibration).
  */
-export const stagedPlanFor = (budgetTokens: number, windowTokens: number, maxStageWindows = Infinity): DerivedPlan<StagedPlan> => {
+export const stagedPlanFor = (budgetTokens: number, windowTokens: number, maxStageWindows = Infinity, exactTokens?: number): DerivedPlan<StagedPlan> => {
   checkBudget(budgetTokens, windowTokens);
-  const perGeneration = Math.floor(budgetTokens / windowTokens / MIN_GENERATIONS);
-  const shape = STAGED_SHAPES.find((s) => stagedWindows(s.offspring, s.stages) <= perGeneration) ?? STAGED_SHAPES[STAGED_SHAPES.length - 1]!;
+  const extra = exactTokens ?? 0;
+  if (!(Number.isInteger(extra) && extra >= 0)) throw new RangeError(`an exact stage costing ${exactTokens} tokens more: a whole number >= 0 is needed`);
+  const perGeneration = budgetTokens / MIN_GENERATIONS;
+  const planOf = (shape: (typeof STAGED_SHAPES)[number], scale: number): StagedPlan => ({
+    offspring: shape.offspring,
+    stages: shape.stages.map(([survivors, windows], s) => ({ survivors, tokens: windows * scale * windowTokens, ...(exactTokens !== undefined && s === shape.stages.length - 1 ? { exact: true } : {}) })),
+  });
+  const cost = (shape: (typeof STAGED_SHAPES)[number], scale: number) => stagedTokens(planOf(shape, scale), windowTokens, extra);
+  const shape = STAGED_SHAPES.find((s) => cost(s, 1) <= perGeneration) ?? STAGED_SHAPES[STAGED_SHAPES.length - 1]!;
   const widest = Math.max(...shape.stages.map(([, windows]) => windows));
-  const scale = Math.max(1, Math.min(Math.floor(perGeneration / stagedWindows(shape.offspring, shape.stages)), Math.floor(maxStageWindows / widest)));
-  const plan: StagedPlan = { offspring: shape.offspring, stages: shape.stages.map(([survivors, windows]) => ({ survivors, tokens: windows * scale * windowTokens })) };
-  const tokensPerGeneration = stagedTokens(plan, windowTokens);
+  let scale = 1;
+  while (scale < Math.floor(maxStageWindows / widest) && cost(shape, scale + 1) <= perGeneration) scale++;
+  const plan = planOf(shape, scale);
+  const tokensPerGeneration = stagedTokens(plan, windowTokens, extra);
   return { plan, tokensPerGeneration, generations: Math.floor(budgetTokens / tokensPerGeneration) };
 };
 
@@ -120,11 +134,11 @@ export const screenPlanFor = (budgetTokens: number, windowTokens: number, popula
 };
 
 /** One line saying what a staged plan does: candidates of each stage and their minibatch. */
-export const describeStagedPlan = (plan: StagedPlan, windowTokens: number): string =>
+export const describeStagedPlan = (plan: StagedPlan, windowTokens: number, exactCalibration?: number): string =>
   plan.stages
     .map((stage, s) => {
       const windows = Math.ceil(stage.tokens / windowTokens);
       const who = s === 0 ? `${plan.offspring} children` : `the best ${plan.stages[s - 1]!.survivors}`;
-      return `${who}${s === plan.stages.length - 1 ? " and the parent" : ""} on ${windows} window${windows > 1 ? "s" : ""} (${stage.tokens} tokens${stage.exact ? ", sequential pruning" : ""})`;
+      return `${who}${s === plan.stages.length - 1 ? " and the parent" : ""} on ${windows} window${windows > 1 ? "s" : ""} (${stage.tokens} tokens${stage.exact ? `, pruned sequentially${exactCalibration !== undefined ? ` on ${exactCalibration} calibration window${exactCalibration > 1 ? "s" : ""}` : ""}` : ""})`;
     })
     .join(", then ");

@@ -58,6 +58,11 @@ export const SearchSettings = Schema.Struct({
   /** Training-free allocations scored beside the search, comma-separated; absent (runs of earlier versions): uniform and OWL. */
   baselines: Schema.optional(Schema.String),
   /**
+   * Calibration windows (the first of the run's) a stage scored with the final protocol
+   * prunes each candidate with; absent (runs of earlier versions): all of them.
+   */
+  exactCalibration: Schema.optional(Schema.Int),
+  /**
    * The stage plan the run derived from its budget (or its default without one), kept so a
    * resumed run searches with the same plan; absent when the space file fixes one.
    */
