@@ -50,7 +50,8 @@ describe("a staged plan derived from the budget", () => {
         expect(derived.generations).toBeGreaterThanOrEqual(MIN_GENERATIONS);
         expect(derived.tokensPerGeneration).toBe(stagedTokens(derived.plan, windowTokens, exactTokens ?? 0));
         expect(derived.generations * derived.tokensPerGeneration).toBeLessThanOrEqual(budget);
-        // Only the last stage is exact, and only when asked.
+        // Only the last stage is exact, only when asked, and never the only stage.
+        if (exactTokens !== undefined) expect(derived.plan.stages.length).toBeGreaterThan(1);
         expect(derived.plan.stages.map((st) => st.exact === true)).toEqual(derived.plan.stages.map((_, i) => exactTokens !== undefined && i === derived.plan.stages.length - 1));
         const time = fakeClock();
         const host = hostOf(time, windowTokens, 8 * windowTokens, exactTokens);

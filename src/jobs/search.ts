@@ -507,15 +507,14 @@ const exactLastStage = (plugin: MethodPlugin<unknown>, space: unknown, settings:
 
 /**
  * The staged plan for a budget, its last stage exact as exactLastStage says. "auto" takes
- * the exact plan only where the budget pays for it as for any plan (MIN_GENERATIONS of a
- * plan with a stage before the exact one); otherwise the plain plan: an exact single stage
- * would prune every child sequentially.
+ * the exact plan only where the budget pays for MIN_GENERATIONS of it, as for any plan;
+ * otherwise the plain plan.
  */
 const budgetPlan = (plugin: MethodPlugin<unknown>, space: unknown, settings: SearchSettings, budget: number, windowTokens: number, maxStageWindows = Infinity): DerivedPlan<StagedPlan> => {
   const exact = exactLastStage(plugin, space, settings);
   if (exact === false) return stagedPlanFor(budget, windowTokens, maxStageWindows);
   const withExact = stagedPlanFor(budget, windowTokens, maxStageWindows, exactTokensOf(settings));
-  if (exact === true || (withExact.generations >= MIN_GENERATIONS && withExact.plan.stages.length > 1)) return withExact;
+  if (exact === true || withExact.generations >= MIN_GENERATIONS) return withExact;
   return stagedPlanFor(budget, windowTokens, maxStageWindows);
 };
 
@@ -951,7 +950,7 @@ export const searchJob = (request: SearchRequest) =>
           if (plan) {
             log(
               `plan (${plan.from}): ${describeStagedPlan(plan, windowTokens, exactWindowsOf(settings))}; ${plan.tokensPerGeneration} tokens a generation, ` +
-                `${settings.generations !== undefined ? `at most ${settings.generations} generations` : `about ${plan.generations} generations in the budget`}${plan.generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the budget is small for windows of ${windowTokens} tokens)` : ""}`,
+                `${settings.generations !== undefined ? `at most ${settings.generations} generations` : `about ${plan.generations} generations in the budget`}${plan.generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the budget is small for windows of ${windowTokens} tokens${plan.stages.some((st) => st.exact) ? ` and an exact stage's ${exactTokensOf(settings)} calibration tokens a candidate` : ""})` : ""}`,
             );
           } else if (screening && settings.screen !== undefined) {
             const perGeneration = (settings.population - 1) * model.tokensOf() + screening.reduce((n, st) => n + st.candidates * Math.ceil(st.tokens / windowTokens) * windowTokens, 0);

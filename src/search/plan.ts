@@ -71,7 +71,8 @@ const checkBudget = (budgetTokens: number, windowTokens: number): void => {
  * The staged plan for a budget: the richest shape whose generation, each stage's windows
  * scaled by the largest whole factor that fits, leaves MIN_GENERATIONS in the budget; the
  * cheapest shape at one window a stage when none does. With `exactTokens`, the last stage
- * is exact and each of its candidates costs that many tokens more (its calibration).
+ * is exact, each of its candidates costs that many tokens more (its calibration), and only
+ * shapes with a stage before it are taken.
  */
 export const stagedPlanFor = (budgetTokens: number, windowTokens: number, maxStageWindows = Infinity, exactTokens?: number): DerivedPlan<StagedPlan> => {
   checkBudget(budgetTokens, windowTokens);
@@ -83,7 +84,9 @@ export const stagedPlanFor = (budgetTokens: number, windowTokens: number, maxSta
     stages: shape.stages.map(([survivors, windows], s) => ({ survivors, tokens: windows * scale * windowTokens, ...(exactTokens !== undefined && s === shape.stages.length - 1 ? { exact: true } : {}) })),
   });
   const cost = (shape: (typeof STAGED_SHAPES)[number], scale: number) => stagedTokens(planOf(shape, scale), windowTokens, extra);
-  const shape = STAGED_SHAPES.find((s) => cost(s, 1) <= perGeneration) ?? STAGED_SHAPES[STAGED_SHAPES.length - 1]!;
+  // An exact plan keeps a stage before its exact one: a single exact stage would prune every child sequentially.
+  const shapes = exactTokens === undefined ? STAGED_SHAPES : STAGED_SHAPES.filter((s) => s.stages.length > 1);
+  const shape = shapes.find((s) => cost(s, 1) <= perGeneration) ?? shapes[shapes.length - 1]!;
   const widest = Math.max(...shape.stages.map(([, windows]) => windows));
   let scale = 1;
   while (scale < Math.floor(maxStageWindows / widest) && cost(shape, scale + 1) <= perGeneration) scale++;
