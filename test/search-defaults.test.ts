@@ -102,9 +102,12 @@ describe("evosparse search with the defaults", () => {
     jsonOf(evosparse("search", "--resume", resumed, "--generations", "100000", "--json"));
     expect(historyOf(resumed)).toEqual(historyOf(dir));
 
-    // Magnitude prunes alike in both modes: no exact stage.
+    // Magnitude prunes alike in both modes, and without a budget nothing bounds the exact stage's cost: no exact stage.
     const m = jsonOf(evosparse(...args, "--metric", "magnitude", "--generations", "1", "--out", join(root, "exact-magnitude"), "--json"));
     expect(m.settings.plan.stages.some((st: { exact?: boolean }) => st.exact === true)).toBe(false);
+    const unbounded = jsonOf(evosparse(...small.slice(0, -2), "--baselines", "uniform", "--generations", "1", "--out", join(root, "exact-no-budget"), "--json"));
+    expect(unbounded.settings.plan.from).toBe("no budget: the default plan");
+    expect(unbounded.settings.plan.stages.some((st: { exact?: boolean }) => st.exact === true)).toBe(false);
     // More calibration windows than the run has: refused in one line.
     const refused = evosparse(...args, "--exact-calibration", "3", "--out", join(root, "exact-refused"));
     expect(refused.code).not.toBe(0);

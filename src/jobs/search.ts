@@ -546,7 +546,8 @@ const planOf = (plugin: MethodPlugin<unknown>, space: unknown, settings: SearchS
       budget !== undefined
         ? recordPlan(budgetPlan(plugin, space, settings, budget, windowTokens), `--budget-tokens ${budget}`)
         : recordPlan(
-            unbudgetedPlan(windowTokens, settings.generations ?? DEFAULT_GENERATIONS, exactLastStage(plugin, space, settings) !== false ? exactTokensOf(settings) : undefined),
+            // Without a budget nothing bounds what the exact stage costs: only the space turns it on.
+            unbudgetedPlan(windowTokens, settings.generations ?? DEFAULT_GENERATIONS, exactLastStage(plugin, space, settings) === true ? exactTokensOf(settings) : undefined),
             "no budget: the default plan",
           );
     const planned = plugin.withStagedPlan(space, plan);
