@@ -894,11 +894,11 @@ export const searchJob = (request: SearchRequest) =>
               return inProcessEvaluator(exactModel).evaluate(batch, fidelity).pipe(Effect.map((results) => results.map((r) => (r.tokens === undefined ? r : { ...r, tokens: r.tokens + calibration }))));
             },
           };
-          const evaluator: FitnessEvaluator & { tokensOf(fidelity: Fidelity): number } = {
+          const evaluator: FitnessEvaluator & { tokensOf(fidelity?: Fidelity): number } = {
             workers: pool.workers,
             // The main thread's copy draws the same windows as every worker.
             // An exact evaluation also forwards its calibration windows.
-            tokensOf: (fidelity) => model.tokensOf(fidelity) + (fidelity.exact ? exactTokensOf(settings) : 0),
+            tokensOf: (fidelity) => model.tokensOf(fidelity) + (fidelity?.exact ? exactTokensOf(settings) : 0),
             evaluate: (batch, fidelity) =>
               Effect.suspend(() => {
                 const start = performance.now();
