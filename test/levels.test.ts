@@ -1,7 +1,8 @@
 /**
  * SparseGPT's levels (src/prune/levels.ts): a dense-mode SparseGPT candidate read from the
  * levels built ahead is the candidate the run's Hessians make, weight for weight and in
- * perplexity; the build says what it costs, and a stopped build resumes where it stopped.
+ * perplexity; an allocation off the levels is pruned from the dense Hessians, to the same
+ * weights; the build says what it costs, and a stopped build resumes where it stopped.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -49,8 +50,10 @@ describe("SparseGPT's levels", () => {
     try {
       await fromLevels.prepareLevels((line) => lines.push(line));
       expect(lines[0]).toMatch(/^SparseGPT levels: every linear pruned once at each level the search can reach, [\d.]+ GiB on disk in .* \(8 of 8 blocks to build\)$/);
-      for (const pick of [[0, 1, 2], [2, 0, 1], [1, 1, 0]]) {
-        const choice = Array.from({ length: n }, (_, k) => levelsOf[pick[k % 3]!]!);
+      // Three allocations on the levels, then two off them (a baseline's ramp, a grid's
+      // candidate): those are pruned from the dense Hessians instead, to the same weights.
+      const offLevels = [Array.from({ length: n }, () => 0.45), Array.from({ length: n }, (_, k) => (k % 2 === 0 ? 0.3 : 0.62))];
+      for (const choice of [...[[0, 1, 2], [2, 0, 1], [1, 1, 0]].map((pick) => Array.from({ length: n }, (_, k) => levelsOf[pick[k % 3]!]!)), ...offLevels]) {
         const allocation = toAllocation(choice, fromLevels.layout, { kind: "unstructured" });
         await fromLevels.apply(allocation);
         await fromHessians.apply(allocation);

@@ -3,8 +3,8 @@
  * and the bar only where room is left.
  */
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
-import { progressLine } from "../src/cli/progress.ts";
+import { describe, expect, it, vi } from "vitest";
+import { progressLine, startProgress } from "../src/cli/progress.ts";
 
 const extra = { best: 48.36251, median: 49.35412, evals: "10" };
 
@@ -38,5 +38,23 @@ describe("the progress line", () => {
         },
       ),
     );
+  });
+
+  it("counts past an estimated total as the total, with no negative ETA", () => {
+    const written: string[] = [];
+    const spy = vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => (written.push(String(chunk)), true));
+    const tty = process.stderr.isTTY;
+    try {
+      // The plain form (a log, not a terminal) prints at the end and when the total is reached.
+      Object.defineProperty(process.stderr, "isTTY", { value: false, configurable: true });
+      const progress = startProgress("generation", 38);
+      progress.update(38);
+      progress.update(39);
+    } finally {
+      Object.defineProperty(process.stderr, "isTTY", { value: tty, configurable: true });
+      spy.mockRestore();
+    }
+    expect(written.at(-2)).toMatch(/^generation: 38\/38 /);
+    expect(written.at(-1)).toMatch(/^generation: 39\/39 \(\d+ s elapsed, ETA (0 s|\?)\)\n$/);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * A search with the defaults on the embedded model: the stage plan derived from
  * --budget-tokens (recorded, ends on the budget, >= 90% of it spent), the warm start (the
- * baseline with the best score on the first stage's minibatch), the same history with 1
+ * baseline with the best score on the first stage's minibatch, as the search would begin from
+ * it), the same history with 1
  * and 2 workers and after a resume, and the baselines setting.
  */
 import { existsSync, readFileSync } from "node:fs";
@@ -71,6 +72,23 @@ describe("evosparse search with the defaults", () => {
     expect(cold.settings.baselines).toBe(defaultBaselines.join(","));
     expect(cold.final.results.map((r: FinalResult) => r.method)).toEqual(["evopress", ...defaultBaselines]);
   }, 1_200_000);
+
+  it("judges each baseline as the search would begin from it, under SparseGPT's levels too: the start's score is its parent's", () => {
+    const dir = join(root, "sparsegpt");
+    const a = jsonOf(evosparse(...small, "--metric", "sparsegpt", ...baselines, "--out", dir, "--json"));
+    // Every baseline is scored, rounded to the levels the run built (as given, only uniform is on them).
+    const scores = a.start.scores as Record<string, number>;
+    expect(Object.keys(scores).sort()).toEqual(["atp", "owl", "uniform"]);
+    for (const v of Object.values(scores)) expect(Number.isFinite(v)).toBe(true);
+    expect(scores[a.start.method]).toBe(Math.min(...Object.values(scores)));
+    // The final table scores every baseline as given: off the levels, pruned from the dense Hessians.
+    for (const r of a.final.results as FinalResult[]) expect(typeof r.validation, r.method).toBe("number");
+    // Generation 0 scores its parent on the start's minibatch: the very score the start was chosen by.
+    const [header, ...lines] = readFileSync(join(dir, "history.csv"), "utf8").trim().split("\n");
+    const column = (name: string) => header!.split(",").indexOf(name);
+    const first = lines.map((l) => l.split(",")).filter((f) => f[column("generation")] === "0" && f[column("stage")] === "0").map((f) => Number(f[column("fitness")]));
+    expect(first).toContain(scores[a.start.method]);
+  }, 600_000);
 
   it("prunes the last stage's candidates with the final protocol by default under Wanda, counting their calibration in the budget", () => {
     const budget = 40_000;

@@ -49,8 +49,14 @@ let active: Progress | undefined;
 /** Ends the progress line being drawn, if any, so the next line starts on its own. */
 export const endProgressLine = (): void => active?.stop();
 
-export const startProgress = (label: string, total: number, options: { quiet?: boolean } = {}): Progress => {
+export const startProgress = (label: string, expected: number, options: { quiet?: boolean } = {}): Progress => {
   if (options.quiet) return { update: () => {}, log: () => {}, stop: () => {} };
+  // A budget's count of generations is an estimate: a run that goes past it shows its
+  // count as the total, not 39/38 with a negative ETA.
+  let total = expected;
+  const grow = (done: number): void => {
+    if (done > total) total = done;
+  };
   const out = process.stderr;
   const start = Date.now();
   // The first update sets the baseline (a resumed run starts part-way), so the ETA counts
@@ -68,6 +74,7 @@ export const startProgress = (label: string, total: number, options: { quiet?: b
     };
     const progress: Progress = {
       update: (done, extra = {}) => {
+        grow(done);
         const width = Math.min(PROGRESS_WIDTH, (out.columns || PROGRESS_WIDTH) - 1);
         drawn = progressLine(label, done, total, extra, eta(done), width);
         draw();
@@ -89,6 +96,7 @@ export const startProgress = (label: string, total: number, options: { quiet?: b
   let lastLog = 0;
   return {
     update: (done, extra) => {
+      grow(done);
       const now = Date.now();
       const seconds = eta(done);
       if (now - lastLog < 5000 && done < total) return;

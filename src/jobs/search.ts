@@ -44,7 +44,7 @@ import { describePlan, formatBytes, memoryReport, type MemoryReport } from "../m
 import type { BlockAllocation, MethodPlugin, Pattern } from "../search/plugin.ts";
 import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search/registry.ts";
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
-import { checkMethod, runFixedMethod, runMethod } from "../search/run-method.ts";
+import { checkMethod, runFixedMethod, runMethod, startAsSearched } from "../search/run-method.ts";
 import { SearchSettings } from "../search/settings.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
 import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, screenPlanFor, screenText, stagedPlanFor, stagedTokens, type DerivedPlan, type StagedPlan } from "../search/plan.ts";
@@ -583,6 +583,9 @@ const engineLimitsOf = <S extends GivenSettings>(s: S): S => (s.generations === 
 const timePlanStageWindows = (s: SearchSettings): number => Math.max(s.fitnessWindows, 16);
 
 /** The fidelity the first stage of generation 0 scores on; undefined: the fitness windows. */
+/** Whether two allocations are the same sparsities, entry for entry. */
+const sameAllocation = (a: BlockAllocation, b: BlockAllocation): boolean => a.length === b.length && a.every((x, k) => x === b[k]);
+
 const firstFidelity = (plugin: MethodPlugin<unknown>, space: unknown, screening: readonly ScreeningStage[] | undefined): Fidelity | undefined => {
   const tokens = plugin.stagedPlan?.(space)?.stages[0]?.tokens ?? screening?.[0]?.tokens;
   return tokens !== undefined && tokens > 0 ? { generation: 0, stage: 0, tokens } : undefined;
@@ -966,8 +969,20 @@ export const searchJob = (request: SearchRequest) =>
             const exactPlan = plugin.stagedPlan?.(space)?.stages.some((st) => st.exact) === true;
             const plain = firstFidelity(plugin, space, screening);
             const first: Fidelity | undefined = plain && exactPlan ? { ...plain, exact: true } : plain;
-            const candidates = baselineRows.filter((row) => row.validation !== null);
-            const scores = first === undefined ? candidates.map((row) => row.validation!) : (yield* evaluator.evaluate(candidates.map((row) => row.allocation), first)).map((f) => (f.ok ? f.value : Infinity));
+            // Each baseline as the search would begin from it (rounded to the method's levels,
+            // projected into its bounds): that is what the start's score has to judge.
+            const candidates = baselineRows;
+            const starts = candidates.map((row) => startAsSearched(plugin, context_, space, { label: row.name, sparsities: row.allocation }));
+            const asGiven = (k: number) => candidates[k]!.validation !== null && sameAllocation(starts[k]!, candidates[k]!.allocation);
+            // On the fitness windows a start that is the baseline itself keeps its validation score.
+            const scored = starts.flatMap((_, k) => (first === undefined && asGiven(k) ? [] : [k]));
+            const fresh = scored.length === 0 ? [] : yield* evaluator.evaluate(scored.map((k) => starts[k]!), first);
+            const scores = candidates.map((row, k) => {
+              const j = scored.indexOf(k);
+              if (j < 0) return row.validation!;
+              const f = fresh[j]!;
+              return f.ok ? f.value : Infinity;
+            });
             let pick = -1;
             scores.forEach((v, k) => {
               if (Number.isFinite(v) && (pick < 0 || v < scores[pick]!)) pick = k;

@@ -155,17 +155,29 @@ export class LevelDatabase {
   }
 
   /**
+   * The level a candidate's sparsity is: matched by its pruned count, else (rounding in a
+   * method's projection) by the nearest level within 1e-9.
+   */
+  private entry(block: number, linear: string, sparsity: number): Entry | undefined {
+    const index = this.index(block);
+    const entry = index.get(`${linear}|${this.request.keyOf(block, linear, sparsity)}`);
+    if (entry) return entry;
+    for (const e of index.values()) if (e.linear === linear && Math.abs(e.sparsity - sparsity) <= 1e-9) return e;
+    return undefined;
+  }
+
+  /** Whether a linear at this sparsity is one of its levels (else it is pruned some other way). */
+  holds(block: number, linear: string, sparsity: number): boolean {
+    return this.entry(block, linear, sparsity) !== undefined;
+  }
+
+  /**
    * A linear at one of its levels, read from the levels' file when it is uploaded. A
    * candidate's sparsity is matched by its pruned count, else (rounding in a method's
    * projection) by the nearest level within 1e-9.
    */
   source(block: number, linear: string, sparsity: number, shape: readonly number[]): WeightSource {
-    const key = this.request.keyOf(block, linear, sparsity);
-    const index = this.index(block);
-    let entry = index.get(`${linear}|${key}`);
-    if (!entry) {
-      for (const e of index.values()) if (e.linear === linear && Math.abs(e.sparsity - sparsity) <= 1e-9) entry = e;
-    }
+    const entry = this.entry(block, linear, sparsity);
     if (!entry) throw new RangeError(`block ${block} linear ${linear} at sparsity ${sparsity} is not one of its levels`);
     const file = join(this.dir, `block-${block}.bin`);
     return {

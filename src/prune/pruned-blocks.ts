@@ -256,9 +256,9 @@ export class PrunedBlocks {
       return { blocks, keys: keys.map((k, i) => `dense|${i}|${k}`) };
     }
     const store = this.options.store;
-    if (this.fromLevels) {
-      const levels = this.options.levels!;
-      await (this.levelsBuilt ??= levels.build(this.statistics, this.options.log));
+    const levels = this.options.levels;
+    if (this.fromLevels && levels) await (this.levelsBuilt ??= levels.build(this.statistics, this.options.log));
+    if (this.fromLevels && levels && allocation.every((e) => !("n" in targetOf(e)) && levels.holds(e.block, e.linear, e.sparsity))) {
       const blocks = keys.map((_, i) => {
         const dense = this.checkpoint.readBlockSource(i);
         const linears: Record<string, { weight: TensorLike; bias?: TensorLike }> = { ...dense.linears };
@@ -268,8 +268,9 @@ export class PrunedBlocks {
       });
       return { blocks, keys: keys.map((k, i) => `levels|${i}|${k}`) };
     }
-    if (this.options.mode === "dense" && this.options.materialise) {
-      // A prune that is exported: each block's statistics from dense inputs, held one block at a time.
+    if (this.options.mode === "dense" && (this.options.materialise || this.fromLevels)) {
+      // A prune that is exported, or an allocation off the levels (a baseline's, a grid's
+      // candidates): each block's statistics from dense inputs, held one block at a time.
       const blockKeys = keys.map((k, i) => `dense|${i}|${k}`);
       const targets = new Map(allocation.map((e) => [`${e.block}.${e.linear}`, targetOf(e)]));
       await this.pipeline(targets, blockKeys, "dense");

@@ -69,6 +69,20 @@ export const checkMethod = <Space>(plugin: MethodPlugin<Space>, context: MethodC
   }
 };
 
+/**
+ * The allocation an evolutionary method's first individual decodes to when the run starts
+ * it from `start`: what the search really begins with. EvoPress rounds a start to its
+ * levels and stops each linear at ±maxLevels; MSP projects it into its bounds. A warm
+ * start is judged by this, not by the baseline as given, which a SparseGPT run's levels
+ * may not even hold. Methods that take no start begin from their own first individual.
+ */
+export const startAsSearched = <Space>(plugin: MethodPlugin<Space>, context: MethodContext, space: Space, start: NonNullable<MethodContext["start"]>): BlockAllocation => {
+  const method = plugin.method;
+  if (method.kind !== "evolve" || plugin.startable !== true) return start.sparsities;
+  const genome = method.genome({ ...context, start }, space);
+  return genome.decode(genome.create(new Rng(0), 0));
+};
+
 /** The engine's limits of a run (the search settings hold them). */
 export interface EngineRun {
   readonly seed: number;
