@@ -582,10 +582,10 @@ const engineLimitsOf = <S extends GivenSettings>(s: S): S => (s.generations === 
 /** The largest stage a time budget's plan may take, in windows: what the memory plan allowed for. */
 const timePlanStageWindows = (s: SearchSettings): number => Math.max(s.fitnessWindows, 16);
 
-/** The fidelity the first stage of generation 0 scores on; undefined: the fitness windows. */
 /** Whether two allocations are the same sparsities, entry for entry. */
 const sameAllocation = (a: BlockAllocation, b: BlockAllocation): boolean => a.length === b.length && a.every((x, k) => x === b[k]);
 
+/** The fidelity the first stage of generation 0 scores on; undefined: the fitness windows. */
 const firstFidelity = (plugin: MethodPlugin<unknown>, space: unknown, screening: readonly ScreeningStage[] | undefined): Fidelity | undefined => {
   const tokens = plugin.stagedPlan?.(space)?.stages[0]?.tokens ?? screening?.[0]?.tokens;
   return tokens !== undefined && tokens > 0 ? { generation: 0, stage: 0, tokens } : undefined;
