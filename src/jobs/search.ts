@@ -114,7 +114,7 @@ export const SEARCH_FLAGS: FlagTable<FlaggedSettings> = {
     flag: "start",
     kind: "path",
     describe:
-      "the allocation the search starts from (evopress: the first parent; msp: the first individual): a direct method (uniform, owl, ...), an allocation CSV, or best (the default: the baseline that scores best on the first stage's minibatch)",
+      "the allocation the search starts from (evopress: the first parent; msp: the first individual): a direct method (uniform, owl, ...), an allocation CSV, or best (the default: the baseline that scores best on the fitness windows, as the search would begin from it)",
   },
   screen: {
     flag: "screen",
@@ -226,13 +226,13 @@ export interface SearchSummary {
   readonly alreadyFinished?: true;
   /** The allocation of the final table with the best validation fitness (the search's or a baseline's). */
   readonly winner?: string;
-  /** The warm start: the baseline the search started from, and every candidate's score on the first stage's minibatch. */
+  /** The warm start: the baseline the search started from, and every candidate's score on the fitness windows. */
   readonly start?: WarmStart;
 }
 
 export interface WarmStart {
   readonly method: string;
-  /** Tokens of the minibatch the candidates were scored on. */
+  /** Tokens of the fitness windows the candidates were scored on. */
   readonly tokens: number;
   /** Scored with the final protocol, as the plan's exact stage scores. */
   readonly exact?: true;
@@ -453,7 +453,7 @@ const finishedSummary = (dir: string): SearchSummary | undefined => {
   }
 };
 
-/** `--start best`: the baseline that scores best on the first stage's minibatch. */
+/** `--start best`: the baseline that scores best on the fitness windows. */
 export const BEST_START = "best";
 
 /** A plan the run derives only once it has measured its rate (a time budget). */
@@ -584,12 +584,6 @@ const timePlanStageWindows = (s: SearchSettings): number => Math.max(s.fitnessWi
 
 /** Whether two allocations are the same sparsities, entry for entry. */
 const sameAllocation = (a: BlockAllocation, b: BlockAllocation): boolean => a.length === b.length && a.every((x, k) => x === b[k]);
-
-/** The fidelity the first stage of generation 0 scores on; undefined: the fitness windows. */
-const firstFidelity = (plugin: MethodPlugin<unknown>, space: unknown, screening: readonly ScreeningStage[] | undefined): Fidelity | undefined => {
-  const tokens = plugin.stagedPlan?.(space)?.stages[0]?.tokens ?? screening?.[0]?.tokens;
-  return tokens !== undefined && tokens > 0 ? { generation: 0, stage: 0, tokens } : undefined;
-};
 
 /** `--screen` as screening stages, checked against the population. */
 const screeningOf = (text: string, population: number): ScreeningStage[] => {
@@ -962,13 +956,16 @@ export const searchJob = (request: SearchRequest) =>
             log(`plan: --screen ${settings.screen}, then ${settings.population - 1} places on the fitness windows; about ${perGeneration} tokens a generation${budget !== undefined ? `, ${Math.floor(budget / perGeneration)} generations in the budget` : ""}`);
           }
 
-          // The warm start: the baseline that scores best on the minibatch the first stage scores on.
+          // The warm start: the baseline that scores best on the fitness windows. Those are the
+          // most tokens the run scores every candidate on alike (the baselines' validation
+          // scores are on them already); the first stage's minibatch can be a window or two, too
+          // few to rank baselines by: at 200k tokens on stories260K its two windows ranked
+          // AlphaPruning first, the worst baseline on the fitness windows.
           let warmStart: WarmStart | undefined;
           if (bestStart) {
             // A plan that judges its parent with the final protocol judges the start so too.
             const exactPlan = plugin.stagedPlan?.(space)?.stages.some((st) => st.exact) === true;
-            const plain = firstFidelity(plugin, space, screening);
-            const first: Fidelity | undefined = plain && exactPlan ? { ...plain, exact: true } : plain;
+            const first: Fidelity | undefined = exactPlan ? { generation: 0, stage: 0, exact: true } : undefined;
             // Each baseline as the search would begin from it (rounded to the method's levels,
             // projected into its bounds): that is what the start's score has to judge.
             const candidates = baselineRows;
@@ -990,9 +987,9 @@ export const searchJob = (request: SearchRequest) =>
             if (pick >= 0) {
               const chosen = candidates[pick]!;
               context_ = { ...context_, start: { label: chosen.name, sparsities: chosen.allocation } };
-              warmStart = { method: chosen.name, tokens: first?.tokens ?? model.tokensOf(), ...(first?.exact ? { exact: true as const } : {}), scores: Object.fromEntries(candidates.map((row, k) => [row.name, scores[k]!])) };
+              warmStart = { method: chosen.name, tokens: model.tokensOf(), ...(first?.exact ? { exact: true as const } : {}), scores: Object.fromEntries(candidates.map((row, k) => [row.name, scores[k]!])) };
               log(
-                `start: ${chosen.name}, the best of ${candidates.map((row, k) => `${row.name} ${scores[k]!.toFixed(4)}`).join(", ")} on the first stage's ${first === undefined ? "fitness windows" : `minibatch of ${first.tokens} tokens`}${first?.exact ? ", pruned sequentially" : ""}`,
+                `start: ${chosen.name}, the best of ${candidates.map((row, k) => `${row.name} ${scores[k]!.toFixed(4)}`).join(", ")} on the fitness windows${first?.exact ? ", pruned sequentially" : ""}`,
               );
             }
           }
