@@ -45,4 +45,16 @@ describe("evosparse search --screen", () => {
     expect(small.code).toBe(2);
     expect(errorLines(small.stderr)[0]).toMatch(/^evosparse: --screen 2@200: screening stage 0 candidates must be a whole number in \[3, Infinity\], got 2/);
   });
+
+  it("derives the screen from the budget when none is given, and says when the fitness windows leave fewer than 30 generations", () => {
+    const derived = args.filter((_, i) => !["--screen", "--generations"].includes(args[i]!) && !["--screen", "--generations"].includes(args[i - 1]!));
+    const dir = join(root, "derived");
+    const r = evosparse(...derived.map((w) => (w === "8000" ? "2000" : w)), "--out", dir);
+    expect(r.code, r.stderr).toBe(0);
+    const settings = JSON.parse(readFileSync(join(dir, "settings.json"), "utf8"));
+    // The cheapest screen (2 candidates a place on one window); 2 places on the 2 fitness windows of 63 scored tokens.
+    expect(settings.screen).toBe("6@63");
+    const line = r.stderr.split("\n").find((l) => l.startsWith("plan: --screen"));
+    expect(line).toMatch(/, 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
+  });
 });

@@ -953,7 +953,13 @@ export const searchJob = (request: SearchRequest) =>
           } else if (screening && settings.screen !== undefined) {
             const perGeneration = (settings.population - 1) * model.tokensOf() + screening.reduce((n, st) => n + st.candidates * Math.ceil(st.tokens / windowTokens) * windowTokens, 0);
             const budget = settings.budgetTokens;
-            log(`plan: --screen ${settings.screen}, then ${settings.population - 1} places on the fitness windows; about ${perGeneration} tokens a generation${budget !== undefined ? `, ${Math.floor(budget / perGeneration)} generations in the budget` : ""}`);
+            const generations = budget !== undefined ? Math.floor(budget / perGeneration) : undefined;
+            const places = (settings.population - 1) * model.tokensOf();
+            log(
+              `plan: --screen ${settings.screen}, then ${settings.population - 1} places on the fitness windows; about ${perGeneration} tokens a generation` +
+                (generations === undefined ? "" : `, ${generations} generations in the budget`) +
+                (generations !== undefined && generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the places on the fitness windows alone cost ${places} tokens a generation)` : ""),
+            );
           }
 
           // The warm start: the baseline that scores best on the fitness windows. Those are the
