@@ -951,10 +951,10 @@ export const searchJob = (request: SearchRequest) =>
                 `${settings.generations !== undefined ? `at most ${settings.generations} generations` : `about ${plan.generations} generations in the budget`}${plan.generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the budget is small for windows of ${windowTokens} tokens${plan.stages.some((st) => st.exact) ? ` and an exact stage's ${exactTokensOf(settings)} calibration tokens a candidate` : ""})` : ""}`,
             );
           } else if (screening && settings.screen !== undefined) {
-            const perGeneration = (settings.population - 1) * model.tokensOf() + screening.reduce((n, st) => n + st.candidates * Math.ceil(st.tokens / windowTokens) * windowTokens, 0);
+            const places = (settings.population - 1) * model.tokensOf();
+            const perGeneration = places + screening.reduce((n, st) => n + st.candidates * Math.ceil(st.tokens / windowTokens) * windowTokens, 0);
             const budget = settings.budgetTokens;
             const generations = budget !== undefined ? Math.floor(budget / perGeneration) : undefined;
-            const places = (settings.population - 1) * model.tokensOf();
             log(
               `plan: --screen ${settings.screen}, then ${settings.population - 1} places on the fitness windows; about ${perGeneration} tokens a generation` +
                 (generations === undefined ? "" : `, ${generations} generations in the budget`) +
