@@ -35,6 +35,10 @@ export class BlockPrefetch {
         throw error;
       },
     );
+    // A pass that fails stops awaiting its read-ahead; the read's own failure then has no
+    // one to reach and must not end the process as an unhandled rejection. Whoever awaits
+    // `done` still sees it.
+    done.catch(() => undefined);
     this.inflight.set(block, done);
     return done;
   }

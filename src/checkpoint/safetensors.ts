@@ -253,7 +253,9 @@ function openFd(file: string): { fd: number; size: number } {
 
 /** Opens a safetensors file, reading and validating its header only. */
 export function openSafetensors(file: string): SafetensorsFile {
-  const { fd, size } = openFd(file);
+  const opened = openFd(file);
+  let fd = opened.fd;
+  const size = opened.size;
   let parsed: Pick<SafetensorsFile, "metadata" | "tensors">;
   try {
     parsed = parseHeader(file, fd, size);
@@ -262,6 +264,17 @@ export function openSafetensors(file: string): SafetensorsFile {
     throw e;
   }
   let open = true;
+  // Reads on libuv's thread pool may still be running when the file is closed (a pass that
+  // failed leaves its read-ahead behind). Closing the descriptor under them would fail them
+  // with EBADF, or worse let them read another file that reuses the number: the close
+  // waits for the last of them.
+  let reading = 0;
+  const closeWhenIdle = (): void => {
+    if (!open && reading === 0 && fd >= 0) {
+      fs.closeSync(fd);
+      fd = -1;
+    }
+  };
   return {
     path: file,
     metadata: parsed.metadata,
@@ -282,13 +295,15 @@ export function openSafetensors(file: string): SafetensorsFile {
       const entry = parsed.tensors.get(name);
       if (entry === undefined) return Promise.reject(new CheckpointError({ file, problem: `no tensor named ${name}` }));
       if (!open) return Promise.reject(new CheckpointError({ file, problem: `cannot read tensor ${name}: the file was closed` }));
-      return readBytesAsync(fd, name, entry, offset, length);
+      reading++;
+      return readBytesAsync(fd, name, entry, offset, length).finally(() => {
+        reading--;
+        closeWhenIdle();
+      });
     },
     close(): void {
-      if (open) {
-        open = false;
-        fs.closeSync(fd);
-      }
+      open = false;
+      closeWhenIdle();
     },
   };
 }
