@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { evolve, type EvolveOptions } from "../src/engine/evolve.ts";
 import { fitnessOk, type Fidelity } from "../src/engine/genome.ts";
 import { staged } from "../src/engine/staged.ts";
-import { MIN_GENERATIONS, screenPlanFor, stagedPlanFor, stagedTokens } from "../src/search/plan.ts";
+import { MIN_GENERATIONS, screenedPlaces, screenPlanFor, screenTokensPerGeneration, stagedPlanFor, stagedTokens } from "../src/search/plan.ts";
 import { loadSearchSpace } from "../src/search/space.ts";
 import { plugin as evopress } from "../plugins/evopress/index.ts";
 import { fakeClock, sphere, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
@@ -113,6 +113,11 @@ describe("a screening plan derived from the budget", () => {
         expect(result.stoppedBy).toBe("budget");
         expect(spent(result.history)).toBeLessThanOrEqual(budget);
         expect(spent(result.history)).toBeGreaterThanOrEqual(0.9 * budget);
+        // Each generation after the first (which has no elites yet) costs at most what the
+        // plan says, and the run's own plan line quotes the same cost.
+        expect(derived.tokensPerGeneration).toBe(screenTokensPerGeneration(derived.plan, windowTokens, screenedPlaces(population), fitnessTokens));
+        const generations = Math.max(...result.history.map((r) => r.generation));
+        for (let g = 1; g < generations; g++) expect(spent(result.history.filter((r) => r.generation === g))).toBeLessThanOrEqual(derived.tokensPerGeneration);
       }),
       { numRuns: 20 },
     );

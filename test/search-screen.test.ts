@@ -55,6 +55,7 @@ describe("evosparse search --screen", () => {
     // The cheapest screen (2 candidates a place on one window); 2 places on the 2 fitness windows of 63 scored tokens.
     expect(settings.screen).toBe("6@63");
     const line = r.stderr.split("\n").find((l) => l.startsWith("plan: --screen"));
-    expect(line).toMatch(/, 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
+    // 6 candidates on one window of 63, then the 2 places: 378 + 252 tokens a generation.
+    expect(line).toMatch(/then 2 places on the fitness windows; about 630 tokens a generation, 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
   });
 });

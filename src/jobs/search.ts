@@ -47,7 +47,7 @@ import { allocationChart, fitnessChart, writeSearchFiles } from "../search/repor
 import { checkMethod, runFixedMethod, runMethod, startAsSearched } from "../search/run-method.ts";
 import { SearchSettings } from "../search/settings.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
-import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, screenPlanFor, screenText, stagedPlanFor, stagedTokens, type DerivedPlan, type StagedPlan } from "../search/plan.ts";
+import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, screenedPlaces, screenPlanFor, screenText, screenTokensPerGeneration, stagedPlanFor, stagedTokens, type DerivedPlan, type StagedPlan } from "../search/plan.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { availableParallelism } from "node:os";
@@ -951,14 +951,14 @@ export const searchJob = (request: SearchRequest) =>
                 `${settings.generations !== undefined ? `at most ${settings.generations} generations` : `about ${plan.generations} generations in the budget`}${plan.generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the budget is small for windows of ${windowTokens} tokens${plan.stages.some((st) => st.exact) ? ` and an exact stage's ${exactTokensOf(settings)} calibration tokens a candidate` : ""})` : ""}`,
             );
           } else if (screening && settings.screen !== undefined) {
-            const places = (settings.population - 1) * model.tokensOf();
-            const perGeneration = places + screening.reduce((n, st) => n + st.candidates * Math.ceil(st.tokens / windowTokens) * windowTokens, 0);
+            const places = screenedPlaces(settings.population);
+            const perGeneration = screenTokensPerGeneration({ screen: screening }, windowTokens, places, model.tokensOf());
             const budget = settings.budgetTokens;
             const generations = budget !== undefined ? Math.floor(budget / perGeneration) : undefined;
             log(
-              `plan: --screen ${settings.screen}, then ${settings.population - 1} places on the fitness windows; about ${perGeneration} tokens a generation` +
+              `plan: --screen ${settings.screen}, then ${places} places on the fitness windows; about ${perGeneration} tokens a generation` +
                 (generations === undefined ? "" : `, ${generations} generations in the budget`) +
-                (generations !== undefined && generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the places on the fitness windows alone cost ${places} tokens a generation)` : ""),
+                (generations !== undefined && generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the places on the fitness windows alone cost ${places * model.tokensOf()} tokens a generation)` : ""),
             );
           }
 

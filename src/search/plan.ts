@@ -112,6 +112,16 @@ export interface ScreenPlan {
 /** `--screen` text of a plan: 64@1024,16@4096. */
 export const screenText = (plan: ScreenPlan): string => plan.screen.map((s) => `${s.candidates}@${s.tokens}`).join(",");
 
+/** Places a generation scores on the fitness windows: the population after its elites (the GA's default, one). */
+export const screenedPlaces = (population: number, elites = Math.min(1, population - 1)): number => Math.max(1, population - elites);
+
+/**
+ * Fitness tokens one screened generation costs at most: each screen's candidates on their
+ * minibatch (whole windows, as the fitness scores them), then `places` on the fitness windows.
+ */
+export const screenTokensPerGeneration = (plan: ScreenPlan, windowTokens: number, places: number, fitnessTokens: number): number =>
+  places * fitnessTokens + plan.screen.reduce((n, s) => n + s.candidates * Math.ceil(s.tokens / windowTokens) * windowTokens, 0);
+
 /**
  * The screening plan of a generational method (dsa, msp) for a budget. Each generation
  * scores the population's places after the elite on the fitness windows (`fitnessTokens`
@@ -123,15 +133,14 @@ export const screenText = (plan: ScreenPlan): string => plan.screen.map((s) => `
  */
 export const screenPlanFor = (budgetTokens: number, windowTokens: number, population: number, fitnessTokens: number, elites = Math.min(1, population - 1)): DerivedPlan<ScreenPlan> => {
   checkBudget(budgetTokens, windowTokens);
-  const places = Math.max(1, population - elites);
-  const full = places * fitnessTokens;
+  const places = screenedPlaces(population, elites);
   const perGeneration = budgetTokens / MIN_GENERATIONS;
   const options: ScreenPlan[] = [
     { screen: [{ candidates: 4 * population, tokens: windowTokens }, { candidates: 2 * population, tokens: 4 * windowTokens }] },
     { screen: [{ candidates: 4 * population, tokens: windowTokens }] },
     { screen: [{ candidates: 2 * population, tokens: windowTokens }] },
   ];
-  const cost = (plan: ScreenPlan) => full + plan.screen.reduce((n, s) => n + s.candidates * Math.ceil(s.tokens / windowTokens) * windowTokens, 0);
+  const cost = (plan: ScreenPlan) => screenTokensPerGeneration(plan, windowTokens, places, fitnessTokens);
   const plan = options.find((p) => cost(p) <= perGeneration) ?? options[options.length - 1]!;
   return { plan, tokensPerGeneration: cost(plan), generations: Math.floor(budgetTokens / cost(plan)) };
 };
