@@ -57,5 +57,7 @@ describe("evosparse search --screen", () => {
     const line = r.stderr.split("\n").find((l) => l.startsWith("plan: --screen"));
     // 6 candidates on one window of 63, then the 2 places: 378 + 252 tokens a generation.
     expect(line).toMatch(/then 2 places on the fitness windows; about 630 tokens a generation, 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
+    // The progress counts against the plan's generations, not the cap of a run without a budget (10).
+    expect(r.stderr.split("\n").find((l) => l.startsWith("generation: "))).toMatch(/^generation: 1\/3 /);
   });
 });

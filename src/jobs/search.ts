@@ -944,6 +944,8 @@ export const searchJob = (request: SearchRequest) =>
             }
             writeSettings();
           }
+          // The generations the budget pays for, as the plan estimates them (the progress bar's total).
+          let screenGenerations: number | undefined;
           const plan = settings.plan;
           if (plan) {
             log(
@@ -955,6 +957,7 @@ export const searchJob = (request: SearchRequest) =>
             const perGeneration = screenTokensPerGeneration({ screen: screening }, windowTokens, places, model.tokensOf());
             const budget = settings.budgetTokens;
             const generations = budget !== undefined ? Math.floor(budget / perGeneration) : undefined;
+            screenGenerations = generations === undefined ? undefined : Math.max(1, generations);
             log(
               `plan: --screen ${settings.screen}, then ${places} places on the fitness windows; about ${perGeneration} tokens a generation` +
                 (generations === undefined ? "" : `, ${generations} generations in the budget`) +
@@ -1000,7 +1003,7 @@ export const searchJob = (request: SearchRequest) =>
             }
           }
 
-          const totalGenerations = plugin.method.kind === "evolve" ? (settings.generations ?? settings.plan?.generations ?? DEFAULT_GENERATIONS) : 1;
+          const totalGenerations = plugin.method.kind === "evolve" ? (settings.generations ?? settings.plan?.generations ?? screenGenerations ?? DEFAULT_GENERATIONS) : 1;
           const engineRun = { ...engineLimitsOf(settings), ...(screening ? { screening } : {}) };
           const outcome = yield* runMethod(plugin, space, context_, engineRun, evaluator, phenotypeKey, savedState, (record) => {
             request.onGeneration?.(record, totalGenerations);
