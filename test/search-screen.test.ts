@@ -46,8 +46,10 @@ describe("evosparse search --screen", () => {
     expect(errorLines(small.stderr)[0]).toMatch(/^evosparse: --screen 2@200: screening stage 0 candidates must be a whole number in \[3, Infinity\], got 2/);
   });
 
+  const without = (flags: string[]) => args.filter((_, i) => !flags.includes(args[i]!) && !flags.includes(args[i - 1]!));
+
   it("derives the screen from the budget when none is given, and says when the fitness windows leave fewer than 30 generations", () => {
-    const derived = args.filter((_, i) => !["--screen", "--generations"].includes(args[i]!) && !["--screen", "--generations"].includes(args[i - 1]!));
+    const derived = without(["--screen", "--generations"]);
     const dir = join(root, "derived");
     const r = evosparse(...derived.map((w) => (w === "8000" ? "2000" : w)), "--out", dir);
     expect(r.code, r.stderr).toBe(0);
@@ -59,5 +61,16 @@ describe("evosparse search --screen", () => {
     expect(line).toMatch(/then 2 places on the fitness windows; about 630 tokens a generation, 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
     // The progress counts against the plan's generations, not the cap of a run without a budget (10).
     expect(r.stderr.split("\n").find((l) => l.startsWith("generation: "))).toMatch(/^generation: 1\/3 /);
+  });
+
+  it("derives the screen from a time budget, says how many generations it pays for, and counts progress against them", () => {
+    const dir = join(root, "timed");
+    const r = evosparse(...without(["--screen", "--generations", "--budget-tokens"]), "--time-budget", "12", "--out", dir);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")).screen).toMatch(/^\d+@63(,\d+@252)?$/);
+    const line = r.stderr.split("\n").find((l) => l.startsWith("plan: --screen")) ?? "";
+    const generations = /tokens a generation, (\d+) generations in the budget/.exec(line);
+    expect(generations, line).not.toBeNull();
+    expect(r.stderr.split("\n").find((l) => l.startsWith("generation: "))).toMatch(new RegExp(`^generation: 1/${Math.max(1, Number(generations![1]))} `));
   });
 });

@@ -930,8 +930,10 @@ export const searchJob = (request: SearchRequest) =>
           const tokensPerSecond = timedTokens / Math.max(1e-3, (performance.now() - baselineStart) / 1000);
 
           // A time budget's plan, from the rate just measured.
+          let timedBudget: number | undefined;
           if (deferredPlan !== undefined && settings.timeBudgetSeconds !== undefined) {
             const budget = tokensOfTime(settings.timeBudgetSeconds, tokensPerSecond);
+            timedBudget = budget;
             const from = `--time-budget ${settings.timeBudgetSeconds} at ${tokensPerSecond.toFixed(0)} fitness tokens a second`;
             if (deferredPlan === "staged") {
               const plan = recordPlan(budgetPlan(plugin, space, settings, budget, windowTokens, timePlanStageWindows(settings)), from);
@@ -955,7 +957,7 @@ export const searchJob = (request: SearchRequest) =>
           } else if (screening && settings.screen !== undefined) {
             const places = screenedPlaces(settings.population);
             const perGeneration = screenTokensPerGeneration({ screen: screening }, windowTokens, places, model.tokensOf());
-            const budget = settings.budgetTokens;
+            const budget = settings.budgetTokens ?? timedBudget;
             const generations = budget !== undefined ? Math.floor(budget / perGeneration) : undefined;
             screenGenerations = generations === undefined ? undefined : Math.max(1, generations);
             log(
