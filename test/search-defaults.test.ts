@@ -127,6 +127,11 @@ describe("evosparse search with the defaults", () => {
     expect(m.settings.plan.stages.some((st: { exact?: boolean }) => st.exact === true)).toBe(false);
     const unbounded = jsonOf(evosparse(...small.slice(0, -2), "--baselines", "uniform", "--generations", "1", "--out", join(root, "exact-no-budget"), "--json"));
     expect(unbounded.settings.plan.from).toBe("no budget: the default plan");
+    // An evaluation budget alone: the default plan (16 children, then the best 4 and the parent) for the generations it pays for.
+    const evals = evosparse(...small.slice(0, -2), "--baselines", "uniform", "--budget-evals", "42", "--out", join(root, "exact-evals"));
+    expect(evals.code, evals.stderr).toBe(0);
+    expect(evals.stderr.split("\n").find((l) => l.startsWith("plan ("))).toMatch(/^plan \(--budget-evals 42: the default plan\): .*, about 2 generations in the budget$/);
+    expect(evals.stderr.split("\n").find((l) => l.startsWith("generation: "))).toMatch(/^generation: 1\/2 /);
     expect(unbounded.settings.plan.stages.some((st: { exact?: boolean }) => st.exact === true)).toBe(false);
     // More calibration windows than the run has: refused in one line.
     const refused = evosparse(...args, "--exact-calibration", "3", "--out", join(root, "exact-refused"));
@@ -140,6 +145,18 @@ describe("evosparse search with the defaults", () => {
     expect(r.code).not.toBe(0);
     expect(existsSync(out)).toBe(false);
     expect(errorLines(r.stderr)).toEqual([`evosparse: --baselines: unknown method "nosuch"; known: ${["alphapruning", "atp", "dlp", "dsa", "evopress", "mrp", "msp", "msp-nm", "owl", "uniform"].join(", ")}`]);
+  });
+
+  it("says what a space's own plan costs, and refuses in one line a budget that runs out before its first generation ends", () => {
+    const r = evosparse(...small.slice(0, -2), "--space", "evopress-published.json", "--baselines", "uniform", "--budget-tokens", "20000", "--out", join(root, "published"));
+    // 64 children on 2048 tokens, the best 8 on 16384, the best 2 and the parent on 65536 (33, 261 and 1041 windows of 63 scored tokens).
+    expect(r.stderr.split("\n").find((l) => l.startsWith("plan ("))).toMatch(
+      /^plan \(the space evopress-published\.json\): 64 children on 33 windows .*; 461349 tokens a generation, about 0 generations in the budget \(fewer than 30: the plan of evopress-published\.json costs that much; without --space the run derives one from the budget\)$/,
+    );
+    expect(r.code).toBe(2);
+    expect(errorLines(r.stderr)).toEqual([
+      "evosparse: --budget-tokens 20000 ran out in the search's first generation, before its last stage chose a best: one generation of its plan costs more (the plan line says how much); give a larger budget or a cheaper plan",
+    ]);
   });
 });
 

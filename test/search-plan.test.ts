@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { evolve, type EvolveOptions } from "../src/engine/evolve.ts";
 import { fitnessOk, type Fidelity } from "../src/engine/genome.ts";
 import { staged } from "../src/engine/staged.ts";
-import { MIN_GENERATIONS, screenedPlaces, screenPlanFor, screenTokensPerGeneration, stagedPlanFor, stagedTokens } from "../src/search/plan.ts";
+import { MIN_GENERATIONS, plannedGenerations, screenedPlaces, screenEvaluations, screenPlanFor, screenTokensPerGeneration, stagedEvaluations, stagedPlanFor, stagedTokens } from "../src/search/plan.ts";
 import { loadSearchSpace } from "../src/search/space.ts";
 import { plugin as evopress } from "../plugins/evopress/index.ts";
 import { fakeClock, sphere, vectorGenome, type Clocked, type Vector } from "./helpers/engine.ts";
@@ -120,6 +120,56 @@ describe("a screening plan derived from the budget", () => {
         for (let g = 1; g < generations; g++) expect(spent(result.history.filter((r) => r.generation === g))).toBeLessThanOrEqual(derived.tokensPerGeneration);
       }),
       { numRuns: 20 },
+    );
+  });
+});
+
+describe("the generations a run's limits pay for (the plan line's estimate, the progress bar's total)", () => {
+  it("are what the engine runs when no candidate repeats, give or take the one a budget cuts short, for evaluation and token budgets (property)", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 8, max: 300 }),
+        fc.integer({ min: 2, max: 8 }),
+        fc.boolean(),
+        fc.integer({ min: 1, max: 400 }),
+        fc.option(fc.integer({ min: 1, max: 40 }), { nil: undefined }),
+        fc.nat(50),
+        async (windowTokens, population, screened, budgetEvals, generations, seed) => {
+          const fitnessTokens = 2 * windowTokens;
+          const time = fakeClock();
+          const host = hostOf(time, windowTokens, fitnessTokens);
+          const places = screenedPlaces(population);
+          const stagedPlan = stagedPlanFor(50 * windowTokens, windowTokens).plan;
+          // Half the runs staged (no elites), half generational, screened or not.
+          const staging = seed % 2 === 0;
+          const screen = screened ? [{ candidates: 2 * population, tokens: windowTokens }] : [];
+          const cost = staging
+            ? { tokens: stagedTokens(stagedPlan, windowTokens), evaluations: stagedEvaluations(stagedPlan) }
+            : { tokens: screenTokensPerGeneration({ screen }, windowTokens, places, fitnessTokens), evaluations: screenEvaluations({ screen }, places) };
+          const budgetTokens = (budgetEvals % 7) * cost.tokens + seed;
+          const limits = { budgetEvals, ...(generations !== undefined ? { generations } : {}), ...(budgetTokens > cost.tokens ? { budgetTokens } : {}) };
+          const planned = plannedGenerations(cost, limits)!;
+          // A genome of many values: children practically never repeat, so every candidate costs.
+          const result = await run(
+            {
+              genome: vectorGenome(64, 1_000_000),
+              phenotypeKey: (v) => v.join(","),
+              ...host,
+              seed,
+              ...limits,
+              ...(staging ? { strategy: staged<Vector, Vector>(stagedPlan) } : { population, ...(screen.length > 0 ? { screening: screen } : {}) }),
+            },
+            time,
+          );
+          // The estimate counts whole generations; the engine also counts the one a budget cuts
+          // short. The first generation of a generational run also scores its elite, so that run
+          // may finish one fewer.
+          expect(result.generations).toBeLessThanOrEqual(planned + 1);
+          expect(result.generations).toBeGreaterThanOrEqual(planned - (staging ? 0 : 1));
+          if (generations !== undefined) expect(result.generations).toBeLessThanOrEqual(generations);
+        },
+      ),
+      { numRuns: 60 },
     );
   });
 });

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { embeddedModel, errorLines, evosparse, historyOf, jsonOf, tempRoot } from "./helpers/embedded.ts";
+import { embeddedModel, errorLines, evosparse, evosparseWithEnv, historyOf, jsonOf, tempRoot } from "./helpers/embedded.ts";
 
 const root = tempRoot("search-screen");
 
@@ -58,7 +58,7 @@ describe("evosparse search --screen", () => {
     expect(settings.screen).toBe("6@63");
     const line = r.stderr.split("\n").find((l) => l.startsWith("plan: --screen"));
     // 6 candidates on one window of 63, then the 2 places: 378 + 252 tokens a generation.
-    expect(line).toMatch(/then 2 places on the fitness windows; about 630 tokens a generation, 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
+    expect(line).toMatch(/then 2 places on the fitness windows; at most 630 tokens a generation, about 3 generations in the budget \(fewer than 30: the places on the fitness windows alone cost 252 tokens a generation\)$/);
     // The progress counts against the plan's generations, not the cap of a run without a budget (10).
     expect(r.stderr.split("\n").find((l) => l.startsWith("generation: "))).toMatch(/^generation: 1\/3 /);
   });
@@ -69,8 +69,35 @@ describe("evosparse search --screen", () => {
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(readFileSync(join(dir, "settings.json"), "utf8")).screen).toMatch(/^\d+@63(,\d+@252)?$/);
     const line = r.stderr.split("\n").find((l) => l.startsWith("plan: --screen")) ?? "";
-    const generations = /tokens a generation, (\d+) generations in the budget/.exec(line);
+    const generations = /tokens a generation, about (\d+) generations in the budget/.exec(line);
     expect(generations, line).not.toBeNull();
     expect(r.stderr.split("\n").find((l) => l.startsWith("generation: "))).toMatch(new RegExp(`^generation: 1/${Math.max(1, Number(generations![1]))} `));
+  });
+
+  const firstProgress = (stderr: string) => stderr.split("\n").find((l) => l.startsWith("generation: ")) ?? "";
+
+  it("a resumed time-budget run counts its progress at the rate it recorded, against the same plan", () => {
+    const dir = join(root, "timed-resumed");
+    const timed = [...without(["--screen", "--generations", "--budget-tokens"]), "--time-budget", "12", "--out", dir];
+    const crash = evosparseWithEnv({ EVOSPARSE_CRASH_AFTER: "generation:1" }, ...timed);
+    expect(crash.signal).toBe("SIGKILL");
+    const planned = /^generation: 1\/(\d+) /.exec(firstProgress(crash.stderr));
+    expect(planned, crash.stderr).not.toBeNull();
+    const settings = JSON.parse(readFileSync(join(dir, "settings.json"), "utf8"));
+    expect(settings.tokensPerSecond).toBeGreaterThan(0);
+    const resumed = evosparse("search", "--resume", dir);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    // The resumed run measures no new rate: its plan line and its progress count the same generations.
+    expect(resumed.stderr.split("\n").find((l) => l.startsWith("plan: --screen"))).toContain(`about ${planned![1]} generations in the budget`);
+    expect(firstProgress(resumed.stderr)).toMatch(new RegExp(`^generation: 2/${planned![1]} `));
+  });
+
+  it("an evaluation budget alone counts progress against the generations it pays for", () => {
+    // No screen: generation 0 scores the population of 3, each later one its 2 places after the elite, so 9 evaluations pay for 4.
+    const dir = join(root, "evals");
+    const r = evosparse(...without(["--screen", "--generations", "--budget-tokens"]), "--budget-evals", "9", "--out", dir);
+    expect(r.code, r.stderr).toBe(0);
+    expect(firstProgress(r.stderr)).toMatch(/^generation: 1\/4 /);
+    expect(JSON.parse(readFileSync(join(dir, "summary.json"), "utf8")).generations).toBe(4);
   });
 });

@@ -9,7 +9,7 @@
 import { existsSync, statSync } from "node:fs";
 import { fileDigest, readBoundedUtf8 } from "../reads.ts";
 import { checkStamp, stamp, type Provenance } from "../output/provenance.ts";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { Effect, Schema } from "effect";
 import { blockSparsities, globalSparsity, layoutOf } from "../allocation/allocation.ts";
 import { readAllocationCsv, writeAllocationCsv } from "../allocation/csv.ts";
@@ -47,7 +47,7 @@ import { allocationChart, fitnessChart, writeSearchFiles } from "../search/repor
 import { checkMethod, runFixedMethod, runMethod, startAsSearched } from "../search/run-method.ts";
 import { SearchSettings } from "../search/settings.ts";
 import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
-import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, screenedPlaces, screenPlanFor, screenText, screenTokensPerGeneration, stagedPlanFor, stagedTokens, type DerivedPlan, type StagedPlan } from "../search/plan.ts";
+import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, plannedGenerations, screenedPlaces, screenEvaluations, screenPlanFor, screenText, screenTokensPerGeneration, stagedEvaluations, stagedPlanFor, stagedTokens, type DerivedPlan, type GenerationCost, type StagedPlan } from "../search/plan.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { availableParallelism } from "node:os";
@@ -67,7 +67,7 @@ export { SearchSettings };
 export const DEFAULT_GENERATIONS = 10;
 
 /** The settings a flag sets; the others the run records itself (its derived plan). */
-export type FlaggedSettings = Omit<SearchSettings, "plan">;
+export type FlaggedSettings = Omit<SearchSettings, (typeof DERIVED_SETTINGS)[number]>;
 
 /** The flag of every search setting (those it shares with prune are prune's): the command's options and messages derive from it. */
 export const SEARCH_FLAGS: FlagTable<FlaggedSettings> = {
@@ -149,8 +149,11 @@ export type GivenSettings = Omit<SearchSettings, "seqlen" | "space"> & { readonl
  */
 export const RESUMABLE_SETTINGS = ["generations", "budgetEvals", "budgetTokens", "timeBudgetSeconds", "patience"] as const;
 
-/** Settings the run records but no flag gives: the stage plan, derived from the budget and the space. */
-export const DERIVED_SETTINGS = ["plan"] as const;
+/**
+ * Settings the run records but no flag gives: the stage plan, derived from the budget and
+ * the space, and the rate a time budget is turned into tokens at.
+ */
+export const DERIVED_SETTINGS = ["plan", "tokensPerSecond"] as const;
 
 /** The command-line flag of a setting, for messages. */
 export const settingFlag = (key: keyof FlaggedSettings): string => `--${SEARCH_FLAGS[key].flag}`;
@@ -518,11 +521,16 @@ const budgetPlan = (plugin: MethodPlugin<unknown>, space: unknown, settings: Sea
   return stagedPlanFor(budget, windowTokens, maxStageWindows);
 };
 
-/** The plan of a run without a budget, its last stage exact when `exactTokens` is given. */
-const unbudgetedPlan = (windowTokens: number, generations: number, exactTokens: number | undefined): DerivedPlan<StagedPlan> => {
+/**
+ * The plan of a run without a token budget, its last stage exact when `exactTokens` is
+ * given, for as many generations as `--generations` and `--budget-evals` allow (without
+ * either, DEFAULT_GENERATIONS).
+ */
+const unbudgetedPlan = (windowTokens: number, limits: { generations?: number; budgetEvals?: number }, exactTokens: number | undefined): DerivedPlan<StagedPlan> => {
   const plain = defaultStagedPlan(windowTokens);
   const plan: StagedPlan = exactTokens === undefined ? plain : { ...plain, stages: plain.stages.map((st, i) => (i === plain.stages.length - 1 ? { ...st, exact: true } : st)) };
-  return { plan, tokensPerGeneration: stagedTokens(plan, windowTokens, exactTokens ?? 0), generations };
+  const tokensPerGeneration = stagedTokens(plan, windowTokens, exactTokens ?? 0);
+  return { plan, tokensPerGeneration, generations: Math.max(1, plannedGenerations({ tokens: tokensPerGeneration, evaluations: stagedEvaluations(plan) }, limits) ?? DEFAULT_GENERATIONS) };
 };
 
 /**
@@ -546,9 +554,9 @@ const planOf = (plugin: MethodPlugin<unknown>, space: unknown, settings: SearchS
       budget !== undefined
         ? recordPlan(budgetPlan(plugin, space, settings, budget, windowTokens), `--budget-tokens ${budget}`)
         : recordPlan(
-            // Without a budget nothing bounds what the exact stage costs: only the space turns it on.
-            unbudgetedPlan(windowTokens, settings.generations ?? DEFAULT_GENERATIONS, exactLastStage(plugin, space, settings) === true ? exactTokensOf(settings) : undefined),
-            "no budget: the default plan",
+            // Without a token budget nothing bounds what the exact stage costs: only the space turns it on.
+            unbudgetedPlan(windowTokens, settings, exactLastStage(plugin, space, settings) === true ? exactTokensOf(settings) : undefined),
+            settings.budgetEvals === undefined ? "no budget: the default plan" : `--budget-evals ${settings.budgetEvals}: the default plan`,
           );
     const planned = plugin.withStagedPlan(space, plan);
     // Recorded as the space turned it: stages it scores with the final protocol say so.
@@ -725,7 +733,7 @@ export const searchJob = (request: SearchRequest) =>
       // What makes this run, checked now against a saved state's record (before any work),
       // and written with every state it saves.
       const made = yield* attempt(() => searchProvenance(settings));
-      const savedState = engineCheckpoint(dir, made);
+      let savedState = engineCheckpoint(dir, made);
       if (request.resume) yield* attempt(() => savedState.load());
 
       const backend = yield* initBackendEffect(request.backend);
@@ -929,41 +937,62 @@ export const searchJob = (request: SearchRequest) =>
           const timedTokens = Math.max(1, timedEvaluations) * model.tokensOf();
           const tokensPerSecond = timedTokens / Math.max(1e-3, (performance.now() - baselineStart) / 1000);
 
-          // A time budget's plan, from the rate just measured.
-          let timedBudget: number | undefined;
-          if (deferredPlan !== undefined && settings.timeBudgetSeconds !== undefined) {
-            const budget = tokensOfTime(settings.timeBudgetSeconds, tokensPerSecond);
-            timedBudget = budget;
-            const from = `--time-budget ${settings.timeBudgetSeconds} at ${tokensPerSecond.toFixed(0)} fitness tokens a second`;
+          // A time budget stands for tokens at the rate just measured. The rate is recorded, so
+          // a resumed run (its budget perhaps changed) counts the tokens at the same rate.
+          if (settings.timeBudgetSeconds !== undefined && settings.tokensPerSecond === undefined) {
+            settings = { ...settings, tokensPerSecond };
+            writeSettings();
+          }
+          const timedBudget = settings.timeBudgetSeconds !== undefined && settings.tokensPerSecond !== undefined ? tokensOfTime(settings.timeBudgetSeconds, settings.tokensPerSecond) : undefined;
+          // A time budget's plan, from those tokens.
+          if (deferredPlan !== undefined && timedBudget !== undefined) {
+            const from = `--time-budget ${settings.timeBudgetSeconds} at ${settings.tokensPerSecond!.toFixed(0)} fitness tokens a second`;
             if (deferredPlan === "staged") {
-              const plan = recordPlan(budgetPlan(plugin, space, settings, budget, windowTokens, timePlanStageWindows(settings)), from);
+              const plan = recordPlan(budgetPlan(plugin, space, settings, timedBudget, windowTokens, timePlanStageWindows(settings)), from);
               space = plugin.withStagedPlan!(space, plan);
               settings = { ...settings, plan: { ...plan, stages: plugin.stagedPlan!(space)!.stages.map((st) => ({ ...st })) } };
             } else {
-              const derived = screenPlanFor(budget, windowTokens, settings.population, settings.fitnessWindows * windowTokens);
+              const derived = screenPlanFor(timedBudget, windowTokens, settings.population, settings.fitnessWindows * windowTokens);
               settings = { ...settings, screen: screenText(derived.plan) };
               screening = yield* attempt(() => screeningOf(settings.screen!, settings.population));
+              // The screen decides the result, so the states this run saves record it: a resumed
+              // run reads it from settings.json, and its states must say the same.
+              savedState = engineCheckpoint(dir, yield* attempt(() => searchProvenance(settings)));
             }
             writeSettings();
           }
-          // The generations the budget pays for, as the plan estimates them (the progress bar's total).
-          let screenGenerations: number | undefined;
-          const plan = settings.plan;
-          if (plan) {
+          // What a generation of the plan costs, and the generations the run's limits pay for
+          // at that cost: the plan line's estimate and the progress bar's total.
+          const staged = plugin.stagedPlan?.(space);
+          const places = screenedPlaces(settings.population);
+          const screenPlan = { screen: screening ?? [] };
+          const cost: GenerationCost = staged
+            ? { tokens: stagedTokens(staged, windowTokens, exactTokensOf(settings)), evaluations: stagedEvaluations(staged) }
+            : { tokens: screenTokensPerGeneration(screenPlan, windowTokens, places, model.tokensOf()), evaluations: screenEvaluations(screenPlan, places) };
+          const budgetTokens = settings.budgetTokens ?? timedBudget;
+          const plannedTotal = plannedGenerations(cost, { ...engineLimitsOf(settings), budgetTokens });
+          const generationsOf = (n: number) => `${n} generation${n === 1 ? "" : "s"}`;
+          const inTheBudget =
+            plannedTotal === undefined ? ""
+            : !hasBudget(settings) ? `${generationsOf(plannedTotal)} (no budget)`
+            : settings.generations !== undefined && plannedTotal === settings.generations ? `at most ${generationsOf(settings.generations)}`
+            : `about ${generationsOf(plannedTotal)} in the budget`;
+          // Fewer than MIN_GENERATIONS because the token budget is small for the plan (not because the user capped them).
+          const short = budgetTokens !== undefined && plannedTotal !== undefined && plannedTotal < MIN_GENERATIONS && plannedTotal === plannedGenerations(cost, { budgetTokens }) && settings.generations === undefined;
+          if (staged) {
+            const why =
+              settings.plan === undefined ? `the plan of ${basename(settings.space)} costs that much; without --space the run derives one from the budget`
+              : `the budget is small for windows of ${windowTokens} tokens${staged.stages.some((st) => st.exact) ? ` and an exact stage's ${exactTokensOf(settings)} calibration tokens a candidate` : ""}`;
             log(
-              `plan (${plan.from}): ${describeStagedPlan(plan, windowTokens, exactWindowsOf(settings))}; ${plan.tokensPerGeneration} tokens a generation, ` +
-                `${settings.generations !== undefined ? `at most ${settings.generations} generations` : `about ${plan.generations} generations in the budget`}${plan.generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the budget is small for windows of ${windowTokens} tokens${plan.stages.some((st) => st.exact) ? ` and an exact stage's ${exactTokensOf(settings)} calibration tokens a candidate` : ""})` : ""}`,
+              `plan (${settings.plan?.from ?? `the space ${basename(settings.space)}`}): ${describeStagedPlan(staged, windowTokens, exactWindowsOf(settings))}; ${cost.tokens} tokens a generation` +
+                (inTheBudget === "" ? "" : `, ${inTheBudget}`) +
+                (short ? ` (fewer than ${MIN_GENERATIONS}: ${why})` : ""),
             );
           } else if (screening && settings.screen !== undefined) {
-            const places = screenedPlaces(settings.population);
-            const perGeneration = screenTokensPerGeneration({ screen: screening }, windowTokens, places, model.tokensOf());
-            const budget = settings.budgetTokens ?? timedBudget;
-            const generations = budget !== undefined ? Math.floor(budget / perGeneration) : undefined;
-            screenGenerations = generations === undefined ? undefined : Math.max(1, generations);
             log(
-              `plan: --screen ${settings.screen}, then ${places} places on the fitness windows; about ${perGeneration} tokens a generation` +
-                (generations === undefined ? "" : `, ${generations} generations in the budget`) +
-                (generations !== undefined && generations < MIN_GENERATIONS && settings.generations === undefined ? ` (fewer than ${MIN_GENERATIONS}: the places on the fitness windows alone cost ${places * model.tokensOf()} tokens a generation)` : ""),
+              `plan: --screen ${settings.screen}, then ${places} places on the fitness windows; at most ${cost.tokens} tokens a generation` +
+                (inTheBudget === "" ? "" : `, ${inTheBudget}`) +
+                (short ? ` (fewer than ${MIN_GENERATIONS}: the places on the fitness windows alone cost ${places * model.tokensOf()} tokens a generation)` : ""),
             );
           }
 
@@ -1005,7 +1034,7 @@ export const searchJob = (request: SearchRequest) =>
             }
           }
 
-          const totalGenerations = plugin.method.kind === "evolve" ? (settings.generations ?? settings.plan?.generations ?? screenGenerations ?? DEFAULT_GENERATIONS) : 1;
+          const totalGenerations = plugin.method.kind === "evolve" ? Math.max(1, plannedTotal ?? DEFAULT_GENERATIONS) : 1;
           const engineRun = { ...engineLimitsOf(settings), ...(screening ? { screening } : {}) };
           const outcome = yield* runMethod(plugin, space, context_, engineRun, evaluator, phenotypeKey, savedState, (record) => {
             request.onGeneration?.(record, totalGenerations);

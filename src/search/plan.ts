@@ -54,6 +54,28 @@ export const stagedTokens = (plan: StagedPlan, windowTokens: number, exactTokens
     return n + candidates * (Math.ceil(stage.tokens / windowTokens) * windowTokens + (stage.exact ? exactTokens : 0));
   }, 0);
 
+/** Evaluations one generation of a staged plan makes when every candidate is new: each stage's candidates. */
+export const stagedEvaluations = (plan: StagedPlan): number =>
+  plan.stages.reduce((n, _, s) => n + stageCandidates(plan.offspring, plan.stages[s - 1]?.survivors, s === plan.stages.length - 1), 0);
+
+/** What one generation of a plan costs when every candidate is new. */
+export interface GenerationCost {
+  readonly tokens: number;
+  readonly evaluations: number;
+}
+
+/**
+ * Generations a run's limits let it finish at a generation's cost: the least of its
+ * generation cap and what each budget pays for (0 when a budget is less than one
+ * generation); undefined when nothing but time limits it. An estimate: repeated candidates
+ * are cached and free, so a run can go further.
+ */
+export const plannedGenerations = (cost: GenerationCost, limits: { readonly generations?: number; readonly budgetTokens?: number; readonly budgetEvals?: number }): number | undefined => {
+  const paidFor = (budget: number | undefined, each: number) => (budget === undefined ? undefined : Math.floor(budget / Math.max(1, each)));
+  const counts = [limits.generations, paidFor(limits.budgetTokens, cost.tokens), paidFor(limits.budgetEvals, cost.evaluations)].filter((n): n is number => n !== undefined);
+  return counts.length === 0 ? undefined : Math.min(...counts);
+};
+
 export interface DerivedPlan<P> {
   readonly plan: P;
   /** Tokens one generation costs when every candidate is new (cached ones are free). */
@@ -121,6 +143,9 @@ export const screenedPlaces = (population: number, elites = Math.min(1, populati
  */
 export const screenTokensPerGeneration = (plan: ScreenPlan, windowTokens: number, places: number, fitnessTokens: number): number =>
   places * fitnessTokens + plan.screen.reduce((n, s) => n + s.candidates * Math.ceil(s.tokens / windowTokens) * windowTokens, 0);
+
+/** Evaluations one screened generation makes at most: every screen's candidates, then the places. */
+export const screenEvaluations = (plan: ScreenPlan, places: number): number => places + plan.screen.reduce((n, s) => n + s.candidates, 0);
 
 /**
  * The screening plan of a generational method (dsa, msp) for a budget. Each generation

@@ -152,6 +152,11 @@ export const runMethod = <Space>(
           });
         }
         if (result.history.length === 0) return yield* new UsageError({ problem: "the search stopped before its first evaluation: give a larger budget" });
+        // Every score fine, yet no best: the budget ran out inside the first generation, before its last stage chose one.
+        if (result.stoppedBy === "budget" && !result.history.some((r) => r.error !== undefined)) {
+          const budget = settings.budgetTokens !== undefined ? `--budget-tokens ${settings.budgetTokens}` : settings.budgetEvals !== undefined ? `--budget-evals ${settings.budgetEvals}` : "the budget";
+          return yield* new UsageError({ problem: `${budget} ran out in the search's first generation, before its last stage chose a best: one generation of its plan costs more (the plan line says how much); give a larger budget or a cheaper plan` });
+        }
         const firstError = result.history.find((r) => r.error)?.error;
         return yield* Effect.fail(new Error(`every evaluation of the search failed; see the history${firstError !== undefined ? ` (first error: ${firstError})` : ""}`));
       }

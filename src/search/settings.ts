@@ -63,6 +63,12 @@ export const SearchSettings = Schema.Struct({
    */
   exactCalibration: Schema.optional(Schema.Int),
   /**
+   * Fitness tokens a second, as the run measured them scoring its baselines; recorded when
+   * it has a time budget, whose plan is derived at this rate, so that a resumed run (whose
+   * budget may have changed) counts its generations at the same rate.
+   */
+  tokensPerSecond: Schema.optional(Schema.Number),
+  /**
    * The stage plan the run derived from its budget (or its default without one), kept so a
    * resumed run searches with the same plan; absent when the space file fixes one.
    */
