@@ -939,10 +939,8 @@ export const searchJob = (request: SearchRequest) =>
 
           // A time budget stands for tokens at the rate just measured. The rate is recorded, so
           // a resumed run (its budget perhaps changed) counts the tokens at the same rate.
-          if (settings.timeBudgetSeconds !== undefined && settings.tokensPerSecond === undefined) {
-            settings = { ...settings, tokensPerSecond };
-            writeSettings();
-          }
+          const rateToRecord = settings.timeBudgetSeconds !== undefined && settings.tokensPerSecond === undefined;
+          if (rateToRecord) settings = { ...settings, tokensPerSecond };
           const timedBudget = settings.timeBudgetSeconds !== undefined && settings.tokensPerSecond !== undefined ? tokensOfTime(settings.timeBudgetSeconds, settings.tokensPerSecond) : undefined;
           // A time budget's plan, from those tokens.
           if (deferredPlan !== undefined && timedBudget !== undefined) {
@@ -959,8 +957,9 @@ export const searchJob = (request: SearchRequest) =>
               // run reads it from settings.json, and its states must say the same.
               savedState = engineCheckpoint(dir, yield* attempt(() => searchProvenance(settings)));
             }
-            writeSettings();
           }
+          // One write for the rate and the plan derived from it.
+          if (rateToRecord || deferredPlan !== undefined) writeSettings();
           // What a generation of the plan costs, and the generations the run's limits pay for
           // at that cost: the plan line's estimate and the progress bar's total.
           const staged = plugin.stagedPlan?.(space);
