@@ -11,7 +11,7 @@ import { Rng } from "../src/rng.ts";
 import type { BlockAllocation, MethodContext } from "../src/search/plugin.ts";
 import { runMethod } from "../src/search/run-method.ts";
 import { loadSearchSpace, parseSearchSpace, resolveSpaceFile } from "../src/search/space.ts";
-import { levelGrid, plugin, type EvoPressSpace, type Levels } from "../plugins/evopress/index.ts";
+import { levelGrid, plugin, startLevels, unitContext, type EvoPressSpace, type Levels } from "../plugins/evopress/index.ts";
 
 import { fakeClock, store, type Clocked } from "./helpers/engine.ts";
 
@@ -219,6 +219,87 @@ describe("evopress genome", () => {
     const context = contextOf([1000, 1000], 2, 0.5, { lo: 0.45, hi: 0.55 });
     expect(() => genomeOf(context, { levelSize: 0.2, offspring: 4, stages: [{ survivors: 1 }] })).toThrow(/leaves no switch within the bounds \[0\.45, 0\.55\].*use a smaller levelSize/);
     expect(() => genomeOf(context, { levelSize: 0.01, offspring: 4, stages: [{ survivors: 1 }] })).not.toThrow();
+  });
+});
+
+// ---------------------------------------------------------------- levels per block
+
+describe("evopress with granularity block", () => {
+  it("is the per-linear genome over blocks: one level a block, the block's weights its unit, every child valid per block", () => {
+    fc.assert(
+      fc.property(caseArb, ({ context, space: linearSpace, seed }) => {
+        const space: EvoPressSpace = { ...linearSpace, granularity: "block" };
+        const blocks = unitContext(context, space);
+        expect(blocks.linears.map((l) => l.params)).toEqual(context.blockParams);
+        if (!switchable(blocks, linearSpace)) {
+          expect(() => genomeOf(context, space)).toThrow(/prunable block|blocks can go down/);
+          return;
+        }
+        const genome = genomeOf(context, space);
+        const overBlocks = genomeOf(blocks, linearSpace);
+        const grid = levelGrid(context, space);
+        expect(grid).toMatchObject({ lowest: levelGrid(blocks, linearSpace).lowest, highest: levelGrid(blocks, linearSpace).highest });
+        const rng = new Rng(seed);
+        let parent = genome.create(rng.split(0), 0);
+        expect(genome.decode(parent)).toEqual(Array.from({ length: context.blocks }, () => context.target));
+        for (let generation = 0; generation < 6; generation++) {
+          const children = drawChildren(genome, parent, { offspring: space.offspring!, stages: space.stages! }, rng.split(generation + 1));
+          for (const child of children) {
+            const allocation = genome.decode(child);
+            expect(allocation).toEqual(overBlocks.decode(child));
+            // One sparsity a block, the blocks' pruned weights summing to the target's.
+            expectValid(child, allocation, blocks, linearSpace);
+          }
+          parent = children.length > 0 ? children[rng.int(children.length)]! : parent;
+        }
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  it("SparseGPT's levels give every linear its block's levels, so each decoded block is in its linears' database", () => {
+    const context = contextOf([4096, 1024, 1024, 4096, 8192, 8192, 512, 512, 2048], 3, 0.7, { lo: 0, hi: 0.99 });
+    const space: EvoPressSpace = { levelSize: 0.02, granularity: "block", offspring: 4, stages: [{ survivors: 1 }] };
+    const levels = plugin.levels!(context, space);
+    expect(levels).toHaveLength(context.linears.length);
+    context.linears.forEach((l, j) => expect(levels[j]).toEqual(levels[context.linears.findIndex((m) => m.block === l.block)]));
+    const genome = genomeOf(context, space);
+    const rng = new Rng(3);
+    let levelsNow = genome.create(rng, 0);
+    for (let i = 0; i < 200; i++) {
+      levelsNow = genome.mutate(levelsNow, rng.split(i));
+      genome.decode(levelsNow).forEach((s, b) => {
+        const j = context.linears.findIndex((l) => l.block === b);
+        expect(levels[j]!.some((level) => Math.abs(level - s) <= 1e-9)).toBe(true);
+      });
+    }
+    // Block 2 (3072 weights) is the smallest: a level, 2% of the mean block's 9899 weights, moves it furthest.
+    const block2 = levels[6]!;
+    expect(block2[1]! - block2[0]!).toBeCloseTo(198 / 3072, 12);
+  });
+
+  it("a start given per linear starts the blocks at the share of their weights it prunes; describe names blocks", () => {
+    const context = contextOf([1000, 3000, 2000, 2000], 2, 0.5, { lo: 0, hi: 0.99 });
+    const space: EvoPressSpace = { levelSize: 0.01, granularity: "block", offspring: 4, stages: [{ survivors: 1 }] };
+    const start = { label: "owl", sparsities: [0.32, 0.6, 0.45, 0.49] };
+    const blocks = unitContext({ ...context, start }, space);
+    // Block 0 prunes 320 + 1800 of 4000 weights, block 1 900 + 980 of 4000.
+    expect(blocks.start!.sparsities[0]).toBeCloseTo(0.53, 12);
+    expect(blocks.start!.sparsities[1]).toBeCloseTo(0.47, 12);
+    const genome = genomeOf({ ...context, start }, space);
+    const first = genome.create(new Rng(1), 0);
+    expect(first).toEqual(startLevels(blocks, levelGrid(context, space), blocks.start!.sparsities));
+    // A level is 40 weights (1% of the mean block): 120 weights either way are 3 levels.
+    expect(first).toEqual([3, -3]);
+    expect(genome.describe(first)).toBe("b0+3 b1-3");
+    expect(() => unitContext({ ...context, start: { label: "x", sparsities: [0.5, 0.5, 0.5] } }, space)).toThrow(/fits neither the 2 blocks nor the 4 linears/);
+  });
+
+  it("evopress-blocks.json holds levels of 2% of the mean block, per block, with no ±8 stop and the plan left to the run", () => {
+    const blocksSpace = loadSearchSpace(plugin, resolveSpaceFile(plugin, "evopress-blocks.json"));
+    expect(blocksSpace).toEqual({ levelSize: 0.02, granularity: "block" });
+    expect(plugin.stagedPlan!(blocksSpace)).toBeUndefined();
+    expect(() => parseSearchSpace(plugin, JSON.stringify({ levelSize: 0.02, granularity: "layer" }), "x.json")).toThrow(/granularity/);
   });
 });
 

@@ -47,4 +47,19 @@ describe("evosparse search --method evopress", () => {
     expect(report.evaluation.pruned).toBe(a.final.results[0].test);
     expect(report.requestedSparsity).toBeCloseTo(0.6, 9);
   });
+
+  it("with --space evopress-blocks.json searches one level a block and its best re-prunes to the reported perplexity", () => {
+    const dir = join(root, "blocks");
+    const args = ["search", "--method", "evopress", "--fitness", "kl", ...small.filter((_, i) => i < small.indexOf("--space")), "--space", "evopress-blocks.json", "--budget-tokens", "6000"];
+    const run = jsonOf(evosparse(...args, "--out", dir, "--json"));
+    const rows = readFileSync(join(dir, "best-allocation.csv"), "utf8").trim().split("\n").slice(1).map((l) => l.split(","));
+    const blocks = new Map<string, Set<string>>();
+    for (const row of rows) blocks.set(row[0]!, (blocks.get(row[0]!) ?? new Set()).add(row[3]!));
+    // Every linear of a block at the block's sparsity, and the search moved some block off the target.
+    expect([...blocks.values()].every((s) => s.size === 1)).toBe(true);
+    expect(new Set([...blocks.values()].map((s) => [...s][0])).size).toBeGreaterThan(1);
+    expect(historyRows(dir).some((r) => /\bb\d+[+-]\d/.test(Object.values(r).join(" ")))).toBe(true);
+    const report = jsonOf(evosparse(...reproduceArgs(run.final.reproduce, join(root, "blocks-reproduced")), "--json"));
+    expect(report.evaluation.pruned).toBe(run.final.results[0].test);
+  });
 });
