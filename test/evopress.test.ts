@@ -295,10 +295,15 @@ describe("evopress with granularity block", () => {
     expect(() => unitContext({ ...context, start: { label: "x", sparsities: [0.5, 0.5, 0.5] } }, space)).toThrow(/fits neither the 2 blocks nor the 4 linears/);
   });
 
-  it("evopress-blocks.json holds levels of 2% of the mean block, per block, with no ±8 stop and the plan left to the run", () => {
-    const blocksSpace = loadSearchSpace(plugin, resolveSpaceFile(plugin, "evopress-blocks.json"));
+  it("the default space holds levels of 2% of the mean block, per block, with no ±8 stop; evopress-linear.json EvoPress's per linear", () => {
+    const blocksSpace = loadSearchSpace(plugin);
     expect(blocksSpace).toEqual({ levelSize: 0.02, granularity: "block" });
     expect(plugin.stagedPlan!(blocksSpace)).toBeUndefined();
+    const linear = loadSearchSpace(plugin, resolveSpaceFile(plugin, "evopress-linear.json"));
+    expect(linear).toEqual({ levelSize: 0.01, maxLevels: 8 });
+    const context = contextOf([4096, 1024, 1024, 4096, 8192, 8192], 3, 0.5, { lo: 0, hi: 0.99 });
+    expect(genomeOf(context, linear).create(new Rng(0), 0)).toHaveLength(6);
+    expect(genomeOf(context, blocksSpace).create(new Rng(0), 0)).toHaveLength(2);
     expect(() => parseSearchSpace(plugin, JSON.stringify({ levelSize: 0.02, granularity: "layer" }), "x.json")).toThrow(/granularity/);
   });
 });
@@ -308,7 +313,7 @@ describe("evopress with granularity block", () => {
 describe("evopress search space", () => {
   it("the default space holds the levels and leaves the stage plan to the run's budget", () => {
     const space = loadSearchSpace(plugin);
-    expect(space).toEqual({ levelSize: 0.01, maxLevels: 8 });
+    expect(space).toEqual({ levelSize: 0.02, granularity: "block" });
     expect(plugin.stagedPlan!(space)).toBeUndefined();
     expect(() => method.strategy!(contextOf([10, 10], 2, 0.5, { lo: 0, hi: 0.99 }), space)).toThrow(/no stage plan/);
     const planned = plugin.withStagedPlan!(space, { offspring: 8, stages: [{ survivors: 2, tokens: 100 }, { survivors: 1, tokens: 400 }] });

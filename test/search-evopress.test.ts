@@ -1,8 +1,8 @@
 /**
  * `evosparse search --method evopress` on the embedded model: staged selection on stage
  * minibatches through the real host, a token budget never passed, the same history with 1
- * and 2 workers, and the reproduce command re-pruning the per-linear best to the reported
- * test perplexity.
+ * and 2 workers, and the reproduce command re-pruning the best to the reported test
+ * perplexity, per linear (a space of EvoPress's levels) and per block (the default space).
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -48,9 +48,9 @@ describe("evosparse search --method evopress", () => {
     expect(report.requestedSparsity).toBeCloseTo(0.6, 9);
   });
 
-  it("with --space evopress-blocks.json searches one level a block and its best re-prunes to the reported perplexity", () => {
+  it("with its default space searches one level a block and its best re-prunes to the reported perplexity", () => {
     const dir = join(root, "blocks");
-    const args = ["search", "--method", "evopress", "--fitness", "kl", ...small.filter((_, i) => i < small.indexOf("--space")), "--space", "evopress-blocks.json", "--budget-tokens", "6000"];
+    const args = ["search", "--method", "evopress", "--fitness", "kl", ...small.filter((_, i) => i < small.indexOf("--space")), "--budget-tokens", "6000"];
     const run = jsonOf(evosparse(...args, "--out", dir, "--json"));
     const rows = readFileSync(join(dir, "best-allocation.csv"), "utf8").trim().split("\n").slice(1).map((l) => l.split(","));
     const blocks = new Map<string, Set<string>>();
