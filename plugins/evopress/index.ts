@@ -19,9 +19,10 @@
  * of the mean block's weights, and every linear of a block takes the block's sparsity.
  * The default space (`evopress.json`) searches so, with levels of 2% and no ±8 stop: at
  * 70% and 800k fitness tokens it ended better on held-out text than EvoPress's per-linear
- * levels on both models under Wanda and on the embedded one under SparseGPT, and alike on
- * stories260K under SparseGPT, where per linear won on the search's own fitness and lost
- * to OWL on held-out text (README). `evopress-linear.json` keeps EvoPress's levels.
+ * levels on both models under Wanda and on the embedded one under SparseGPT, 2% behind on
+ * stories260K under SparseGPT; on stories260K under Wanda per linear won on the search's
+ * own fitness and lost to OWL on held-out text (README). `evopress-linear.json` keeps
+ * EvoPress's levels.
  */
 import { Schema } from "effect";
 import { projectToTarget } from "../../src/allocation/project.ts";
