@@ -239,6 +239,9 @@ describe("evopress with granularity block", () => {
         const overBlocks = genomeOf(blocks, linearSpace);
         const grid = levelGrid(context, space);
         expect(grid).toMatchObject({ lowest: levelGrid(blocks, linearSpace).lowest, highest: levelGrid(blocks, linearSpace).highest });
+        // The grid carries the unit context its levels belong to, so the genome builds it once.
+        expect(grid.units).toEqual(blocks);
+        expect(levelGrid(context, linearSpace).units).toBe(context);
         const rng = new Rng(seed);
         let parent = genome.create(rng.split(0), 0);
         expect(genome.decode(parent)).toEqual(Array.from({ length: context.blocks }, () => context.target));

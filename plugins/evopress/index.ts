@@ -106,6 +106,8 @@ export interface LevelGrid {
   readonly lowest: readonly number[];
   readonly highest: readonly number[];
   readonly sparsityAt: (linear: number, level: number) => number;
+  /** The context the levels belong to (unitContext): per block, its blocks are the linears. */
+  readonly units: MethodContext;
 }
 
 const sum = (values: readonly number[]): number => values.reduce((a, b) => a + b, 0);
@@ -164,7 +166,7 @@ export const levelGrid = (units: MethodContext, space: EvoPressSpace): LevelGrid
         `[${bounds.lo}, ${bounds.hi}] at sparsity ${context.target}: ${downs} of ${params.length} ${unit}s can go down a level, ${ups} up; use a smaller levelSize`,
     });
   }
-  return { levelWeights, lowest, highest, sparsityAt };
+  return { levelWeights, lowest, highest, sparsityAt, units: context };
 };
 
 /**
@@ -255,8 +257,8 @@ export const startLevels = (context: MethodContext, grid: LevelGrid, start: Bloc
 };
 
 const evoPressGenome = (linearContext: MethodContext, space: EvoPressSpace): Genome<Levels, BlockAllocation> => {
-  const context = unitContext(linearContext, space);
   const grid = levelGrid(linearContext, space);
+  const context = grid.units;
   const bounds = effectiveBounds(context.bounds, space.bounds, context.target);
   const params = context.linears.map((l) => l.params);
   // The parent the staged search starts from: uniform, or the run's start allocation.
