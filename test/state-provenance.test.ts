@@ -1,8 +1,9 @@
 /**
  * Saved state is tied to what made it: a search resumed after its model's bytes, its
  * settings.json, or its engine state changed is refused in one line naming what changed,
- * and so is `train --resume` with another learning rate, seed or text. An unchanged resume
- * goes on. The commands run for real on the embedded model.
+ * and so is `train --resume` with another learning rate, seed or text; one saved with a
+ * shipped space that has changed since names the file that holds it now. An unchanged
+ * resume goes on. The commands run for real on the embedded model.
  */
 import { cpSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -11,7 +12,10 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { brownText } from "../src/data/brown.ts";
 import { defaultModel } from "../src/defaults.ts";
 import { train, type TrainOptions } from "../src/jobs/train.ts";
+import { resumeRemedy } from "../src/jobs/search.ts";
 import { checkStamp, stamp, type Provenance } from "../src/output/provenance.ts";
+import { fileDigest } from "../src/reads.ts";
+import { searchSpacesDir } from "../src/search/space.ts";
 import { oneLine, runCli, scratchFolder } from "./helpers/cli.ts";
 
 const { root } = scratchFolder("evosparse-provenance-");
@@ -35,6 +39,44 @@ describe("the stamp", () => {
     const json = JSON.parse(JSON.stringify(stamp({ step: 3 }, made)));
     const now: Provenance = { settings: { "--lr": 0.01, "--seed": 0 }, files: { "--data a.txt": "cd".repeat(32) } };
     expect(() => checkStamp(json, now, "state.json", "start afresh")).toThrow(/--lr was 0.003, now 0.01; --data a.txt has other bytes \(sha256 abababababab then, cdcdcdcdcdcd now\)/);
+  });
+});
+
+describe("a search saved with a shipped space whose bytes changed since", () => {
+  // A default space replaced by a later version (evopress's per-linear levels, now
+  // evopress-linear.json): the state cannot continue, and the refusal names the file that
+  // holds its space now.
+  const shipped = (name: string) => join(searchSpacesDir, name);
+  const madeWith = (file: string, digest: string): Provenance => ({ settings: { "--space": file }, files: { [`--space ${file}`]: digest } });
+  const defaultSpace = shipped("evopress.json");
+  const now = madeWith(defaultSpace, fileDigest(defaultSpace));
+
+  it("names the shipped space that holds the saved bytes now", () => {
+    const saved = JSON.parse(JSON.stringify(stamp({ generation: 1 }, madeWith(defaultSpace, fileDigest(shipped("evopress-linear.json"))))));
+    const remedy = resumeRemedy(saved, now);
+    expect(remedy).toBe("start a new search (the space it was saved with is search-spaces/evopress-linear.json now: --space evopress-linear.json)");
+    expect(() => checkStamp(saved, now, "engine-state.json", remedy)).toThrow(/--space \S*evopress\.json has other bytes .*resume with what made it, or start a new search \(.*--space evopress-linear\.json\)$/);
+  });
+
+  it("says only to start a new search when no shipped space holds them, the file is the user's, or nothing changed", () => {
+    const linearBytes = fileDigest(shipped("evopress-linear.json"));
+    // Bytes no shipped space holds.
+    expect(resumeRemedy(stamp({ generation: 1 }, madeWith(defaultSpace, "ab".repeat(32))), now)).toBe("start a new search");
+    // A space of the user's own, outside search-spaces/, even with a shipped file's old bytes.
+    const elsewhere = join(root, "evopress.json");
+    expect(resumeRemedy(stamp({ generation: 1 }, madeWith(elsewhere, linearBytes)), madeWith(elsewhere, "cd".repeat(32)))).toBe("start a new search");
+    // The space unchanged (the refusal is about something else).
+    expect(resumeRemedy(stamp({ generation: 1 }, now), now)).toBe("start a new search");
+  });
+
+  it("property: any saved JSON at all gives a remedy, never an exception", () => {
+    fc.assert(
+      fc.property(fc.jsonValue(), fc.string(), (saved, label) => {
+        expect(resumeRemedy(saved, now)).toBe("start a new search");
+        expect(resumeRemedy({ made: { files: { [label]: label } } }, now)).toBe("start a new search");
+      }),
+      { numRuns: 200 },
+    );
   });
 });
 

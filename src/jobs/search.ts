@@ -6,7 +6,7 @@
  * The run folder holds settings.json (written first) and engine-state.json (after every
  * generation), so `--resume DIR` continues a killed run with its own settings.
  */
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { fileDigest, readBoundedUtf8 } from "../reads.ts";
 import { checkStamp, stamp, type Provenance } from "../output/provenance.ts";
 import { basename, join, resolve } from "node:path";
@@ -46,7 +46,7 @@ import { availablePlugins, loadPlugin, methodSpec, methodsThat } from "../search
 import { allocationChart, fitnessChart, writeSearchFiles } from "../search/report.ts";
 import { checkMethod, runFixedMethod, runMethod, startAsSearched } from "../search/run-method.ts";
 import { SearchSettings } from "../search/settings.ts";
-import { loadSearchSpace, resolveSpaceFile } from "../search/space.ts";
+import { loadSearchSpace, resolveSpaceFile, searchSpacesDir } from "../search/space.ts";
 import { defaultStagedPlan, describeStagedPlan, MIN_GENERATIONS, plannedGenerations, screenedPlaces, screenEvaluations, screenPlanFor, screenText, screenTokensPerGeneration, stagedEvaluations, stagedPlanFor, stagedTokens, type DerivedPlan, type GenerationCost, type StagedPlan } from "../search/plan.ts";
 import { flagText, flagWords, type FlagTable } from "../settings/flag-table.ts";
 import { SEED, WHOLE_POSITIVE } from "../settings/number-rule.ts";
@@ -309,6 +309,31 @@ export const searchProvenance = (settings: SearchSettings): Provenance => {
   return { settings: decisive, files };
 };
 
+/**
+ * When a state was saved with a shipped space whose bytes have changed since (a default
+ * that a later version replaced), the shipped space that holds those bytes now, as the
+ * refusal's remedy names it: the saved state cannot continue, but the user can search it
+ * again by name.
+ */
+export const shippedSpaceNow = (saved: unknown, made: Provenance): string | undefined => {
+  const files = (saved as { made?: { files?: unknown } } | null)?.made?.files;
+  if (files === null || typeof files !== "object") return undefined;
+  for (const [label, digest] of Object.entries(files as Record<string, unknown>)) {
+    const flag = `${settingFlag("space")} `;
+    if (!label.startsWith(flag) || typeof digest !== "string" || made.files[label] === digest) continue;
+    if (resolve(label.slice(flag.length), "..") !== resolve(searchSpacesDir)) continue;
+    const names = existsSync(searchSpacesDir) ? readdirSync(searchSpacesDir).filter((n) => n.endsWith(".json")).sort() : [];
+    return names.find((name) => fileDigest(join(searchSpacesDir, name)) === digest);
+  }
+  return undefined;
+};
+
+/** What a refused resume tells the user to do instead. */
+export const resumeRemedy = (saved: unknown, made: Provenance): string => {
+  const moved = shippedSpaceNow(saved, made);
+  return moved === undefined ? "start a new search" : `start a new search (the space it was saved with is search-spaces/${moved} now: --space ${moved})`;
+};
+
 const engineCheckpoint = (dir: string, made: Provenance): EngineCheckpoint => {
   const file = join(dir, "engine-state.json");
   return {
@@ -321,7 +346,7 @@ const engineCheckpoint = (dir: string, made: Provenance): EngineCheckpoint => {
         if (e instanceof DataError) throw e;
         throw new DataError({ file, problem: `not valid JSON: ${(e as Error).message}` });
       }
-      return decodeEngineState(checkStamp(json, made, file, "start a new search"), file);
+      return decodeEngineState(checkStamp(json, made, file, resumeRemedy(json, made)), file);
     },
     save: (state) => writeFileAtomically(file, JSON.stringify(stamp(state, made))),
   };
