@@ -2,12 +2,14 @@
  * SparseGPT's levels (src/prune/levels.ts): a dense-mode SparseGPT candidate read from the
  * levels built ahead is the candidate the run's Hessians make, weight for weight and in
  * perplexity; an allocation off the levels is pruned from the dense Hessians, to the same
- * weights; the build says what it costs, and a stopped build resumes where it stopped.
+ * weights; the build says what it costs, is refused before it starts when the disk is too
+ * small, and a stopped build resumes where it stopped.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { layoutOf } from "../src/allocation/allocation.ts";
 import { toAllocation } from "../src/allocation/pattern.ts";
 import { initBackend } from "../src/backend/backend.ts";
 import { openCheckpointSync } from "../src/checkpoint/open.ts";
@@ -16,6 +18,9 @@ import { calibrationWindows } from "../src/data/calibration.ts";
 import { defaultData } from "../src/defaults.ts";
 import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
 import { Pruner } from "../src/prune/pruner.ts";
+import { sizeContext } from "../src/search/fitness.ts";
+import { loadSearchSpace } from "../src/search/space.ts";
+import { plugin as evopress } from "../plugins/evopress/index.ts";
 import { embeddedModel } from "./helpers/embedded.ts";
 
 const root = mkdtempSync(join(tmpdir(), "evosparse-levels-"));
@@ -81,4 +86,47 @@ describe("SparseGPT's levels", () => {
       resumed.dispose();
     }
   }, 120_000);
+
+  it("are refused before any is built when the disk has less room than they take, naming how to ask for fewer", async () => {
+    const tokenizer = tokenizerFor(ckpt);
+    const calibration = calibrationWindows({ source: defaultData("calibration"), samples: 2, seqlen: 64 }, tokenizer);
+    const probe = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration });
+    const n = probe.layout.length;
+    probe.dispose();
+    const dir = join(root, "short-disk");
+    const sparsities = Array.from({ length: n }, () => [0.5, 0.7]);
+    const lines: string[] = [];
+    const short = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities, fewer: "a space with maxLevels 2", freeBytes: () => 4096 } });
+    try {
+      await expect(short.prepareLevels((line) => lines.push(line))).rejects.toThrow(
+        /short-disk: the SparseGPT levels need [\d.]+ GiB on disk and 0\.0 GiB is free; use --mode sequential, a space with maxLevels 2 or another disk/,
+      );
+    } finally {
+      short.dispose();
+    }
+    expect(lines).toHaveLength(1);
+    expect(readdirSync(dir).filter((f) => f.startsWith("block-"))).toEqual([]);
+  }, 120_000);
+});
+
+describe("evopress's levels", () => {
+  it("are about three times EvoPress's per linear under the default space, as the refusal says", () => {
+    const ckpt = openCheckpointSync(embeddedModel);
+    try {
+      const layout = layoutOf(ckpt.spec);
+      const context = sizeContext(layout, ckpt.spec.numLayers, 0.7, { kind: "unstructured" });
+      const copies = (file: string): number => {
+        const levels = evopress.levels!(context, loadSearchSpace(evopress, file));
+        return levels.reduce((total, l, j) => total + l.length * context.linears[j]!.params, 0) / context.linears.reduce((total, l) => total + l.params, 0);
+      };
+      const perBlock = copies("evopress.json");
+      const published = copies("evopress-linear.json");
+      expect(published).toBeLessThanOrEqual(17);
+      expect(published / perBlock).toBeGreaterThan(0.25);
+      expect(published / perBlock).toBeLessThan(0.45);
+      expect(evopress.fewerLevels).toMatch(/--space evopress-linear\.json \(EvoPress's levels, about a third of the disk\)/);
+    } finally {
+      ckpt.close();
+    }
+  });
 });

@@ -803,7 +803,7 @@ export const searchJob = (request: SearchRequest) =>
         settings.metric === "sparsegpt" && settings.mode === "dense" && !settings.structured && plugin.levels
           ? yield* attempt(() => plugin.levels!(sizeContext(layoutOf(probedSpec), probedSpec.numLayers, targetOf(pattern, settings.sparsity), pattern), space))
           : undefined;
-      const levels = levelSparsities ? { dir: join(dir, "levels"), sparsities: levelSparsities } : undefined;
+      const levels = levelSparsities ? { dir: join(dir, "levels"), sparsities: levelSparsities, ...(plugin.fewerLevels ? { fewer: plugin.fewerLevels } : {}) } : undefined;
       if (levels) given = { ...given, running: { levels } };
       const memoryOptions = { largestStage, ...(request.memoryMib !== undefined ? { memoryMib: request.memoryMib } : {}), ...(request.streamed ? { streamed: true } : {}) };
       let workers = queueAddress ? 1 : Math.max(1, Math.min(request.workers, availableParallelism()));

@@ -37,7 +37,16 @@ export interface LevelsRequest {
   readonly sparsities: readonly (readonly number[])[];
   /** The key of a linear at a sparsity: its pruned-weight count (equal keys prune alike). */
   readonly keyOf: (block: number, linear: string, sparsity: number) => string;
+  /** How the method is asked for fewer levels, as the refusal says when they do not fit on disk. */
+  readonly fewer?: string;
+  /** Free bytes on the disk holding `dir` (the file system's count unless given). */
+  readonly freeBytes?: (dir: string) => number;
 }
+
+const diskFree = (dir: string): number => {
+  const { bavail, bsize } = statfsSync(dir);
+  return bavail * bsize;
+};
 
 export class LevelDatabase {
   private readonly indexes = new Map<number, Map<string, Entry>>();
@@ -105,11 +114,10 @@ export class LevelDatabase {
     const missing = Array.from({ length: blocks }, (_, b) => b).filter((b) => !existsSync(this.indexFile(b)));
     if (missing.length === 0) return;
     const need = this.bytes();
-    const { bavail, bsize } = statfsSync(this.dir);
-    const free = bavail * bsize;
+    const free = (this.request.freeBytes ?? diskFree)(this.dir);
     log(`SparseGPT levels: every linear pruned once at each level the search can reach, ${(need / 2 ** 30).toFixed(2)} GiB on disk in ${this.dir} (${missing.length} of ${blocks} blocks to build)`);
     if (free < need * (missing.length / blocks)) {
-      throw new UsageError({ problem: `${this.dir}: the SparseGPT levels need ${(need / 2 ** 30).toFixed(1)} GiB on disk and ${(free / 2 ** 30).toFixed(1)} GiB is free; use --mode sequential, a smaller search space (maxLevels) or another disk` });
+      throw new UsageError({ problem: `${this.dir}: the SparseGPT levels need ${(need / 2 ** 30).toFixed(1)} GiB on disk and ${(free / 2 ** 30).toFixed(1)} GiB is free; use --mode sequential, ${this.request.fewer ?? "a search space with fewer levels"} or another disk` });
     }
     await statistics.eachBlockWithHessians(async (block, stats) => {
       if (!missing.includes(block)) return;

@@ -128,6 +128,8 @@ export interface MethodPlugin<Space = unknown> {
    * sizes, target and bounds, not its statistics.
    */
   levels?(context: MethodContext, space: Space): readonly (readonly number[])[];
+  /** How a user asks this method for fewer levels: the refusal names it when they do not fit on disk. */
+  readonly fewerLevels?: string;
   /**
    * A staged method's plan (children and stages) as its space fixes it; undefined when the
    * space leaves it to the run, which then derives one from its budget and hands it back
