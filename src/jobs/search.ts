@@ -318,8 +318,8 @@ export const searchProvenance = (settings: SearchSettings): Provenance => {
 export const shippedSpaceNow = (saved: unknown, made: Provenance): string | undefined => {
   const files = (saved as { made?: { files?: unknown } } | null)?.made?.files;
   if (files === null || typeof files !== "object") return undefined;
+  const flag = `${settingFlag("space")} `;
   for (const [label, digest] of Object.entries(files as Record<string, unknown>)) {
-    const flag = `${settingFlag("space")} `;
     if (!label.startsWith(flag) || typeof digest !== "string" || made.files[label] === digest) continue;
     if (resolve(label.slice(flag.length), "..") !== resolve(searchSpacesDir)) continue;
     const names = existsSync(searchSpacesDir) ? readdirSync(searchSpacesDir).filter((n) => n.endsWith(".json")).sort() : [];
