@@ -8,6 +8,7 @@
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { layoutOf } from "../src/allocation/allocation.ts";
 import { toAllocation } from "../src/allocation/pattern.ts";
@@ -17,6 +18,7 @@ import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { calibrationWindows } from "../src/data/calibration.ts";
 import { defaultData } from "../src/defaults.ts";
 import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
+import { LevelDatabase, packLevel, unpackLevel } from "../src/prune/levels.ts";
 import { Pruner } from "../src/prune/pruner.ts";
 import { sizeContext } from "../src/search/fitness.ts";
 import { loadSearchSpace } from "../src/search/space.ts";
@@ -109,22 +111,74 @@ describe("SparseGPT's levels", () => {
   }, 120_000);
 });
 
+describe("a level as stored", () => {
+  const weights = (width: 2 | 4) =>
+    fc
+      .array(fc.oneof(fc.constant(0), fc.integer({ min: 0, max: width === 2 ? 0xffff : 0xffffffff })), { maxLength: 300 })
+      .map((words) => new Uint8Array((width === 2 ? Uint16Array.from(words) : Uint32Array.from(words)).buffer));
+
+  it("property: unpacks to the bytes it was packed from, every weight bit for bit (-0 included), in a bit a pruned weight", () => {
+    for (const width of [2, 4] as const) {
+      fc.assert(
+        fc.property(weights(width), fc.nat(7), (bytes, shift) => {
+          // At any offset, as a file's read buffer may be.
+          const at = new Uint8Array(bytes.length + shift).subarray(shift);
+          at.set(bytes);
+          const packed = packLevel(at, width);
+          const n = bytes.length / width;
+          const kept = (width === 2 ? new Uint16Array(bytes.buffer) : new Uint32Array(bytes.buffer)).filter((w) => w !== 0).length;
+          expect(packed.length).toBe(Math.ceil(n / 64) * 8 + kept * width);
+          expect(Buffer.from(unpackLevel(packed, width, n, "x")).equals(Buffer.from(bytes))).toBe(true);
+        }),
+        { numRuns: 300 },
+      );
+    }
+    // A negative zero in bfloat16 is kept as itself.
+    const negativeZero = new Uint8Array([0x00, 0x80, 0, 0]);
+    expect(Array.from(unpackLevel(packLevel(negativeZero, 2), 2, 2, "x"))).toEqual([0x00, 0x80, 0, 0]);
+  });
+
+  it("property: a damaged level (cut, grown, a stray bit) is refused in one line, never read as weights", () => {
+    fc.assert(
+      fc.property(weights(2).filter((b) => b.length > 0), fc.integer({ min: 1, max: 9 }), fc.boolean(), (bytes, by, cut) => {
+        const n = bytes.length / 2;
+        const packed = packLevel(bytes, 2);
+        const damaged = cut ? packed.subarray(0, Math.max(0, packed.length - by)) : Uint8Array.from([...packed, ...new Array<number>(by).fill(7)]);
+        expect(() => unpackLevel(damaged, 2, n, "levels/block-0.bin (block 0 q level)")).toThrow(/^levels\/block-0\.bin \(block 0 q level\): a damaged level .*delete the levels folder/);
+        if (n % 64 !== 0) {
+          const stray = packed.slice();
+          stray[Math.ceil(n / 64) * 8 - 1]! |= 0x80;
+          expect(() => unpackLevel(stray, 2, n, "x")).toThrow(/a damaged level/);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
 describe("evopress's levels", () => {
-  it("are about three times EvoPress's per linear under the default space, as the refusal says", () => {
+  it("take about a fifth of the disk with evopress-linear.json that they take with the default space, as the refusal says", () => {
     const ckpt = openCheckpointSync(embeddedModel);
     try {
       const layout = layoutOf(ckpt.spec);
       const context = sizeContext(layout, ckpt.spec.numLayers, 0.7, { kind: "unstructured" });
-      const copies = (file: string): number => {
-        const levels = evopress.levels!(context, loadSearchSpace(evopress, file));
-        return levels.reduce((total, l, j) => total + l.length * context.linears[j]!.params, 0) / context.linears.reduce((total, l) => total + l.params, 0);
+      const disk = (file: string): { bytes: number; perLinear: number } => {
+        const sparsities = evopress.levels!(context, loadSearchSpace(evopress, file));
+        const levels = new LevelDatabase(ckpt, layout, "BF16", { dir: join(root, "unused"), sparsities, keyOf: (_b, _l, s) => String(s) });
+        return { bytes: levels.bytes(), perLinear: sparsities.reduce((n, l) => n + l.length, 0) / sparsities.length };
       };
-      const perBlock = copies("evopress.json");
-      const published = copies("evopress-linear.json");
-      expect(published).toBeLessThanOrEqual(17);
-      expect(published / perBlock).toBeGreaterThan(0.25);
-      expect(published / perBlock).toBeLessThan(0.45);
-      expect(evopress.fewerLevels).toMatch(/--space evopress-linear\.json \(EvoPress's levels, about a third of the disk\)/);
+      const perBlock = disk("evopress.json");
+      const published = disk("evopress-linear.json");
+      expect(published.perLinear).toBeLessThanOrEqual(17);
+      expect(perBlock.perLinear).toBeGreaterThan(45);
+      // Packed, a level near 70% costs less than one near 0%, and the default reaches both.
+      expect(published.bytes / perBlock.bytes).toBeGreaterThan(0.15);
+      expect(published.bytes / perBlock.bytes).toBeLessThan(0.3);
+      // bfloat16 at 70%: a level a weight is 1/8 of a byte of mask and 2 bytes for 30% of the weights.
+      const weights = context.linears.reduce((n, l) => n + l.params, 0);
+      const at70 = new LevelDatabase(ckpt, layout, "BF16", { dir: join(root, "unused"), sparsities: context.linears.map(() => [0.7]), keyOf: (_b, _l, s) => String(s) });
+      expect(at70.bytes() / weights).toBeCloseTo(0.125 + 0.3 * 2, 2);
+      expect(evopress.fewerLevels).toMatch(/--space evopress-linear\.json \(EvoPress's levels, about a fifth of the disk\)/);
     } finally {
       ckpt.close();
     }

@@ -314,8 +314,9 @@ export const plugin: MethodPlugin<EvoPressSpace> = {
     }),
   }),
   // Per block with no stop, a linear has about three times the levels of EvoPress's ±8 (50
-  // against 17 at 70%), and the levels take that many copies of the model on disk.
-  fewerLevels: "--space evopress-linear.json (EvoPress's levels, about a third of the disk), a space with maxLevels",
+  // against 17 at 70%), down to 0% where a stored level keeps every weight: about five
+  // times the disk.
+  fewerLevels: "--space evopress-linear.json (EvoPress's levels, about a fifth of the disk), a space with maxLevels",
   // Every level of every linear: EvoPress's database of pruned levels (per block: each linear at its block's).
   levels: (context, space) => {
     const grid = levelGrid(context, space);
