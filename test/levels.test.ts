@@ -5,7 +5,7 @@
  * weights; the build says what it costs, is refused before it starts when the disk is too
  * small, and a stopped build resumes where it stopped.
  */
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -108,6 +108,37 @@ describe("SparseGPT's levels", () => {
     }
     expect(lines).toHaveLength(1);
     expect(readdirSync(dir).filter((f) => f.startsWith("block-"))).toEqual([]);
+  }, 120_000);
+});
+
+describe("a build of other settings or another format", () => {
+  it("is not read: the levels are built again", async () => {
+    await initBackend("wasm");
+    const ckpt = openCheckpointSync(embeddedModel);
+    const calibration = calibrationWindows({ source: defaultData("calibration"), samples: 2, seqlen: 64 }, tokenizerFor(ckpt));
+    const dir = join(root, "rebuilt");
+    const build = async (): Promise<string[]> => {
+      const probe = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration });
+      const sparsities = probe.layout.map(() => [0.7]);
+      probe.dispose();
+      const lines: string[] = [];
+      const pruner = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
+      try {
+        await pruner.prepareLevels((line) => lines.push(line));
+      } finally {
+        pruner.dispose();
+      }
+      return lines;
+    };
+    try {
+      expect((await build())[0]).toMatch(/\(8 of 8 blocks to build\)$/);
+      expect(await build()).toEqual([]);
+      // As an earlier version's manifest would read (unpacked levels): every block again.
+      writeFileSync(join(dir, "manifest.json"), "0".repeat(64));
+      expect((await build())[0]).toMatch(/\(8 of 8 blocks to build\)$/);
+    } finally {
+      ckpt.close();
+    }
   }, 120_000);
 });
 
