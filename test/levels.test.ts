@@ -160,6 +160,9 @@ describe("a level as stored", () => {
           const kept = (width === 2 ? new Uint16Array(bytes.buffer) : new Uint32Array(bytes.buffer)).filter((w) => w !== 0).length;
           expect(packed.length).toBe(Math.ceil(n / 64) * 8 + kept * width);
           expect(Buffer.from(unpackLevel(packed, width, n, "x")).equals(Buffer.from(bytes))).toBe(true);
+          const shifted = new Uint8Array(packed.length + shift).subarray(shift);
+          shifted.set(packed);
+          expect(Buffer.from(unpackLevel(shifted, width, n, "x")).equals(Buffer.from(bytes))).toBe(true);
         }),
         { numRuns: 300 },
       );
@@ -177,7 +180,8 @@ describe("a level as stored", () => {
         const damaged = cut ? packed.subarray(0, Math.max(0, packed.length - by)) : Uint8Array.from([...packed, ...new Array<number>(by).fill(7)]);
         expect(() => unpackLevel(damaged, 2, n, "levels/block-0.bin (block 0 q level)")).toThrow(/^levels\/block-0\.bin \(block 0 q level\): a damaged level .*delete the levels folder/);
         if (n % 64 !== 0) {
-          const stray = packed.slice();
+          // A bit past the last weight, with the bytes of one more weight: the length agrees.
+          const stray = Uint8Array.from([...packed, 1, 2]);
           stray[Math.ceil(n / 64) * 8 - 1]! |= 0x80;
           expect(() => unpackLevel(stray, 2, n, "x")).toThrow(/a damaged level/);
         }

@@ -52,6 +52,12 @@ const wordsOf = (bytes: Uint8Array, width: 2 | 4, count: number): Uint16Array | 
   return width === 2 ? new Uint16Array(aligned.buffer, aligned.byteOffset, count) : new Uint32Array(aligned.buffer, aligned.byteOffset, count);
 };
 
+/** The mask as 32-bit words (bit b of word k is weight 32k + b on a little-endian machine, as the bytes read). */
+const maskWords = (packed: Uint8Array, maskBytes: number): Uint32Array => {
+  const mask = packed.byteOffset % 4 === 0 ? packed : packed.slice(0, maskBytes);
+  return new Uint32Array(mask.buffer, mask.byteOffset, maskBytes / 4);
+};
+
 /** A level's weights (encoded, `width` bytes each) as stored. */
 export const packLevel = (bytes: Uint8Array, width: 2 | 4): Uint8Array => {
   const n = bytes.length / width;
@@ -61,13 +67,18 @@ export const packLevel = (bytes: Uint8Array, width: 2 | 4): Uint8Array => {
   for (let i = 0; i < n; i++) if (words[i] !== 0) count++;
   const maskBytes = maskBytesOf(n);
   const packed = new Uint8Array(maskBytes + count * width);
+  const mask = maskWords(packed, maskBytes);
   const values = wordsOf(packed.subarray(maskBytes), width, count);
   let at = 0;
-  for (let i = 0; i < n; i++) {
-    const w = words[i]!;
-    if (w === 0) continue;
-    packed[i >> 3]! |= 1 << (i & 7);
-    values[at++] = w;
+  for (let k = 0; k * 32 < n; k++) {
+    let bits = 0;
+    for (let i = k * 32, end = Math.min(n, i + 32); i < end; i++) {
+      const w = words[i]!;
+      if (w === 0) continue;
+      bits |= 1 << (i & 31);
+      values[at++] = w;
+    }
+    mask[k] = bits;
   }
   return packed;
 };
@@ -75,21 +86,27 @@ export const packLevel = (bytes: Uint8Array, width: 2 | 4): Uint8Array => {
 /** The encoded weights a packed level holds, `n` of `width` bytes; `what` names it in errors. */
 export const unpackLevel = (packed: Uint8Array, width: 2 | 4, n: number, what: string): Uint8Array => {
   const maskBytes = maskBytesOf(n);
+  const damaged = () => new Error(`${what}: a damaged level (${packed.length} bytes do not hold ${n} weights of ${width} bytes); delete the levels folder to build them again`);
+  if (packed.length < maskBytes) throw damaged();
+  const mask = maskWords(packed, maskBytes);
   let count = 0;
-  let stray = false;
-  for (let k = 0; k < Math.min(maskBytes, packed.length); k++) {
-    for (let v = packed[k]!; v !== 0; v &= v - 1) count++;
+  for (let k = 0; k < mask.length; k++) {
+    let bits = mask[k]!;
     // Bits past the last weight are never set.
-    if (k >= n >> 3 && packed[k]! >> (k === n >> 3 ? n & 7 : 0) !== 0) stray = true;
+    if (k * 32 + 32 > n && (n <= k * 32 ? bits !== 0 : bits >>> (n - k * 32) !== 0)) throw damaged();
+    bits -= (bits >>> 1) & 0x55555555;
+    bits = (bits & 0x33333333) + ((bits >>> 2) & 0x33333333);
+    count += (((bits + (bits >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
   }
-  if (stray || packed.length !== maskBytes + count * width) {
-    throw new Error(`${what}: a damaged level (${packed.length} bytes do not hold ${n} weights of ${width} bytes); delete the levels folder to build them again`);
-  }
+  if (packed.length !== maskBytes + count * width) throw damaged();
   const out = new Uint8Array(n * width);
   const words = wordsOf(out, width, n);
   const values = wordsOf(packed.subarray(maskBytes), width, count);
   let at = 0;
-  for (let i = 0; i < n; i++) if ((packed[i >> 3]! & (1 << (i & 7))) !== 0) words[i] = values[at++]!;
+  for (let k = 0; k < mask.length; k++) {
+    // Each set bit, lowest first: the weights in order.
+    for (let bits = mask[k]!; bits !== 0; bits &= bits - 1) words[k * 32 + 31 - Math.clz32(bits & -bits)] = values[at++]!;
+  }
   return out;
 };
 
