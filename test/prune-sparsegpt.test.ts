@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { DataError } from "../src/errors.ts";
 import { applyMask, countPruned, unstructuredMask, type Shape2 } from "../src/prune/masks.ts";
 import { wandaScores } from "../src/prune/scores.ts";
-import { sparseGptPrune as sparseGptPruneWith } from "../src/prune/sparsegpt.ts";
+import { sparseGptFactor, sparseGptPrune as sparseGptPruneWith } from "../src/prune/sparsegpt.ts";
 import { HessianAccumulator, InputNormAccumulator } from "../src/prune/stats.ts";
 import { mulberry32 } from "./helpers/random-model.ts";
 import { nativeCase, skipNotice } from "./helpers/backends.ts";
@@ -234,6 +234,31 @@ describe.each(LINALG)("sparseGptPrune with $linalg linear algebra", ({ linalg, m
           }
         },
       ),
+      { numRuns: 25 },
+    );
+  });
+
+  it.skipIf(skip)("property: one factor serves every sparsity: each prune from it is the prune from the Hessian, bit for bit, dead inputs included", () => {
+    fc.assert(
+      fc.property(layerCase, fc.array(fc.double({ min: 0, max: 0.95, noNaN: true }), { minLength: 1, maxLength: 4 }), fc.boolean(), ({ seed, inFeatures, outFeatures, tokensPerInput, blocksize }, sparsities, withDead) => {
+        const layer = randomLayer(seed, inFeatures, outFeatures, tokensPerInput * inFeatures, withDead ? [0, inFeatures - 2] : []);
+        const hessian = layer.hessian.slice();
+        const factor = sparseGptFactor(hessian, inFeatures, { linalg });
+        // The Hessian is not modified when not consumed.
+        expect(hessian).toEqual(layer.hessian);
+        if (withDead) expect(factor.dead).toEqual([0, inFeatures - 2]);
+        for (const sparsity of sparsities) {
+          for (const threshold of ["reference", "exact"] as const) {
+            const fromFactor = sparseGptPrune(layer.weight, layer.shape, factor, { sparsity }, { blocksize, threshold });
+            const fromHessian = sparseGptPrune(layer.weight, layer.shape, layer.hessian, { sparsity }, { blocksize, threshold });
+            expect(Buffer.from(fromFactor.weight.buffer).equals(Buffer.from(fromHessian.weight.buffer))).toBe(true);
+            expect(fromFactor.keep).toEqual(fromHessian.keep);
+            expect(fromFactor.loss).toBe(fromHessian.loss);
+            expect(fromFactor.damping).toBe(fromHessian.damping);
+          }
+        }
+        expect(() => sparseGptPrune(layer.weight, [inFeatures + 1, outFeatures], factor, { sparsity: 0.5 })).toThrow(/a factor of \d+ input features/);
+      }),
       { numRuns: 25 },
     );
   });

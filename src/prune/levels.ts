@@ -17,9 +17,9 @@ import type { Layout } from "../allocation/allocation.ts";
 import { convertInto, encodeFrom } from "../checkpoint/convert.ts";
 import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
 import { UsageError } from "../errors.ts";
-import type { WeightSource } from "../model/spec.ts";
+import type { HostLinear, WeightSource } from "../model/spec.ts";
 import type { DenseStatistics } from "./dense-statistics.ts";
-import { pruneLinear } from "./prune-linear.ts";
+import { sparseGptAtSparsities } from "./prune-linear.ts";
 
 interface Entry {
   readonly linear: string;
@@ -210,10 +210,13 @@ export class LevelDatabase {
       const fd = openSync(partial, "w");
       try {
         let offset = 0;
+        // Each linear's Hessian factored once for all its levels (they come linear by linear).
+        let current: { linear: string; at: (sparsity: number) => HostLinear } | undefined;
         for (const level of this.levelsOf(block)) {
-          const linear = dense.linears[level.linear]!;
-          // A fresh copy of the dense weights for each level: the solve updates what it gets.
-          const pruned = pruneLinear({ ...linear, weight: { shape: linear.weight.shape, data: linear.weight.data.slice() } }, "sparsegpt", { sparsity: level.sparsity }, stats.get(level.linear), `block ${block} linear ${level.linear}`, statistics.timings);
+          if (current?.linear !== level.linear) {
+            current = { linear: level.linear, at: sparseGptAtSparsities(dense.linears[level.linear]!, stats.get(level.linear), `block ${block} linear ${level.linear}`, statistics.timings) };
+          }
+          const pruned = current.at(level.sparsity);
           const bytes = packLevel(encodeFrom(this.dtype, pruned.weight.data, 1, pruned.weight.data.length, false), this.dtype === "F32" ? 4 : 2);
           for (let done = 0; done < bytes.byteLength; ) done += writeSync(fd, bytes, done, Math.min(1 << 30, bytes.byteLength - done));
           entries.push({ linear: level.linear, key: level.key, sparsity: level.sparsity, offset, length: bytes.byteLength });

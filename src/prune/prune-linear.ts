@@ -2,7 +2,7 @@ import type { HostLinear } from "../model/spec.ts";
 import type { LinearInputStats } from "./collect.ts";
 import { applyMask, nmMask, unstructuredMask, type Shape2 } from "./masks.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
-import { sparseGptPrune } from "./sparsegpt.ts";
+import { sparseGptFactor, sparseGptPrune, type SparseGptFactor } from "./sparsegpt.ts";
 import { timed, type StageTimings } from "./timings.ts";
 
 export type PruneMetric = "magnitude" | "wanda" | "sparsegpt";
@@ -46,4 +46,21 @@ export const pruneLinear = (
     }
     return { ...linear, weight: { shape: linear.weight.shape, data: applyMask(weight, keep) } };
   });
+};
+
+/**
+ * One linear pruned by SparseGPT at one sparsity after another (EvoPress's levels): the
+ * Hessian's factor is made for the first and kept for the rest, so each costs only its
+ * solve. Each result is the one pruneLinear gives at that sparsity; the linear is not changed.
+ */
+export const sparseGptAtSparsities = (linear: HostLinear, stats: LinearInputStats | undefined, source: string, timings?: StageTimings): ((sparsity: number) => HostLinear) => {
+  const shape = linear.weight.shape as unknown as Shape2;
+  let factor: SparseGptFactor | undefined;
+  return (sparsity) => {
+    if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
+    const hessian = stats.hessian;
+    const made = (factor ??= timed(timings, "masking", () => sparseGptFactor(hessian.hessian(), shape[0], { source, consume: { hessianAgain: () => hessian.hessian() } })));
+    const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, made, { sparsity }, { threshold: "exact", source }));
+    return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
+  };
 };

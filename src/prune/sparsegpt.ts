@@ -174,6 +174,7 @@ const checkInputs = (
   target: SparseGptTarget,
   blocksize: number,
   percdamp: number,
+  factorGiven = false,
 ): void => {
   const [inFeatures, outFeatures] = shape;
   if (!Number.isInteger(inFeatures) || !Number.isInteger(outFeatures) || inFeatures < 1 || outFeatures < 1) {
@@ -182,7 +183,7 @@ const checkInputs = (
   if (weight.length !== inFeatures * outFeatures) {
     throw new RangeError(`sparseGptPrune: ${weight.length} weights do not fill shape [${inFeatures}, ${outFeatures}]`);
   }
-  if (hessian.length !== inFeatures * inFeatures) {
+  if (!factorGiven && hessian.length !== inFeatures * inFeatures) {
     throw new RangeError(`sparseGptPrune: a Hessian of ${hessian.length} values for ${inFeatures} input features`);
   }
   if (!Number.isInteger(blocksize) || blocksize < 1) {
@@ -261,44 +262,44 @@ const markGroupNM = (
 };
 
 /**
- * Prunes one linear with SparseGPT. `hessian` is H = (2/n) sum x x^T, row-major [in, in]
- * (HessianAccumulator.hessian()); it is not modified.
+ * What SparseGPT derives from a linear's Hessian alone, whatever it prunes to: the upper
+ * Cholesky factor of the damped inverse, the damping it took, and the inputs never seen
+ * active. One factor serves every sparsity of the linear (EvoPress's levels prune each
+ * linear at many), so the O(in^3) factorisation is paid once, not once a level.
  */
-export const sparseGptPrune = (
-  weight: Float32Array,
-  shape: Shape2,
-  hessian: Float64Array,
-  target: SparseGptTarget,
-  options: SparseGptOptions = {},
-): SparseGptResult => {
-  const blocksize = options.blocksize ?? DEFAULT_BLOCKSIZE;
+export interface SparseGptFactor {
+  readonly inFeatures: number;
+  /** U with (H + damping I)^-1 = U^T U, row-major [in, in]. */
+  readonly upper: Float64Array;
+  readonly damping: number;
+  /** Inputs with a zero diagonal in H: their weights are zeroed, as they cannot affect the output. */
+  readonly dead: readonly number[];
+}
+
+/**
+ * The factor of `hessian` (H = (2/n) sum x x^T, row-major [in, in]); the Hessian is not
+ * modified unless `consume` says it may be.
+ */
+export const sparseGptFactor = (hessian: Float64Array, inFeatures: number, options: Pick<SparseGptOptions, "percdamp" | "source" | "linalg" | "consume"> = {}): SparseGptFactor => {
   const percdamp = options.percdamp ?? DEFAULT_PERCDAMP;
-  const threshold = options.threshold ?? "reference";
   const source = options.source ?? "SparseGPT layer";
   const blas = (options.linalg ?? defaultLinalg) === "js" ? undefined : nativeBlas();
   if (options.linalg === "native" && !blas) throw new RangeError("sparseGptPrune: the native kernel is not built");
-  checkInputs(weight, shape, hessian, target, blocksize, percdamp);
-  const [inFeatures, outFeatures] = shape;
   for (let e = 0; e < hessian.length; e++) {
     if (!Number.isFinite(hessian[e])) {
       throw new DataError({ file: source, problem: `the Hessian has a non-finite entry at index ${e}` });
     }
   }
-  for (let e = 0; e < weight.length; e++) {
-    if (!Number.isFinite(weight[e])) {
-      throw new DataError({ file: source, problem: `the weight has a non-finite entry at index ${e}` });
-    }
-  }
-
-  const w = Float64Array.from(weight);
-  // Inputs never seen active: give them a unit diagonal so H stays invertible, and zero
-  // their weights, since they cannot affect the output on the calibration data.
+  const dead: number[] = [];
+  // Inputs never seen active: give them a unit diagonal so H stays invertible (their
+  // weights are zeroed by the solve).
   const prepared = (h: Float64Array): { h: Float64Array; meanDiag: number } => {
     let diagSum = 0;
+    dead.length = 0;
     for (let i = 0; i < inFeatures; i++) {
       if (h[i * inFeatures + i] === 0) {
         h[i * inFeatures + i] = 1;
-        w.fill(0, i * outFeatures, (i + 1) * outFeatures);
+        dead.push(i);
       }
       diagSum += h[i * inFeatures + i];
     }
@@ -321,6 +322,40 @@ export const sparseGptPrune = (
       problem: `the Hessian is not positive definite even with ${damping} added to its diagonal`,
     });
   }
+  return { inFeatures, upper, damping, dead };
+};
+
+/**
+ * Prunes one linear with SparseGPT. `hessian` is H = (2/n) sum x x^T, row-major [in, in]
+ * (HessianAccumulator.hessian()); it is not modified. Or, in its place, the linear's
+ * factor (sparseGptFactor), for a linear pruned at several sparsities.
+ */
+export const sparseGptPrune = (
+  weight: Float32Array,
+  shape: Shape2,
+  hessian: Float64Array | SparseGptFactor,
+  target: SparseGptTarget,
+  options: SparseGptOptions = {},
+): SparseGptResult => {
+  const blocksize = options.blocksize ?? DEFAULT_BLOCKSIZE;
+  const percdamp = options.percdamp ?? DEFAULT_PERCDAMP;
+  const threshold = options.threshold ?? "reference";
+  const source = options.source ?? "SparseGPT layer";
+  const blas = (options.linalg ?? defaultLinalg) === "js" ? undefined : nativeBlas();
+  if (options.linalg === "native" && !blas) throw new RangeError("sparseGptPrune: the native kernel is not built");
+  const given = hessian instanceof Float64Array ? undefined : hessian;
+  if (given && given.inFeatures !== shape[0]) throw new RangeError(`sparseGptPrune: a factor of ${given.inFeatures} input features for shape [${shape[0]}, ${shape[1]}]`);
+  checkInputs(weight, shape, given ? new Float64Array(0) : (hessian as Float64Array), target, blocksize, percdamp, given !== undefined);
+  const [inFeatures, outFeatures] = shape;
+  for (let e = 0; e < weight.length; e++) {
+    if (!Number.isFinite(weight[e])) {
+      throw new DataError({ file: source, problem: `the weight has a non-finite entry at index ${e}` });
+    }
+  }
+  const factor = given ?? sparseGptFactor(hessian as Float64Array, inFeatures, options);
+  const { upper } = factor;
+  const w = Float64Array.from(weight);
+  for (const i of factor.dead) w.fill(0, i * outFeatures, (i + 1) * outFeatures);
 
   const pruned = new Uint8Array(weight.length);
   let loss = 0;
@@ -379,5 +414,5 @@ export const sparseGptPrune = (
 
   const keep = new Uint8Array(weight.length);
   for (let e = 0; e < keep.length; e++) keep[e] = pruned[e] ? 0 : 1;
-  return { weight: Float32Array.from(w), keep, loss, damping };
+  return { weight: Float32Array.from(w), keep, loss, damping: factor.damping };
 };
