@@ -14,6 +14,8 @@
  * queue (the fitness job queue: its overhead per job with 1, 4 and 16 instant-fitness worker
  * processes, and a short search's evaluations per minute in process, on two threads and on two
  * queue workers; needs redis-server, which it starts and stops itself),
+ * levels (SparseGPT's levels at TinyLlama-1.1B's linear sizes: built from one factor a
+ * linear against a factorisation a level, and stored packed against plain; a few minutes),
  * gpu (the GPU check: one JSON summary), scale (1.1B and 6.7B LLaMA-shaped checkpoints
  * written by the benchmark: eval, prune and a search, time and peak memory, beside a
  * PyTorch CPU peer; a few hours on 2 cores, so it runs only when named).
@@ -39,6 +41,7 @@ import { structuredSection } from "./structured.ts";
 import { gpuCheck } from "./gpu-check.ts";
 import { queueSection } from "./queue.ts";
 import { scaleSection } from "./scale.ts";
+import { levelsSection } from "./levels.ts";
 
 const args = process.argv.slice(2);
 const backendArg = (args.find((a) => a.startsWith("--backend="))?.split("=")[1] ?? "wasm") as BackendChoice;
@@ -197,6 +200,8 @@ if (want("search-rate")) await searchRateSection(backendArg);
 if (want("native")) await nativeSection(gpt2Checkpoint, assets, existsSync(assets), wantPart);
 
 if (want("structured")) await structuredSection(assets, backend, existsSync(assets));
+
+if (want("levels")) levelsSection();
 
 if (want("queue")) await queueSection(backend.name as BackendChoice);
 
