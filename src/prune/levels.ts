@@ -19,7 +19,7 @@ import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
 import { UsageError } from "../errors.ts";
 import type { HostLinear, WeightSource } from "../model/spec.ts";
 import type { DenseStatistics } from "./dense-statistics.ts";
-import { sparseGptAtSparsities } from "./prune-linear.ts";
+import { sparseGptAtTargets } from "./prune-linear.ts";
 
 interface Entry {
   readonly linear: string;
@@ -211,12 +211,12 @@ export class LevelDatabase {
       try {
         let offset = 0;
         // Each linear's Hessian factored once for all its levels (they come linear by linear).
-        let current: { linear: string; at: (sparsity: number) => HostLinear } | undefined;
+        let current: { linear: string; at: (target: { sparsity: number }) => HostLinear } | undefined;
         for (const level of this.levelsOf(block)) {
           if (current?.linear !== level.linear) {
-            current = { linear: level.linear, at: sparseGptAtSparsities(dense.linears[level.linear]!, stats.get(level.linear), `block ${block} linear ${level.linear}`, statistics.timings) };
+            current = { linear: level.linear, at: sparseGptAtTargets(dense.linears[level.linear]!, stats.get(level.linear), `block ${block} linear ${level.linear}`, statistics.timings) };
           }
-          const pruned = current.at(level.sparsity);
+          const pruned = current.at({ sparsity: level.sparsity });
           const bytes = packLevel(encodeFrom(this.dtype, pruned.weight.data, 1, pruned.weight.data.length, false), this.dtype === "F32" ? 4 : 2);
           for (let done = 0; done < bytes.byteLength; ) done += writeSync(fd, bytes, done, Math.min(1 << 30, bytes.byteLength - done));
           entries.push({ linear: level.linear, key: level.key, sparsity: level.sparsity, offset, length: bytes.byteLength });

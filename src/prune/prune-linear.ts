@@ -28,13 +28,7 @@ export const pruneLinear = (
 ): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
   const weight = linear.weight.data;
-  if (metric === "sparsegpt") {
-    if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
-    const hessian = stats.hessian;
-    // The copy handed over is consumed: the solve makes none of its own.
-    const r = timed(timings, "masking", () => sparseGptPrune(weight, shape, hessian.hessian(), target, { threshold: "exact", source, consume: { hessianAgain: () => hessian.hessian() } }));
-    return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
-  }
+  if (metric === "sparsegpt") return sparseGptAtTargets(linear, stats, source, timings)(target);
   if (metric === "wanda" && !stats) throw new Error(`${source}: Wanda needs the input norms`);
   const scores = timed(timings, "scoring", () => (metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight)));
   return timed(timings, "masking", () => {
@@ -49,18 +43,19 @@ export const pruneLinear = (
 };
 
 /**
- * One linear pruned by SparseGPT at one sparsity after another (EvoPress's levels): the
+ * One linear pruned by SparseGPT at one target after another (EvoPress's levels): the
  * Hessian's factor is made for the first and kept for the rest, so each costs only its
- * solve. Each result is the one pruneLinear gives at that sparsity; the linear is not changed.
+ * solve. The linear is not changed.
  */
-export const sparseGptAtSparsities = (linear: HostLinear, stats: LinearInputStats | undefined, source: string, timings?: StageTimings): ((sparsity: number) => HostLinear) => {
+export const sparseGptAtTargets = (linear: HostLinear, stats: LinearInputStats | undefined, source: string, timings?: StageTimings): ((target: LinearTarget) => HostLinear) => {
   const shape = linear.weight.shape as unknown as Shape2;
   let factor: SparseGptFactor | undefined;
-  return (sparsity) => {
+  return (target) => {
     if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
     const hessian = stats.hessian;
+    // The copy handed over is consumed: the factorisation makes none of its own.
     const made = (factor ??= timed(timings, "masking", () => sparseGptFactor(hessian.hessian(), shape[0], { source, consume: { hessianAgain: () => hessian.hessian() } })));
-    const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, made, { sparsity }, { threshold: "exact", source }));
+    const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, made, target, { threshold: "exact", source }));
     return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
   };
 };
