@@ -87,6 +87,21 @@ describe("SparseGPT's levels", () => {
     } finally {
       resumed.dispose();
     }
+    // Followed level by level instead: every level of the blocks to build, once, in order,
+    // and no line a block.
+    rmSync(join(dir, "block-2.json"));
+    const followed: [number, number][] = [];
+    const quiet: string[] = [];
+    const watched = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
+    try {
+      await watched.prepareLevels((line) => quiet.push(line), (done, total) => followed.push([done, total]));
+      const levelsOfBlock2 = watched.layout.filter((slot) => slot.block === 2).length * levelsOf.length;
+      expect(followed).toEqual(Array.from({ length: levelsOfBlock2 + 1 }, (_, i) => [i, levelsOfBlock2]));
+      expect(quiet).toHaveLength(1);
+      expect(quiet[0]).toMatch(/\(1 of 8 blocks to build\)$/);
+    } finally {
+      watched.dispose();
+    }
   }, 120_000);
 
   it("are refused before any is built when the disk has less room than they take, naming how to ask for fewer", async () => {

@@ -75,9 +75,23 @@ describe("evosparse search with the defaults", () => {
     expect(cold.final.results.map((r: FinalResult) => r.method)).toEqual(["evopress", ...defaultBaselines]);
   }, 1_200_000);
 
-  it("judges each baseline as the search would begin from it, under SparseGPT's levels too", () => {
+  it("judges each baseline as the search would begin from it, under SparseGPT's levels too, and shows the levels' build", () => {
     const dir = join(root, "sparsegpt");
-    const a = jsonOf(evosparse(...small, "--metric", "sparsegpt", ...baselines, "--out", dir, "--json"));
+    // Without --json, as a user runs it: the levels' build is followed level by level (plain
+    // lines off a terminal), from 0 to its total, in place of a line a block.
+    const run = evosparse(...small, "--metric", "sparsegpt", ...baselines, "--out", dir);
+    expect(run.code, run.stderr).toBe(0);
+    const built = [...run.stderr.matchAll(/^levels: (\d+)\/(\d+) \(\d+ s elapsed, ETA [^)]+\)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
+    expect(built.length).toBeGreaterThanOrEqual(2);
+    const total = built[0]![1]!;
+    expect(built[0]).toEqual([0, total]);
+    expect(built.at(-1)).toEqual([total, total]);
+    for (const [done, of] of built) {
+      expect(of).toBe(total);
+      expect(done).toBeLessThanOrEqual(total);
+    }
+    expect(run.stderr).not.toMatch(/levels of block/);
+    const a = JSON.parse(readFileSync(join(dir, "summary.json"), "utf8"));
     // Every baseline is scored, rounded to the levels the run built (as given, only uniform is on them).
     const scores = a.start.scores as Record<string, number>;
     expect(Object.keys(scores).sort()).toEqual(["atp", "owl", "uniform"]);

@@ -104,9 +104,11 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly queue?: string;
     /** Called after every generation is saved. */
     readonly onGeneration?: (record: GenerationRecord, total: number) => void;
+    /** Follows the SparseGPT levels' build, level by level: `(0, total)`, then after each. */
+    readonly onLevels?: (done: number, total: number) => void;
   };
 
-const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "overwrite", "from", "importance"] as const;
+const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "overwrite", "from", "importance"] as const;
 
 /**
  * The settings among a function's options, checked by the command's flag table as the
@@ -133,6 +135,7 @@ export const search = async (options: SearchOptions): Promise<SearchSummary> => 
       workers: options.workers ?? 1,
       ...(options.queue !== undefined ? { queue: options.queue } : {}),
       ...(options.onGeneration ? { onGeneration: options.onGeneration } : {}),
+      ...(options.onLevels ? { onLevels: options.onLevels } : {}),
       ...runOptions(options),
     }),
   );

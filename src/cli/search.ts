@@ -138,6 +138,14 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
       ...(argv.queueTimeout !== undefined ? { queueTimeout: argv.queueTimeout } : {}),
       backend: argv.backend,
       ...(log ? { log } : {}),
+      onLevels: (done, total) => {
+        if (done === 0) progress = startProgress("levels", total, { quiet: argv.json });
+        progress?.update(done);
+        if (done === total) {
+          progress?.stop();
+          progress = undefined;
+        }
+      },
       onGeneration: (record, total) => {
         progress ??= startProgress("generation", total, { quiet: argv.json });
         // In the order a narrow terminal keeps them.

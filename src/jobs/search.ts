@@ -177,6 +177,8 @@ export interface SearchRequest {
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
   readonly onGeneration?: (record: GenerationRecord, total: number) => void;
+  /** The SparseGPT levels' build (hours at 1B): `done` of `total` levels, from `(0, total)`. */
+  readonly onLevels?: (done: number, total: number) => void;
   /** The final re-pruning's progress: `done` of `total` measurements (dense, then each allocation), `what` is next. */
   readonly onFinal?: (done: number, total: number, what: string) => void;
 }
@@ -897,7 +899,7 @@ export const searchJob = (request: SearchRequest) =>
 
       // SparseGPT's levels, built here once (resumed where a stopped run left them), before any
       // worker reads them.
-      if (levels) yield* attemptPromise(() => model.pruner.prepareLevels(log));
+      if (levels) yield* attemptPromise(() => model.pruner.prepareLevels(log, request.onLevels));
 
       // The baselines, the warm start and the search, in a scope of their own: worker
       // threads (each with its model) end with it, before the final re-pruning takes memory.

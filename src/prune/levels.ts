@@ -180,9 +180,11 @@ export class LevelDatabase {
 
   /**
    * Builds what is missing, block by block, after saying what it costs on disk; refuses
-   * when the disk has less room than that.
+   * when the disk has less room than that. `onLevel(done, total)` follows the build level by
+   * level (a 1B model's build is hours): `(0, total)` once the build starts, then after each
+   * level of the blocks to build; without it, a line is logged as each block is built.
    */
-  async build(statistics: DenseStatistics, log: (line: string) => void = () => {}): Promise<void> {
+  async build(statistics: DenseStatistics, log: (line: string) => void = () => {}, onLevel?: (done: number, total: number) => void): Promise<void> {
     mkdirSync(this.dir, { recursive: true });
     const fingerprint = this.fingerprint(statistics);
     const manifest = join(this.dir, MANIFEST);
@@ -201,6 +203,9 @@ export class LevelDatabase {
     if (free < need * (missing.length / blocks)) {
       throw new UsageError({ problem: `${this.dir}: the SparseGPT levels need ${(need / 2 ** 30).toFixed(1)} GiB on disk and ${(free / 2 ** 30).toFixed(1)} GiB is free; use --mode sequential, ${this.request.fewer ?? "a search space with fewer levels"} or another disk` });
     }
+    const total = missing.reduce((sum, b) => sum + this.levelsOf(b).length, 0);
+    let done = 0;
+    onLevel?.(done, total);
     await statistics.eachBlockWithHessians(async (block, stats) => {
       if (!missing.includes(block)) return;
       const dense = this.checkpoint.readBlock(block);
@@ -221,6 +226,7 @@ export class LevelDatabase {
           for (let done = 0; done < bytes.byteLength; ) done += writeSync(fd, bytes, done, Math.min(1 << 30, bytes.byteLength - done));
           entries.push({ linear: level.linear, key: level.key, sparsity: level.sparsity, offset, length: bytes.byteLength });
           offset += bytes.byteLength;
+          onLevel?.(++done, total);
         }
       } finally {
         closeSync(fd);
@@ -229,7 +235,7 @@ export class LevelDatabase {
       // The index last: a block counts as built once its index is there.
       writeFileSync(`${this.indexFile(block)}.partial`, JSON.stringify(entries));
       renameSync(`${this.indexFile(block)}.partial`, this.indexFile(block));
-      log(`  levels of block ${block} built`);
+      if (!onLevel) log(`  levels of block ${block} built`);
     });
   }
 

@@ -166,8 +166,8 @@ export class Pruner {
   }
 
   /** Builds SparseGPT's levels now when the run reads candidates from them (a long step: it says what it costs). */
-  prepareLevels(log?: (line: string) => void): Promise<void> {
-    return this.blocks.prepareLevels(log);
+  prepareLevels(log?: (line: string) => void, onLevel?: (done: number, total: number) => void): Promise<void> {
+    return this.blocks.prepareLevels(log, onLevel);
   }
 
   /** Puts the dense weights back into every block. */
