@@ -6,11 +6,16 @@
  *    level) against one factor for all of them (sparseGptFactor), the two interleaved, the
  *    weights compared bit for bit;
  *  - storing a level at 70% in bfloat16: packed bytes against plain, and the unpacking rate
- *    a candidate's upload pays.
+ *    a candidate's upload pays;
+ *  - the factor kept on disk for levels made as a search reaches them: its bytes, and reading
+ *    it back against making it again.
  */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { encodeFrom } from "../src/checkpoint/convert.ts";
 import { nativeBlas } from "../src/backend/native-blas.ts";
-import { packLevel, unpackLevel } from "../src/prune/levels.ts";
+import { fromUpperTriangle, packLevel, unpackLevel, upperTriangle } from "../src/prune/levels.ts";
 import { sparseGptFactor, sparseGptPrune } from "../src/prune/sparsegpt.ts";
 import { Rng } from "../src/rng.ts";
 
@@ -47,6 +52,7 @@ export const levelsSection = (): void => {
   console.log("|---|---:|---:|---:|---:|---|");
   const rng = new Rng(11);
   let last: Float32Array | undefined;
+  let stored: { inFeatures: number; factorSeconds: number; upper: Float64Array } | undefined;
   for (const [inFeatures, outFeatures] of [[5632, 2048], [2048, 5632]] as const) {
     const h = hessianOf(inFeatures, rng);
     const w = Float32Array.from({ length: inFeatures * outFeatures }, () => rng.next() - 0.5);
@@ -63,6 +69,7 @@ export const levelsSection = (): void => {
       same &&= Buffer.from(a.weight.buffer).equals(Buffer.from(b.weight.buffer));
       if (sparsity === 0.7) last = b.weight;
     }
+    stored ??= { inFeatures, factorSeconds, upper: factor.upper };
     console.log(`| [${inFeatures}, ${outFeatures}] | ${fromHessian.toFixed(1)} s | ${fromFactor.toFixed(1)} s | ${(fromHessian / fromFactor).toFixed(2)}x faster | ${factorSeconds.toFixed(1)} s | ${same ? "yes" : "NO"} |`);
   }
   const plain = encodeFrom("BF16", last!, 1, last!.length, false);
@@ -78,4 +85,30 @@ export const levelsSection = (): void => {
     `\nA level at 70% in bfloat16 ([2048, 5632], ${(n / 1e6).toFixed(1)}M weights): packed ${(packed.length / 2 ** 20).toFixed(1)} MiB against ${(plain.length / 2 ** 20).toFixed(1)} MiB plain ` +
       `(${(packed.length / plain.length).toFixed(2)}x, ${(packed.length / n).toFixed(2)} bytes a weight); packing ${(n / pack / 1e6).toFixed(0)}M weights/s, unpacking ${(n / unpack / 1e6).toFixed(0)}M weights/s (best of 3).`,
   );
+  // The factor as the levels keep it: its upper triangle in float64, written once, read
+  // back whenever a level of its linear is first asked for.
+  const { inFeatures, factorSeconds, upper } = stored!;
+  const dir = mkdtempSync(join(tmpdir(), "evosparse-bench-levels-"));
+  try {
+    const file = join(dir, "down.factor");
+    const triangle = upperTriangle(upper, inFeatures);
+    writeFileSync(file, new Uint8Array(triangle.buffer));
+    let read = Infinity;
+    let same = true;
+    for (let round = 0; round < 3; round++) {
+      const [back, t] = seconds(() => {
+        const bytes = readFileSync(file);
+        const values = new Float64Array(bytes.length / 8);
+        new Uint8Array(values.buffer).set(bytes);
+        return fromUpperTriangle(values, inFeatures);
+      });
+      read = Math.min(read, t);
+      same &&= Buffer.from(back.buffer).equals(Buffer.from(upper.buffer));
+    }
+    console.log(
+      `The factor of [${inFeatures}, *] as stored: ${(triangle.byteLength / 2 ** 20).toFixed(0)} MiB (its upper triangle in float64); read back in ${read.toFixed(2)} s (best of 3) against ${factorSeconds.toFixed(1)} s to make it, ${same ? "the same bits" : "NOT the same bits"}.`,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 };

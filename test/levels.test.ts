@@ -1,11 +1,13 @@
 /**
  * SparseGPT's levels (src/prune/levels.ts): a dense-mode SparseGPT candidate read from the
- * levels built ahead is the candidate the run's Hessians make, weight for weight and in
- * perplexity; an allocation off the levels is pruned from the dense Hessians, to the same
- * weights; the build says what it costs, is refused before it starts when the disk is too
- * small, and a stopped build resumes where it stopped.
+ * levels, each pruned from its stored factor when first asked for, is the candidate the
+ * run's Hessians make, weight for weight and in perplexity; only the levels asked for are
+ * made; an allocation off the levels is pruned from the dense Hessians, to the same
+ * weights; the factoring says what it costs, is refused before it starts when the disk is
+ * too small for the factors, warns when it may be for the levels, and a stopped factoring
+ * resumes where it stopped.
  */
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -18,7 +20,7 @@ import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { calibrationWindows } from "../src/data/calibration.ts";
 import { defaultData } from "../src/defaults.ts";
 import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
-import { LevelDatabase, packLevel, unpackLevel } from "../src/prune/levels.ts";
+import { fromUpperTriangle, LevelDatabase, packLevel, unpackLevel, upperTriangle } from "../src/prune/levels.ts";
 import { Pruner } from "../src/prune/pruner.ts";
 import { sizeContext } from "../src/search/fitness.ts";
 import { loadSearchSpace } from "../src/search/space.ts";
@@ -26,6 +28,13 @@ import { plugin as evopress } from "../plugins/evopress/index.ts";
 import { embeddedModel } from "./helpers/embedded.ts";
 
 const root = mkdtempSync(join(tmpdir(), "evosparse-levels-"));
+
+/** The level files a levels folder holds, as `block-B/LINEAR-INDEX.level`, sorted. */
+const levelFiles = (dir: string): string[] =>
+  readdirSync(dir)
+    .filter((f) => /^block-\d+$/.test(f))
+    .flatMap((b) => readdirSync(join(dir, b)).map((f) => `${b}/${f}`))
+    .sort();
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe("SparseGPT's levels", () => {
@@ -36,7 +45,7 @@ describe("SparseGPT's levels", () => {
   });
   afterAll(() => ckpt?.close());
 
-  it("give the candidates the Hessians give, and resume a stopped build", async () => {
+  it("give the candidates the Hessians give, are made only when asked for, and resume a stopped factoring", async () => {
     const tokenizer = tokenizerFor(ckpt);
     const calibration = calibrationWindows({ source: defaultData("calibration"), samples: 2, seqlen: 64 }, tokenizer);
     const windows = evaluationWindows({ data: defaultData("validation"), format: "text", maxWindows: 2 }, tokenizer, 64);
@@ -56,12 +65,24 @@ describe("SparseGPT's levels", () => {
     const fromHessians = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration });
     try {
       await fromLevels.prepareLevels((line) => lines.push(line));
-      expect(lines[0]).toMatch(/^SparseGPT levels: every linear pruned once at each level the search can reach, [\d.]+ GiB on disk in .* \(8 of 8 blocks to build\)$/);
+      expect(lines[0]).toMatch(
+        /^SparseGPT levels: each linear pruned at a level when a candidate first asks for it, from its Hessian's factor; factors [\d.]+ GiB now \(8 of 8 blocks to factor\), levels up to [\d.]+ GiB as the search reaches them, in .*levels$/,
+      );
+      // Factored, and not one level made yet: a factor an input (q, k and v read one, as do
+      // gate and up), taking what the estimate printed said.
+      expect(levelFiles(dir)).toEqual([]);
+      expect(JSON.parse(readFileSync(join(dir, "block-0.json"), "utf8")).map((f: { linears: string[] }) => f.linears)).toEqual([["q", "k", "v"], ["o"], ["gate", "up"], ["down"]]);
+      const factorFiles = readdirSync(dir).filter((f) => f.endsWith(".factor"));
+      expect(factorFiles).toHaveLength(8 * 4);
+      const estimate = new LevelDatabase(ckpt, fromLevels.layout, ckpt.storageDtype, { dir, sparsities, keyOf: (_b, _l, s) => String(s) }).factorBytes();
+      expect(factorFiles.reduce((sum, f) => sum + statSync(join(dir, f)).size, 0)).toBe(estimate);
+      const asked = new Set<string>();
       // Three allocations on the levels, then two off them (a baseline's ramp, a grid's
       // candidate): those are pruned from the dense Hessians instead, to the same weights.
       const offLevels = [Array.from({ length: n }, () => 0.45), Array.from({ length: n }, (_, k) => (k % 2 === 0 ? 0.3 : 0.62))];
       for (const choice of [...[[0, 1, 2], [2, 0, 1], [1, 1, 0]].map((pick) => Array.from({ length: n }, (_, k) => levelsOf[pick[k % 3]!]!)), ...offLevels]) {
         const allocation = toAllocation(choice, fromLevels.layout, { kind: "unstructured" });
+        for (const e of allocation) if (levelsOf.includes(e.sparsity)) asked.add(`block-${e.block}/${e.linear}-${levelsOf.indexOf(e.sparsity)}.level`);
         await fromLevels.apply(allocation);
         await fromHessians.apply(allocation);
         const a = fromLevels.prunedBlocks();
@@ -70,41 +91,73 @@ describe("SparseGPT's levels", () => {
           for (const [name, l] of Object.entries(block.linears)) expect(Buffer.from(l.weight.data.buffer).equals(Buffer.from(b[i]!.linears[name]!.weight.data.buffer)), `${i}.${name}`).toBe(true);
         });
         expect((await fromLevels.perplexity(windows)).ppl).toBe((await fromHessians.perplexity(windows)).ppl);
+        // Only the levels candidates on the levels asked for are on disk.
+        expect(levelFiles(dir)).toEqual([...asked].sort());
+      }
+      expect(asked.size).toBeLessThan(n * levelsOf.length);
+      // Asked for again (stored now), by a pruner of its own: the same weights.
+      const again = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
+      try {
+        await again.prepareLevels();
+        const allocation = toAllocation(Array.from({ length: n }, (_, k) => levelsOf[k % 3]!), again.layout, { kind: "unstructured" });
+        await again.apply(allocation);
+        await fromHessians.apply(allocation);
+        const a = again.prunedBlocks();
+        fromHessians.prunedBlocks().forEach((block, i) => {
+          for (const [name, l] of Object.entries(block.linears)) expect(Buffer.from(a[i]!.linears[name]!.weight.data.buffer).equals(Buffer.from(l.weight.data.buffer)), `${i}.${name}`).toBe(true);
+        });
+      } finally {
+        again.dispose();
       }
     } finally {
       fromLevels.dispose();
       fromHessians.dispose();
     }
-    // A build stopped after some blocks: only the others are built again.
+    // A damaged factor is refused in one line when a level is made from it, never solved with.
+    const cut = join(dir, "block-7-down.factor");
+    const whole = readFileSync(cut);
+    truncateSync(cut, whole.length - 8);
+    rmSync(join(dir, "block-7"), { recursive: true, force: true });
+    const damaged = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
+    try {
+      await damaged.prepareLevels();
+      await expect(damaged.apply(toAllocation(Array.from({ length: n }, () => 0.5), damaged.layout, { kind: "unstructured" })).then(() => damaged.perplexity(windows))).rejects.toThrow(
+        /block-7-down\.factor: a damaged factor \(\d+ bytes where \d+ inputs take \d+\); delete the levels folder to make them again/,
+      );
+    } finally {
+      damaged.dispose();
+    }
+    writeFileSync(cut, whole);
+    // A factoring stopped after some blocks: only the others are factored again.
     rmSync(join(dir, "block-5.json"));
     rmSync(join(dir, "block-6.json"));
     const again: string[] = [];
     const resumed = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
     try {
       await resumed.prepareLevels((line) => again.push(line));
-      expect(again[0]).toMatch(/\(2 of 8 blocks to build\)$/);
-      expect(again.slice(1)).toEqual(["  levels of block 5 built", "  levels of block 6 built"]);
+      expect(again[0]).toMatch(/\(2 of 8 blocks to factor\)/);
+      expect(again.slice(1)).toEqual(["  block 5 factored", "  block 6 factored"]);
     } finally {
       resumed.dispose();
     }
-    // Followed level by level instead: every level of the blocks to build, once, in order,
-    // and no line a block.
+    // Followed linear by linear instead: every linear of the blocks to factor, once, in
+    // order, and no line a block.
     rmSync(join(dir, "block-2.json"));
     const followed: [number, number][] = [];
     const quiet: string[] = [];
     const watched = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
     try {
       await watched.prepareLevels((line) => quiet.push(line), (done, total) => followed.push([done, total]));
-      const levelsOfBlock2 = watched.layout.filter((slot) => slot.block === 2).length * levelsOf.length;
-      expect(followed).toEqual(Array.from({ length: levelsOfBlock2 + 1 }, (_, i) => [i, levelsOfBlock2]));
+      const linearsOfBlock2 = watched.layout.filter((slot) => slot.block === 2).length;
+      expect(followed).toEqual(Array.from({ length: linearsOfBlock2 + 1 }, (_, i) => [i, linearsOfBlock2]));
       expect(quiet).toHaveLength(1);
-      expect(quiet[0]).toMatch(/\(1 of 8 blocks to build\)$/);
+      expect(quiet[0]).toMatch(/\(1 of 8 blocks to factor\)/);
     } finally {
       watched.dispose();
     }
   }, 120_000);
 
-  it("are refused before any is built when the disk has less room than they take, naming how to ask for fewer", async () => {
+  it("are refused before any factor is made when the disk has less room than the factors; a disk that may not hold every level is named with how to ask for fewer", async () => {
     const tokenizer = tokenizerFor(ckpt);
     const calibration = calibrationWindows({ source: defaultData("calibration"), samples: 2, seqlen: 64 }, tokenizer);
     const probe = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration });
@@ -116,13 +169,26 @@ describe("SparseGPT's levels", () => {
     const short = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities, fewer: "a space with maxLevels 2", freeBytes: () => 4096 } });
     try {
       await expect(short.prepareLevels((line) => lines.push(line))).rejects.toThrow(
-        /short-disk: the SparseGPT levels need [\d.]+ GiB on disk and 0\.0 GiB is free; use --mode sequential, a space with maxLevels 2 or another disk/,
+        /short-disk: the SparseGPT factors need [\d.]+ GiB on disk and 0\.0 GiB is free; use --mode sequential or another disk/,
       );
     } finally {
       short.dispose();
     }
     expect(lines).toHaveLength(1);
     expect(readdirSync(dir).filter((f) => f.startsWith("block-"))).toEqual([]);
+    // Room for the factors, not for every level: factored all the same, with a word of it.
+    const roomy = join(root, "roomy-disk");
+    const said: string[] = [];
+    const probeLevels = new LevelDatabase(ckpt, layoutOf(ckpt.spec), ckpt.storageDtype, { dir: roomy, sparsities, keyOf: (_b, _l, s) => String(s) });
+    const room = probeLevels.factorBytes() + probeLevels.bytes() / 2;
+    const part = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir: roomy, sparsities, fewer: "a space with maxLevels 2", freeBytes: () => room } });
+    try {
+      await part.prepareLevels((line) => said.push(line));
+    } finally {
+      part.dispose();
+    }
+    expect(said[1]).toMatch(/^  [\d.]+ GiB is free: if the search reaches more levels than fit, those that do not are pruned again each time a candidate asks for them \(the same weights, slower\); a space with maxLevels 2 asks for fewer$/);
+    expect(readdirSync(roomy).filter((f) => f.endsWith(".json") && f.startsWith("block-"))).toHaveLength(8);
   }, 120_000);
 });
 
@@ -146,15 +212,30 @@ describe("a build of other settings or another format", () => {
       return lines;
     };
     try {
-      expect((await build())[0]).toMatch(/\(8 of 8 blocks to build\)$/);
+      expect((await build())[0]).toMatch(/\(8 of 8 blocks to factor\)/);
       expect(await build()).toEqual([]);
-      // As an earlier version's manifest would read (unpacked levels): every block again.
+      // As an earlier version's manifest would read (every level built ahead): every block again.
       writeFileSync(join(dir, "manifest.json"), "0".repeat(64));
-      expect((await build())[0]).toMatch(/\(8 of 8 blocks to build\)$/);
+      expect((await build())[0]).toMatch(/\(8 of 8 blocks to factor\)/);
     } finally {
       ckpt.close();
     }
   }, 120_000);
+});
+
+describe("a factor as stored", () => {
+  it("property: its upper triangle gives back the factor, zero below the diagonal, in n(n+1)/2 values", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 24 }), fc.infiniteStream(fc.double({ noNaN: true })), (n, values) => {
+        const upper = new Float64Array(n * n);
+        for (let i = 0; i < n; i++) for (let j = i; j < n; j++) upper[i * n + j] = values.next().value;
+        const triangle = upperTriangle(upper, n);
+        expect(triangle.length).toBe((n * (n + 1)) / 2);
+        expect(Buffer.from(fromUpperTriangle(triangle, n).buffer).equals(Buffer.from(upper.buffer))).toBe(true);
+      }),
+      { numRuns: 200 },
+    );
+  });
 });
 
 describe("a level as stored", () => {

@@ -5,7 +5,7 @@
  * it), the same history with 1
  * and 2 workers and after a resume, and the baselines setting.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { defaultBaselines } from "../src/defaults.ts";
@@ -75,13 +75,13 @@ describe("evosparse search with the defaults", () => {
     expect(cold.final.results.map((r: FinalResult) => r.method)).toEqual(["evopress", ...defaultBaselines]);
   }, 1_200_000);
 
-  it("judges each baseline as the search would begin from it, under SparseGPT's levels too, and shows the levels' build", () => {
+  it("judges each baseline as the search would begin from it, under SparseGPT's levels too, and shows the levels' factoring", () => {
     const dir = join(root, "sparsegpt");
-    // Without --json, as a user runs it: the levels' build is followed level by level (plain
-    // lines off a terminal), from 0 to its total, in place of a line a block.
+    // Without --json, as a user runs it: the levels' factoring is followed linear by linear
+    // (plain lines off a terminal), from 0 to its total, in place of a line a block.
     const run = evosparse(...small, "--metric", "sparsegpt", ...baselines, "--out", dir);
     expect(run.code, run.stderr).toBe(0);
-    const built = [...run.stderr.matchAll(/^levels: (\d+)\/(\d+) \(\d+ s elapsed, ETA [^)]+\)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
+    const built = [...run.stderr.matchAll(/^factors: (\d+)\/(\d+) \(\d+ s elapsed, ETA [^)]+\)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
     expect(built.length).toBeGreaterThanOrEqual(2);
     const total = built[0]![1]!;
     expect(built[0]).toEqual([0, total]);
@@ -90,7 +90,12 @@ describe("evosparse search with the defaults", () => {
       expect(of).toBe(total);
       expect(done).toBeLessThanOrEqual(total);
     }
-    expect(run.stderr).not.toMatch(/levels of block/);
+    expect(run.stderr).not.toMatch(/factored/);
+    // Only the levels the search asked for were made: fewer than half of the default
+    // space's (45 and more a linear, test/levels).
+    const made = readdirSync(join(dir, "levels")).filter((f) => /^block-\d+$/.test(f)).flatMap((b) => readdirSync(join(dir, "levels", b)));
+    expect(made.length).toBeGreaterThan(0);
+    expect(made.length).toBeLessThan((total * 45) / 2);
     const a = JSON.parse(readFileSync(join(dir, "summary.json"), "utf8"));
     // Every baseline is scored, rounded to the levels the run built (as given, only uniform is on them).
     const scores = a.start.scores as Record<string, number>;

@@ -104,7 +104,7 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly queue?: string;
     /** Called after every generation is saved. */
     readonly onGeneration?: (record: GenerationRecord, total: number) => void;
-    /** Follows the SparseGPT levels' build, level by level: `(0, total)`, then after each. */
+    /** Follows the SparseGPT levels' factoring before the search, linear by linear: `(0, total)`, then after each. */
     readonly onLevels?: (done: number, total: number) => void;
   };
 

@@ -139,7 +139,7 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
       backend: argv.backend,
       ...(log ? { log } : {}),
       onLevels: (done, total) => {
-        if (done === 0) progress = startProgress("levels", total, { quiet: argv.json });
+        if (done === 0) progress = startProgress("factors", total, { quiet: argv.json });
         progress?.update(done);
         if (done === total) {
           progress?.stop();

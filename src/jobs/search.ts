@@ -177,7 +177,7 @@ export interface SearchRequest {
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
   readonly onGeneration?: (record: GenerationRecord, total: number) => void;
-  /** The SparseGPT levels' build (hours at 1B): `done` of `total` levels, from `(0, total)`. */
+  /** The SparseGPT levels' factoring before the search (minutes at 1B): `done` of `total` linears, from `(0, total)`. */
   readonly onLevels?: (done: number, total: number) => void;
   /** The final re-pruning's progress: `done` of `total` measurements (dense, then each allocation), `what` is next. */
   readonly onFinal?: (done: number, total: number, what: string) => void;
@@ -799,8 +799,9 @@ export const searchJob = (request: SearchRequest) =>
       );
       const probed = yield* attempt(() => openCheckpointSync(settings.model, settings.tokenizer ? { tokenizer: settings.tokenizer } : {}));
       const probedSpec = probed.spec;
-      // EvoPress with SparseGPT: every linear pruned once at each of its levels, in the run
-      // folder (kept for --resume), instead of every Hessian held for the run.
+      // EvoPress with SparseGPT: every linear pruned at each of its levels as the search first
+      // reaches it, from factors in the run folder (kept for --resume), instead of every
+      // Hessian held for the run.
       const levelSparsities =
         settings.metric === "sparsegpt" && settings.mode === "dense" && !settings.structured && plugin.levels
           ? yield* attempt(() => plugin.levels!(sizeContext(layoutOf(probedSpec), probedSpec.numLayers, targetOf(pattern, settings.sparsity), pattern), space))
@@ -897,8 +898,8 @@ export const searchJob = (request: SearchRequest) =>
           `${model.calibration.length} calibration windows of ${settings.seqlen}; ${queueAddress ? `queue ${queueAddress.shown}` : `${workers} worker${workers > 1 ? "s" : ""}`}; folder ${dir}`,
       );
 
-      // SparseGPT's levels, built here once (resumed where a stopped run left them), before any
-      // worker reads them.
+      // SparseGPT's levels: their factors made here once (resumed where a stopped run left
+      // them), before any worker reads them; each level is pruned when first asked for.
       if (levels) yield* attemptPromise(() => model.pruner.prepareLevels(log, request.onLevels));
 
       // The baselines, the warm start and the search, in a scope of their own: worker

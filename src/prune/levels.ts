@@ -1,38 +1,54 @@
 /**
- * SparseGPT's pruned levels, made once per run (EvoPress's database). A SparseGPT candidate
- * is costly to make, and in dense mode it needs every linear's Hessian, which for a 7B
- * model is tens of gigabytes. A method whose linears take a known, finite set of
- * sparsities (EvoPress's levels) lets the run prune every linear once at each of them,
- * block by block (one block's Hessians at a time), into files of the run folder; a
- * candidate then reads its linears' levels as it uploads them. The levels are kept in the
- * dtype the run's pruned weights are kept in, so a candidate read from them is exactly the
- * one its Hessians would make, and packed (a bit a weight, then the weights kept), so a
- * level costs about what its kept weights do. Each block's file is written whole (temporary name, then
- * renamed), so a stopped build resumes from the first block it had not finished.
+ * SparseGPT's pruned levels (EvoPress's database), made as a search first reaches them. A
+ * SparseGPT candidate is costly to make, and in dense mode it needs every linear's
+ * Hessian, which for a 7B model is tens of gigabytes. A method whose linears take a known,
+ * finite set of sparsities (EvoPress's levels) lets the run keep, instead, what SparseGPT
+ * derives from each Hessian whatever it prunes to: its factor (sparseGptFactor), one per
+ * linear input (q, k and v share one, as do gate and up), stored block by block in the run
+ * folder before the search. A level is then pruned from its factor the first time a
+ * candidate asks for it, and kept as a file: a search reaches a fraction of the levels (a
+ * fifth to a quarter on the embedded model at 200k tokens), so most are never made, and a
+ * 1B model's search starts after minutes of factoring instead of hours of pruning every
+ * level. The levels are kept in the dtype the run's pruned weights are kept in, so a
+ * candidate read from them is exactly the one its Hessians would make, and packed (a bit a
+ * weight, then the weights kept), so a level costs about what its kept weights do. Every
+ * file is written whole (temporary name, then renamed): a stopped factoring resumes from
+ * the first block it had not finished, and worker threads or queue workers making the
+ * same level at once each write the same bytes.
  */
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Layout } from "../allocation/allocation.ts";
 import { convertInto, encodeFrom } from "../checkpoint/convert.ts";
 import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
-import { UsageError } from "../errors.ts";
-import type { HostLinear, WeightSource } from "../model/spec.ts";
+import { DataError, UsageError } from "../errors.ts";
+import { isHostTensor, linearShapes, type ModelSpec, type WeightSource } from "../model/spec.ts";
 import type { DenseStatistics } from "./dense-statistics.ts";
-import { sparseGptAtTargets } from "./prune-linear.ts";
+import type { Shape2 } from "./masks.ts";
+import { sparseGptFactor, sparseGptPrune, type SparseGptFactor } from "./sparsegpt.ts";
+import { timed } from "./timings.ts";
 
-interface Entry {
-  readonly linear: string;
+/** A level of one linear: the sparsity it prunes to, and its place in the linear's list (its file). */
+interface Level {
+  readonly index: number;
   /** The pruned-weight count the level prunes: what a candidate's sparsity is matched by. */
   readonly key: string;
   readonly sparsity: number;
-  readonly offset: number;
-  readonly length: number;
+}
+
+/** A stored factor: the linears whose input it is, and what the solve needs beside the matrix. */
+interface FactorEntry {
+  readonly linears: readonly string[];
+  readonly file: string;
+  readonly inFeatures: number;
+  readonly damping: number;
+  readonly dead: readonly number[];
 }
 
 const MANIFEST = "manifest.json";
-/** How a level is stored; a build of another format is not read (it is built again). */
-const FORMAT = "packed-1";
+/** How the levels are stored; a folder of another format is not read (it is made again). */
+const FORMAT = "factors-1";
 
 /**
  * A level as stored: one bit per weight, set where its stored bits are not all zero (so a
@@ -116,7 +132,7 @@ export interface LevelsRequest {
   readonly sparsities: readonly (readonly number[])[];
   /** The key of a linear at a sparsity: its pruned-weight count (equal keys prune alike). */
   readonly keyOf: (block: number, linear: string, sparsity: number) => string;
-  /** How the method is asked for fewer levels, as the refusal says when they do not fit on disk. */
+  /** How the method is asked for fewer levels, as the warning says when they may not fit on disk. */
   readonly fewer?: string;
   /** Free bytes on the disk holding `dir` (the file system's count unless given). */
   readonly freeBytes?: (dir: string) => number;
@@ -127,8 +143,48 @@ const diskFree = (dir: string): number => {
   return bavail * bsize;
 };
 
+const GiB = 2 ** 30;
+const gib = (bytes: number): string => (bytes / GiB).toFixed(2);
+
+/** Values an upper factor of `n` inputs stores: its upper triangle, the diagonal included. */
+const triangleLength = (n: number): number => (n * (n + 1)) / 2;
+
+/** The upper triangle of a row-major [n, n] factor, row by row (below it is zero). */
+export const upperTriangle = (upper: Float64Array, n: number): Float64Array => {
+  const out = new Float64Array(triangleLength(n));
+  for (let i = 0, at = 0; i < n; at += n - i, i++) out.set(upper.subarray(i * n + i, (i + 1) * n), at);
+  return out;
+};
+
+/** The row-major [n, n] factor a stored triangle holds (zero below the diagonal). */
+export const fromUpperTriangle = (triangle: Float64Array, n: number): Float64Array => {
+  const out = new Float64Array(n * n);
+  for (let i = 0, at = 0; i < n; at += n - i, i++) out.set(triangle.subarray(at, at + n - i), i * n + i);
+  return out;
+};
+
+/**
+ * The linears of a block that read one input, as the calibration pass finds them (q, k and
+ * v; gate and up): what the disk estimate counts one factor for. The build itself shares a
+ * factor between linears whose statistics are one object, whatever this says.
+ */
+const sharedInputs = (spec: ModelSpec, names: readonly string[]): string[][] => {
+  const r = spec.roles;
+  const groups = [[r.q, r.k, r.v], [r.gate, r.up]].map((g) => g.filter((n): n is string => n !== undefined && names.includes(n)));
+  const grouped = new Set(groups.flat());
+  return [...groups.filter((g) => g.length > 0), ...names.filter((n) => !grouped.has(n)).map((n) => [n])];
+};
+
+/** Writes a whole file under a temporary name, then renames it: readers never see part of one. */
+const writeWhole = (file: string, bytes: Uint8Array): void => {
+  const partial = `${file}.${process.pid}-${Math.random().toString(36).slice(2)}.partial`;
+  writeFileSync(partial, bytes);
+  renameSync(partial, file);
+};
+
 export class LevelDatabase {
-  private readonly indexes = new Map<number, Map<string, Entry>>();
+  private readonly factorIndexes = new Map<number, readonly FactorEntry[]>();
+  private readonly levelLists = new Map<string, readonly Level[]>();
 
   constructor(
     readonly checkpoint: Checkpoint,
@@ -141,36 +197,54 @@ export class LevelDatabase {
     return this.request.dir;
   }
 
-  /** Distinct levels (by key) of every linear of a block, in layout order. */
-  private levelsOf(block: number): { linear: string; sparsity: number; key: string }[] {
-    const out: { linear: string; sparsity: number; key: string }[] = [];
-    this.layout.forEach((slot, k) => {
-      if (slot.block !== block) return;
-      const seen = new Set<string>();
-      for (const sparsity of this.request.sparsities[k]!) {
-        const key = this.request.keyOf(block, slot.linear, sparsity);
-        if (seen.has(key)) continue;
-        seen.add(key);
-        out.push({ linear: slot.linear, sparsity, key });
-      }
-    });
-    return out;
+  private get width(): 2 | 4 {
+    return this.dtype === "F32" ? 4 : 2;
   }
 
-  /** Bytes the levels take on disk at most (packed: weights that were zero already take less). */
-  bytes(): number {
-    const width = this.dtype === "F32" ? 4 : 2;
-    let total = 0;
-    for (let b = 0; b < this.checkpoint.spec.numLayers; b++) {
-      for (const level of this.levelsOf(b)) {
-        const params = this.layout.find((s) => s.block === b && s.linear === level.linear)!.params;
-        total += maskBytesOf(params) + Math.ceil((1 - level.sparsity) * params) * width;
+  /** The distinct levels (by key) of a linear, in the order its sparsities are listed. */
+  private levelsOf(block: number, linear: string): readonly Level[] {
+    const id = `${block}|${linear}`;
+    let list = this.levelLists.get(id);
+    if (!list) {
+      const k = this.layout.findIndex((slot) => slot.block === block && slot.linear === linear);
+      const out: Level[] = [];
+      const seen = new Set<string>();
+      for (const sparsity of k < 0 ? [] : this.request.sparsities[k]!) {
+        const key = this.request.keyOf(block, linear, sparsity);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        out.push({ index: out.length, key, sparsity });
       }
+      this.levelLists.set(id, (list = out));
+    }
+    return list;
+  }
+
+  private linearsOf(block: number): string[] {
+    return this.layout.filter((slot) => slot.block === block).map((slot) => slot.linear);
+  }
+
+  /** Bytes every level would take on disk (packed: weights that were zero already take less); a search makes a fraction of them. */
+  bytes(): number {
+    let total = 0;
+    for (const slot of this.layout) {
+      for (const level of this.levelsOf(slot.block, slot.linear)) total += maskBytesOf(slot.params) + Math.ceil((1 - level.sparsity) * slot.params) * this.width;
     }
     return total;
   }
 
-  /** What decides the levels: a build of other settings is not resumed. */
+  /** Bytes the factors of these blocks take on disk: a float64 upper triangle an input. */
+  factorBytes(blocks: readonly number[] = Array.from({ length: this.checkpoint.spec.numLayers }, (_, b) => b)): number {
+    const spec = this.checkpoint.spec;
+    let total = 0;
+    for (const b of blocks) {
+      const shapes = linearShapes(spec, b);
+      for (const group of sharedInputs(spec, this.linearsOf(b))) total += triangleLength(shapes[group[0]!]![0]) * 8;
+    }
+    return total;
+  }
+
+  /** What decides the levels: a folder made with other settings is not read. */
   private fingerprint(statistics: DenseStatistics): string {
     const h = createHash("sha256");
     h.update(JSON.stringify({ format: FORMAT, model: this.checkpoint.path, dtype: this.dtype, sparsities: this.request.sparsities, metric: statistics.metric }));
@@ -179,12 +253,13 @@ export class LevelDatabase {
   }
 
   /**
-   * Builds what is missing, block by block, after saying what it costs on disk; refuses
-   * when the disk has less room than that. `onLevel(done, total)` follows the build level by
-   * level (a 1B model's build is hours): `(0, total)` once the build starts, then after each
-   * level of the blocks to build; without it, a line is logged as each block is built.
+   * Factors what is missing, block by block, after saying what it costs on disk; refuses
+   * when the disk has less room than the factors take, and says so when it may have less
+   * than the levels could. `onFactor(done, total)` follows it linear by linear (a 1B
+   * model's is minutes): `(0, total)` once it starts, then as each linear's factor is
+   * stored; without it, a line is logged as each block is factored.
    */
-  async build(statistics: DenseStatistics, log: (line: string) => void = () => {}, onLevel?: (done: number, total: number) => void): Promise<void> {
+  async build(statistics: DenseStatistics, log: (line: string) => void = () => {}, onFactor?: (done: number, total: number) => void): Promise<void> {
     mkdirSync(this.dir, { recursive: true });
     const fingerprint = this.fingerprint(statistics);
     const manifest = join(this.dir, MANIFEST);
@@ -197,45 +272,54 @@ export class LevelDatabase {
     const blocks = this.checkpoint.spec.numLayers;
     const missing = Array.from({ length: blocks }, (_, b) => b).filter((b) => !existsSync(this.indexFile(b)));
     if (missing.length === 0) return;
-    const need = this.bytes();
+    const factors = this.factorBytes(missing);
+    const levels = this.bytes();
     const free = (this.request.freeBytes ?? diskFree)(this.dir);
-    log(`SparseGPT levels: every linear pruned once at each level the search can reach, ${(need / 2 ** 30).toFixed(2)} GiB on disk in ${this.dir} (${missing.length} of ${blocks} blocks to build)`);
-    if (free < need * (missing.length / blocks)) {
-      throw new UsageError({ problem: `${this.dir}: the SparseGPT levels need ${(need / 2 ** 30).toFixed(1)} GiB on disk and ${(free / 2 ** 30).toFixed(1)} GiB is free; use --mode sequential, ${this.request.fewer ?? "a search space with fewer levels"} or another disk` });
+    log(
+      `SparseGPT levels: each linear pruned at a level when a candidate first asks for it, from its Hessian's factor; ` +
+        `factors ${gib(factors)} GiB now (${missing.length} of ${blocks} blocks to factor), levels up to ${gib(levels)} GiB as the search reaches them, in ${this.dir}`,
+    );
+    if (free < factors) {
+      throw new UsageError({ problem: `${this.dir}: the SparseGPT factors need ${(factors / GiB).toFixed(1)} GiB on disk and ${(free / GiB).toFixed(1)} GiB is free; use --mode sequential or another disk` });
     }
-    const total = missing.reduce((sum, b) => sum + this.levelsOf(b).length, 0);
+    if (free < factors + levels) {
+      log(
+        `  ${(free / GiB).toFixed(1)} GiB is free: if the search reaches more levels than fit, those that do not are pruned again each time a candidate asks for them ` +
+          `(the same weights, slower); ${this.request.fewer ?? "a search space with fewer levels"} asks for fewer`,
+      );
+    }
+    const total = missing.reduce((n, b) => n + this.linearsOf(b).length, 0);
     let done = 0;
-    onLevel?.(done, total);
+    onFactor?.(done, total);
     await statistics.eachBlockWithHessians(async (block, stats) => {
       if (!missing.includes(block)) return;
-      const dense = this.checkpoint.readBlock(block);
-      const entries: Entry[] = [];
-      const file = join(this.dir, `block-${block}.bin`);
-      const partial = `${file}.partial`;
-      const fd = openSync(partial, "w");
-      try {
-        let offset = 0;
-        // Each linear's Hessian factored once for all its levels (they come linear by linear).
-        let current: { linear: string; at: (target: { sparsity: number }) => HostLinear } | undefined;
-        for (const level of this.levelsOf(block)) {
-          if (current?.linear !== level.linear) {
-            current = { linear: level.linear, at: sparseGptAtTargets(dense.linears[level.linear]!, stats.get(level.linear), `block ${block} linear ${level.linear}`, statistics.timings) };
-          }
-          const pruned = current.at({ sparsity: level.sparsity });
-          const bytes = packLevel(encodeFrom(this.dtype, pruned.weight.data, 1, pruned.weight.data.length, false), this.dtype === "F32" ? 4 : 2);
-          for (let done = 0; done < bytes.byteLength; ) done += writeSync(fd, bytes, done, Math.min(1 << 30, bytes.byteLength - done));
-          entries.push({ linear: level.linear, key: level.key, sparsity: level.sparsity, offset, length: bytes.byteLength });
-          offset += bytes.byteLength;
-          onLevel?.(++done, total);
+      const shapes = linearShapes(this.checkpoint.spec, block);
+      const entries: FactorEntry[] = [];
+      const byInput = new Map<unknown, { linears: string[]; entry: Omit<FactorEntry, "linears"> }>();
+      for (const linear of this.linearsOf(block)) {
+        const input = stats.get(linear);
+        const known = byInput.get(input);
+        if (known) {
+          known.linears.push(linear);
+        } else {
+          const source = `block ${block} linear ${linear}`;
+          const hessian = input?.hessian;
+          if (!hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
+          const inFeatures = shapes[linear]![0];
+          // The copy handed over is consumed: the factorisation makes none of its own.
+          const factor = timed(statistics.timings, "masking", () => sparseGptFactor(hessian.hessian(), inFeatures, { source, consume: { hessianAgain: () => hessian.hessian() } }));
+          const file = `block-${block}-${linear}.factor`;
+          const triangle = upperTriangle(factor.upper, inFeatures);
+          writeWhole(join(this.dir, file), new Uint8Array(triangle.buffer));
+          const linears = [linear];
+          byInput.set(input, { linears, entry: { file, inFeatures, damping: factor.damping, dead: factor.dead } });
         }
-      } finally {
-        closeSync(fd);
+        onFactor?.(++done, total);
       }
-      renameSync(partial, file);
-      // The index last: a block counts as built once its index is there.
-      writeFileSync(`${this.indexFile(block)}.partial`, JSON.stringify(entries));
-      renameSync(`${this.indexFile(block)}.partial`, this.indexFile(block));
-      if (!onLevel) log(`  levels of block ${block} built`);
+      for (const { linears, entry } of byInput.values()) entries.push({ linears, ...entry });
+      // The index last: a block counts as factored once its index is there.
+      writeWhole(this.indexFile(block), new TextEncoder().encode(JSON.stringify(entries)));
+      if (!onFactor) log(`  block ${block} factored`);
     });
   }
 
@@ -243,26 +327,66 @@ export class LevelDatabase {
     return join(this.dir, `block-${block}.json`);
   }
 
-  private index(block: number): Map<string, Entry> {
-    let index = this.indexes.get(block);
+  private levelFile(block: number, linear: string, level: Level): string {
+    return join(this.dir, `block-${block}`, `${linear}-${level.index}.level`);
+  }
+
+  private factorOf(block: number, linear: string): FactorEntry {
+    let index = this.factorIndexes.get(block);
     if (!index) {
-      const entries = JSON.parse(readFileSync(this.indexFile(block), "utf8")) as Entry[];
-      index = new Map(entries.map((e) => [`${e.linear}|${e.key}`, e]));
-      this.indexes.set(block, index);
+      const file = this.indexFile(block);
+      if (!existsSync(file)) throw new Error(`${file} is missing: the levels' factors are made before the search (prepareLevels)`);
+      this.factorIndexes.set(block, (index = JSON.parse(readFileSync(file, "utf8")) as FactorEntry[]));
     }
-    return index;
+    const entry = index.find((e) => e.linears.includes(linear));
+    if (!entry) throw new DataError({ file: this.indexFile(block), problem: `no factor for linear ${linear}; delete the levels folder to make them again` });
+    return entry;
+  }
+
+  /** A linear's factor, read back exactly as it was made. */
+  private readFactor(block: number, linear: string): SparseGptFactor {
+    const entry = this.factorOf(block, linear);
+    const file = join(this.dir, entry.file);
+    const bytes = readFileSync(file);
+    const n = entry.inFeatures;
+    if (bytes.length !== triangleLength(n) * 8) {
+      throw new DataError({ file, problem: `a damaged factor (${bytes.length} bytes where ${n} inputs take ${triangleLength(n) * 8}); delete the levels folder to make them again` });
+    }
+    // A fresh, aligned copy: the file's buffer may start anywhere.
+    const triangle = new Float64Array(triangleLength(n));
+    new Uint8Array(triangle.buffer).set(bytes);
+    return { inFeatures: n, upper: fromUpperTriangle(triangle, n), damping: entry.damping, dead: entry.dead };
+  }
+
+  /**
+   * A level pruned from its factor and stored for the next candidate that asks. A level
+   * that cannot be stored (a full disk) is still this candidate's: it is pruned again when
+   * asked for again.
+   */
+  private make(block: number, linear: string, level: Level, shape: readonly number[], file: string): Uint8Array {
+    const factor = this.readFactor(block, linear);
+    const dense = this.checkpoint.readBlockSource(block).linears[linear]!.weight;
+    const weight = isHostTensor(dense) ? dense.data : new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (!isHostTensor(dense)) dense.fill(weight);
+    const pruned = sparseGptPrune(weight, shape as unknown as Shape2, factor, { sparsity: level.sparsity }, { threshold: "exact", source: `block ${block} linear ${linear}` });
+    const packed = packLevel(encodeFrom(this.dtype, pruned.weight, 1, pruned.weight.length, false), this.width);
+    try {
+      mkdirSync(join(this.dir, `block-${block}`), { recursive: true });
+      writeWhole(file, packed);
+    } catch {
+      // Not stored (no room): this candidate has its level all the same.
+    }
+    return packed;
   }
 
   /**
    * The level a candidate's sparsity is: matched by its pruned count, else (rounding in a
    * method's projection) by the nearest level within 1e-9.
    */
-  private entry(block: number, linear: string, sparsity: number): Entry | undefined {
-    const index = this.index(block);
-    const entry = index.get(`${linear}|${this.request.keyOf(block, linear, sparsity)}`);
-    if (entry) return entry;
-    for (const e of index.values()) if (e.linear === linear && Math.abs(e.sparsity - sparsity) <= 1e-9) return e;
-    return undefined;
+  private entry(block: number, linear: string, sparsity: number): Level | undefined {
+    const levels = this.levelsOf(block, linear);
+    const key = this.request.keyOf(block, linear, sparsity);
+    return levels.find((l) => l.key === key) ?? levels.find((l) => Math.abs(l.sparsity - sparsity) <= 1e-9);
   }
 
   /** Whether a linear at this sparsity is one of its levels (else it is pruned some other way). */
@@ -271,32 +395,20 @@ export class LevelDatabase {
   }
 
   /**
-   * A linear at one of its levels, read from the levels' file when it is uploaded. A
-   * candidate's sparsity is matched by its pruned count, else (rounding in a method's
-   * projection) by the nearest level within 1e-9.
+   * A linear at one of its levels, read when it is uploaded: from the level's file, or
+   * pruned from the linear's factor the first time any candidate asks for it.
    */
   source(block: number, linear: string, sparsity: number, shape: readonly number[]): WeightSource {
-    const entry = this.entry(block, linear, sparsity);
-    if (!entry) throw new RangeError(`block ${block} linear ${linear} at sparsity ${sparsity} is not one of its levels`);
-    const file = join(this.dir, `block-${block}.bin`);
+    const level = this.entry(block, linear, sparsity);
+    if (!level) throw new RangeError(`block ${block} linear ${linear} at sparsity ${sparsity} is not one of its levels`);
+    const file = this.levelFile(block, linear, level);
     return {
       shape,
       fill: (into) => {
-        const bytes = Buffer.allocUnsafeSlow(entry.length);
-        const fd = openSync(file, "r");
-        try {
-          for (let done = 0; done < entry.length; ) {
-            const got = readSync(fd, bytes, done, Math.min(1 << 30, entry.length - done), entry.offset + done);
-            if (got === 0) throw new Error(`${file} ends before byte ${entry.offset + entry.length}`);
-            done += got;
-          }
-        } finally {
-          closeSync(fd);
-        }
-        const width = this.dtype === "F32" ? 4 : 2;
         const n = shape.reduce((a, b) => a * b, 1);
         const name = `block ${block} ${linear} level`;
-        convertInto({ file, name, dtype: this.dtype, rows: 1, cols: n, transposed: false }, unpackLevel(bytes, width, n, `${file} (${name})`), into);
+        const packed = existsSync(file) ? readFileSync(file) : this.make(block, linear, level, shape, file);
+        convertInto({ file, name, dtype: this.dtype, rows: 1, cols: n, transposed: false }, unpackLevel(packed, this.width, n, `${file} (${name})`), into);
       },
     };
   }

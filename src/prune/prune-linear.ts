@@ -2,7 +2,7 @@ import type { HostLinear } from "../model/spec.ts";
 import type { LinearInputStats } from "./collect.ts";
 import { applyMask, nmMask, unstructuredMask, type Shape2 } from "./masks.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
-import { sparseGptFactor, sparseGptPrune, type SparseGptFactor } from "./sparsegpt.ts";
+import { sparseGptFactor, sparseGptPrune } from "./sparsegpt.ts";
 import { timed, type StageTimings } from "./timings.ts";
 
 export type PruneMetric = "magnitude" | "wanda" | "sparsegpt";
@@ -28,7 +28,7 @@ export const pruneLinear = (
 ): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
   const weight = linear.weight.data;
-  if (metric === "sparsegpt") return sparseGptAtTargets(linear, stats, source, timings)(target);
+  if (metric === "sparsegpt") return sparseGptLinear(linear, stats, target, source, timings);
   if (metric === "wanda" && !stats) throw new Error(`${source}: Wanda needs the input norms`);
   const scores = timed(timings, "scoring", () => (metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight)));
   return timed(timings, "masking", () => {
@@ -42,20 +42,13 @@ export const pruneLinear = (
   });
 };
 
-/**
- * One linear pruned by SparseGPT at one target after another (EvoPress's levels): the
- * Hessian's factor is made for the first and kept for the rest, so each costs only its
- * solve. The linear is not changed.
- */
-export const sparseGptAtTargets = (linear: HostLinear, stats: LinearInputStats | undefined, source: string, timings?: StageTimings): ((target: LinearTarget) => HostLinear) => {
+/** One linear pruned by SparseGPT: its Hessian factored (sparseGptFactor), then solved for the target. The linear is not changed. */
+const sparseGptLinear = (linear: HostLinear, stats: LinearInputStats | undefined, target: LinearTarget, source: string, timings?: StageTimings): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
-  let factor: SparseGptFactor | undefined;
-  return (target) => {
-    if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
-    const hessian = stats.hessian;
-    // The copy handed over is consumed: the factorisation makes none of its own.
-    const made = (factor ??= timed(timings, "masking", () => sparseGptFactor(hessian.hessian(), shape[0], { source, consume: { hessianAgain: () => hessian.hessian() } })));
-    const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, made, target, { threshold: "exact", source }));
-    return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
-  };
+  if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
+  const hessian = stats.hessian;
+  // The copy handed over is consumed: the factorisation makes none of its own.
+  const factor = timed(timings, "masking", () => sparseGptFactor(hessian.hessian(), shape[0], { source, consume: { hessianAgain: () => hessian.hessian() } }));
+  const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, factor, target, { threshold: "exact", source }));
+  return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
 };

@@ -154,9 +154,9 @@ export class PrunedBlocks {
     return this.options.mode === "dense" && this.metric !== "sparsegpt" && this.options.materialise !== true;
   }
 
-  /** Builds the run's levels now (once), if it reads candidates from them; `onLevel` follows the build (LevelDatabase.build). */
-  async prepareLevels(log?: (line: string) => void, onLevel?: (done: number, total: number) => void): Promise<void> {
-    if (this.fromLevels) await (this.levelsBuilt ??= this.options.levels!.build(this.statistics, log ?? this.options.log, onLevel));
+  /** Factors the run's levels now (once), if it reads candidates from them; `onFactor` follows it (LevelDatabase.build). */
+  async prepareLevels(log?: (line: string) => void, onFactor?: (done: number, total: number) => void): Promise<void> {
+    if (this.fromLevels) await (this.levelsBuilt ??= this.options.levels!.build(this.statistics, log ?? this.options.log, onFactor));
   }
 
   /** Whether dense-mode SparseGPT candidates are read from the run's levels. */

@@ -165,9 +165,9 @@ export class Pruner {
     return this.blocks.allocationKey(allocation);
   }
 
-  /** Builds SparseGPT's levels now when the run reads candidates from them (a long step: it says what it costs). */
-  prepareLevels(log?: (line: string) => void, onLevel?: (done: number, total: number) => void): Promise<void> {
-    return this.blocks.prepareLevels(log, onLevel);
+  /** Factors SparseGPT's levels now when the run reads candidates from them (it says what they cost on disk). */
+  prepareLevels(log?: (line: string) => void, onFactor?: (done: number, total: number) => void): Promise<void> {
+    return this.blocks.prepareLevels(log, onFactor);
   }
 
   /** Puts the dense weights back into every block. */
