@@ -20,7 +20,7 @@ import type { Checkpoint } from "../src/checkpoint/types.ts";
 import { calibrationWindows } from "../src/data/calibration.ts";
 import { defaultData } from "../src/defaults.ts";
 import { evaluationWindows, tokenizerFor } from "../src/eval/inputs.ts";
-import { fromUpperTriangle, LevelDatabase, packLevel, unpackLevel, upperTriangle } from "../src/prune/levels.ts";
+import { LevelDatabase, packLevel, readFactorFile, unpackLevel, writeFactorFile } from "../src/prune/levels.ts";
 import { Pruner } from "../src/prune/pruner.ts";
 import { sizeContext } from "../src/search/fitness.ts";
 import { loadSearchSpace } from "../src/search/space.ts";
@@ -224,14 +224,18 @@ describe("a build of other settings or another format", () => {
 });
 
 describe("a factor as stored", () => {
-  it("property: its upper triangle gives back the factor, zero below the diagonal, in n(n+1)/2 values", () => {
+  it("property: its file holds the upper triangle, n(n+1)/2 values, and reads back to the factor bit for bit (zero below the diagonal); a cut or grown file is refused in one line", () => {
+    const file = join(root, "property.factor");
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 24 }), fc.infiniteStream(fc.double({ noNaN: true })), (n, values) => {
+      fc.property(fc.integer({ min: 1, max: 24 }), fc.infiniteStream(fc.double()), fc.integer({ min: -16, max: 16 }).filter((d) => d !== 0), (n, values, change) => {
         const upper = new Float64Array(n * n);
         for (let i = 0; i < n; i++) for (let j = i; j < n; j++) upper[i * n + j] = values.next().value;
-        const triangle = upperTriangle(upper, n);
-        expect(triangle.length).toBe((n * (n + 1)) / 2);
-        expect(Buffer.from(fromUpperTriangle(triangle, n).buffer).equals(Buffer.from(upper.buffer))).toBe(true);
+        writeFactorFile(file, upper, n);
+        expect(statSync(file).size).toBe(((n * (n + 1)) / 2) * 8);
+        expect(Buffer.from(readFactorFile(file, n).buffer).equals(Buffer.from(upper.buffer))).toBe(true);
+        const bytes = readFileSync(file);
+        writeFileSync(file, change < 0 ? bytes.subarray(0, Math.max(0, bytes.length + change)) : Buffer.concat([bytes, Buffer.alloc(change)]));
+        expect(() => readFactorFile(file, n)).toThrow(/property\.factor: a damaged factor \(\d+ bytes where \d+ inputs take \d+\); delete the levels folder to make them again/);
       }),
       { numRuns: 200 },
     );

@@ -17,7 +17,7 @@
  * same level at once each write the same bytes.
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statfsSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { Layout } from "../allocation/allocation.ts";
 import { convertInto, encodeFrom } from "../checkpoint/convert.ts";
@@ -149,18 +149,51 @@ const gib = (bytes: number): string => (bytes / GiB).toFixed(2);
 /** Values an upper factor of `n` inputs stores: its upper triangle, the diagonal included. */
 const triangleLength = (n: number): number => (n * (n + 1)) / 2;
 
-/** The upper triangle of a row-major [n, n] factor, row by row (below it is zero). */
-export const upperTriangle = (upper: Float64Array, n: number): Float64Array => {
-  const out = new Float64Array(triangleLength(n));
-  for (let i = 0, at = 0; i < n; at += n - i, i++) out.set(upper.subarray(i * n + i, (i + 1) * n), at);
-  return out;
+/** A name beside `file` no other process or thread writes to. */
+const partialOf = (file: string): string => `${file}.${process.pid}-${Math.random().toString(36).slice(2)}.partial`;
+
+/**
+ * Writes a row-major [n, n] upper factor as its upper triangle, row by row (below it is
+ * zero), whole (temporary name, then renamed). Straight from the factor: a 7B model's
+ * widest is nearly a gigabyte, and a copy of its triangle would be half that again.
+ */
+export const writeFactorFile = (file: string, upper: Float64Array, n: number): void => {
+  const partial = partialOf(file);
+  const fd = openSync(partial, "w");
+  try {
+    for (let i = 0; i < n; i++) {
+      const row = new Uint8Array(upper.buffer, upper.byteOffset + (i * n + i) * 8, (n - i) * 8);
+      for (let done = 0; done < row.length; ) done += writeSync(fd, row, done, row.length - done);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(partial, file);
 };
 
-/** The row-major [n, n] factor a stored triangle holds (zero below the diagonal). */
-export const fromUpperTriangle = (triangle: Float64Array, n: number): Float64Array => {
-  const out = new Float64Array(n * n);
-  for (let i = 0, at = 0; i < n; at += n - i, i++) out.set(triangle.subarray(at, at + n - i), i * n + i);
-  return out;
+/** The row-major [n, n] factor a file written by writeFactorFile holds, each row read into its place. */
+export const readFactorFile = (file: string, n: number): Float64Array => {
+  const fd = openSync(file, "r");
+  try {
+    const size = fstatSync(fd).size;
+    if (size !== triangleLength(n) * 8) {
+      throw new DataError({ file, problem: `a damaged factor (${size} bytes where ${n} inputs take ${triangleLength(n) * 8}); delete the levels folder to make them again` });
+    }
+    const out = new Float64Array(n * n);
+    let position = 0;
+    for (let i = 0; i < n; i++) {
+      const row = new Uint8Array(out.buffer, (i * n + i) * 8, (n - i) * 8);
+      for (let done = 0; done < row.length; ) {
+        const got = readSync(fd, row, done, row.length - done, position + done);
+        if (got === 0) throw new DataError({ file, problem: `ends before byte ${position + row.length}; delete the levels folder to make them again` });
+        done += got;
+      }
+      position += row.length;
+    }
+    return out;
+  } finally {
+    closeSync(fd);
+  }
 };
 
 /**
@@ -177,7 +210,7 @@ const sharedInputs = (spec: ModelSpec, names: readonly string[]): string[][] => 
 
 /** Writes a whole file under a temporary name, then renames it: readers never see part of one. */
 const writeWhole = (file: string, bytes: Uint8Array): void => {
-  const partial = `${file}.${process.pid}-${Math.random().toString(36).slice(2)}.partial`;
+  const partial = partialOf(file);
   writeFileSync(partial, bytes);
   renameSync(partial, file);
 };
@@ -309,8 +342,7 @@ export class LevelDatabase {
           // The copy handed over is consumed: the factorisation makes none of its own.
           const factor = timed(statistics.timings, "masking", () => sparseGptFactor(hessian.hessian(), inFeatures, { source, consume: { hessianAgain: () => hessian.hessian() } }));
           const file = `block-${block}-${linear}.factor`;
-          const triangle = upperTriangle(factor.upper, inFeatures);
-          writeWhole(join(this.dir, file), new Uint8Array(triangle.buffer));
+          writeFactorFile(join(this.dir, file), factor.upper, inFeatures);
           const linears = [linear];
           byInput.set(input, { linears, entry: { file, inFeatures, damping: factor.damping, dead: factor.dead } });
         }
@@ -346,16 +378,7 @@ export class LevelDatabase {
   /** A linear's factor, read back exactly as it was made. */
   private readFactor(block: number, linear: string): SparseGptFactor {
     const entry = this.factorOf(block, linear);
-    const file = join(this.dir, entry.file);
-    const bytes = readFileSync(file);
-    const n = entry.inFeatures;
-    if (bytes.length !== triangleLength(n) * 8) {
-      throw new DataError({ file, problem: `a damaged factor (${bytes.length} bytes where ${n} inputs take ${triangleLength(n) * 8}); delete the levels folder to make them again` });
-    }
-    // A fresh, aligned copy: the file's buffer may start anywhere.
-    const triangle = new Float64Array(triangleLength(n));
-    new Uint8Array(triangle.buffer).set(bytes);
-    return { inFeatures: n, upper: fromUpperTriangle(triangle, n), damping: entry.damping, dead: entry.dead };
+    return { inFeatures: entry.inFeatures, upper: readFactorFile(join(this.dir, entry.file), entry.inFeatures), damping: entry.damping, dead: entry.dead };
   }
 
   /**
