@@ -109,6 +109,26 @@ describe("SparseGPT's levels", () => {
       } finally {
         again.dispose();
       }
+      // A level that cannot be stored (here block 3's folder cannot be made; a full disk
+      // alike) is the candidate's all the same, and nothing of it is left behind.
+      rmSync(join(dir, "block-3"), { recursive: true, force: true });
+      writeFileSync(join(dir, "block-3"), "not a folder");
+      const unstored = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
+      try {
+        await unstored.prepareLevels();
+        const allocation = toAllocation(Array.from({ length: n }, (_, k) => levelsOf[(k + 1) % 3]!), unstored.layout, { kind: "unstructured" });
+        await unstored.apply(allocation);
+        await fromHessians.apply(allocation);
+        expect((await unstored.perplexity(windows)).ppl).toBe((await fromHessians.perplexity(windows)).ppl);
+        const a = unstored.prunedBlocks();
+        fromHessians.prunedBlocks().forEach((block, i) => {
+          for (const [name, l] of Object.entries(block.linears)) expect(Buffer.from(a[i]!.linears[name]!.weight.data.buffer).equals(Buffer.from(l.weight.data.buffer)), `${i}.${name}`).toBe(true);
+        });
+        expect(readdirSync(dir).filter((f) => f.includes("partial"))).toEqual([]);
+      } finally {
+        unstored.dispose();
+        rmSync(join(dir, "block-3"), { force: true });
+      }
     } finally {
       fromLevels.dispose();
       fromHessians.dispose();

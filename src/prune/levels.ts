@@ -165,9 +165,12 @@ export const writeFactorFile = (file: string, upper: Float64Array, n: number): v
       const row = new Uint8Array(upper.buffer, upper.byteOffset + (i * n + i) * 8, (n - i) * 8);
       for (let done = 0; done < row.length; ) done += writeSync(fd, row, done, row.length - done);
     }
-  } finally {
+  } catch (error) {
     closeSync(fd);
+    rmSync(partial, { force: true });
+    throw error;
   }
+  closeSync(fd);
   renameSync(partial, file);
 };
 
@@ -211,7 +214,13 @@ const sharedInputs = (spec: ModelSpec, names: readonly string[]): string[][] => 
 /** Writes a whole file under a temporary name, then renames it: readers never see part of one. */
 const writeWhole = (file: string, bytes: Uint8Array): void => {
   const partial = partialOf(file);
-  writeFileSync(partial, bytes);
+  try {
+    writeFileSync(partial, bytes);
+  } catch (error) {
+    // A full disk leaves no part of a file behind.
+    rmSync(partial, { force: true });
+    throw error;
+  }
   renameSync(partial, file);
 };
 
