@@ -10,16 +10,19 @@
  *  - prune with Wanda and with SparseGPT at 50%, 4 calibration windows of 512, evaluated
  *    dense and pruned on the same 2 windows, the folder written;
  *  - a search: evopress, KL fitness, a 16384-token budget with a stage plan that fits it
- *    (bench/scale-evopress.json), final re-pruning of the best, uniform and OWL.
+ *    (bench/scale-evopress.json), final re-pruning of the best, uniform and OWL;
+ *  - the same search with SparseGPT (`search-sparsegpt`, not in the default parts: on 2
+ *    cores it is most of an hour at 1.1B): its levels' factors made before the search, the
+ *    levels it reaches pruned from them, counted against every level the space holds.
  * Beside ours, the PyTorch CPU peer (bench/peer/llama_cpu.py, Debian's python3-torch) on
  * the same checkpoint and the same token windows: its forward and its block-by-block Wanda
  * and SparseGPT, as locuslab/wanda prunes. Measured one after the other in one run.
  *
- * `--sizes=1.1b,6.7b` (default both), `--parts=eval,wanda,sparsegpt,search` (default all),
+ * `--sizes=1.1b,6.7b` (default both), `--parts=eval,wanda,sparsegpt,search,search-sparsegpt` (default all but the last),
  * `--peer=off` to skip PyTorch, `--rounds=1` for one eval each. CSV in results/bench/scale.csv.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { parse } from "csv-parse/sync";
 import { stringify } from "csv-stringify/sync";
@@ -49,6 +52,24 @@ interface Row {
 }
 
 const GB = 1e9;
+
+/** What a SparseGPT search left in its levels folder: the levels it made, and the factors. */
+const levelsMade = (dir: string): { made: number; levelBytes: number; factorBytes: number } => {
+  let made = 0;
+  let levelBytes = 0;
+  let factorBytes = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) {
+      for (const level of readdirSync(join(dir, entry.name))) {
+        made++;
+        levelBytes += statSync(join(dir, entry.name, level)).size;
+      }
+    } else if (entry.name.endsWith(".factor")) {
+      factorBytes += statSync(join(dir, entry.name)).size;
+    }
+  }
+  return { made, levelBytes, factorBytes };
+};
 const fmt = (x: number | undefined, digits = 1) => (x === undefined ? "" : x.toFixed(digits));
 
 /** Python with torch: Debian's (python3-torch) where it is installed. */
@@ -97,6 +118,8 @@ export const scaleSection = async (args: readonly string[]): Promise<void> => {
   const rounds = Math.max(1, Number(option("rounds") ?? EVAL_ROUNDS) || EVAL_ROUNDS);
   const sizes = (option("sizes") ?? "1.1b,6.7b").split(",");
   const parts = (option("parts") ?? "eval,wanda,sparsegpt,search").split(",");
+  const unknown = parts.filter((p) => !["eval", "wanda", "sparsegpt", "search", "search-sparsegpt"].includes(p));
+  if (unknown.length > 0) throw new Error(`--parts: unknown ${unknown.join(", ")} (eval, wanda, sparsegpt, search, search-sparsegpt)`);
   const backend = option("backend") ?? "native";
   const python = option("peer") === "off" ? undefined : peerPython();
   const shapes: Record<string, LlamaShape> = { "1.1b": TINYLLAMA_1B, "6.7b": LLAMA2_7B };
@@ -152,15 +175,27 @@ export const scaleSection = async (args: readonly string[]): Promise<void> => {
           rows.push({ size, what: `prune ${metric}`, who: "PyTorch", seconds: p.seconds, peakBytes: p.json.peakRssBytes, ppl: p.json.ppl, note: p.json.streamed ? "blocks streamed" : "resident" });
         }
       }
-      if (parts.includes("search")) {
-        const out = join(work, "search");
+      for (const metric of ["wanda", "sparsegpt"]) {
+        const part = metric === "wanda" ? "search" : "search-sparsegpt";
+        if (!parts.includes(part)) continue;
+        const out = join(work, part);
         const r = ours(
-          "search",
-          "search", ...common, "--method", "evopress", "--fitness", "kl", "--sparsity", "0.5", "--budget-tokens", String(BUDGET_TOKENS),
+          part,
+          "search", ...common, "--method", "evopress", "--metric", metric, "--fitness", "kl", "--sparsity", "0.5", "--budget-tokens", String(BUDGET_TOKENS),
           "--space", join(projectRoot, "bench", "scale-evopress.json"), "--nsamples", String(CALIBRATION), "--fitness-windows", String(EVAL_WINDOWS),
           "--eval-windows", String(EVAL_WINDOWS), "--out", out,
         );
-        rows.push({ size, what: "search (evopress, KL, 16k tokens)", who: "evosparse", seconds: r.seconds, peakBytes: r.json.memory.peakRssBytes, estimatedBytes: r.json.memory.estimatedPeakBytes, ppl: r.json.final.results[0].test, note: `${r.json.evaluations} evaluations` });
+        const levels = metric === "sparsegpt" ? levelsMade(join(out, "levels")) : undefined;
+        rows.push({
+          size,
+          what: `search (evopress${metric === "sparsegpt" ? ", SparseGPT" : ""}, KL, 16k tokens)`,
+          who: "evosparse",
+          seconds: r.seconds,
+          peakBytes: r.json.memory.peakRssBytes,
+          estimatedBytes: r.json.memory.estimatedPeakBytes,
+          ppl: r.json.final.results[0].test,
+          note: `${r.json.evaluations} evaluations${levels ? `; ${levels.made} levels made (${(levels.levelBytes / GB).toFixed(2)} GB), factors ${(levels.factorBytes / GB).toFixed(2)} GB` : ""}`,
+        });
         rmSync(out, { recursive: true, force: true });
       }
     } finally {
