@@ -66,11 +66,11 @@ export interface PrunerOptions {
   readonly activations?: ActivationPlace;
   /**
    * SparseGPT's levels (levels.ts): dense-mode SparseGPT candidates are read from linears
-   * pruned once at each sparsity the method can reach, instead of from every linear's
-   * Hessian kept for the run.
+   * pruned at the sparsities the method can reach (each when first asked for, from its
+   * input's factor), instead of from every linear's Hessian kept for the run.
    */
   readonly levels?: Omit<LevelsRequest, "keyOf">;
-  /** Lines about long preparations (building the levels). */
+  /** Lines about long preparations (factoring the levels). */
   readonly log?: (line: string) => void;
 }
 

@@ -123,12 +123,13 @@ export interface MethodPlugin<Space = unknown> {
   readonly startable?: boolean;
   /**
    * The sparsities each linear (MethodContext.linears, in order) can take, when they are a
-   * known, finite set: a SparseGPT run then prunes every linear once at each of them
-   * ahead (src/prune/levels.ts) instead of keeping every Hessian. Needs only the context's
-   * sizes, target and bounds, not its statistics.
+   * known, finite set: a SparseGPT run then prunes a linear at one of them when a
+   * candidate first asks for it, from factors made ahead (src/prune/levels.ts), instead of
+   * keeping every Hessian. Needs only the context's sizes, target and bounds, not its
+   * statistics.
    */
   levels?(context: MethodContext, space: Space): readonly (readonly number[])[];
-  /** How a user asks this method for fewer levels: the refusal names it when they do not fit on disk. */
+  /** How a user asks this method for fewer levels: the run names it when they may not fit on disk. */
   readonly fewerLevels?: string;
   /**
    * A staged method's plan (children and stages) as its space fixes it; undefined when the
