@@ -312,7 +312,7 @@ describe("a level as stored", () => {
 });
 
 describe("evopress's levels", () => {
-  it("take about a fifth of the disk with evopress-linear.json that they take with the default space, as the refusal says", () => {
+  it("would take about a fifth of the disk with evopress-linear.json that they would with the default space, as the run says when they may not fit", () => {
     const ckpt = openCheckpointSync(embeddedModel);
     try {
       const layout = layoutOf(ckpt.spec);
