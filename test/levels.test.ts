@@ -66,7 +66,7 @@ describe("SparseGPT's levels", () => {
     try {
       await fromLevels.prepareLevels((line) => lines.push(line));
       expect(lines[0]).toMatch(
-        /^SparseGPT levels: each linear pruned at a level when a candidate first asks for it, from its Hessian's factor; factors [\d.]+ GiB now \(8 of 8 blocks to factor\), levels up to [\d.]+ GiB as the search reaches them, in .*levels$/,
+        /^SparseGPT levels: each linear pruned at a level when a candidate first asks for it, from its Hessian's factor; factors [\d.]+ (MiB|GiB) now \(8 of 8 blocks to factor\), levels up to [\d.]+ (MiB|GiB) as the search reaches them, in .*levels$/,
       );
       // Factored, and not one level made yet: a factor an input (q, k and v read one, as do
       // gate and up), taking what the estimate printed said.

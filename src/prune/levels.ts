@@ -23,6 +23,7 @@ import type { Layout } from "../allocation/allocation.ts";
 import { convertInto, encodeFrom } from "../checkpoint/convert.ts";
 import type { Checkpoint, StorageDtype } from "../checkpoint/types.ts";
 import { DataError, UsageError } from "../errors.ts";
+import { formatBytes } from "../memory/plan.ts";
 import { isHostTensor, linearShapes, type ModelSpec, type WeightSource } from "../model/spec.ts";
 import type { DenseStatistics } from "./dense-statistics.ts";
 import type { Shape2 } from "./masks.ts";
@@ -144,7 +145,6 @@ const diskFree = (dir: string): number => {
 };
 
 const GiB = 2 ** 30;
-const gib = (bytes: number): string => (bytes / GiB).toFixed(2);
 
 /** Values an upper factor of `n` inputs stores: its upper triangle, the diagonal included. */
 const triangleLength = (n: number): number => (n * (n + 1)) / 2;
@@ -319,7 +319,7 @@ export class LevelDatabase {
     const free = (this.request.freeBytes ?? diskFree)(this.dir);
     log(
       `SparseGPT levels: each linear pruned at a level when a candidate first asks for it, from its Hessian's factor; ` +
-        `factors ${gib(factors)} GiB now (${missing.length} of ${blocks} blocks to factor), levels up to ${gib(levels)} GiB as the search reaches them, in ${this.dir}`,
+        `factors ${formatBytes(factors)} now (${missing.length} of ${blocks} blocks to factor), levels up to ${formatBytes(levels)} as the search reaches them, in ${this.dir}`,
     );
     if (free < factors) {
       throw new UsageError({ problem: `${this.dir}: the SparseGPT factors need ${(factors / GiB).toFixed(1)} GiB on disk and ${(free / GiB).toFixed(1)} GiB is free; use --mode sequential or another disk` });
