@@ -13,7 +13,7 @@
  *    (bench/scale-evopress.json), final re-pruning of the best, uniform and OWL;
  *  - the same search with SparseGPT (`search-sparsegpt`, not in the default parts: on 2
  *    cores it is most of an hour at 1.1B): its levels' factors made before the search, the
- *    levels it reaches pruned from them, counted against every level the space holds.
+ *    levels it reaches pruned from them; uniform and OWL as its baselines.
  * Beside ours, the PyTorch CPU peer (bench/peer/llama_cpu.py, Debian's python3-torch) on
  * the same checkpoint and the same token windows: its forward and its block-by-block Wanda
  * and SparseGPT, as locuslab/wanda prunes. Measured one after the other in one run.
@@ -184,6 +184,8 @@ export const scaleSection = async (args: readonly string[]): Promise<void> => {
           "search", ...common, "--method", "evopress", "--metric", metric, "--fitness", "kl", "--sparsity", "0.5", "--budget-tokens", String(BUDGET_TOKENS),
           "--space", join(projectRoot, "bench", "scale-evopress.json"), "--nsamples", String(CALIBRATION), "--fitness-windows", String(EVAL_WINDOWS),
           "--eval-windows", String(EVAL_WINDOWS), "--out", out,
+          // Each baseline's final re-pruning is a SparseGPT prune of the model (minutes at 1.1B): two.
+          ...(metric === "sparsegpt" ? ["--baselines", "uniform,owl"] : []),
         );
         const levels = metric === "sparsegpt" ? levelsMade(join(out, "levels")) : undefined;
         rows.push({
