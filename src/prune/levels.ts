@@ -13,8 +13,9 @@
  * candidate read from them is exactly the one its Hessians would make, and packed (a bit a
  * weight, then the weights kept), so a level costs about what its kept weights do. Every
  * file is written whole (temporary name, then renamed): a stopped factoring resumes from
- * the first block it had not finished, and worker threads or queue workers making the
- * same level at once each write the same bytes.
+ * the first block it had not finished, and worker threads making the same level at once
+ * each write the same bytes (queue workers, on other machines, prune from Hessians of
+ * their own instead).
  */
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from "node:fs";
