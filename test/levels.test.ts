@@ -148,6 +148,22 @@ describe("SparseGPT's levels", () => {
       damaged.dispose();
     }
     writeFileSync(cut, whole);
+    // A damaged index: refused in one line too, never read as factors.
+    const index = join(dir, "block-7.json");
+    const indexBytes = readFileSync(index);
+    for (const bad of ["", "{", "[1]", JSON.stringify([{ linears: ["q"], file: "../../etc/passwd", inFeatures: 8, damping: 0, dead: [] }])]) {
+      writeFileSync(index, bad);
+      const reader = Pruner.create(ckpt, { metric: "sparsegpt", mode: "dense", calibration, levels: { dir, sparsities } });
+      try {
+        await reader.prepareLevels();
+        await expect(reader.apply(toAllocation(Array.from({ length: n }, () => 0.5), reader.layout, { kind: "unstructured" })).then(() => reader.perplexity(windows))).rejects.toThrow(
+          /block-7\.json: not a factor index of the levels; delete the levels folder to make them again/,
+        );
+      } finally {
+        reader.dispose();
+      }
+    }
+    writeFileSync(index, indexBytes);
     // A factoring stopped after some blocks: only the others are factored again.
     rmSync(join(dir, "block-5.json"));
     rmSync(join(dir, "block-6.json"));

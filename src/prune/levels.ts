@@ -225,6 +225,27 @@ const writeWhole = (file: string, bytes: Uint8Array): void => {
   renameSync(partial, file);
 };
 
+const isFactorEntry = (e: unknown): e is FactorEntry => {
+  const f = e as FactorEntry;
+  return (
+    typeof f === "object" && f !== null && Array.isArray(f.linears) && f.linears.every((l) => typeof l === "string") &&
+    typeof f.file === "string" && /^block-\d+-[\w.-]+\.factor$/.test(f.file) && Number.isInteger(f.inFeatures) && f.inFeatures > 0 &&
+    Number.isFinite(f.damping) && Array.isArray(f.dead) && f.dead.every((i) => Number.isInteger(i) && i >= 0 && i < f.inFeatures)
+  );
+};
+
+/** A block's factor index, as build wrote it; anything else is refused in one line. */
+const readFactorIndex = (file: string): FactorEntry[] => {
+  let entries: unknown;
+  try {
+    entries = JSON.parse(readFileSync(file, "utf8"));
+  } catch {
+    entries = undefined;
+  }
+  if (!Array.isArray(entries) || !entries.every(isFactorEntry)) throw new DataError({ file, problem: "not a factor index of the levels; delete the levels folder to make them again" });
+  return entries;
+};
+
 export class LevelDatabase {
   private readonly factorIndexes = new Map<number, readonly FactorEntry[]>();
   private readonly levelLists = new Map<string, readonly Level[]>();
@@ -378,7 +399,7 @@ export class LevelDatabase {
     if (!index) {
       const file = this.indexFile(block);
       if (!existsSync(file)) throw new Error(`${file} is missing: the levels' factors are made before the search (prepareLevels)`);
-      this.factorIndexes.set(block, (index = JSON.parse(readFileSync(file, "utf8")) as FactorEntry[]));
+      this.factorIndexes.set(block, (index = readFactorIndex(file)));
     }
     const entry = index.find((e) => e.linears.includes(linear));
     if (!entry) throw new DataError({ file: this.indexFile(block), problem: `no factor for linear ${linear}; delete the levels folder to make them again` });
