@@ -96,6 +96,36 @@ describe("evosparse prune on the embedded model (Hugging Face input)", () => {
     }
   });
 
+  it("shows each long step's progress as a user runs it (no --json): blocks chosen, pruned, windows scored, blocks written", () => {
+    const out = join(root, "progress");
+    const r = evosparse("prune", ...common, "--metric", "sparsegpt", "--sparsity", "0.6", "--allocation", "owl", "--out", out);
+    expect(r.code).toBe(0);
+    const blocks = 8;
+    const lines = r.stderr.split("\n");
+    // Off a terminal, plain lines: every step's first and last count, in the pipeline's order.
+    const at = (line: string): number => {
+      const i = lines.findIndex((l) => l.startsWith(line));
+      expect(i, `stderr has a line starting "${line}":\n${r.stderr}`).toBeGreaterThanOrEqual(0);
+      return i;
+    };
+    const order = [
+      at(`allocation (blocks): 0/${blocks} `),
+      at(`allocation (blocks): ${blocks}/${blocks} `),
+      at(`prune (blocks): 0/${blocks} `),
+      at(`prune (blocks): ${blocks}/${blocks} `),
+      at("eval pruned (windows): 2/2 "),
+      at("eval dense (windows): 2/2 "),
+      at(`export (blocks): 0/${blocks} `),
+      at(`export (blocks): ${blocks}/${blocks} `),
+    ];
+    expect([...order].sort((a, b) => a - b)).toEqual(order);
+    expect(lines.findIndex((l) => l.startsWith("pruning 8 blocks"))).toBeLessThan(order[2]!);
+    // --json prints the report and nothing on stderr.
+    const quiet = evosparse("prune", ...common, "--metric", "sparsegpt", "--sparsity", "0.6", "--allocation", "owl", "--out", join(root, "progress-json"), "--json");
+    expect(quiet.code).toBe(0);
+    expect(quiet.stderr).toBe("");
+  });
+
   it("rejects a bad allocation file with one line naming it, and writes nothing", () => {
     const file = join(root, "bad.csv");
     // One row of the model's 56: the rest are missing.

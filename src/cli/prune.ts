@@ -1,6 +1,7 @@
 import type { Argv } from "yargs";
 import type { BackendChoice } from "../backend/backend.ts";
-import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../jobs/prune.ts";
+import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings, type PruneStep } from "../jobs/prune.ts";
+import { startProgress, type Progress } from "./progress.ts";
 import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
@@ -9,6 +10,15 @@ import { protocolFromRun } from "../jobs/search.ts";
 import { givenFlags, memoryOptions, settingsFromArgv, tableOptions } from "./flags.ts";
 import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
+
+/** What each step's progress line is called. */
+const STEP_LABELS: Readonly<Record<PruneStep, string>> = {
+  allocation: "allocation (blocks)",
+  prune: "prune (blocks)",
+  "eval pruned": "eval pruned (windows)",
+  "eval dense": "eval dense (windows)",
+  export: "export (blocks)",
+};
 
 /** The flags of PRUNE_FLAGS (by their camelCase names), and where and how the result goes. */
 export interface PruneArgs {
@@ -107,7 +117,9 @@ export const pruneCommand = {
         describe: "a search's run folder: prune its best allocation with the search's final protocol (model, calibration, mode, test text and windows), so the reported test perplexity is reproduced; flags given override",
       }),
   handler: async (argv: PruneArgs) => {
-    const log = argv.json ? undefined : (line: string) => process.stderr.write(line + "\n");
+    let progress: Progress | undefined;
+    // Lines printed while a progress line is drawn end it first.
+    const log = argv.json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n"));
     let settings: PruneSettings;
     let importance = argv.structured;
     let structuredFromRun: Partial<StructuredSettings> = {};
@@ -130,6 +142,10 @@ export const pruneCommand = {
     const misplaced = Object.values(STRUCTURED_FLAGS).find((f) => (argv as unknown as Record<string, unknown>)[camelOf(f.flag)] !== undefined);
     if (misplaced) return reportFailure(new UsageError({ problem: `--${misplaced.flag} applies to structured pruning: give --structured KIND with it` }));
     if (argv.resume) return reportFailure(new UsageError({ problem: "--resume continues a structured prune's LoRA recovery: give --structured KIND with it" }));
+    // One bar a step; a step that counts from the start again (another pass over the blocks
+    // while an allocation is chosen) starts a bar of its own.
+    let step: PruneStep | undefined;
+    let last = 0;
     const report = await runCommand(
       pruneJob({
         ...settings,
@@ -139,8 +155,18 @@ export const pruneCommand = {
         streamed: argv.streamed,
         ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
         ...(log ? { log } : {}),
+        onProgress: (now, done, total) => {
+          if (now !== step || done < last) {
+            progress?.stop();
+            progress = startProgress(STEP_LABELS[now], total, { quiet: argv.json });
+            step = now;
+          }
+          last = done;
+          progress!.update(done);
+        },
       }),
     );
+    progress?.stop();
     if (!report) return;
     process.stdout.write(argv.json ? JSON.stringify(report) + "\n" : summary(report));
   },

@@ -72,13 +72,22 @@ export interface PruneJobRequest {
   readonly memoryMib?: number;
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
+  /**
+   * Progress of the long steps, each counted from 0 to its total: blocks visited while the
+   * allocation is chosen (its statistics, a method's candidates), blocks pruned, evaluation
+   * windows scored (pruned model, then dense), blocks written.
+   */
+  readonly onProgress?: (step: PruneStep, done: number, total: number) => void;
 }
+
+export const PRUNE_STEPS = ["allocation", "prune", "eval pruned", "eval dense", "export"] as const;
+export type PruneStep = (typeof PRUNE_STEPS)[number];
 
 export const EXPORT_DTYPES = ["auto", "F32", "F16", "BF16"] as const;
 export type ExportDtype = (typeof EXPORT_DTYPES)[number];
 
 /** What decides a prune's result: the request without where it goes and how it is run. */
-export type PruneSettings = Omit<PruneJobRequest, "out" | "overwrite" | "backend" | "log" | "memoryMib" | "streamed">;
+export type PruneSettings = Omit<PruneJobRequest, "out" | "overwrite" | "backend" | "log" | "onProgress" | "memoryMib" | "streamed">;
 
 /** The flag of every prune setting: the command's options and printed commands derive from it. */
 export const PRUNE_FLAGS: FlagTable<PruneSettings> = {
@@ -195,6 +204,16 @@ export const pruneJob = (request: PruneJobRequest) =>
       // Pruned blocks the plan keeps on disk wait beside the output, under a name a later run
       // clears if this one is killed (output/folder.ts).
       const scratch = plan.spill ? stagingFolder(request.out) : undefined;
+      // The pruner reports each block it finishes; which step that block belongs to is the
+      // step the job is in. A pass starts at block 0, so each pass counts from 0 again.
+      let step: PruneStep = "allocation";
+      const progress = request.onProgress;
+      const onBlock = progress
+        ? (block: number) => {
+            if (block === 0) progress(step, 0, spec.numLayers);
+            progress(step, block + 1, spec.numLayers);
+          }
+        : undefined;
 
       const pruner = yield* Effect.acquireRelease(
         Effect.sync(() =>
@@ -210,6 +229,7 @@ export const pruneJob = (request: PruneJobRequest) =>
               activations: plan.activations,
               cacheBytes: plan.cacheBytes,
               ...(scratch ? { scratch } : {}),
+              ...(onBlock ? { onBlock } : {}),
             },
           ),
         ),
@@ -258,6 +278,7 @@ export const pruneJob = (request: PruneJobRequest) =>
       const allocationSeconds = (performance.now() - t1) / 1000;
 
       log(`pruning ${spec.numLayers} blocks with ${request.metric} (${request.mode})`);
+      step = "prune";
       yield* attemptPromise(() => pruner.apply(allocation));
       const linears = pruner.outcomes(allocation);
       let zeros = 0;
@@ -272,10 +293,11 @@ export const pruneJob = (request: PruneJobRequest) =>
         const format = request.evalFormat ?? "text";
         const windows = yield* attempt(() => evaluationWindows({ data: request.eval!, format, ...(request.evalWindows ? { maxWindows: request.evalWindows } : {}) }, tokenizer, seqlen));
         log(`evaluating on ${windows.length} windows of ${request.eval}`);
-        const pruned = yield* attemptPromise(() => pruner.perplexity(windows));
+        const scored = (which: PruneStep) => (progress ? { onProgress: (done: number, total: number) => progress(which, done, total) } : {});
+        const pruned = yield* attemptPromise(() => pruner.perplexity(windows, scored("eval pruned")));
         yield* checkFiniteLoss(pruned, request.model, request.eval!);
         pruner.restoreDense();
-        const dense = yield* attemptPromise(() => pruner.perplexity(windows));
+        const dense = yield* attemptPromise(() => pruner.perplexity(windows, scored("eval dense")));
         yield* checkFiniteLoss(dense, request.model, request.eval!);
         evaluation = { data: request.eval, format, seqlen, windows: windows.length, tokens: pruned.tokens, dense: dense.ppl, pruned: pruned.ppl };
         log(`perplexity: dense ${dense.ppl.toFixed(4)}, pruned ${pruned.ppl.toFixed(4)}`);
@@ -308,7 +330,13 @@ export const pruneJob = (request: PruneJobRequest) =>
       yield* exportHuggingFaceEffect(
         request.out,
         checkpoint,
-        { count: spec.numLayers, read: (i) => pruner.prunedBlock(i) },
+        {
+          count: spec.numLayers,
+          read: (i) => {
+            progress?.("export", i, spec.numLayers);
+            return pruner.prunedBlock(i);
+          },
+        },
         {
           "allocation.csv": formatAllocationCsv(allocation),
           // Written last, with the seconds the export took until then.
@@ -316,6 +344,7 @@ export const pruneJob = (request: PruneJobRequest) =>
         },
         { overwrite: request.overwrite ?? false, command: "prune", dtype },
       );
+      progress?.("export", spec.numLayers, spec.numLayers);
       // The report printed is the one written.
       return written!;
     }),
