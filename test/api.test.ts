@@ -21,7 +21,17 @@ describe("the API", () => {
   });
 
   it("prune gives the prune command's report, and a refusal rejects with its UsageError", async () => {
-    const report = await prune({ ...small, sparsity: 0.5, allocation: "owl", eval: "brown:test", evalWindows: 2, out: join(root, "pruned") });
+    const steps: string[] = [];
+    const report = await prune({
+      ...small, sparsity: 0.5, allocation: "owl", eval: "brown:test", evalWindows: 2, out: join(root, "pruned"),
+      onProgress: (step, done, total) => void steps.push(`${step} ${done}/${total}`),
+    });
+    // Every block pruned and written is counted once, in order; the windows at the end.
+    const counted = (step: string) => steps.filter((s) => s.startsWith(`${step} `));
+    expect(counted("prune")).toEqual(Array.from({ length: 9 }, (_, i) => `prune ${i}/8`));
+    expect(counted("export")).toEqual(Array.from({ length: 9 }, (_, i) => `export ${i}/8`));
+    expect(counted("eval pruned").at(-1)).toBe("eval pruned 2/2");
+    expect(counted("eval dense").at(-1)).toBe("eval dense 2/2");
     const cli = jsonOf(evosparse("prune", "--nsamples", "2", "--seqlen", "128", "--sparsity", "0.5", "--allocation", "owl", "--eval", "brown:test", "--eval-windows", "2", "--out", join(root, "cli"), "--json"));
     expect(report.evaluation!.pruned).toBe(cli.evaluation.pruned);
     expect(report.linears).toEqual(cli.linears);

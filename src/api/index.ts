@@ -14,7 +14,7 @@ import type { TextFormat } from "../data/text-source.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import type { GenerationRecord } from "../engine/state.ts";
 import { evaluate as evaluateJob, type EvalReport } from "../jobs/eval.ts";
-import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings } from "../jobs/prune.ts";
+import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings, type PruneStep } from "../jobs/prune.ts";
 import { protocolFromRun, SEARCH_FLAGS, searchJob, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
 import { statsJob, type StatsRequest } from "../jobs/stats.ts";
 import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
@@ -25,7 +25,7 @@ import { patternOf, type Pattern } from "../allocation/pattern.ts";
 import { checkSettings, flagDefaults, type FlagTable } from "../settings/flag-table.ts";
 
 export type { SearchSummary, FinalResult, SearchSettings, GivenSettings } from "../jobs/search.ts";
-export type { PruneReport, PruneSettings, PruneEvaluation } from "../jobs/prune.ts";
+export type { PruneReport, PruneSettings, PruneEvaluation, PruneStep } from "../jobs/prune.ts";
 export type { EvalReport } from "../jobs/eval.ts";
 export type { LinearStatistics } from "../prune/dense-statistics.ts";
 export type { GenerationRecord } from "../engine/state.ts";
@@ -108,7 +108,7 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly onLevels?: (done: number, total: number) => void;
   };
 
-const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "overwrite", "from", "importance"] as const;
+const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "onProgress", "overwrite", "from", "importance"] as const;
 
 /**
  * The settings among a function's options, checked by the command's flag table as the
@@ -150,6 +150,8 @@ export type PruneOptions = Partial<Omit<PruneSettings, "pattern">> &
     readonly overwrite?: boolean;
     /** A search's run folder: its best allocation with the search's final protocol (settings given here override). */
     readonly from?: string;
+    /** Follows each long step: `(step, done, total)`, each step counted from 0 (blocks, or evaluation windows). */
+    readonly onProgress?: (step: PruneStep, done: number, total: number) => void;
   };
 
 /** The prune settings of options: the command's defaults, a run's final protocol (`from`), then the options. */
@@ -165,7 +167,9 @@ export const prune = async (options: PruneOptions): Promise<PruneReport> => {
     throw new UsageError({ problem: `from ${options.from}: a structured search; re-prune its best with pruneStructured({ from })` });
   }
   const settings = pruneSettingsOf(options, protocol?.prune ?? {});
-  return run(pruneJob({ ...settings, out: options.out, ...(options.overwrite ? { overwrite: true } : {}), ...runOptions(options) }));
+  return run(
+    pruneJob({ ...settings, out: options.out, ...(options.overwrite ? { overwrite: true } : {}), ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...runOptions(options) }),
+  );
 };
 
 export type PruneStructuredOptions = Omit<PruneOptions, "pattern"> &
