@@ -60,6 +60,24 @@ describe("the API", () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it("search follows its final re-pruning: each measurement, and inside it the blocks re-pruned, then the test windows", async () => {
+    const finals: string[] = [];
+    const steps: string[] = [];
+    const summary = await search({
+      ...small, method: "dsa", sparsity: 0.6, population: 4, generations: 1, fitnessWindows: 1, evalWindows: 2, baselines: "uniform", out: join(root, "search"),
+      onFinal: (done, total, what) => void finals.push(`${done}/${total} ${what}`),
+      onFinalStep: (step, done, total) => void steps.push(`${step} ${done}/${total}`),
+    });
+    expect(summary.final.results.map((r) => r.method)).toEqual(["dsa", "uniform"]);
+    expect(finals).toEqual(["0/3 dense", "1/3 dsa", "1/3 dsa", "2/3 done", "2/3 uniform", "3/3 done"]);
+    // The dense model is only scored; each allocation is re-pruned block by block (8), then scored.
+    const blocks = Array.from({ length: 8 }, (_, i) => `blocks ${i + 1}/8`);
+    const windows = (list: string[]) => list.filter((s) => s.startsWith("windows "));
+    const groups = steps.join(",").split(/,?windows 2\/2,?/);
+    expect(windows(steps).at(-1)).toBe("windows 2/2");
+    expect(groups).toEqual(["", blocks.join(","), blocks.join(","), ""]);
+  });
+
   it("stats gives the rows of the stats command and writes its CSV when asked", async () => {
     const out = join(root, "stats.csv");
     const rows = await stats({ ...small, out });

@@ -106,9 +106,13 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly onGeneration?: (record: GenerationRecord, total: number) => void;
     /** Follows the SparseGPT levels' factoring before the search, linear by linear: `(0, total)`, then after each. */
     readonly onLevels?: (done: number, total: number) => void;
+    /** Follows the final re-pruning: `done` of `total` measurements (the dense model, then each allocation), `what` is next. */
+    readonly onFinal?: (done: number, total: number, what: string) => void;
+    /** Inside one final measurement: its blocks re-pruned, then its test windows scored. */
+    readonly onFinalStep?: (step: "blocks" | "windows", done: number, total: number) => void;
   };
 
-const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "onProgress", "overwrite", "from", "importance"] as const;
+const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "onFinal", "onFinalStep", "onProgress", "overwrite", "from", "importance"] as const;
 
 /**
  * The settings among a function's options, checked by the command's flag table as the
@@ -136,6 +140,8 @@ export const search = async (options: SearchOptions): Promise<SearchSummary> => 
       ...(options.queue !== undefined ? { queue: options.queue } : {}),
       ...(options.onGeneration ? { onGeneration: options.onGeneration } : {}),
       ...(options.onLevels ? { onLevels: options.onLevels } : {}),
+      ...(options.onFinal ? { onFinal: options.onFinal } : {}),
+      ...(options.onFinalStep ? { onFinalStep: options.onFinalStep } : {}),
       ...runOptions(options),
     }),
   );

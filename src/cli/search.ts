@@ -123,6 +123,8 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
     return undefined;
   }
   let progress: Progress | undefined;
+  let finalDone = 0;
+  let finalNext: Record<string, string> = {};
   // Lines printed while a progress line is drawn end it first.
   const log = argv.json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n"));
   const flags = settingsFromFlags(argv, pattern);
@@ -160,8 +162,12 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
           progress?.stop();
           progress = startProgress("final", total, { quiet: argv.json });
         }
-        progress?.update(done, what === "done" ? {} : { next: what === "dense" ? "dense model" : what });
+        finalDone = done;
+        finalNext = what === "done" ? {} : { next: what === "dense" ? "dense model" : what };
+        progress?.update(done, finalNext);
       },
+      // Inside one measurement: its blocks re-pruned, then its test windows.
+      onFinalStep: (step, done, total) => progress?.update(finalDone, { ...finalNext, [step]: `${done}/${total}` }),
     }),
   );
   progress?.stop();

@@ -181,6 +181,11 @@ export interface SearchRequest {
   readonly onLevels?: (done: number, total: number) => void;
   /** The final re-pruning's progress: `done` of `total` measurements (dense, then each allocation), `what` is next. */
   readonly onFinal?: (done: number, total: number, what: string) => void;
+  /**
+   * Inside a final measurement (minutes each at 1B): blocks re-pruned, then test windows
+   * scored, `done` of `total` of each.
+   */
+  readonly onFinalStep?: (step: "blocks" | "windows", done: number, total: number) => void;
 }
 
 /**
@@ -426,7 +431,13 @@ const reproduceCommand = (s: SearchSettings, allocationFile: string): string => 
 };
 
 /** The same model pruned in the final mode, measured on the test windows, with the sparsity its weights reached. */
-const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWindows>, pattern: Pattern, sparsities: BlockAllocation) =>
+const finalPerplexity = (
+  pruner: Pruner,
+  windows: ReturnType<typeof evaluationWindows>,
+  pattern: Pattern,
+  sparsities: BlockAllocation,
+  onWindows?: (done: number, total: number) => void,
+) =>
   attemptPromise(async () => {
     const allocation = toAllocation(sparsities, pruner.layout, pattern);
     await pruner.apply(allocation);
@@ -436,7 +447,7 @@ const finalPerplexity = (pruner: Pruner, windows: ReturnType<typeof evaluationWi
       zeros += o.achieved * o.params;
       total += o.params;
     }
-    return { test: (await pruner.perplexity(windows)).ppl, achieved: zeros / total };
+    return { test: (await pruner.perplexity(windows, onWindows ? { onProgress: onWindows } : {})).ppl, achieved: zeros / total };
   });
 
 const samePath = (a: string | undefined, b: string | undefined): boolean =>
@@ -1090,15 +1101,21 @@ export const searchJob = (request: SearchRequest) =>
       const separateFinal = !structured && settings.finalMode !== settings.mode;
       // The fitness copy is done with: a final model of another mode takes its memory.
       if (separateFinal) model.dispose();
+      const onFinalStep = request.onFinalStep;
+      const finalBlocks = onFinalStep ? (block: number) => onFinalStep("blocks", block + 1, probedSpec.numLayers) : undefined;
+      const finalWindows = onFinalStep ? (done: number, total: number) => onFinalStep("windows", done, total) : undefined;
       const finalModel: FitnessModel = !separateFinal
         ? model
-        : yield* Effect.acquireRelease(attempt(() => openFitnessModel({ ...setup, running: { ...running, materialise: true } }, settings.finalMode)), (m) => Effect.sync(() => m.dispose()));
+        : yield* Effect.acquireRelease(
+            attempt(() => openFitnessModel({ ...setup, running: { ...running, materialise: true, ...(finalBlocks ? { onBlock: finalBlocks } : {}) } }, settings.finalMode)),
+            (m) => Effect.sync(() => m.dispose()),
+          );
       const testWindows = yield* attempt(() =>
         evaluationWindows({ data: settings.eval, format: settings.evalFormat as TextFormat, ...(settings.evalWindows ? { maxWindows: settings.evalWindows } : {}) }, model.tokenizer, settings.seqlen),
       );
       log(`final: ${structured ? `cutting structurally by ${settings.structured}` : `re-pruning in ${settings.finalMode} mode`}, perplexity on ${testWindows.length} windows of ${settings.eval}`);
       const measureFinal = (sparsities: BlockAllocation): Effect.Effect<{ readonly test: number; readonly achieved?: number }, EvosparseError> =>
-        structured ? attemptPromise(() => structured.final(sparsities, testWindows)).pipe(Effect.map((test) => ({ test }))) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities);
+        structured ? attemptPromise(() => structured.final(sparsities, testWindows)).pipe(Effect.map((test) => ({ test }))) : finalPerplexity(finalModel.pruner, testWindows, pattern, sparsities, finalWindows);
       const finalTotal = 2 + baselineRows.length;
       let finalDone = 0;
       const testPerplexity = (name: string, sparsities: BlockAllocation) =>
@@ -1112,7 +1129,7 @@ export const searchJob = (request: SearchRequest) =>
         dense = yield* attemptPromise(() => structured.dense(testWindows));
       } else {
         finalModel.pruner.restoreDense();
-        const denseResult = yield* attemptPromise(() => finalModel.pruner.perplexity(testWindows));
+        const denseResult = yield* attemptPromise(() => finalModel.pruner.perplexity(testWindows, finalWindows ? { onProgress: finalWindows } : {}));
         yield* checkFiniteLoss(denseResult, settings.model, settings.eval);
         dense = denseResult.ppl;
       }
