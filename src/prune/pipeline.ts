@@ -3,6 +3,8 @@ import type { HostBlock, SourceBlock } from "../model/spec.ts";
 import { Activations, type ActivationPlace } from "./activations.ts";
 import { collectBlockStats } from "./collect.ts";
 import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
+import type { SparseGptFactor } from "./sparsegpt.ts";
+import type { HessianAccumulator } from "./stats.ts";
 import type { StageTimings } from "./timings.ts";
 
 /** The dense blocks pruning starts from, as float32 host arrays (read from the checkpoint when asked). */
@@ -130,10 +132,13 @@ export const pruneModel = async (decoder: Decoder, source: DenseBlocks, request:
         // so a block is held about once, not twice.
         const dense = source.load(i);
         const linears: Record<string, HostBlock["linears"][string]> = { ...dense.linears };
+        const factors = new Map<HessianAccumulator, SparseGptFactor>();
         for (const name of Object.keys(linears)) {
-          linears[name] = pruneLinear(linears[name]!, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings, request.denseIsFresh ?? false);
-          // A linear's Hessian is not needed once the linears reading its input are pruned.
+          linears[name] = pruneLinear(linears[name]!, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings, request.denseIsFresh ?? false, factors);
+          // A linear's Hessian, and its factor, are not needed once the linears reading its input are pruned.
+          const hessian = stats.get(name)?.hessian;
           stats.delete(name);
+          if (hessian && ![...stats.values()].some((s) => s.hessian === hessian)) factors.delete(hessian);
         }
         block = { ...dense, linears };
         install(i, block);

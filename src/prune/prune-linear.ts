@@ -2,7 +2,8 @@ import type { HostLinear } from "../model/spec.ts";
 import type { LinearInputStats } from "./collect.ts";
 import { applyMask, nmMask, unstructuredMask, type Shape2 } from "./masks.ts";
 import { comparisonGroup, magnitudeScores, wandaScores } from "./scores.ts";
-import { sparseGptFactor, sparseGptPrune } from "./sparsegpt.ts";
+import { sparseGptFactor, sparseGptPrune, type SparseGptFactor } from "./sparsegpt.ts";
+import type { HessianAccumulator } from "./stats.ts";
 import { timed, type StageTimings } from "./timings.ts";
 
 export type PruneMetric = "magnitude" | "wanda" | "sparsegpt";
@@ -25,10 +26,15 @@ export const pruneLinear = (
   timings?: StageTimings,
   /** The linear's arrays are the caller's own copy, which magnitude and Wanda may zero in place. */
   inPlace = false,
+  /**
+   * SparseGPT's factors by the Hessian they came from: linears reading one input (q, k and
+   * v; gate and up) share its Hessian, so the first factors it and the others reuse it.
+   */
+  factors?: Map<HessianAccumulator, SparseGptFactor>,
 ): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
   const weight = linear.weight.data;
-  if (metric === "sparsegpt") return sparseGptLinear(linear, stats, target, source, timings);
+  if (metric === "sparsegpt") return sparseGptLinear(linear, stats, target, source, timings, factors);
   if (metric === "wanda" && !stats) throw new Error(`${source}: Wanda needs the input norms`);
   const scores = timed(timings, "scoring", () => (metric === "wanda" ? wandaScores(weight, shape, stats!.norms.norms()) : magnitudeScores(weight)));
   return timed(timings, "masking", () => {
@@ -43,12 +49,21 @@ export const pruneLinear = (
 };
 
 /** One linear pruned by SparseGPT: its Hessian factored (sparseGptFactor), then solved for the target. The linear is not changed. */
-const sparseGptLinear = (linear: HostLinear, stats: LinearInputStats | undefined, target: LinearTarget, source: string, timings?: StageTimings): HostLinear => {
+const sparseGptLinear = (
+  linear: HostLinear,
+  stats: LinearInputStats | undefined,
+  target: LinearTarget,
+  source: string,
+  timings?: StageTimings,
+  factors?: Map<HessianAccumulator, SparseGptFactor>,
+): HostLinear => {
   const shape = linear.weight.shape as unknown as Shape2;
   if (!stats?.hessian) throw new Error(`${source}: SparseGPT needs the input Hessian`);
   const hessian = stats.hessian;
   // The copy handed over is consumed: the factorisation makes none of its own.
-  const factor = timed(timings, "masking", () => sparseGptFactor(hessian.hessian(), shape[0], { source, consume: { hessianAgain: () => hessian.hessian() } }));
+  const factor =
+    factors?.get(hessian) ?? timed(timings, "masking", () => sparseGptFactor(hessian.hessian(), shape[0], { source, consume: { hessianAgain: () => hessian.hessian() } }));
+  factors?.set(hessian, factor);
   const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, factor, target, { threshold: "exact", source }));
   return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
 };
