@@ -30,8 +30,10 @@ describe("the API", () => {
     const counted = (step: string) => steps.filter((s) => s.startsWith(`${step} `));
     expect(counted("prune")).toEqual(Array.from({ length: 9 }, (_, i) => `prune ${i}/8`));
     expect(counted("export")).toEqual(Array.from({ length: 9 }, (_, i) => `export ${i}/8`));
-    expect(counted("eval pruned").at(-1)).toBe("eval pruned 2/2");
-    expect(counted("eval dense").at(-1)).toBe("eval dense 2/2");
+    for (const step of ["eval pruned", "eval dense"]) {
+      expect(counted(step)[0]).toBe(`${step} 0/2`);
+      expect(counted(step).at(-1)).toBe(`${step} 2/2`);
+    }
     const cli = jsonOf(evosparse("prune", "--nsamples", "2", "--seqlen", "128", "--sparsity", "0.5", "--allocation", "owl", "--eval", "brown:test", "--eval-windows", "2", "--out", join(root, "cli"), "--json"));
     expect(report.evaluation!.pruned).toBe(cli.evaluation.pruned);
     expect(report.linears).toEqual(cli.linears);

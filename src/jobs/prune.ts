@@ -205,12 +205,14 @@ export const pruneJob = (request: PruneJobRequest) =>
       // clears if this one is killed (output/folder.ts).
       const scratch = plan.spill ? stagingFolder(request.out) : undefined;
       // The pruner reports each block it finishes; which step that block belongs to is the
-      // step the job is in. A pass starts at block 0, so each pass counts from 0 again.
+      // step the job is in. The other steps start their count before their work, but a pass
+      // over the blocks while a method chooses its allocation is seen only as its first block
+      // finishes, and each such pass counts from 0 again.
       let step: PruneStep = "allocation";
       const progress = request.onProgress;
       const onBlock = progress
         ? (block: number) => {
-            if (block === 0) progress(step, 0, spec.numLayers);
+            if (block === 0 && step === "allocation") progress(step, 0, spec.numLayers);
             progress(step, block + 1, spec.numLayers);
           }
         : undefined;
@@ -279,6 +281,7 @@ export const pruneJob = (request: PruneJobRequest) =>
 
       log(`pruning ${spec.numLayers} blocks with ${request.metric} (${request.mode})`);
       step = "prune";
+      progress?.(step, 0, spec.numLayers);
       yield* attemptPromise(() => pruner.apply(allocation));
       const linears = pruner.outcomes(allocation);
       let zeros = 0;
@@ -293,7 +296,10 @@ export const pruneJob = (request: PruneJobRequest) =>
         const format = request.evalFormat ?? "text";
         const windows = yield* attempt(() => evaluationWindows({ data: request.eval!, format, ...(request.evalWindows ? { maxWindows: request.evalWindows } : {}) }, tokenizer, seqlen));
         log(`evaluating on ${windows.length} windows of ${request.eval}`);
-        const scored = (which: PruneStep) => (progress ? { onProgress: (done: number, total: number) => progress(which, done, total) } : {});
+        const scored = (which: PruneStep) => {
+          progress?.(which, 0, windows.length);
+          return progress ? { onProgress: (done: number, total: number) => progress(which, done, total) } : {};
+        };
         const pruned = yield* attemptPromise(() => pruner.perplexity(windows, scored("eval pruned")));
         yield* checkFiniteLoss(pruned, request.model, request.eval!);
         pruner.restoreDense();
