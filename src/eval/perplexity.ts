@@ -6,7 +6,9 @@ import { passesOf } from "./passes.ts";
 export interface NllScorer {
   /** Tokens one pass may hold (activations of every window of the pass are alive at once). */
   readonly passTokens: number;
-  nllGroups(groups: readonly WindowGroup[]): Promise<{ nll: number; count: number }[]>;
+  /** Blocks every pass runs through in turn; with it, progress moves inside a pass too. */
+  readonly numBlocks?: number;
+  nllGroups(groups: readonly WindowGroup[], onBlock?: (block: number) => void): Promise<{ nll: number; count: number }[]>;
 }
 
 export interface PerplexityResult {
@@ -22,6 +24,11 @@ export interface PerplexityResult {
 export interface PerplexityOptions {
   /** Windows of equal length run together as one [batch * seqlen] pass. */
   readonly batch?: number;
+  /**
+   * Windows scored so far. A pass scores all its windows together, block after block (one
+   * pass can be every window of a small model's test text), so inside a pass its windows are
+   * counted in equal parts as its blocks finish, and all of them when the pass ends.
+   */
   readonly onProgress?: (windowsDone: number, windowsTotal: number) => void;
 }
 
@@ -55,14 +62,26 @@ export const perplexity = async (model: NllScorer, windows: readonly Window[], o
   let total = 0;
   let count = 0;
   let done = 0;
+  const progress = options.onProgress;
+  const blocks = model.numBlocks ?? 0;
   for (const pass of passesOf(groups, model.passTokens)) {
+    const size = pass.reduce((n, g) => n + g.batch, 0);
+    let shown = 0;
+    const onBlock =
+      progress && blocks > 0
+        ? (block: number) => {
+            const part = Math.floor((size * (block + 1)) / blocks);
+            // The head is still to run after the last block: a pass's windows count as done when it ends.
+            if (part > shown && part < size) progress(done + (shown = part), windows.length);
+          }
+        : undefined;
     // Summed group by group in window order, as one group at a time would.
-    for (const r of await model.nllGroups(pass)) {
+    for (const r of await model.nllGroups(pass, onBlock)) {
       total += r.nll;
       count += r.count;
     }
-    done += pass.reduce((n, g) => n + g.batch, 0);
-    options.onProgress?.(done, windows.length);
+    done += size;
+    progress?.(done, windows.length);
   }
   const seconds = (performance.now() - start) / 1000;
   const nll = count > 0 ? total / count : NaN;
