@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest";
 import { evaluate, prune, search, stats, UsageError } from "../src/api/index.ts";
 import { evosparse, jsonOf, tempRoot } from "./helpers/embedded.ts";
 import { oneLine } from "./helpers/cli.ts";
+import { writeRandomLlama } from "../bench/scale-models.ts";
 
 const root = tempRoot("api");
 const small = { nsamples: 2, seqlen: 128, backend: "wasm" as const };
@@ -40,6 +41,14 @@ describe("the API", () => {
     expect(existsSync(join(root, "pruned", "model.safetensors"))).toBe(true);
     await expect(prune({ ...small, allocation: "owl", out: join(root, "refused") })).rejects.toBeInstanceOf(UsageError);
     await expect(prune({ ...small, allocation: "owl", out: join(root, "refused") })).rejects.toThrow(/--sparsity is required/);
+  });
+
+  it("prune's export counts the blocks as written, in the file's name order too (block 10 before block 2)", async () => {
+    const model = writeRandomLlama(join(root, "twelve"), { name: "twelve", hidden: 64, intermediate: 128, layers: 12, heads: 2, kvHeads: 2, vocab: 32000, context: 64 });
+    const steps: string[] = [];
+    await prune({ model, seqlen: 32, nsamples: 1, backend: "wasm", metric: "magnitude", sparsity: 0.5, out: join(root, "twelve-pruned"), onProgress: (step, done, total) => void steps.push(`${step} ${done}/${total}`) });
+    expect(steps.filter((s) => s.startsWith("export "))).toEqual(Array.from({ length: 13 }, (_, i) => `export ${i}/12`));
+    expect(steps.filter((s) => s.startsWith("prune "))).toEqual(Array.from({ length: 13 }, (_, i) => `prune ${i}/12`));
   });
 
   it("settings are checked as the command line checks its flags: the same refusals, and an unknown name is one", async () => {
