@@ -2,9 +2,7 @@ import type { Decoder } from "../model/decoder.ts";
 import type { HostBlock, SourceBlock } from "../model/spec.ts";
 import { Activations, type ActivationPlace } from "./activations.ts";
 import { collectBlockStats } from "./collect.ts";
-import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
-import type { SparseGptFactor } from "./sparsegpt.ts";
-import type { HessianAccumulator } from "./stats.ts";
+import { pruneLinear, pruneLinearsSharingFactors, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
 import type { StageTimings } from "./timings.ts";
 
 /** The dense blocks pruning starts from, as float32 host arrays (read from the checkpoint when asked). */
@@ -132,14 +130,11 @@ export const pruneModel = async (decoder: Decoder, source: DenseBlocks, request:
         // so a block is held about once, not twice.
         const dense = source.load(i);
         const linears: Record<string, HostBlock["linears"][string]> = { ...dense.linears };
-        const factors = new Map<HessianAccumulator, SparseGptFactor>();
-        for (const name of Object.keys(linears)) {
+        pruneLinearsSharingFactors(Object.keys(linears), (name) => stats.get(name)?.hessian, (name, factors) => {
           linears[name] = pruneLinear(linears[name]!, request.metric, request.target(i, name), stats.get(name), `block ${i} linear ${name}`, request.timings, request.denseIsFresh ?? false, factors);
-          // A linear's Hessian, and its factor, are not needed once the linears reading its input are pruned.
-          const hessian = stats.get(name)?.hessian;
+          // A linear's statistics (its Hessian) are not needed once it is pruned.
           stats.delete(name);
-          if (hessian && ![...stats.values()].some((s) => s.hessian === hessian)) factors.delete(hessian);
-        }
+        });
         block = { ...dense, linears };
         install(i, block);
       } catch (e) {

@@ -67,3 +67,24 @@ const sparseGptLinear = (
   const r = timed(timings, "masking", () => sparseGptPrune(linear.weight.data, shape, factor, target, { threshold: "exact", source }));
   return { ...linear, weight: { shape: linear.weight.shape, data: r.weight } };
 };
+
+/**
+ * Prunes some linears of one block in the order given, each by `prune(name, factors)`,
+ * with one map of SparseGPT factors for the block: the first linear reading an input
+ * factors its Hessian, the others reuse it, and the factor is dropped once the last linear
+ * reading that input is pruned, so a block holds no more factors than it needs at once.
+ */
+export const pruneLinearsSharingFactors = (
+  names: readonly string[],
+  hessianOf: (name: string) => HessianAccumulator | undefined,
+  prune: (name: string, factors: Map<HessianAccumulator, SparseGptFactor>) => void,
+): void => {
+  // Read before any prune: a caller may drop a linear's statistics as soon as it is pruned.
+  const hessians = names.map(hessianOf);
+  const factors = new Map<HessianAccumulator, SparseGptFactor>();
+  names.forEach((name, k) => {
+    prune(name, factors);
+    const hessian = hessians[k];
+    if (hessian && !hessians.slice(k + 1).includes(hessian)) factors.delete(hessian);
+  });
+};

@@ -27,7 +27,7 @@ import type { ActivationPlace } from "./activations.ts";
 import type { DenseStatistics } from "./dense-statistics.ts";
 import { prunedCount, type Shape2 } from "./masks.ts";
 import { pruneModel, type CalibrationMode } from "./pipeline.ts";
-import { pruneLinear, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
+import { pruneLinear, pruneLinearsSharingFactors, type LinearTarget, type PruneMetric } from "./prune-linear.ts";
 import type { LevelDatabase } from "./levels.ts";
 import type { PrunedStore } from "./pruned-store.ts";
 import { groupSize, prunedInGroup, zeroBelowRank } from "./ranks.ts";
@@ -284,9 +284,13 @@ export class PrunedBlocks {
         if (cached) this.keepCached(i, cached);
         else {
           const dense = this.checkpoint.readBlock(i);
-          const linears = Object.fromEntries(
-            byBlock.get(i)!.map((e) => [e.linear, pruneLinear(dense.linears[e.linear]!, this.metric, targetOf(e), this.statistics.inputStatistics(i, e.linear), `block ${i} linear ${e.linear}`, this.timings)]),
-          );
+          const linears: Record<string, HostBlock["linears"][string]> = {};
+          const entries = new Map(byBlock.get(i)!.map((e) => [e.linear, e]));
+          // SparseGPT factors each input's kept Hessian once for the block (q, k, v share one).
+          pruneLinearsSharingFactors([...entries.keys()], (name) => this.statistics.inputStatistics(i, name).hessian, (name, factors) => {
+            const stats = this.statistics.inputStatistics(i, name);
+            linears[name] = pruneLinear(dense.linears[name]!, this.metric, targetOf(entries.get(name)!), stats, `block ${i} linear ${name}`, this.timings, false, factors);
+          });
           this.keepPruned(i, { ...dense, linears: { ...dense.linears, ...linears } }, blockKeys[i]!, true);
         }
         this.options.onBlock?.(i);
