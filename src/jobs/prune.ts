@@ -80,8 +80,8 @@ export interface PruneJobRequest {
   readonly onProgress?: (step: PruneStep, done: number, total: number) => void;
 }
 
-export const PRUNE_STEPS = ["allocation", "prune", "eval pruned", "eval dense", "export"] as const;
-export type PruneStep = (typeof PRUNE_STEPS)[number];
+/** The steps a prune's progress names, in the order they run. */
+export type PruneStep = "allocation" | "prune" | "eval pruned" | "eval dense" | "export";
 
 export const EXPORT_DTYPES = ["auto", "F32", "F16", "BF16"] as const;
 export type ExportDtype = (typeof EXPORT_DTYPES)[number];
