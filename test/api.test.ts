@@ -2,10 +2,10 @@
  * The commands as functions (`import { evaluate, prune, stats } from "evosparse"`): the
  * command line's settings and defaults, its typed results and its refusals.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { evaluate, prune, search, stats, UsageError } from "../src/api/index.ts";
+import { evaluate, prune, pruneStructured, search, stats, UsageError } from "../src/api/index.ts";
 import { evosparse, jsonOf, tempRoot } from "./helpers/embedded.ts";
 import { oneLine } from "./helpers/cli.ts";
 import { writeRandomLlama } from "../bench/scale-models.ts";
@@ -27,8 +27,11 @@ describe("the API", () => {
       ...small, sparsity: 0.5, allocation: "owl", eval: "brown:test", evalWindows: 2, out: join(root, "pruned"),
       onProgress: (step, done, total) => void steps.push(`${step} ${done}/${total}`),
     });
-    // Every block pruned and written is counted once, in order; the windows at the end.
+    // OWL's passes over the dense model, every block pruned and written: each block counted
+    // once, in order; the windows at the end.
     const counted = (step: string) => steps.filter((s) => s.startsWith(`${step} `));
+    for (const pass of ["statistics", "scores"]) expect(counted(pass)).toEqual(Array.from({ length: 9 }, (_, i) => `${pass} ${i}/8`));
+    expect(counted("allocation")).toEqual([]);
     expect(counted("prune")).toEqual(Array.from({ length: 9 }, (_, i) => `prune ${i}/8`));
     expect(counted("export")).toEqual(Array.from({ length: 9 }, (_, i) => `export ${i}/8`));
     for (const step of ["eval pruned", "eval dense"]) {
@@ -49,6 +52,42 @@ describe("the API", () => {
     await prune({ model, seqlen: 32, nsamples: 1, backend: "wasm", metric: "magnitude", sparsity: 0.5, out: join(root, "twelve-pruned"), onProgress: (step, done, total) => void steps.push(`${step} ${done}/${total}`) });
     expect(steps.filter((s) => s.startsWith("export "))).toEqual(Array.from({ length: 13 }, (_, i) => `export ${i}/12`));
     expect(steps.filter((s) => s.startsWith("prune "))).toEqual(Array.from({ length: 13 }, (_, i) => `prune ${i}/12`));
+  });
+
+  it("pruneStructured follows its long steps: a grid's candidates, windows scored, blocks written, each counted from 0 in order", async () => {
+    const space = join(root, "atp-two.json");
+    writeFileSync(space, JSON.stringify({ step: 0.05, maxPoints: 2 }));
+    const steps: string[] = [];
+    const lines: string[] = [];
+    const report = await pruneStructured({
+      ...small, importance: "l2", sparsity: 0.3, allocation: "atp", space, eval: "brown:test", evalWindows: 2, out: join(root, "structured"),
+      log: (line) => void lines.push(line),
+      onProgress: (step, done, total) => void steps.push(`${step} ${done}/${total}`),
+    });
+    expect(report.chosen).toMatch(/^beta=/);
+    const counted = (step: string) => steps.filter((s) => s.startsWith(`${step} `));
+    // Each candidate of the grid once, as its validation perplexity is logged.
+    const candidates = lines.filter((l) => /^ {2}candidate \d+\/\d+: validation perplexity/.test(l)).length;
+    expect(candidates).toBeGreaterThanOrEqual(2);
+    expect(counted("candidates")).toEqual(Array.from({ length: candidates + 1 }, (_, i) => `candidates ${i}/${candidates}`));
+    // l2 reads the weights only: no gradient pass to follow, no fusion.
+    expect(counted("gradients")).toEqual([]);
+    expect(counted("fusion")).toEqual([]);
+    for (const step of ["eval pruned", "eval dense"]) {
+      expect(counted(step)[0]).toBe(`${step} 0/2`);
+      expect(counted(step).at(-1)).toBe(`${step} 2/2`);
+    }
+    expect(counted("export")).toEqual(Array.from({ length: 9 }, (_, i) => `export ${i}/8`));
+    // The steps in the pipeline's order, each once (passes over the dense model, if ATP needs any, first).
+    const order = steps.map((s) => s.slice(0, s.lastIndexOf(" "))).filter((s, i, all) => s !== all[i - 1] && !["statistics", "scores", "spectra"].includes(s));
+    expect(order).toEqual(["candidates", "eval pruned", "eval dense", "export"]);
+  });
+
+  it("prune with AlphaPruning counts its spectra block by block before the prune", async () => {
+    const steps: string[] = [];
+    await prune({ ...small, metric: "magnitude", sparsity: 0.5, allocation: "alphapruning", out: join(root, "alpha"), onProgress: (step, done, total) => void steps.push(`${step} ${done}/${total}`) });
+    expect(steps.filter((s) => s.startsWith("spectra "))).toEqual(Array.from({ length: 9 }, (_, i) => `spectra ${i}/8`));
+    expect(steps.findLastIndex((s) => s.startsWith("spectra "))).toBeLessThan(steps.indexOf("prune 0/8"));
   });
 
   it("settings are checked as the command line checks its flags: the same refusals, and an unknown name is one", async () => {

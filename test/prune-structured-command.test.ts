@@ -15,7 +15,10 @@ const common = ["--model", embeddedModel, "--nsamples", "2", "--seqlen", "128", 
 describe("evosparse prune --structured", () => {
   it("element importance at 50%: half the heads and channels of every block go, and eval of the folder gives the reported perplexity", () => {
     const out = join(root, "element");
-    const report = jsonOf(evosparse("prune", ...common, "--structured", "element", "--sparsity", "0.5", "--out", out, "--json"));
+    const run = evosparse("prune", ...common, "--structured", "element", "--sparsity", "0.5", "--out", out, "--json");
+    // --json prints the report and nothing on stderr: no log lines, no progress.
+    expect(run.stderr).toBe("");
+    const report = jsonOf(run);
     expect(readdirSync(out).sort()).toEqual([".evosparse-output.json", "allocation.csv", "config.json", "model.safetensors", "report.json", "tokenizer.json"]);
     const before = JSON.parse(readFileSync(join(embeddedModel, "config.json"), "utf8"));
     const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
@@ -41,14 +44,25 @@ describe("evosparse prune --structured", () => {
     expect(back.ppl).toBe(report.evaluation.pruned);
   });
 
-  it("hywia with an OWL allocation over blocks 1-6 and LoRA recovery: learned fusion reported, per-block shapes, eval repeats the recovered perplexity", () => {
+  it("hywia with an OWL allocation over blocks 1-6 and LoRA recovery: learned fusion reported, per-block shapes, eval repeats the recovered perplexity, each long step's progress shown", () => {
     const out = join(root, "hywia");
-    const report = jsonOf(
-      evosparse(
-        "prune", ...common, "--structured", "hywia", "--sparsity", "0.3", "--allocation", "owl", "--structured-blocks", "1-6",
-        "--fusion-steps", "3", "--valid-windows", "2", "--recover-steps", "3", "--recover-lr", "0.001", "--recover-batch", "1", "--out", out, "--json",
-      ),
+    // As a user runs it (no --json): the report is the folder's report.json.
+    const run = evosparse(
+      "prune", ...common, "--structured", "hywia", "--sparsity", "0.3", "--allocation", "owl", "--structured-blocks", "1-6",
+      "--fusion-steps", "3", "--valid-windows", "2", "--recover-steps", "3", "--recover-lr", "0.001", "--recover-batch", "1", "--out", out,
     );
+    expect(run.code).toBe(0);
+    const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8"));
+    // Off a terminal, plain lines: every long step's first and last count, in the pipeline's order.
+    const lines = run.stderr.split("\n");
+    const at = (line: string): number => {
+      const i = lines.findIndex((l) => l.startsWith(line));
+      expect(i, `stderr has a line starting "${line}":\n${run.stderr}`).toBeGreaterThanOrEqual(0);
+      return i;
+    };
+    const steps: Array<[string, number]> = [["statistics (blocks)", 8], ["scores (blocks)", 8], ["gradients (blocks)", 8], ["fusion (steps)", 3], ["fusion trials", 26], ["eval pruned (windows)", 2], ["recovery (steps)", 3], ["eval recovered (windows)", 2], ["eval dense (windows)", 2], ["export (blocks)", 8]];
+    const order = steps.flatMap(([label, total]) => [at(`${label}: 0/${total} `), at(`${label}: ${total}/${total} `)]);
+    expect([...order].sort((a, b) => a - b)).toEqual(order);
     expect(report.prunedBlocks).toEqual([1, 2, 3, 4, 5, 6]);
     expect(report.ratios[0]).toBe(0);
     expect(report.ratios[7]).toBe(0);
@@ -93,7 +107,13 @@ describe("evosparse prune --structured", () => {
     const refused = evosparse("prune", ...args, "--out", out);
     expect(refused.code).toBe(2);
     expect(errorLines(refused.stderr)).toEqual([expect.stringMatching(/holds a stopped LoRA recovery: continue it with --resume/)]);
-    const resumed = jsonOf(evosparse("prune", ...args, "--out", out, "--resume", "--json"));
+    const resuming = evosparse("prune", ...args, "--out", out, "--resume");
+    expect(resuming.code).toBe(0);
+    // The recovery's progress starts where the run stopped, and ends at its last step.
+    const recovery = resuming.stderr.split("\n").filter((l) => l.startsWith("recovery (steps): "));
+    expect(recovery[0]).toMatch(/^recovery \(steps\): 8\/24 /);
+    expect(recovery.at(-1)).toMatch(/^recovery \(steps\): 24\/24 /);
+    const resumed = JSON.parse(readFileSync(join(out, "report.json"), "utf8"));
     expect(resumed.recovery).toEqual(whole.recovery);
     expect(resumed.evaluation).toEqual(whole.evaluation);
     expect(readFileSync(join(out, "model.safetensors")).equals(readFileSync(join(root, "whole", "model.safetensors")))).toBe(true);

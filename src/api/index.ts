@@ -17,7 +17,7 @@ import { evaluate as evaluateJob, type EvalReport } from "../jobs/eval.ts";
 import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings, type PruneStep } from "../jobs/prune.ts";
 import { protocolFromRun, SEARCH_FLAGS, searchJob, type GivenSettings, type SearchSummary } from "../jobs/search.ts";
 import { statsJob, type StatsRequest } from "../jobs/stats.ts";
-import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
+import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings, type StructuredStep } from "../jobs/structured-prune.ts";
 import type { StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
 import type { LinearStatistics } from "../prune/dense-statistics.ts";
@@ -30,7 +30,7 @@ export type { EvalReport } from "../jobs/eval.ts";
 export type { LinearStatistics } from "../prune/dense-statistics.ts";
 export type { GenerationRecord } from "../engine/state.ts";
 export type { BackendChoice } from "../backend/backend.ts";
-export type { StructuredPruneReport, StructuredSettings } from "../jobs/structured-prune.ts";
+export type { StructuredPruneReport, StructuredSettings, StructuredStep } from "../jobs/structured-prune.ts";
 export type { StructuredImportance } from "../prune/structured.ts";
 export { UsageError, DataError, CheckpointError, WorkerError, isEvosparseError, type EvosparseError } from "../errors.ts";
 
@@ -178,12 +178,14 @@ export const prune = async (options: PruneOptions): Promise<PruneReport> => {
   );
 };
 
-export type PruneStructuredOptions = Omit<PruneOptions, "pattern"> &
+export type PruneStructuredOptions = Omit<PruneOptions, "pattern" | "onProgress"> &
   Partial<StructuredSettings> & {
     /** Required unless `from` names a structured search, whose importance it takes. */
     readonly importance?: StructuredImportance;
     /** Continue the LoRA recovery from OUT.recovery. */
     readonly resume?: boolean;
+    /** Follows each long step: `(step, done, total)`, each step counted from 0 (blocks, steps, candidates or evaluation windows). */
+    readonly onProgress?: (step: StructuredStep, done: number, total: number) => void;
   };
 
 /** `evosparse prune --structured`: whole key/value head groups and MLP channels removed; the smaller model written. */
@@ -203,6 +205,7 @@ export const pruneStructured = async (options: PruneStructuredOptions): Promise<
       out: options.out,
       ...(options.overwrite ? { overwrite: true } : {}),
       ...(resume ? { resume: true } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       ...runOptions(options),
     }),
   );

@@ -2,7 +2,7 @@ import type { Argv } from "yargs";
 import type { BackendChoice } from "../backend/backend.ts";
 import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings, type PruneStep } from "../jobs/prune.ts";
 import { startProgress, type Progress } from "./progress.ts";
-import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings } from "../jobs/structured-prune.ts";
+import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings, type StructuredStep } from "../jobs/structured-prune.ts";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
 import { hideBin } from "yargs/helpers";
@@ -11,13 +11,54 @@ import { givenFlags, memoryOptions, settingsFromArgv, tableOptions } from "./fla
 import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
 
+/** The passes over the dense model an allocation method may need. */
+const PASS_LABELS = { statistics: "statistics (blocks)", scores: "scores (blocks)", spectra: "spectra (blocks)" } as const;
+
 /** What each step's progress line is called. */
 const STEP_LABELS: Readonly<Record<PruneStep, string>> = {
+  ...PASS_LABELS,
   allocation: "allocation (blocks)",
   prune: "prune (blocks)",
   "eval pruned": "eval pruned (windows)",
   "eval dense": "eval dense (windows)",
   export: "export (blocks)",
+};
+
+const STRUCTURED_STEP_LABELS: Readonly<Record<StructuredStep, string>> = {
+  ...PASS_LABELS,
+  candidates: "allocation candidates",
+  gradients: "gradients (blocks)",
+  fusion: "fusion (steps)",
+  "fusion trials": "fusion trials",
+  "eval pruned": "eval pruned (windows)",
+  recovery: "recovery (steps)",
+  "eval recovered": "eval recovered (windows)",
+  "eval dense": "eval dense (windows)",
+  export: "export (blocks)",
+};
+
+/**
+ * A job's progress drawn one bar a step. A step that counts from the start again (another
+ * pass over the blocks while an allocation is chosen) starts a bar of its own; lines
+ * logged meanwhile end the bar first. Nothing is drawn with --json.
+ */
+const stepBars = <S extends string>(labels: Readonly<Record<S, string>>, json: boolean) => {
+  let progress: Progress | undefined;
+  let step: S | undefined;
+  let last = 0;
+  return {
+    log: json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n")),
+    onProgress: (now: S, done: number, total: number) => {
+      if (now !== step || done < last) {
+        progress?.stop();
+        progress = startProgress(labels[now], total, { quiet: json });
+        step = now;
+      }
+      last = done;
+      progress!.update(done);
+    },
+    stop: () => progress?.stop(),
+  };
 };
 
 /** The flags of PRUNE_FLAGS (by their camelCase names), and where and how the result goes. */
@@ -57,8 +98,10 @@ const structuredSummary = (r: StructuredPruneReport): string => {
 };
 
 /** Structured pruning: the prune settings, and the structured ones (a run's, under those given here). */
-const runStructured = async (importance: StructuredImportance, settings: PruneSettings, argv: PruneArgs, log?: (line: string) => void, fromRun: Partial<StructuredSettings> = {}) => {
+const runStructured = async (importance: StructuredImportance, settings: PruneSettings, argv: PruneArgs, fromRun: Partial<StructuredSettings> = {}) => {
   const structured = { ...fromRun, ...settingsFromArgv(STRUCTURED_FLAGS, argv as unknown as Record<string, unknown>) } as StructuredSettings;
+  const bars = stepBars(STRUCTURED_STEP_LABELS, argv.json);
+  const log = bars.log;
   const report = await runCommand(
     structuredPruneJob({
       ...structured,
@@ -71,8 +114,10 @@ const runStructured = async (importance: StructuredImportance, settings: PruneSe
       streamed: argv.streamed,
       ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
       ...(log ? { log } : {}),
+      onProgress: bars.onProgress,
     }),
   );
+  bars.stop();
   if (!report) return;
   process.stdout.write(argv.json ? JSON.stringify(report) + "\n" : structuredSummary(report));
 };
@@ -117,9 +162,6 @@ export const pruneCommand = {
         describe: "a search's run folder: prune its best allocation with the search's final protocol (model, calibration, mode, test text and windows), so the reported test perplexity is reproduced; flags given override",
       }),
   handler: async (argv: PruneArgs) => {
-    let progress: Progress | undefined;
-    // Lines printed while a progress line is drawn end it first.
-    const log = argv.json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n"));
     let settings: PruneSettings;
     let importance = argv.structured;
     let structuredFromRun: Partial<StructuredSettings> = {};
@@ -138,14 +180,12 @@ export const pruneCommand = {
     } catch (error) {
       return reportFailure(error);
     }
-    if (importance) return runStructured(importance, settings, argv, log, structuredFromRun);
+    if (importance) return runStructured(importance, settings, argv, structuredFromRun);
     const misplaced = Object.values(STRUCTURED_FLAGS).find((f) => (argv as unknown as Record<string, unknown>)[camelOf(f.flag)] !== undefined);
     if (misplaced) return reportFailure(new UsageError({ problem: `--${misplaced.flag} applies to structured pruning: give --structured KIND with it` }));
     if (argv.resume) return reportFailure(new UsageError({ problem: "--resume continues a structured prune's LoRA recovery: give --structured KIND with it" }));
-    // One bar a step; a step that counts from the start again (another pass over the blocks
-    // while an allocation is chosen) starts a bar of its own.
-    let step: PruneStep | undefined;
-    let last = 0;
+    const bars = stepBars(STEP_LABELS, argv.json);
+    const log = bars.log;
     const report = await runCommand(
       pruneJob({
         ...settings,
@@ -155,18 +195,10 @@ export const pruneCommand = {
         streamed: argv.streamed,
         ...(argv.memory !== undefined ? { memoryMib: argv.memory } : {}),
         ...(log ? { log } : {}),
-        onProgress: (now, done, total) => {
-          if (now !== step || done < last) {
-            progress?.stop();
-            progress = startProgress(STEP_LABELS[now], total, { quiet: argv.json });
-            step = now;
-          }
-          last = done;
-          progress!.update(done);
-        },
+        onProgress: bars.onProgress,
       }),
     );
-    progress?.stop();
+    bars.stop();
     if (!report) return;
     process.stdout.write(argv.json ? JSON.stringify(report) + "\n" : summary(report));
   },

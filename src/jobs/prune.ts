@@ -35,6 +35,7 @@ import { loadSearchSpace } from "../search/space.ts";
 import type { CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
 import type { LinearOutcome } from "../prune/pruner.ts";
+import type { DensePass } from "../prune/dense-statistics.ts";
 import type { StageTimings } from "../prune/timings.ts";
 
 export interface PruneJobRequest {
@@ -80,8 +81,13 @@ export interface PruneJobRequest {
   readonly onProgress?: (step: PruneStep, done: number, total: number) => void;
 }
 
-/** The steps a prune's progress names, in the order they run. */
-export type PruneStep = "allocation" | "prune" | "eval pruned" | "eval dense" | "export";
+/**
+ * The steps a prune's progress names, in the order they run: the passes over the dense
+ * model a method needs (its calibration statistics, its weights' scores, AlphaPruning's
+ * spectra), blocks pruned for a grid's candidates, then the prune, its evaluations and the
+ * export.
+ */
+export type PruneStep = DensePass | "allocation" | "prune" | "eval pruned" | "eval dense" | "export";
 
 export const EXPORT_DTYPES = ["auto", "F32", "F16", "BF16"] as const;
 export type ExportDtype = (typeof EXPORT_DTYPES)[number];
@@ -204,16 +210,17 @@ export const pruneJob = (request: PruneJobRequest) =>
       // Pruned blocks the plan keeps on disk wait beside the output, under a name a later run
       // clears if this one is killed (output/folder.ts).
       const scratch = plan.spill ? stagingFolder(request.out) : undefined;
-      // The pruner reports each block it finishes; which step that block belongs to is the
-      // step the job is in. The other steps start their count before their work, but a pass
-      // over the blocks while a method chooses its allocation is seen only as its first block
-      // finishes, and each such pass counts from 0 again.
+      // The pruner reports each block it finishes: a pass over the dense model names itself
+      // (statistics, scores, spectra), a pruned block belongs to the step the job is in. The
+      // other steps start their count before their work, but a pass while a method chooses
+      // its allocation is seen only as its first block finishes, and counts from 0.
       let step: PruneStep = "allocation";
       const progress = request.onProgress;
       const onBlock = progress
-        ? (block: number) => {
-            if (block === 0 && step === "allocation") progress(step, 0, spec.numLayers);
-            progress(step, block + 1, spec.numLayers);
+        ? (block: number, pass?: DensePass) => {
+            const now = pass ?? step;
+            if (block === 0 && now !== "prune") progress(now, 0, spec.numLayers);
+            progress(now, block + 1, spec.numLayers);
           }
         : undefined;
 

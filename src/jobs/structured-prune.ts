@@ -50,6 +50,7 @@ import { WHOLE_NON_NEGATIVE, WHOLE_POSITIVE } from "../settings/number-rule.ts";
 import { LLM_PRUNER_LORA, loraRecover } from "../train/lora.ts";
 import { hasLoraCheckpoint } from "../train/lora-state.ts";
 import type { PruneEvaluation, PruneSettings } from "./prune.ts";
+import type { DensePass } from "../prune/dense-statistics.ts";
 
 /** Settings of a structured prune beyond the prune command's own. Absent ones take the defaults below. */
 export interface StructuredSettings {
@@ -96,7 +97,17 @@ export interface StructuredPruneRequest extends StructuredSettings {
   readonly memoryMib?: number;
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
+  /**
+   * Progress of the long steps, each counted from 0 to its total: blocks of the passes over
+   * the dense model a method needs to choose the ratios (statistics, scores, spectra), a
+   * grid's candidates cut and scored, blocks whose gradient evidence is taken, HyWIA's
+   * fusion steps and its trials, evaluation windows, LoRA recovery steps, blocks written.
+   */
+  readonly onProgress?: (step: StructuredStep, done: number, total: number) => void;
 }
+
+/** The steps a structured prune's progress names, in the order they run (each only where the run has it). */
+export type StructuredStep = DensePass | "candidates" | "gradients" | "fusion" | "fusion trials" | "eval pruned" | "recovery" | "eval recovered" | "eval dense" | "export";
 
 export interface RecoveryReport {
   readonly steps: number;
@@ -165,6 +176,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
   Effect.scoped(
     Effect.gen(function* () {
       const log = request.log ?? (() => {});
+      const progress = request.onProgress;
       const s = request.settings;
       if (s.pattern.kind !== "unstructured") return yield* new UsageError({ problem: "--structured removes whole groups: it takes no --pattern" });
       if (s.sparsity === undefined) return yield* new UsageError({ problem: "--structured needs --sparsity (the fraction of prunable weights to remove)" });
@@ -240,7 +252,14 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
         evidence
           ? Effect.succeed(evidence)
           : Effect.sync(() => log(`group evidence: ${request.importance}${request.importance === "l2" || request.importance === "random" ? "" : ` (loss gradient over ${calibration.length} windows)`}`)).pipe(
-              Effect.flatMap(() => attemptPromise(() => groupEvidence(spec, globals, dense, request.importance, calibration, s.seed, streamed))),
+              Effect.flatMap(() =>
+                attemptPromise(() => {
+                  // l2 and random read the weights only: no pass to follow.
+                  const counted = progress && request.importance !== "l2" && request.importance !== "random" ? progress : undefined;
+                  counted?.("gradients", 0, spec.numLayers);
+                  return groupEvidence(spec, globals, dense, request.importance, calibration, s.seed, streamed, counted ? (done, total) => counted("gradients", done, total) : undefined);
+                }),
+              ),
               Effect.tap((e) => Effect.sync(() => (evidence = e))),
             ),
       );
@@ -256,8 +275,13 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
               dense,
               e,
               { ratios, calibration, fusion, ...(validationWindows ? { validation: validationWindows } : {}) },
-              (step, loss) => {
-                if (!quiet && (step === 1 || step % 8 === 0 || step === fusion.steps)) log(`  fusion step ${step}/${fusion.steps}: calibration loss ${loss.toFixed(4)}`);
+              {
+                onStep: (step, loss) => {
+                  if (step === 1) progress?.("fusion", 0, fusion.steps);
+                  progress?.("fusion", step, fusion.steps);
+                  if (!quiet && (step === 1 || step % 8 === 0 || step === fusion.steps)) log(`  fusion step ${step}/${fusion.steps}: calibration loss ${loss.toFixed(4)}`);
+                },
+                ...(progress ? { onTrial: (done: number, total: number) => progress("fusion trials", done, total) } : {}),
               },
               streamed,
             ),
@@ -295,7 +319,19 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
         }
         const space = yield* attempt(() => loadSearchSpace(plugin, s.space));
         // The method sees the dense model's statistics under the run's metric, as for unstructured pruning.
-        const pruner = yield* Effect.acquireRelease(Effect.sync(() => createPruner(model, { metric: s.metric, mode: "dense" })), (p) => Effect.sync(() => p.dispose()));
+        // Its passes over the dense model are counted as their blocks finish (the grid's
+        // candidates are cut from the dense blocks here, not pruned by the pruner).
+        const onBlock = progress
+          ? (block: number, pass?: DensePass) => {
+              if (!pass) return;
+              if (block === 0) progress(pass, 0, spec.numLayers);
+              progress(pass, block + 1, spec.numLayers);
+            }
+          : undefined;
+        const pruner = yield* Effect.acquireRelease(
+          Effect.sync(() => createPruner(model, { metric: s.metric, mode: "dense" }, onBlock ? { onBlock } : {})),
+          (p) => Effect.sync(() => p.dispose()),
+        );
         const context = yield* attemptPromise(() => methodContext(pruner, target, s.pattern, [plugin]));
         // A grid's candidates are compared with the scores at the uniform ratios (HyWIA's
         // fusion is learned once there), each cut at its own ratios.
@@ -306,10 +342,16 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
             base ??= yield* scoresAt(Array.from({ length: spec.numLayers }, () => target), true);
             const windows = validationWindows;
             const scores = base.scores;
+            progress?.("candidates", 0, batch.length);
             return yield* Effect.forEach(batch, (candidate, k) =>
               restrict(candidate).pipe(
                 Effect.flatMap((r) => Effect.promise(() => cutFitness(spec, globals, dense, scores, r, windows, streamed))),
-                Effect.tap((f) => Effect.sync(() => log(`  candidate ${k + 1}/${batch.length}: ${f.ok ? `validation perplexity ${f.value.toFixed(4)}` : `failed: ${f.error}`}`))),
+                Effect.tap((f) =>
+                  Effect.sync(() => {
+                    log(`  candidate ${k + 1}/${batch.length}: ${f.ok ? `validation perplexity ${f.value.toFixed(4)}` : `failed: ${f.error}`}`);
+                    progress?.("candidates", k + 1, batch.length);
+                  }),
+                ),
               ),
             );
           }),
@@ -332,10 +374,15 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       });
       let blocks = cut.blocks;
 
-      const evaluate = (format: TextFormat, windows: Window[], label: string, b: BlockList) =>
+      // A perplexity's options: its batch, and its windows counted as the step's progress from 0.
+      const scored = (step: StructuredStep, windows: readonly Window[]) => {
+        progress?.(step, 0, windows.length);
+        return { batch: s.batch ?? 1, ...(progress ? { onProgress: (done: number, total: number) => progress(step, done, total) } : {}) };
+      };
+      const evaluate = (format: TextFormat, windows: Window[], label: string, step: StructuredStep, b: BlockList) =>
         Effect.acquireUseRelease(
           Effect.sync(() => scorerOf(cut.spec, globals, b, streamed)),
-          (d) => attemptPromise(() => perplexity(d, windows, { batch: s.batch ?? 1 })),
+          (d) => attemptPromise(() => perplexity(d, windows, scored(step, windows))),
           (d) => Effect.sync(() => d.dispose()),
         ).pipe(
           Effect.tap((r) => checkFiniteLoss(r, s.model, s.eval!)),
@@ -346,7 +393,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       if (s.eval) {
         evalWindows = yield* attempt(() => evaluationWindows({ data: s.eval!, format: s.evalFormat ?? "text", ...(s.evalWindows ? { maxWindows: s.evalWindows } : {}) }, tokenizer, seqlen));
         log(`evaluating on ${evalWindows.length} windows of ${s.eval}`);
-        prunedPpl = (yield* evaluate(s.evalFormat ?? "text", evalWindows, "pruned", blocks)).ppl;
+        prunedPpl = (yield* evaluate(s.evalFormat ?? "text", evalWindows, "pruned", "eval pruned", blocks)).ppl;
       }
 
       let recovery: RecoveryReport | undefined;
@@ -367,13 +414,15 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
             seed: s.seed,
             ...(recover.checkpointEvery > 0 ? { checkpoint: { dir: recoveryDir, every: recover.checkpointEvery } } : {}),
             resume: request.resume ?? false,
+            ...(progress ? { onStart: (step: number) => progress("recovery", step, recover.steps) } : {}),
             onStep: (l) => {
+              progress?.("recovery", l.step, recover.steps);
               if (l.step === 1 || l.step % 25 === 0 || l.step === recover.steps) log(`  recovery step ${l.step}/${recover.steps}: loss ${l.loss.toFixed(4)}`);
             },
           }),
         );
         blocks = result.blocks;
-        const after = evalWindows ? (yield* evaluate(s.evalFormat ?? "text", evalWindows, "after recovery", blocks)).ppl : undefined;
+        const after = evalWindows ? (yield* evaluate(s.evalFormat ?? "text", evalWindows, "after recovery", "eval recovered", blocks)).ppl : undefined;
         recovery = {
           steps: recover.steps,
           rank: recover.rank,
@@ -393,7 +442,7 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       if (s.eval && evalWindows) {
         const denseResult = yield* Effect.acquireUseRelease(
           Effect.sync(() => scorerOf(spec, globals, dense, streamed)),
-          (d) => attemptPromise(() => perplexity(d, evalWindows!, { batch: s.batch ?? 1 })),
+          (d) => attemptPromise(() => perplexity(d, evalWindows!, scored("eval dense", evalWindows!))),
           (d) => Effect.sync(() => d.dispose()),
         );
         const final = recovery?.after ?? prunedPpl!;
@@ -437,13 +486,23 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
       };
       // The ratios as an allocation file: the same cut again with --allocation FILE.
       const layoutAllocation = perBlock(ratios, layoutOf(spec));
+      // Blocks are read once each, in the file's name order (block 10 before block 2): counted as read.
+      const written = blocks;
+      let blocksWritten = 0;
       yield* exportHuggingFaceEffect(
         request.out,
         checkpoint,
-        "load" in blocks ? { count: blocks.numBlocks, read: (i: number) => blocks.load(i) } : blocks,
+        {
+          count: cut.spec.numLayers,
+          read: (i: number) => {
+            progress?.("export", blocksWritten++, cut.spec.numLayers);
+            return blockAt(written, i);
+          },
+        },
         { "allocation.csv": formatAllocationCsv(layoutAllocation), "report.json": JSON.stringify(report, null, 2) + "\n" },
         { overwrite: request.overwrite ?? false, command: "prune", spec: cut.spec },
       );
+      progress?.("export", cut.spec.numLayers, cut.spec.numLayers);
       return report;
     }),
   );

@@ -35,6 +35,13 @@ import { emptyTimings, timed, type StageTimings } from "./timings.ts";
 /** Weights of a block that represent it in element scores and MRP's ratios (all of a smaller block). */
 export const SAMPLE_WEIGHTS = 2 ** 19;
 
+/**
+ * The passes over the dense model a method may need: the calibration forward that gathers
+ * every linear's statistics, the sweep that scores its weights, and the weight spectra
+ * (AlphaPruning's, from the weights alone).
+ */
+export type DensePass = "statistics" | "scores" | "spectra";
+
 export interface DenseStatisticsOptions {
   readonly metric: PruneMetric;
   /** Calibration windows, all of one length. */
@@ -43,7 +50,8 @@ export interface DenseStatisticsOptions {
   readonly batch?: number;
   /** Where the seconds of each stage are added (the Pruner's, so reports count them). */
   readonly timings?: StageTimings;
-  readonly onBlock?: (block: number) => void;
+  /** Each block finished by a pass over the dense model (which pass it is). */
+  readonly onBlock?: (block: number, pass: DensePass) => void;
   /** How masks compete (default: unstructured within the metric's group). */
   readonly rankGroup?: RankGroup;
   /** Where ranks are kept (default: memory). */
@@ -167,7 +175,7 @@ export class DenseStatistics {
         inputs.dispose();
         inputs = outputs;
         all.push(stats);
-        this.options.onBlock?.(i);
+        this.options.onBlock?.(i, "statistics");
       }
       await ahead;
     } finally {
@@ -255,7 +263,7 @@ export class DenseStatistics {
         linearShares: metricScores.map((s) => outlierShare([s], OWL_M)),
         wandaMean: total > 0 ? wandaSum / total : 0,
       });
-      this.options.onBlock?.(b);
+      this.options.onBlock?.(b, "scores");
     }
     this.blocks ??= blocks;
     if (withRanks) this.ranksReady = true;
@@ -362,6 +370,7 @@ export class DenseStatistics {
           const [rows, cols] = this.shapeOf(b, name);
           alphas.push(timed(this.timings, "scoring", () => powerLawAlpha(squaredSingularValues(dense.linears[name]!.weight.data, rows, cols))));
         }
+        this.options.onBlock?.(b, "spectra");
       }
       this.alphas = alphas;
     }

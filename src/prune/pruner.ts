@@ -21,7 +21,7 @@ import { perplexity, windowLosses, type PerplexityResult } from "../eval/perplex
 import { Decoder } from "../model/decoder.ts";
 import type { HostBlock, SourceBlock } from "../model/spec.ts";
 import type { ActivationPlace } from "./activations.ts";
-import { DenseStatistics } from "./dense-statistics.ts";
+import { DenseStatistics, type DensePass } from "./dense-statistics.ts";
 import type { CalibrationMode } from "./pipeline.ts";
 import type { PruneMetric } from "./prune-linear.ts";
 import { entryKey, materialise, PrunedBlocks, type LinearOutcome } from "./pruned-blocks.ts";
@@ -44,7 +44,11 @@ export interface PrunerOptions {
   readonly batch?: number;
   /** Upper bound on the bytes of pruned blocks kept for reuse (default 256 MiB). */
   readonly cacheBytes?: number;
-  readonly onBlock?: (block: number) => void;
+  /**
+   * Each block finished: by a pass over the dense model (`pass` says which), or pruned
+   * (no `pass`: a candidate's blocks, a prune's).
+   */
+  readonly onBlock?: (block: number, pass?: DensePass) => void;
   /** How masks compete: the run's N:M pattern, else unstructured within the metric's group. */
   readonly rankGroup?: RankGroup;
   /**

@@ -120,6 +120,8 @@ export const groupEvidence = async (
   seed = 0,
   /** Stream the blocks through the gradient pass (a model larger than the backend's memory). */
   streamed = false,
+  /** Blocks whose gradient evidence is known, of all (the pass finishes them last block first; l2 and random take none). */
+  onBlock?: (done: number, total: number) => void,
 ): Promise<GroupEvidence> => {
   const n = blockCount(blocks);
   if (importance === "l2" || importance === "random") {
@@ -127,9 +129,13 @@ export const groupEvidence = async (
   }
   // Each block's sums as soon as its gradient is known: no model-sized gradient is kept.
   const sums: BlockGroupSums[] = new Array(n);
+  let done = 0;
   const decoder = Decoder.create(spec, globals, sourceOf(blocks), { streamed });
   try {
-    await eachBlockGradients(decoder, calibration, (i, gradients) => void (sums[i] = groupSums(spec, i, blockAt(blocks, i), gradients)));
+    await eachBlockGradients(decoder, calibration, (i, gradients) => {
+      sums[i] = groupSums(spec, i, blockAt(blocks, i), gradients);
+      onBlock?.(++done, n);
+    });
   } finally {
     decoder.dispose();
   }
@@ -186,13 +192,19 @@ export const modelPerplexity = async (spec: ModelSpec, globals: Globals, blocks:
  * the ratios, then, with validation windows, keeps whichever of the learned fusion and
  * FUSION_GRID prunes to the lowest validation perplexity (ties: the learned one).
  */
+/** What HyWIA's fusion reports as it goes: each learning step's loss, then the trials of the learned and fixed weights by validation perplexity. */
+export interface FusionProgress {
+  readonly onStep?: (step: number, loss: number) => void;
+  readonly onTrial?: (done: number, total: number) => void;
+}
+
 export const groupScores = async (
   spec: ModelSpec,
   globals: Globals,
   blocks: BlockList,
   evidence: GroupEvidence,
   request: Pick<StructuredRequest, "ratios" | "calibration" | "fusion" | "validation">,
-  onFusionStep?: (step: number, loss: number) => void,
+  progress: FusionProgress = {},
   /** The grid's cut models are streamed (HyWIA's learning itself needs the model resident). */
   streamed = false,
 ): Promise<{ scores: BlockGroupScores[]; fusion?: FusionOutcome }> => {
@@ -206,7 +218,7 @@ export const groupScores = async (
   const decoder = Decoder.create(spec, globals, sourceOf(blocks));
   let learned;
   try {
-    learned = await learnFusion(decoder, views, request.ratios, request.calibration, request.fusion ?? DEFAULT_FUSION_LEARNING, onFusionStep);
+    learned = await learnFusion(decoder, views, request.ratios, request.calibration, request.fusion ?? DEFAULT_FUSION_LEARNING, progress.onStep);
   } finally {
     decoder.dispose();
   }
@@ -224,10 +236,12 @@ export const groupScores = async (
   let best = candidates[0]!;
   if (candidates.length > 1) {
     let bestPpl = Infinity;
+    progress.onTrial?.(0, candidates.length);
     for (const c of candidates) {
       const cut = removeAt(spec, blocks, scoresOf(c.weights), request.ratios);
       const ppl = await modelPerplexity(cut.spec, globals, cut.blocks, request.validation!, 4, streamed);
       trials.push({ label: c.label, ppl });
+      progress.onTrial?.(trials.length, candidates.length);
       if (ppl < bestPpl) {
         bestPpl = ppl;
         best = c;
@@ -249,7 +263,7 @@ export const structuredPrune = async (
 ): Promise<StructuredResult> => {
   checkRatios(spec, request.ratios);
   const evidence = await groupEvidence(spec, globals, blocks, request.importance, request.calibration, request.seed ?? 0);
-  const { scores, fusion } = await groupScores(spec, globals, blocks, evidence, request, onFusionStep);
+  const { scores, fusion } = await groupScores(spec, globals, blocks, evidence, request, onFusionStep ? { onStep: onFusionStep } : {});
   const cut = removeAt(spec, blocks, scores, request.ratios);
   return { ...cut, scores, ...(fusion ? { fusion } : {}) };
 };

@@ -50,7 +50,7 @@ export const structuredFitness = (
   let evidence: Promise<GroupEvidence> | undefined;
   const evidenceOf = () => (evidence ??= groupEvidence(spec, host().globals, host().dense, options.importance, options.calibration, options.seed, streamed));
   const scoresAt = async (ratios: readonly number[]) =>
-    (await groupScores(spec, host().globals, host().dense, await evidenceOf(), { ratios, calibration: options.calibration, validation: options.windows, fusion }, undefined, streamed)).scores;
+    (await groupScores(spec, host().globals, host().dense, await evidenceOf(), { ratios, calibration: options.calibration, validation: options.windows, fusion }, {}, streamed)).scores;
   let base: Promise<BlockGroupScores[]> | undefined;
   const windowTokens = scoredTokens(options.windows);
   const cutPerplexity = async (scores: readonly BlockGroupScores[], ratios: readonly number[], windows: readonly Window[]) => {

@@ -57,6 +57,8 @@ export interface LoraOptions {
   readonly checkpoint?: { readonly dir: string; readonly every: number };
   /** Continue from the checkpoint in `checkpoint.dir` when there is one. */
   readonly resume?: boolean;
+  /** Called once before training, with the step it starts from: 0, or where a resumed run stopped. */
+  readonly onStart?: (step: number) => void;
   readonly onStep?: (log: LoraStepLog) => void;
 }
 
@@ -408,6 +410,7 @@ export const loraRecover = async (spec: ModelSpec, globals: HostGlobals, blocks:
     const resumed = dir !== undefined && o.resume && hasLoraCheckpoint(dir) ? readLoraCheckpoint(dir, { settings, names, shapes: variables.map((v) => v.shape) }) : undefined;
     if (resumed) restore(adapters, optimizer, resumed);
     const log: LoraStepLog[] = [...(resumed?.state.log ?? [])];
+    o.onStart?.(resumed?.state.step ?? 0);
     for (let step = resumed?.state.step ?? 0; step < o.steps; step++) {
       const entry: LoraStepLog = { step: step + 1, loss: await trainStep(decoder, adapters, optimizer, o, step) };
       log.push(entry);
