@@ -21,6 +21,18 @@ describe("evosparse stats on the embedded model", () => {
     const r = evosparse(...args, "--out", out);
     expect(r.code, r.stderr).toBe(0);
     expect(existsSync(`${out}.tmp-${r.pid}`)).toBe(false);
+    // Off a terminal, each pass over the model in plain lines, in order: its first and last count.
+    const progress = r.stderr.split("\n").filter((l) => / \(blocks\): \d+\/8 /.test(l)).map((l) => l.slice(0, l.indexOf(" (")));
+    const firstAndLast = (pass: string) => [progress.indexOf(pass), progress.lastIndexOf(pass)];
+    const [statistics, scores, fisher] = ["statistics", "scores", "fisher"].map(firstAndLast);
+    expect(statistics![0]).toBe(0);
+    expect(statistics![1]).toBeLessThan(scores![0]!);
+    expect(scores![1]).toBeLessThan(fisher![0]!);
+    expect(fisher![1]).toBe(progress.length - 1);
+    for (const pass of ["statistics", "scores", "fisher"]) {
+      expect(r.stderr).toMatch(new RegExp(`^${pass} \\(blocks\\): 0/8 `, "m"));
+      expect(r.stderr).toMatch(new RegExp(`^${pass} \\(blocks\\): 8/8 `, "m"));
+    }
     const [header, ...lines] = readFileSync(out, "utf8").trim().split("\n");
     expect(header).toBe(HEADER);
     expect(LINEARS).toHaveLength(7);

@@ -242,7 +242,7 @@ export const evaluate = (options: EvaluateOptions = {}): Promise<EvalReport> =>
     }),
   );
 
-export type StatsOptions = Partial<Omit<StatsRequest, "backend" | "memoryMib" | "streamed" | "log" | "onBlock">> & RunOptions;
+export type StatsOptions = Partial<Omit<StatsRequest, "backend" | "memoryMib" | "streamed" | "log" | "onPass">> & RunOptions;
 
 /** `evosparse stats`: per-block and per-linear statistics of the dense model. */
 export const stats = (options: StatsOptions = {}): Promise<readonly LinearStatistics[]> =>

@@ -110,3 +110,30 @@ export const startProgress = (label: string, expected: number, options: { quiet?
     stop: () => {},
   };
 };
+
+/** What the passes over the dense model are called on their progress lines. */
+export const PASS_LABELS = { statistics: "statistics (blocks)", scores: "scores (blocks)", spectra: "spectra (blocks)", fisher: "fisher (blocks)" } as const;
+
+/**
+ * A job's progress drawn one bar a step. A step that counts from the start again (another
+ * pass over the blocks while an allocation is chosen) starts a bar of its own; lines
+ * logged meanwhile end the bar first. Nothing is drawn when `json` (the report alone).
+ */
+export const stepBars = <S extends string>(labels: Readonly<Record<S, string>>, json: boolean) => {
+  let progress: Progress | undefined;
+  let step: S | undefined;
+  let last = 0;
+  return {
+    log: json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n")),
+    onProgress: (now: S, done: number, total: number) => {
+      if (now !== step || done < last) {
+        progress?.stop();
+        progress = startProgress(labels[now], total, { quiet: json });
+        step = now;
+      }
+      last = done;
+      progress!.update(done);
+    },
+    stop: () => progress?.stop(),
+  };
+};

@@ -1,7 +1,7 @@
 import type { Argv } from "yargs";
 import type { BackendChoice } from "../backend/backend.ts";
 import { PRUNE_FLAGS, pruneJob, type PruneReport, type PruneSettings, type PruneStep } from "../jobs/prune.ts";
-import { startProgress, type Progress } from "./progress.ts";
+import { PASS_LABELS, stepBars } from "./progress.ts";
 import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings, type StructuredStep } from "../jobs/structured-prune.ts";
 import { STRUCTURED_IMPORTANCES, type StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
@@ -10,9 +10,6 @@ import { protocolFromRun } from "../jobs/search.ts";
 import { givenFlags, memoryOptions, settingsFromArgv, tableOptions } from "./flags.ts";
 import { camelOf } from "../settings/flag-table.ts";
 import { reportFailure, runCommand } from "./run.ts";
-
-/** The passes over the dense model an allocation method may need. */
-const PASS_LABELS = { statistics: "statistics (blocks)", scores: "scores (blocks)", spectra: "spectra (blocks)" } as const;
 
 /** What each step's progress line is called. */
 const STEP_LABELS: Readonly<Record<PruneStep, string>> = {
@@ -35,30 +32,6 @@ const STRUCTURED_STEP_LABELS: Readonly<Record<StructuredStep, string>> = {
   "eval recovered": "eval recovered (windows)",
   "eval dense": "eval dense (windows)",
   export: "export (blocks)",
-};
-
-/**
- * A job's progress drawn one bar a step. A step that counts from the start again (another
- * pass over the blocks while an allocation is chosen) starts a bar of its own; lines
- * logged meanwhile end the bar first. Nothing is drawn with --json.
- */
-const stepBars = <S extends string>(labels: Readonly<Record<S, string>>, json: boolean) => {
-  let progress: Progress | undefined;
-  let step: S | undefined;
-  let last = 0;
-  return {
-    log: json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n")),
-    onProgress: (now: S, done: number, total: number) => {
-      if (now !== step || done < last) {
-        progress?.stop();
-        progress = startProgress(labels[now], total, { quiet: json });
-        step = now;
-      }
-      last = done;
-      progress!.update(done);
-    },
-    stop: () => progress?.stop(),
-  };
 };
 
 /** The flags of PRUNE_FLAGS (by their camelCase names), and where and how the result goes. */

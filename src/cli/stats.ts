@@ -3,7 +3,7 @@ import type { BackendChoice } from "../backend/backend.ts";
 import { defaultData, defaultModel } from "../defaults.ts";
 import { statsCsv, statsJob } from "../jobs/stats.ts";
 import { numberOption, SEED, SEQLEN, WHOLE_POSITIVE, memoryOptions } from "./flags.ts";
-import { startProgress, type Progress } from "./progress.ts";
+import { PASS_LABELS, stepBars } from "./progress.ts";
 import { runCommand } from "./run.ts";
 
 export interface StatsArgs {
@@ -41,7 +41,7 @@ export const statsCommand = {
       .option("overwrite", { type: "boolean", default: false, describe: "replace an existing --out file (never an input)" })
       .option("json", { type: "boolean", default: false }),
   handler: async (argv: StatsArgs) => {
-    let progress: Progress | undefined;
+    const bars = stepBars(PASS_LABELS, argv.json);
     const rows = await runCommand(
       statsJob({
         model: argv.model,
@@ -57,14 +57,11 @@ export const statsCommand = {
         ...(argv.out !== undefined ? { out: argv.out } : {}),
         overwrite: argv.overwrite,
         backend: argv.backend,
-        ...(argv.json ? {} : { log: (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n")) }),
-        onBlock: (done, total) => {
-          progress ??= startProgress("blocks", total, { quiet: argv.json });
-          progress.update(done);
-        },
+        ...(bars.log ? { log: bars.log } : {}),
+        onPass: bars.onProgress,
       }),
     );
-    progress?.stop();
+    bars.stop();
     if (!rows) return;
     if (argv.json) process.stdout.write(JSON.stringify(rows) + "\n");
     else process.stdout.write(statsCsv(rows) + (argv.out ? `wrote ${argv.out}\n` : ""));

@@ -210,17 +210,16 @@ export const pruneJob = (request: PruneJobRequest) =>
       // Pruned blocks the plan keeps on disk wait beside the output, under a name a later run
       // clears if this one is killed (output/folder.ts).
       const scratch = plan.spill ? stagingFolder(request.out) : undefined;
-      // The pruner reports each block it finishes: a pass over the dense model names itself
-      // (statistics, scores, spectra), a pruned block belongs to the step the job is in. The
-      // other steps start their count before their work, but a pass while a method chooses
-      // its allocation is seen only as its first block finishes, and counts from 0.
+      // The pruner reports each block it prunes, which belongs to the step the job is in
+      // (a grid's candidates while the allocation is chosen, then the prune), and its passes
+      // over the dense model by name. The other steps start their count before their work,
+      // but a candidate is seen only as its first block finishes, and counts from 0.
       let step: PruneStep = "allocation";
       const progress = request.onProgress;
       const onBlock = progress
-        ? (block: number, pass?: DensePass) => {
-            const now = pass ?? step;
-            if (block === 0 && now !== "prune") progress(now, 0, spec.numLayers);
-            progress(now, block + 1, spec.numLayers);
+        ? (block: number) => {
+            if (block === 0 && step === "allocation") progress(step, 0, spec.numLayers);
+            progress(step, block + 1, spec.numLayers);
           }
         : undefined;
 
@@ -239,6 +238,7 @@ export const pruneJob = (request: PruneJobRequest) =>
               cacheBytes: plan.cacheBytes,
               ...(scratch ? { scratch } : {}),
               ...(onBlock ? { onBlock } : {}),
+              ...(progress ? { onPass: progress } : {}),
             },
           ),
         ),

@@ -10,7 +10,7 @@ import { describeBackend, initBackendEffect, type BackendChoice } from "../backe
 import { attempt, attemptPromise, DataError } from "../errors.ts";
 import { writeFileAtomically } from "../files.ts";
 import { checkOutputFile } from "../output/folder.ts";
-import { DenseStatistics, type LinearStatistics } from "../prune/dense-statistics.ts";
+import { DenseStatistics, type DensePass, type LinearStatistics } from "../prune/dense-statistics.ts";
 import { openCalibratedModel } from "../prune/setup.ts";
 import { planOrRefuse, planRun } from "./memory.ts";
 
@@ -31,7 +31,8 @@ export interface StatsRequest {
   readonly memoryMib?: number;
   readonly streamed?: boolean;
   readonly log?: (line: string) => void;
-  readonly onBlock?: (done: number, total: number) => void;
+  /** Each pass over the dense model as it goes (calibration statistics, scores, Fisher traces), from `(pass, 0, blocks)`. */
+  readonly onPass?: (pass: DensePass, done: number, total: number) => void;
 }
 
 const COLUMNS = ["block", "linear", "params", "outlier_share", "block_outlier_share", "block_non_outlier_ratio", "fisher_trace"];
@@ -57,7 +58,6 @@ export const statsJob = (request: StatsRequest) =>
         (m) => Effect.sync(() => m.close()),
       );
       const { checkpoint, seqlen, calibration: windows } = model;
-      const spec = checkpoint.spec;
       request.log?.(`backend: ${describeBackend(backend)}; ${windows.length} calibration windows of ${seqlen} tokens`);
       const plan = yield* planRun(checkpoint, backend.name, workloadOf(seqlen, windows.length), memoryOptions, request.log);
       const statistics = yield* Effect.acquireRelease(
@@ -68,7 +68,7 @@ export const statsJob = (request: StatsRequest) =>
               calibration: windows,
               resident: !plan.streamed,
               activations: plan.activations,
-              onBlock: (b: number) => request.onBlock?.(b + 1, spec.numLayers),
+              ...(request.onPass ? { onPass: request.onPass } : {}),
             }),
         ),
         (s) => Effect.sync(() => s.dispose()),

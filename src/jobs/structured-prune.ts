@@ -319,17 +319,10 @@ export const structuredPruneJob = (request: StructuredPruneRequest) =>
         }
         const space = yield* attempt(() => loadSearchSpace(plugin, s.space));
         // The method sees the dense model's statistics under the run's metric, as for unstructured pruning.
-        // Its passes over the dense model are counted as their blocks finish (the grid's
-        // candidates are cut from the dense blocks here, not pruned by the pruner).
-        const onBlock = progress
-          ? (block: number, pass?: DensePass) => {
-              if (!pass) return;
-              if (block === 0) progress(pass, 0, spec.numLayers);
-              progress(pass, block + 1, spec.numLayers);
-            }
-          : undefined;
+        // Its passes over the dense model are followed (a grid's candidates are cut from the
+        // dense blocks here, not pruned by the pruner).
         const pruner = yield* Effect.acquireRelease(
-          Effect.sync(() => createPruner(model, { metric: s.metric, mode: "dense" }, onBlock ? { onBlock } : {})),
+          Effect.sync(() => createPruner(model, { metric: s.metric, mode: "dense" }, progress ? { onPass: progress } : {})),
           (p) => Effect.sync(() => p.dispose()),
         );
         const context = yield* attemptPromise(() => methodContext(pruner, target, s.pattern, [plugin]));

@@ -37,10 +37,10 @@ export const SAMPLE_WEIGHTS = 2 ** 19;
 
 /**
  * The passes over the dense model a method may need: the calibration forward that gathers
- * every linear's statistics, the sweep that scores its weights, and the weight spectra
- * (AlphaPruning's, from the weights alone).
+ * every linear's statistics, the sweep that scores its weights, the weight spectra
+ * (AlphaPruning's, from the weights alone) and the Fisher traces (a gradient pass).
  */
-export type DensePass = "statistics" | "scores" | "spectra";
+export type DensePass = "statistics" | "scores" | "spectra" | "fisher";
 
 export interface DenseStatisticsOptions {
   readonly metric: PruneMetric;
@@ -50,8 +50,8 @@ export interface DenseStatisticsOptions {
   readonly batch?: number;
   /** Where the seconds of each stage are added (the Pruner's, so reports count them). */
   readonly timings?: StageTimings;
-  /** Each block finished by a pass over the dense model (which pass it is). */
-  readonly onBlock?: (block: number, pass: DensePass) => void;
+  /** A pass over the dense model as it goes: `(pass, 0, blocks)` when it starts, then each block it finishes. */
+  readonly onPass?: (pass: DensePass, done: number, total: number) => void;
   /** How masks compete (default: unstructured within the metric's group). */
   readonly rankGroup?: RankGroup;
   /** Where ranks are kept (default: memory). */
@@ -160,6 +160,7 @@ export class DenseStatistics {
     });
     const all: Map<string, LinearInputStats>[] = [];
     let inputs: Activations | undefined;
+    this.options.onPass?.("statistics", 0, spec.numLayers);
     try {
       const start = performance.now();
       inputs = await embedCalibration(decoder, this.options.calibration, this.options.batch ?? 1, this.options.activations ?? "device", this.options.scratch);
@@ -175,7 +176,7 @@ export class DenseStatistics {
         inputs.dispose();
         inputs = outputs;
         all.push(stats);
-        this.options.onBlock?.(i, "statistics");
+        this.options.onPass?.("statistics", i + 1, spec.numLayers);
       }
       await ahead;
     } finally {
@@ -220,6 +221,7 @@ export class DenseStatistics {
   private sweep(withRanks: boolean): void {
     const spec = this.spec;
     const blocks: BlockKnowledge[] = [];
+    this.options.onPass?.("scores", 0, spec.numLayers);
     for (let b = 0; b < spec.numLayers; b++) {
       const dense = this.checkpoint.readBlock(b);
       const metricScores: Float32Array[] = [];
@@ -263,7 +265,7 @@ export class DenseStatistics {
         linearShares: metricScores.map((s) => outlierShare([s], OWL_M)),
         wandaMean: total > 0 ? wandaSum / total : 0,
       });
-      this.options.onBlock?.(b, "scores");
+      this.options.onPass?.("scores", b + 1, spec.numLayers);
     }
     this.blocks ??= blocks;
     if (withRanks) this.ranksReady = true;
@@ -276,7 +278,8 @@ export class DenseStatistics {
       source: this.checkpoint.path,
     });
     try {
-      return await fisherTraces(decoder, this.options.calibration);
+      this.options.onPass?.("fisher", 0, this.spec.numLayers);
+      return await fisherTraces(decoder, this.options.calibration, this.options.onPass ? (done, total) => this.options.onPass!("fisher", done, total) : undefined);
     } finally {
       decoder.dispose();
     }
@@ -363,6 +366,7 @@ export class DenseStatistics {
    */
   linearSpectralAlphas(): readonly number[] {
     if (!this.alphas) {
+      this.options.onPass?.("spectra", 0, this.spec.numLayers);
       const alphas: number[] = [];
       for (let b = 0; b < this.spec.numLayers; b++) {
         const dense = this.checkpoint.readBlock(b);
@@ -370,7 +374,7 @@ export class DenseStatistics {
           const [rows, cols] = this.shapeOf(b, name);
           alphas.push(timed(this.timings, "scoring", () => powerLawAlpha(squaredSingularValues(dense.linears[name]!.weight.data, rows, cols))));
         }
-        this.options.onBlock?.(b, "spectra");
+        this.options.onPass?.("spectra", b + 1, this.spec.numLayers);
       }
       this.alphas = alphas;
     }

@@ -44,11 +44,10 @@ export interface PrunerOptions {
   readonly batch?: number;
   /** Upper bound on the bytes of pruned blocks kept for reuse (default 256 MiB). */
   readonly cacheBytes?: number;
-  /**
-   * Each block finished: by a pass over the dense model (`pass` says which), or pruned
-   * (no `pass`: a candidate's blocks, a prune's).
-   */
-  readonly onBlock?: (block: number, pass?: DensePass) => void;
+  /** Each block pruned (a candidate's, a prune's). */
+  readonly onBlock?: (block: number) => void;
+  /** A pass over the dense model as it goes (DenseStatistics). */
+  readonly onPass?: (pass: DensePass, done: number, total: number) => void;
   /** How masks compete: the run's N:M pattern, else unstructured within the metric's group. */
   readonly rankGroup?: RankGroup;
   /**
@@ -109,7 +108,7 @@ export class Pruner {
       ranks: scratch ? diskRanks(join(scratch, "ranks")) : memoryRanks(),
       ...(options.rankGroup ? { rankGroup: options.rankGroup } : {}),
       ...(options.batch ? { batch: options.batch } : {}),
-      ...(options.onBlock ? { onBlock: options.onBlock } : {}),
+      ...(options.onPass ? { onPass: options.onPass } : {}),
       ...(options.activations ? { activations: options.activations } : {}),
       ...(scratch ? { scratch } : {}),
     });
