@@ -110,6 +110,31 @@ describe("the API", () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it("search follows its set-up: the passes over the dense model, then each baseline scored with its blocks pruned, then the warm start", async () => {
+    const events: string[] = [];
+    await search({
+      ...small, method: "evopress", sparsity: 0.6, generations: 1, fitnessWindows: 1, evalWindows: 1, baselines: "uniform,owl", out: join(root, "search-setup"),
+      onSetup: (done, total, what) => void events.push(`setup ${done}/${total} ${what}`),
+      onSetupStep: (step, done, total) => void events.push(`${step} ${done}/${total}`),
+      onGeneration: () => void events.push("generation"),
+    });
+    const setup = events.filter((e) => e.startsWith("setup "));
+    // The baselines in their order, then the warm start (evopress starts from the best).
+    expect(setup).toEqual(["setup 0/3 uniform", "setup 1/3 owl", "setup 2/3 start", "setup 3/3 done"]);
+    // OWL's passes come first, each counted from 0 and run once (the weights' ranks, which
+    // the candidates are masked from, are kept by the sweep that scores them); the blocks
+    // pruned follow the baselines' scoring only: the search's own candidates are not set-up.
+    for (const pass of ["statistics", "scores"]) expect(events.filter((e) => e.startsWith(`${pass} `))).toEqual(Array.from({ length: 9 }, (_, i) => `${pass} ${i}/8`));
+    expect(events.findLastIndex((e) => e.startsWith("scores "))).toBeLessThan(events.indexOf("setup 0/3 uniform"));
+    const done = events.indexOf("setup 3/3 done");
+    expect(events.findLastIndex((e) => e.startsWith("blocks "))).toBeLessThan(done);
+    expect(events.indexOf("generation")).toBeGreaterThan(done);
+    // Each baseline's candidate is pruned block by block (8 each, uniform's and OWL's).
+    const between = (from: string, to: string) => events.slice(events.indexOf(from), events.indexOf(to)).filter((e) => e.startsWith("blocks "));
+    expect(between("setup 0/3 uniform", "setup 1/3 owl")).toEqual(Array.from({ length: 8 }, (_, i) => `blocks ${i + 1}/8`));
+    expect(between("setup 1/3 owl", "setup 2/3 start")).toEqual(Array.from({ length: 8 }, (_, i) => `blocks ${i + 1}/8`));
+  });
+
   it("search follows its final re-pruning: each measurement, and inside it the blocks re-pruned, then the test windows", async () => {
     const finals: string[] = [];
     const steps: string[] = [];

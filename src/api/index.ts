@@ -20,14 +20,14 @@ import { statsJob, type StatsRequest } from "../jobs/stats.ts";
 import { STRUCTURED_FLAGS, structuredPruneJob, type StructuredPruneReport, type StructuredSettings, type StructuredStep } from "../jobs/structured-prune.ts";
 import type { StructuredImportance } from "../prune/structured.ts";
 import { UsageError } from "../errors.ts";
-import type { LinearStatistics } from "../prune/dense-statistics.ts";
+import type { DensePass, LinearStatistics } from "../prune/dense-statistics.ts";
 import { patternOf, type Pattern } from "../allocation/pattern.ts";
 import { checkSettings, flagDefaults, type FlagTable } from "../settings/flag-table.ts";
 
 export type { SearchSummary, FinalResult, SearchSettings, GivenSettings } from "../jobs/search.ts";
 export type { PruneReport, PruneSettings, PruneEvaluation, PruneStep } from "../jobs/prune.ts";
 export type { EvalReport } from "../jobs/eval.ts";
-export type { LinearStatistics } from "../prune/dense-statistics.ts";
+export type { LinearStatistics, DensePass } from "../prune/dense-statistics.ts";
 export type { GenerationRecord } from "../engine/state.ts";
 export type { BackendChoice } from "../backend/backend.ts";
 export type { StructuredPruneReport, StructuredSettings, StructuredStep } from "../jobs/structured-prune.ts";
@@ -110,9 +110,13 @@ export type SearchOptions = Partial<Omit<GivenSettings, "pattern">> &
     readonly onFinal?: (done: number, total: number, what: string) => void;
     /** Inside one final measurement: its blocks re-pruned, then its test windows scored. */
     readonly onFinalStep?: (step: "blocks" | "windows", done: number, total: number) => void;
+    /** Follows the baselines' scoring before the search: `done` of `total` (then "start", the warm start's scoring, and "done"), `what` is next. */
+    readonly onSetup?: (done: number, total: number, what: string) => void;
+    /** Inside the set-up: each pass over the dense model (`statistics`, `scores`, `spectra`, `fisher`), and a baseline candidate's blocks pruned. */
+    readonly onSetupStep?: (step: DensePass | "blocks", done: number, total: number) => void;
   };
 
-const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "onFinal", "onFinalStep", "onProgress", "overwrite", "from", "importance"] as const;
+const RUN_KEYS = ["backend", "memory", "streamed", "log", "out", "resume", "workers", "queue", "onGeneration", "onLevels", "onFinal", "onFinalStep", "onSetup", "onSetupStep", "onProgress", "overwrite", "from", "importance"] as const;
 
 /**
  * The settings among a function's options, checked by the command's flag table as the
@@ -142,6 +146,8 @@ export const search = async (options: SearchOptions): Promise<SearchSummary> => 
       ...(options.onLevels ? { onLevels: options.onLevels } : {}),
       ...(options.onFinal ? { onFinal: options.onFinal } : {}),
       ...(options.onFinalStep ? { onFinalStep: options.onFinalStep } : {}),
+      ...(options.onSetup ? { onSetup: options.onSetup } : {}),
+      ...(options.onSetupStep ? { onSetupStep: options.onSetupStep } : {}),
       ...runOptions(options),
     }),
   );

@@ -11,7 +11,7 @@ import { camelOf, shellWord } from "../settings/flag-table.ts";
 import type { Pattern } from "../search/plugin.ts";
 import { UsageError } from "../errors.ts";
 import { parsePattern } from "./options.ts";
-import { startProgress, type Progress } from "./progress.ts";
+import { PASS_LABELS, startProgress, type Progress } from "./progress.ts";
 import { reportFailure, runCommand } from "./run.ts";
 import { givenFlags, numberOption, settingsFromArgv, tableOptions, WHOLE_POSITIVE, memoryOptions } from "./flags.ts";
 
@@ -125,6 +125,14 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
   let progress: Progress | undefined;
   let finalDone = 0;
   let finalNext: Record<string, string> = {};
+  // The set-up: a bar for each pass over the dense model, then one for the baselines.
+  let pass: string | undefined;
+  let setupDone = -1;
+  let setupNext: Record<string, string> = {};
+  const endBar = () => {
+    progress?.stop();
+    progress = undefined;
+  };
   // Lines printed while a progress line is drawn end it first.
   const log = argv.json ? undefined : (line: string) => (progress ? progress.log(line) : void process.stderr.write(line + "\n"));
   const flags = settingsFromFlags(argv, pattern);
@@ -140,6 +148,40 @@ export const runSearch = async (argv: SearchArgs, given: ReadonlySet<string> = n
       ...(argv.queueTimeout !== undefined ? { queueTimeout: argv.queueTimeout } : {}),
       backend: argv.backend,
       ...(log ? { log } : {}),
+      onSetupStep: (step, done, total) => {
+        // While the baselines are scored: a candidate's blocks, or a pass one of them needs
+        // first (AlphaPruning's spectra), inside the baselines' bar.
+        if (setupDone >= 0) {
+          progress?.update(setupDone, { ...setupNext, [step]: `${done}/${total}` });
+          return;
+        }
+        if (step === "blocks") return;
+        if (step !== pass || done === 0) {
+          endBar();
+          progress = startProgress(PASS_LABELS[step], total, { quiet: argv.json });
+          pass = step;
+        }
+        progress?.update(done);
+        if (done === total) {
+          endBar();
+          pass = undefined;
+        }
+      },
+      onSetup: (done, total, what) => {
+        if (what === "done") {
+          if (setupDone >= 0) progress?.update(done);
+          endBar();
+          setupDone = -1;
+          return;
+        }
+        if (setupDone < 0) {
+          endBar();
+          progress = startProgress("baselines", total, { quiet: argv.json });
+        }
+        setupDone = done;
+        setupNext = { next: what === "start" ? "warm start" : what };
+        progress?.update(done, setupNext);
+      },
       onLevels: (done, total) => {
         if (done === 0) progress = startProgress("factors", total, { quiet: argv.json });
         progress?.update(done);

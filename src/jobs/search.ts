@@ -32,6 +32,7 @@ import { claimNewRunFolder, claimRunFolderToResume, releaseRunFolder } from "../
 import { CALIBRATION_MODES, type CalibrationMode } from "../prune/pipeline.ts";
 import type { PruneMetric } from "../prune/prune-linear.ts";
 import type { Pruner } from "../prune/pruner.ts";
+import type { DensePass } from "../prune/dense-statistics.ts";
 import { parseQueueAddress, type QueueAddress } from "../queue/address.ts";
 import { queueEvaluator } from "../queue/queue-evaluator.ts";
 import { openRedis } from "../queue/redis.ts";
@@ -186,6 +187,17 @@ export interface SearchRequest {
    * scored, `done` of `total` of each.
    */
   readonly onFinalStep?: (step: "blocks" | "windows", done: number, total: number) => void;
+  /**
+   * Before the search: the baselines scored on the validation windows (a grid's candidates
+   * included), `done` of `total` methods, `what` next; then "start" (the warm start's
+   * scoring) and "done".
+   */
+  readonly onSetup?: (done: number, total: number, what: string) => void;
+  /**
+   * Inside the set-up: each pass over the dense model the methods need (from `(pass, 0,
+   * blocks)`), and the blocks pruned for a baseline's candidate, `done` of `total`.
+   */
+  readonly onSetupStep?: (step: DensePass | "blocks", done: number, total: number) => void;
 }
 
 /**
@@ -845,8 +857,25 @@ export const searchJob = (request: SearchRequest) =>
       const running = { ...runningOf(memoryPlan, join(dir, "cache")), ...(levels ? { levels } : {}) };
       const referenceBytes = referenceBytesOf(memoryPlan, workers > 1 ? workers + 1 : 1);
       const setup: FitnessSetup = { ...given, running, ...(referenceBytes ? { referenceBytes } : {}) };
+      // This thread's model reports its passes over the dense model, and the blocks it prunes
+      // while the baselines are scored (worker threads and queue workers are not followed).
+      const onSetupStep = request.onSetupStep;
+      let settingUp = true;
       const model = yield* Effect.acquireRelease(
-        attempt(() => openFitnessModel(setup)),
+        attempt(() =>
+          openFitnessModel(
+            onSetupStep
+              ? {
+                  ...setup,
+                  running: {
+                    ...running,
+                    onPass: onSetupStep,
+                    onBlock: (block: number) => void (settingUp && onSetupStep("blocks", block + 1, probedSpec.numLayers)),
+                  },
+                }
+              : setup,
+          ),
+        ),
         (m) => Effect.sync(() => m.dispose()),
       );
       const target = targetOf(pattern, settings.sparsity);
@@ -883,7 +912,10 @@ export const searchJob = (request: SearchRequest) =>
         });
       }
       const measured = yield* attemptPromise(() =>
-        methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : []), ...(uniformPlugin ? [uniformPlugin] : [])]),
+        // Candidates scored in this process (one worker, no queue) are masked from this pruner's ranks.
+        methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : []), ...(uniformPlugin ? [uniformPlugin] : [])], {
+          ranks: !queueAddress && workers <= 1,
+        }),
       );
       let context_ = measured;
       if (startPlugin && startPlugin.method.kind === "direct") {
@@ -957,7 +989,10 @@ export const searchJob = (request: SearchRequest) =>
           let firstDone = false;
           let timedEvaluations = 0;
           const baselineRows: BaselineRow[] = [];
-          for (const other of [...baselines, ...(uniformPlugin ? [uniformPlugin] : [])]) {
+          const scoredFirst = [...baselines, ...(uniformPlugin ? [uniformPlugin] : [])];
+          const setupTotal = scoredFirst.length + (bestStart ? 1 : 0);
+          for (const [k, other] of scoredFirst.entries()) {
+            request.onSetup?.(k, setupTotal, other.name);
             // The first evaluation also builds what every later one reuses (the dense references): the rate is timed after it.
             const counted = (batch: readonly BlockAllocation[]) =>
               evaluator.evaluate(batch).pipe(
@@ -1041,6 +1076,7 @@ export const searchJob = (request: SearchRequest) =>
           // AlphaPruning first, the worst baseline on the fitness windows.
           let warmStart: WarmStart | undefined;
           if (bestStart) {
+            request.onSetup?.(scoredFirst.length, setupTotal, "start");
             // A plan that judges its parent with the final protocol judges the start so too.
             const exactPlan = plugin.stagedPlan?.(space)?.stages.some((st) => st.exact) === true;
             const first: Fidelity | undefined = exactPlan ? { generation: 0, stage: 0, exact: true } : undefined;
@@ -1072,6 +1108,8 @@ export const searchJob = (request: SearchRequest) =>
             }
           }
 
+          request.onSetup?.(setupTotal, setupTotal, "done");
+          settingUp = false;
           const totalGenerations = plugin.method.kind === "evolve" ? Math.max(1, plannedTotal ?? DEFAULT_GENERATIONS) : 1;
           const engineRun = { ...engineLimitsOf(settings), ...(screening ? { screening } : {}) };
           const outcome = yield* runMethod(plugin, space, context_, engineRun, evaluator, phenotypeKey, savedState, (record) => {

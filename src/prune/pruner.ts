@@ -155,6 +155,11 @@ export class Pruner {
     return this.blocks.layout;
   }
 
+  /** Whether candidates are masked from the dense ranks as they are uploaded (dense mode, magnitude or Wanda, nothing exported). */
+  get masksFromRanks(): boolean {
+    return this.blocks.masked;
+  }
+
   /** The dtype pruned blocks are kept and exported in. */
   get dtype(): StorageDtype {
     return this.store.dtype;

@@ -26,17 +26,21 @@ export const blockStatistics = (dense: DenseStatistics): BlockStatistics => ({
 
 /**
  * What the methods see of the run: sizes, target, bounds and the dense statistics, with
- * the statistics that any of `methods` needs measured first.
+ * the statistics that any of `methods` needs measured first. `ranks`: this pruner will
+ * mask candidates from the dense ranks next (a search scoring in this process), so the
+ * sweep that scores the weights keeps them too, rather than a second sweep for them.
  */
 export const methodContext = async (
   pruner: Pruner,
   target: number,
   pattern: Pattern,
   methods: readonly Pick<MethodPlugin, "needs">[],
-  bounds: Bounds = defaultBounds,
+  options: { readonly bounds?: Bounds; readonly ranks?: boolean } = {},
 ): Promise<MethodContext> => {
+  const bounds = options.bounds ?? defaultBounds;
   const needs = new Set(methods.flatMap((m) => m.needs ?? []));
-  if (needs.size > 0) await pruner.statistics.prepare({ scores: needs.has("scores"), fisher: needs.has("fisher") });
+  const ranks = (options.ranks ?? false) && needs.has("scores") && pruner.masksFromRanks;
+  if (needs.size > 0) await pruner.statistics.prepare({ scores: needs.has("scores"), fisher: needs.has("fisher"), ranks });
   return {
     blocks: pruner.spec.numLayers,
     metric: pruner.options.metric,
