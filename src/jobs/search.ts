@@ -912,9 +912,10 @@ export const searchJob = (request: SearchRequest) =>
         });
       }
       const measured = yield* attemptPromise(() =>
-        // Candidates scored in this process (one worker, no queue) are masked from this pruner's ranks.
+        // Candidates scored in this process (one worker, no queue) are masked from this
+        // pruner's ranks; a structured search cuts groups instead and never reads them.
         methodContext(model.pruner, target, pattern, [plugin, ...baselines, ...(startPlugin ? [startPlugin] : []), ...(uniformPlugin ? [uniformPlugin] : [])], {
-          ranks: !queueAddress && workers <= 1,
+          ranks: !queueAddress && workers <= 1 && !settings.structured,
         }),
       );
       let context_ = measured;
